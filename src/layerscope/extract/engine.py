@@ -1,0 +1,423 @@
+"""The single-pass extraction engine: one forward pass per batch gives every layer of every text.
+
+Hooks on the blocks collect the residual stream of every layer (SPEC section 3: layer 0 = input of
+the first block, layer l = output of block l), so the raw last block is kept even where Hugging Face
+returns it final-normed. Per batch, every layer is pooled into the output array (or the disk cache),
+and an optional token hook sees each prompt's real tokens for every layer (what prompt entropy and
+curvature consume) without them ever being stored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerscope.errors import LayerscopeError
+from layerscope.extract.cache import EmbeddingCache, cache_key, texts_hash
+from layerscope.extract.pooling import check_pooling, pool
+from layerscope.models.loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+TokenHook = Callable[..., Any]
+
+# Batch sizing when batch_size="auto": a token budget per batch (padded tokens) and a cap on the
+# (layers, batch, tokens, dim) float32 buffer of hidden states.
+_TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
+_BUFFER_BYTES = {"cpu": 1.5 * 2**30, "cuda": 8 * 2**30}
+_MAX_BATCH = {"cpu": 64, "cuda": 512}
+
+
+@dataclass
+class Extraction:
+    """Pooled embeddings of every layer and how they were made.
+
+    Attributes
+    ----------
+    pooled : np.ndarray, shape (n_layers, n_texts, dim)
+        One row per kept text (empty texts are skipped), one slice per layer in ``layers``.
+    layers : list of int
+        Canonical layer index of each slice (0 = embeddings, L = last block).
+    texts : list of str
+        The kept texts, in the order of ``pooled``'s rows.
+    kept : np.ndarray of int
+        Position of each kept text in the input list.
+    record : dict
+        Model id, revision, pooling, final_norm, max_length, counts of skipped texts, timing...
+    from_cache : bool
+        True when the embeddings were read from the disk cache (the model did not run).
+    """
+
+    pooled: np.ndarray
+    layers: list[int]
+    texts: list[str]
+    kept: np.ndarray
+    record: dict[str, Any] = field(default_factory=dict)
+    from_cache: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        """L of the model (the last canonical layer index)."""
+        return int(self.record["num_layers"])
+
+    def layer(self, layer: int) -> np.ndarray:
+        """Embeddings of one canonical layer, shape (n_texts, dim)."""
+        try:
+            return self.pooled[self.layers.index(layer)]
+        except ValueError:
+            raise LayerscopeError(f"layer {layer} was not extracted; available: {self.layers}") from None
+
+    def tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """All layers as one tensor, shape (n_layers, n_texts, dim)."""
+        return torch.from_numpy(np.ascontiguousarray(self.pooled)).to(dtype)
+
+    def depth_pct(self) -> list[float]:
+        return [100.0 * layer / self.num_layers for layer in self.layers]
+
+
+def resolve_layers(layers: str | int | Sequence[int], num_layers: int) -> list[int]:
+    """Canonical layer indices from ``"all"``, ``"last"``, an int or a list (negatives count from L)."""
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(range(num_layers + 1))
+        if layers == "last":
+            return [num_layers]
+        try:
+            layers = [int(part) for part in layers.split(",")]
+        except ValueError:
+            raise LayerscopeError(f"layers must be 'all', 'last' or a comma list of ints, got '{layers}'") from None
+    if isinstance(layers, int):
+        layers = [layers]
+    resolved = []
+    for layer in layers:
+        index = layer + num_layers + 1 if layer < 0 else layer
+        if not 0 <= index <= num_layers:
+            raise LayerscopeError(f"layer {layer} is out of range: this model has layers 0..{num_layers}")
+        resolved.append(index)
+    return resolved
+
+
+def _hook_takes_indices(hook: TokenHook) -> bool:
+    try:
+        parameters = list(inspect.signature(hook).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class _LayerCapture:
+    """Forward hooks that collect the residual stream of every canonical layer during one forward."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.states: list[torch.Tensor | None] = [None] * (model.num_layers + 1)
+        blocks = model.blocks
+        from layerscope.models.adapters import block_output
+
+        def first_input(_module: Any, args: tuple, kwargs: dict) -> None:
+            self.states[0] = args[0] if args else kwargs["hidden_states"]
+
+        def make_output_hook(index: int) -> Callable[..., None]:
+            def output_hook(_module: Any, _args: Any, output: Any) -> None:
+                self.states[index] = block_output(output)
+
+            return output_hook
+
+        self.handles = [blocks[0].register_forward_pre_hook(first_input, with_kwargs=True)]
+        self.handles += [block.register_forward_hook(make_output_hook(i + 1)) for i, block in enumerate(blocks)]
+
+    def stacked(self) -> torch.Tensor:
+        """(layers, batch, tokens, dim); the references are dropped so memory is freed with the stack."""
+        if any(state is None for state in self.states):
+            missing = [i for i, state in enumerate(self.states) if state is None]
+            raise RuntimeError(f"layers {missing} were not produced by the forward pass")
+        stacked = torch.stack(self.states)  # type: ignore[arg-type]
+        self.states = [None] * len(self.states)
+        return stacked
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class TokenizedTexts:
+    """All kept texts tokenized once, as one flat id vector with offsets (batches gather from it)."""
+
+    def __init__(self, model: LoadedModel, texts: Sequence[str], max_length: int) -> None:
+        tokenizer = model.tokenizer
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)[
+            "input_ids"
+        ]
+        self.lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
+        self.flat = torch.tensor([token for ids in encoded for token in ids], dtype=torch.long)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.max_length = max_length
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(input_ids, attention_mask)`` of the texts at ``rows``, gathered without loops."""
+        lengths = self.lengths[rows]
+        positions = torch.arange(int(lengths.max()))[None, :]
+        mask = positions < lengths[:, None]
+        gather = (self.offsets[rows][:, None] + positions).clamp_max(max(len(self.flat) - 1, 0))
+        input_ids = torch.where(mask, self.flat[gather], self.pad_id)
+        return input_ids, mask.long()
+
+
+def _plan_batches(
+    lengths: torch.Tensor, rows: np.ndarray, batch_size: int | str, model: LoadedModel
+) -> list[np.ndarray]:
+    """Batches of rows sorted by length (longest first, so memory trouble shows up at once)."""
+    order = rows[np.argsort(-lengths[rows].numpy(), kind="stable")]
+    if batch_size != "auto":
+        size = int(batch_size)
+        if size < 1:
+            raise LayerscopeError(f"batch_size must be a positive int or 'auto', got {batch_size}")
+        return [order[i : i + size] for i in range(0, len(order), size)]
+    device = "cuda" if model.device.type == "cuda" else "cpu"
+    bytes_per_token = (model.num_layers + 1) * model.hidden_size * 4
+    budget = min(_TOKEN_BUDGET[device], int(_BUFFER_BYTES[device] // bytes_per_token))
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, min(_MAX_BATCH[device], budget // max(longest, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def extract(
+    model: LoadedModel,
+    texts: Sequence[str],
+    pooling: str = "mean",
+    layers: str | int | Sequence[int] = "all",
+    batch_size: int | str = "auto",
+    max_length: int = 512,
+    cache_dir: str | None = None,
+    token_hook: TokenHook | None = None,
+    progress: bool = True,
+    cache_dtype: str = "float32",
+) -> Extraction:
+    """Pooled embeddings of every layer, shape (L+1, N, D), from one forward pass per batch.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        From :func:`layerscope.load_model` (its ``final_norm`` option applies).
+    texts : sequence of str
+        Empty or whitespace-only texts are skipped with a warning and counted in ``record``.
+    pooling : {"mean", "last", "first"}
+        Mask-weighted mean over real tokens, last real token, or first token (CLS).
+    layers : "all", "last", int or list of int
+        Layers to return (the cache always holds all of them).
+    batch_size : int or "auto"
+        ``"auto"`` packs length-sorted texts into batches under a token and memory budget. On out of
+        memory a batch is halved and the run goes on.
+    max_length : int
+        Truncation length in tokens.
+    cache_dir : str, optional
+        Folder of the embedding cache. Same model, revision, texts and options read it instead of the
+        model; an interrupted run resumes from what it had written.
+    token_hook : callable, optional
+        Called once per batch as ``token_hook(states, lengths)`` or, if it takes three positional
+        arguments, ``token_hook(states, lengths, indices)``: ``states`` (layers, batch, tokens, dim)
+        holds each prompt's real tokens in its first ``lengths[b]`` positions and exact zeros after;
+        ``indices`` are the positions of the prompts in ``texts``. A token hook needs token states,
+        so the model always runs (the cache is still written).
+    progress : bool
+        Show a progress bar.
+    cache_dtype : {"float32", "float16"}
+        Storage precision of the pooled embeddings.
+    """
+    pooling = check_pooling(pooling)
+    if model.modality != "text":
+        raise LayerscopeError(f"{model.model_id} is a {model.modality} model: use layerscope.extract.extract_images")
+    if isinstance(texts, str):
+        raise LayerscopeError("texts must be a list of strings, not one string")
+    texts = list(texts)
+    if not texts:
+        raise LayerscopeError("no texts to extract: the text list is empty")
+    kept = np.array([i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()], dtype=np.int64)
+    n_skipped = len(texts) - len(kept)
+    if len(kept) == 0:
+        raise LayerscopeError(f"all {len(texts)} texts are empty: nothing to extract")
+    if n_skipped:
+        logger.warning("skipped %d empty text(s) of %d", n_skipped, len(texts))
+    kept_texts = [texts[i] for i in kept]
+    if cache_dtype not in ("float32", "float16"):
+        raise LayerscopeError(f"cache_dtype must be float32 or float16, got '{cache_dtype}'")
+    selected = resolve_layers(layers, model.num_layers)
+    n_layers, dim = model.num_layers + 1, model.hidden_size
+    key_fields = {
+        "model_id": model.model_id,
+        "revision": model.revision,
+        "final_norm": model.final_norm,
+        "pooling": pooling,
+        "max_length": max_length,
+        "dtype": str(model.dtype),
+        "texts": texts_hash(kept_texts),
+        "n_texts": len(kept_texts),
+        "cache_dtype": cache_dtype,
+    }
+    key = cache_key(key_fields)
+    record: dict[str, Any] = {
+        **model.describe(),
+        "pooling": pooling,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "n_texts": len(texts),
+        "n_kept": len(kept),
+        "n_skipped_empty": n_skipped,
+        "texts_sha256": key_fields["texts"],
+        "cache_key": key,
+        "cache_dtype": cache_dtype,
+    }
+    cache = EmbeddingCache(cache_dir, key) if cache_dir else None
+    if cache is not None and cache.is_complete() and token_hook is None:
+        pooled, stored = cache.load()
+        stored["from_cache"] = True
+        return _selected(Extraction(pooled, list(range(n_layers)), kept_texts, kept, stored, True), selected)
+
+    start = time.perf_counter()
+    tokenized = TokenizedTexts(model, kept_texts, max_length)
+    np_dtype = np.dtype(cache_dtype)
+    if cache is not None:
+        output, done = cache.open_partial((n_layers, len(kept), dim), np_dtype)
+        if token_hook is not None:
+            done[:] = False  # the hook must see every text
+    else:
+        output, done = np.empty((n_layers, len(kept), dim), dtype=np_dtype), np.zeros(len(kept), dtype=bool)
+    todo = np.flatnonzero(~done)
+    nonfinite = np.zeros(n_layers, dtype=np.int64)
+    with_indices = token_hook is not None and _hook_takes_indices(token_hook)
+    kept_tensor = torch.from_numpy(kept)
+    last_save = time.monotonic()
+    runner = _BatchRunner(model, pooling, token_hook is not None)
+    bar = _progress_bar(len(kept), len(kept) - len(todo), progress, model.model_id)
+    try:
+        queue = _plan_batches(tokenized.lengths, todo, batch_size, model)
+        while queue:
+            rows = queue.pop(0)
+            row_tensor = torch.from_numpy(rows)
+            input_ids, mask = tokenized.batch(row_tensor)
+            try:
+                pooled, states = runner(input_ids, mask)
+            except Exception as error:  # out of memory: halve the batch and go on
+                if not _is_out_of_memory(error):
+                    raise
+                if len(rows) == 1:
+                    raise LayerscopeError(
+                        f"out of memory on a single text of {int(mask.sum())} tokens: lower max_length"
+                    ) from None
+                logger.warning("out of memory on a batch of %d texts: halving it", len(rows))
+                runner.release()
+                half = len(rows) // 2
+                queue[:0] = [rows[:half], rows[half:]]
+                continue
+            pooled_np = pooled.cpu().numpy()  # (layers, batch, dim)
+            bad = ~np.isfinite(pooled_np).all(axis=2)
+            nonfinite += bad.sum(axis=1)
+            output[:, rows, :] = pooled_np
+            if token_hook is not None:
+                lengths = mask.sum(1)
+                if with_indices:
+                    token_hook(states, lengths, kept_tensor[row_tensor])
+                else:
+                    token_hook(states, lengths)
+            del states
+            done[rows] = True
+            bar.update(len(rows))
+            if cache is not None and time.monotonic() - last_save > 10:
+                cache.save_progress(output, done)
+                last_save = time.monotonic()
+    except BaseException:
+        if cache is not None:  # Ctrl-C or a crash keeps every finished batch for the next run
+            cache.save_progress(output, done)
+        raise
+    finally:
+        bar.close()
+        runner.close()
+
+    record.update(
+        from_cache=False,
+        time_s=round(time.perf_counter() - start, 3),
+        tokens=int(tokenized.lengths.sum()),
+        n_at_max_length=int((tokenized.lengths >= max_length).sum()),
+        nonfinite_layers={int(layer): int(count) for layer, count in enumerate(nonfinite) if count},
+    )
+    if record["nonfinite_layers"]:
+        logger.warning(
+            "non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)", record["nonfinite_layers"]
+        )
+    if cache is not None:
+        cache.finish(output, record)
+        output, record = cache.load()
+    return _selected(Extraction(output, list(range(n_layers)), kept_texts, kept, record, False), selected)
+
+
+def _selected(extraction: Extraction, layers: list[int]) -> Extraction:
+    if layers == extraction.layers:
+        return extraction
+    extraction.pooled = np.asarray(extraction.pooled[layers])
+    extraction.layers = layers
+    return extraction
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, name: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="text", desc=f"extract {name}", leave=False)
+
+
+class _BatchRunner:
+    """Runs the model on one batch and returns pooled states of every layer (and the token states)."""
+
+    def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool) -> None:
+        self.model = model
+        self.pooling = pooling
+        self.keep_tokens = keep_tokens
+        self.capture = _LayerCapture(model)
+        self.device = model.device
+        accepted = inspect.signature(model.model.forward).parameters
+        self.extra = {"use_cache": False} if "use_cache" in accepted else {}
+        self.final_norm = model.final_norm_module if model.final_norm == "all" else None
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        self.model.model(input_ids=input_ids, attention_mask=mask, **self.extra)
+        states = self.capture.stacked()  # (layers, batch, tokens, dim)
+        if self.final_norm is not None:
+            states = self.final_norm(states)
+        pooled = pool(states if states.dtype == torch.float32 else states.float(), mask, self.pooling)
+        if not self.keep_tokens:
+            return pooled, None
+        states.mul_(mask[None, :, :, None].to(states.dtype))  # exact zeros after each prompt's tokens
+        return pooled, states
+
+    def release(self) -> None:
+        self.capture.states = [None] * len(self.capture.states)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        self.capture.remove()
+
+
+def iter_batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

@@ -1,0 +1,50 @@
+"""Pooling of token states into one vector per text, through the attention mask only."""
+
+from __future__ import annotations
+
+import torch
+
+from layerscope.errors import LayerscopeError
+
+POOLING_MODES = ("mean", "last", "first")
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLING_MODES:
+        from layerscope.errors import suggest
+
+        raise LayerscopeError(
+            f"unknown pooling '{pooling}'{suggest(pooling, POOLING_MODES)}; use one of {', '.join(POOLING_MODES)}"
+        )
+    return pooling
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Pool token states of every layer.
+
+    Parameters
+    ----------
+    states : Tensor, shape (layers, batch, tokens, dim)
+    mask : Tensor, shape (batch, tokens)
+        1 for real tokens, 0 for padding; left or right padding both work.
+    pooling : {"mean", "last", "first"}
+        ``mean``: mask-weighted mean; ``last``: last real token; ``first``: first real token (CLS).
+
+    Returns
+    -------
+    Tensor, shape (layers, batch, dim)
+    """
+    check_pooling(pooling)
+    mask = mask.to(states.device)
+    if pooling == "mean":
+        weights = mask.to(states.dtype)  # (batch, tokens)
+        summed = torch.einsum("lbtd,bt->lbd", states, weights)
+        return summed / weights.sum(1).clamp_min(1.0)[None, :, None]
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    real = mask.bool()
+    if pooling == "last":  # index of the last real token, whatever the padding side
+        index = torch.where(real, positions, -1).amax(1).clamp_min(0)
+    else:
+        index = torch.where(real, positions, mask.shape[1]).amin(1).clamp_max(mask.shape[1] - 1)
+    batch = torch.arange(mask.shape[0], device=mask.device)
+    return states[:, batch, index]

@@ -1,0 +1,314 @@
+"""``load_model``: any Hugging Face id or local path, GGUF files, and the bundled offline aliases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from layerscope.errors import LayerscopeError, suggest
+from layerscope.models.adapters import Adapter, adapter_for, get_module
+from layerscope.models.bundled import BUNDLED, model_cache_dir, resolve_bundled
+
+logger = logging.getLogger(__name__)
+
+FINAL_NORM_OPTIONS = ("none", "all")
+
+
+@dataclass
+class LoadedModel:
+    """A base model (no LM head) with its tokenizer and the adapter that gives canonical layers.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The base model (``LlamaModel``, ``BertModel``, ...) in eval mode.
+    tokenizer : Any
+        Its tokenizer (text models) or image processor (vision models); has a pad token.
+    model_id : str
+        Alias, hub id or path it was loaded from: the identity recorded with every result.
+    revision : str or None
+        Hub revision (branch, tag, commit) or the bundled package version.
+    final_norm : {"none", "all"}
+        ``"all"`` applies the model's final norm to every layer's output (what the paper's
+        truncated-model MTEB runs measured); ``"none"`` is the raw residual stream.
+    adapter : Adapter
+        Where blocks and final norm live.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    model_id: str
+    revision: str | None = None
+    final_norm: str = "none"
+    adapter: Adapter = field(default=None)  # type: ignore[assignment]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.final_norm not in FINAL_NORM_OPTIONS:
+            raise LayerscopeError(
+                f"final_norm must be one of {', '.join(FINAL_NORM_OPTIONS)}, got '{self.final_norm}'"
+            )
+        if self.adapter is None:
+            self.adapter = adapter_for(self.model)
+        self.model.eval()
+        if self.final_norm == "all" and self.adapter.final_norm is None:
+            logger.warning("%s has no final norm: final_norm='all' leaves layers unchanged", self.model_id)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return get_module(self.model, self.adapter.blocks)  # type: ignore[return-value]
+
+    @property
+    def final_norm_module(self) -> nn.Module | None:
+        return None if self.adapter.final_norm is None else get_module(self.model, self.adapter.final_norm)
+
+    @property
+    def num_layers(self) -> int:
+        """L, the number of blocks; there are L + 1 layers counting the embedding output (layer 0)."""
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or config.d_model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def modality(self) -> str:
+        return self.adapter.modality
+
+    def depth_pct(self, layer: int) -> float:
+        """Depth of ``layer`` in percent: 100 * l / L."""
+        return 100.0 * layer / self.num_layers
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-serialisable description recorded with results."""
+        return {
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "family": self.adapter.family,
+            "model_type": getattr(self.model.config, "model_type", None),
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "final_norm": self.final_norm,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "source": self.source,
+        }
+
+
+def wrap_model(
+    model: nn.Module,
+    tokenizer: Any,
+    model_id: str,
+    revision: str | None = None,
+    final_norm: str = "none",
+    source: str = "in-memory",
+) -> LoadedModel:
+    """Wrap an already-built model (a base model or one with a head) as a :class:`LoadedModel`."""
+    base = getattr(model, "base_model", model)
+    if tokenizer is not None and hasattr(tokenizer, "pad_token") and tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise LayerscopeError(f"tokenizer of {model_id} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(base, tokenizer, model_id, revision, final_norm, source=source)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[str(dtype)]
+    except KeyError:
+        raise LayerscopeError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16") from None
+
+
+def load_model(
+    name_or_path: str,
+    revision: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    final_norm: str = "none",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model for layer-wise analysis.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A bundled alias (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``), a Hugging Face hub id, a
+        local model folder, or a ``.gguf`` file.
+    revision : str, optional
+        Hub revision (branch, tag or commit, e.g. Pythia's ``step64000``).
+    dtype : str or torch.dtype, optional
+        Forward precision; default float32 on CPU, bfloat16 (or float16) on CUDA.
+    device : str, optional
+        ``"auto"`` (default) picks CUDA when present, else CPU.
+    final_norm : {"none", "all"}
+        See :class:`LoadedModel`.
+    trust_remote_code : bool
+        Passed to ``from_pretrained``; off unless asked.
+    """
+    if final_norm not in FINAL_NORM_OPTIONS:
+        raise LayerscopeError(f"final_norm must be one of {', '.join(FINAL_NORM_OPTIONS)}, got '{final_norm}'")
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, torch_device)
+    start = time.perf_counter()
+    if name_or_path in BUNDLED:
+        loaded = _load_bundled(name_or_path, torch_dtype)
+    else:
+        path = Path(name_or_path).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            model, tokenizer = _load_gguf_cached(path.parent, path.name, f"gguf-{path.stem}", torch_dtype)
+            loaded = wrap_model(model, tokenizer, str(path), revision, source=f"GGUF file {path}")
+        elif path.exists():
+            model, tokenizer = _from_pretrained(str(path), None, torch_dtype, trust_remote_code)
+            loaded = wrap_model(model, tokenizer, str(path), revision, source=f"local folder {path}")
+        else:
+            model, tokenizer = _from_hub(name_or_path, revision, torch_dtype, trust_remote_code)
+            loaded = wrap_model(model, tokenizer, name_or_path, revision, source="huggingface hub")
+    loaded.final_norm = final_norm
+    loaded.__post_init__()
+    if loaded.device != torch_device:
+        loaded.model.to(torch_device)
+    logger.info("loaded %s in %.1f s", name_or_path, time.perf_counter() - start)
+    return loaded
+
+
+def _load_tokenizer(source: str, **kwargs: Any) -> Any:
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError):
+        # vision models have an image processor instead of a tokenizer
+        return AutoImageProcessor.from_pretrained(source, **kwargs)
+
+
+def _from_pretrained(
+    source: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[nn.Module, Any]:
+    from transformers import AutoModel
+
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs)
+    tokenizer = _load_tokenizer(source, **kwargs)
+    return model, tokenizer
+
+
+def _from_hub(
+    name: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[nn.Module, Any]:
+    from huggingface_hub import errors as hub_errors
+
+    aliases = ", ".join(BUNDLED)
+    try:
+        return _from_pretrained(name, revision, dtype, trust_remote_code)
+    except hub_errors.RevisionNotFoundError:
+        raise LayerscopeError(f"revision '{revision}' does not exist for model '{name}'") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise LayerscopeError(
+            f"unknown model '{name}'{suggest(name, BUNDLED)}: not a bundled alias ({aliases}), a local "
+            "path, nor a model on the Hugging Face hub"
+        ) from None
+    except (OSError, ValueError) as error:
+        text = str(error)
+        offline = (
+            os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+            or "offline" in text.lower()
+            or "connect" in text.lower()
+            or isinstance(error, hub_errors.OfflineModeIsEnabled)
+        )
+        if offline:
+            raise LayerscopeError(
+                f"model '{name}' is not a bundled alias ({aliases}) nor a local path, and is not in the local "
+                "Hugging Face cache: downloading it needs the hub, which cannot be reached (offline)"
+                f"{suggest(name, BUNDLED)}"
+            ) from None
+        if revision and "revision" in text.lower():
+            raise LayerscopeError(f"revision '{revision}' does not exist for model '{name}'") from None
+        raise LayerscopeError(f"cannot load model '{name}': {text.splitlines()[0] if text else type(error).__name__}") from None
+
+
+def _load_bundled(alias: str, dtype: torch.dtype) -> LoadedModel:
+    folder, gguf_file, bundled = resolve_bundled(alias)
+    if gguf_file is None:
+        model, tokenizer = _from_pretrained(str(folder), None, dtype, False)
+    else:
+        model, tokenizer = _load_gguf_cached(folder, gguf_file, alias, dtype)
+    return wrap_model(model, tokenizer, alias, bundled.pip, source=bundled.description)
+
+
+def _load_gguf_cached(folder: Path, gguf_file: str, key: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """Dequantize a GGUF model once; later loads read the saved safetensors (seconds, not tens)."""
+    gguf_path = folder / gguf_file
+    stat = gguf_path.stat()
+    fingerprint = {"gguf": str(gguf_path.resolve()), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+    target = model_cache_dir() / key
+    marker = target / "layerscope-source.json"
+    if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(str(target), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(target))
+        return model, tokenizer
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("dequantizing %s once into %s (later loads take seconds)", gguf_file, target)
+    causal = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    model = causal.base_model
+    # the weights are plain tensors after dequantization; the quantizer would block save_pretrained
+    for holder in (causal, model):
+        if hasattr(holder, "hf_quantizer"):
+            holder.hf_quantizer = None
+        for attribute in ("is_quantized",):
+            if hasattr(holder, attribute):
+                try:
+                    setattr(holder, attribute, False)
+                except AttributeError:
+                    pass
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        (staging / "layerscope-source.json").write_text(json.dumps(fingerprint))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # atomic: a killed save never leaves a half-written cache
+    except OSError as error:  # a read-only cache dir costs speed, not correctness
+        logger.warning("could not cache the dequantized model in %s: %s", target, error)
+    return model, tokenizer
