@@ -215,11 +215,13 @@ def _load_tokenizer(source: str, **kwargs: Any) -> Any:
 
 
 def _from_pretrained(
-    source: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool
+    source: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool, local_only: bool = False
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModel
 
-    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if local_only:
+        kwargs["local_files_only"] = True
     model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs)
     tokenizer = _load_tokenizer(source, **kwargs)
     return model, tokenizer
@@ -230,9 +232,12 @@ def _from_hub(
 ) -> tuple[nn.Module, Any]:
     from huggingface_hub import errors as hub_errors
 
+    from layerscope.hub import offline_reason
+
     aliases = ", ".join(BUNDLED)
+    offline = offline_reason()  # offline, only the local HF cache is tried: no minutes of retries
     try:
-        return _from_pretrained(name, revision, dtype, trust_remote_code)
+        return _from_pretrained(name, revision, dtype, trust_remote_code, local_only=offline is not None)
     except hub_errors.RevisionNotFoundError:
         raise LayerscopeError(f"revision '{revision}' does not exist for model '{name}'") from None
     except hub_errors.RepositoryNotFoundError:
@@ -242,17 +247,11 @@ def _from_hub(
         ) from None
     except (OSError, ValueError) as error:
         text = str(error)
-        offline = (
-            os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-            or "offline" in text.lower()
-            or "connect" in text.lower()
-            or isinstance(error, hub_errors.OfflineModeIsEnabled)
-        )
-        if offline:
+        if offline or "offline" in text.lower() or "connect" in text.lower():
             raise LayerscopeError(
                 f"model '{name}' is not a bundled alias ({aliases}) nor a local path, and is not in the local "
-                "Hugging Face cache: downloading it needs the hub, which cannot be reached (offline)"
-                f"{suggest(name, BUNDLED)}"
+                f"Hugging Face cache: downloading it needs the hub, which cannot be reached "
+                f"({offline or 'offline'}){suggest(name, BUNDLED)}"
             ) from None
         if revision and "revision" in text.lower():
             raise LayerscopeError(f"revision '{revision}' does not exist for model '{name}'") from None
@@ -292,12 +291,6 @@ def _load_gguf_cached(folder: Path, gguf_file: str, key: str, dtype: torch.dtype
     for holder in (causal, model):
         if hasattr(holder, "hf_quantizer"):
             holder.hf_quantizer = None
-        for attribute in ("is_quantized",):
-            if hasattr(holder, attribute):
-                try:
-                    setattr(holder, attribute, False)
-                except AttributeError:
-                    pass
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     try:

@@ -1,0 +1,30 @@
+"""layerscope.store: the results database (DuckDB) and atomic artifact files.
+
+One ``results.duckdb`` per output directory holds runs, per-layer metrics, per-layer task scores,
+per-prompt values and experiment values (see :mod:`layerscope.store.db`); plots and reports are
+written with the atomic helpers of :mod:`layerscope.store.artifacts`.
+"""
+
+from __future__ import annotations
+
+from layerscope.store.artifacts import (
+    atomic_open,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from layerscope.store.db import SCHEMA_VERSION, STORE_FILENAME, ResultsStore, merge_stores, run_id_for
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STORE_FILENAME",
+    "ResultsStore",
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "merge_stores",
+    "run_id_for",
+]

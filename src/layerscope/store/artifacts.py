@@ -1,0 +1,128 @@
+"""Atomic artifact files: a reader sees the old file or the new one, never half of one.
+
+Every file layerscope writes next to ``results.duckdb`` (PNG plots, ``report.html``, JSON
+side-cars) goes through these helpers: the content is written to a temporary file in the same
+directory, flushed and fsynced, then moved over the target with :func:`os.replace`, which is atomic
+on POSIX and Windows when source and target are on the same file system. A run killed mid-write
+leaves at most a stray ``.<name>.*.tmp<suffix>`` file, never a truncated artifact (SPEC section 9).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """Create an empty temporary file next to ``path`` that keeps its suffix (for format sniffing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the rename itself; a no-op where directories cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success it replaces ``path`` atomically.
+
+    Use it with writers that want a file name rather than a file object, e.g.
+    ``with atomic_path(out / "curves.png") as tmp: fig.savefig(tmp)``. The temporary name keeps
+    the target's suffix, so libraries that pick a format from the extension still work.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final location of the file. Parent directories are created.
+
+    Yields
+    ------
+    pathlib.Path
+        Temporary file in the same directory as ``path`` (already created, empty).
+
+    Notes
+    -----
+    If the body raises, the temporary file is removed and ``path`` is left untouched.
+    """
+    target = Path(path)
+    temporary = _temporary_sibling(target)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO[Any]]:
+    """Open a file for writing that appears at ``path`` only once it is complete.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final location of the file.
+    mode : {"w", "wb"}, default "w"
+        Text or binary write mode.
+    encoding : str or None, default "utf-8"
+        Text encoding; ignored in binary mode.
+
+    Yields
+    ------
+    file object
+        Writable file object on a temporary sibling of ``path``.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
+    with atomic_path(path) as temporary:
+        if mode == "wb":
+            with open(temporary, "wb") as handle:
+                yield handle
+        else:
+            with open(temporary, "w", encoding=encoding) as handle:
+                yield handle
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_open(path, "w", encoding=encoding) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """Serialise ``obj`` as JSON (keys sorted, non-JSON values through ``str``) to ``path`` atomically."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=str, ensure_ascii=False)
+    return atomic_write_text(path, text + "\n")

@@ -1,0 +1,726 @@
+"""The results database: one DuckDB file (``results.duckdb``) per output directory.
+
+Tables
+------
+``runs``
+    One row per run: ``run_id``, ``config`` (JSON), ``layerscope_version``, ``model_id``,
+    ``revision``, ``data_source``, ``data_hash`` (content hash of the texts), ``status``
+    (``running`` / ``finished`` / ``failed``), ``created_at`` and ``finished_at`` (UTC), ``skipped``
+    (JSON object of skip counts, e.g. empty prompts) and ``error``.
+``layer_metrics``
+    ``run_id, layer, depth_pct, metric, normalization, value, n_used, n_skipped, dataset``.
+``task_scores``
+    ``run_id, layer, depth_pct, task, task_type, main_score, scores`` (``scores``: JSON of all of
+    the evaluator's scores).
+``prompt_values``
+    ``run_id, layer, prompt_index, metric, value, dataset`` (per-prompt values for histograms).
+``experiment_values``
+    ``run_id, experiment, condition, layer, key, value``: a generic long table for the further
+    experiments (SPEC section 7).
+
+Identity and idempotence
+------------------------
+``run_id`` is a deterministic hash of the run's configuration (:func:`run_id_for`). Starting a run
+whose configuration is already stored deletes that run's rows first, so re-running a configuration
+replaces its results instead of duplicating them.
+
+Transactions and faults
+-----------------------
+Every write is one transaction (``BEGIN`` ... ``COMMIT``; a replace is delete + insert inside it);
+on error it is rolled back. DuckDB writes a write-ahead log, so a process killed mid-run leaves the
+database readable with every committed transaction in it; the run row keeps ``status='running'``.
+
+Concurrency
+-----------
+DuckDB allows one process to open a database file for writing (it takes a file lock); other
+processes then cannot open it at all, and several processes may open it only if all are
+read-only. Parallel units of a sweep therefore each write their own file and are combined
+afterwards with :func:`merge_stores`. Inside one process a :class:`ResultsStore` holds a single
+connection and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from layerscope.errors import LayerscopeError, unknown
+
+__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "merge_stores", "run_id_for"]
+
+logger = logging.getLogger(__name__)
+
+STORE_FILENAME = "results.duckdb"
+SCHEMA_VERSION = 1
+
+# table -> ((column, SQL type, required in an input frame), ...); run_id is always first and set by the store
+_DATA_TABLES: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "layer_metrics": (
+        ("layer", "INTEGER", True),
+        ("depth_pct", "DOUBLE", False),
+        ("metric", "VARCHAR", True),
+        ("normalization", "VARCHAR", False),
+        ("value", "DOUBLE", True),
+        ("n_used", "BIGINT", False),
+        ("n_skipped", "BIGINT", False),
+        ("dataset", "VARCHAR", False),
+    ),
+    "task_scores": (
+        ("layer", "INTEGER", True),
+        ("depth_pct", "DOUBLE", False),
+        ("task", "VARCHAR", True),
+        ("task_type", "VARCHAR", False),
+        ("main_score", "DOUBLE", True),
+        ("scores", "VARCHAR", False),
+    ),
+    "prompt_values": (
+        ("layer", "INTEGER", True),
+        ("prompt_index", "BIGINT", True),
+        ("metric", "VARCHAR", True),
+        ("value", "DOUBLE", True),
+        ("dataset", "VARCHAR", False),
+    ),
+    "experiment_values": (
+        ("experiment", "VARCHAR", True),
+        ("condition", "VARCHAR", False),
+        ("layer", "INTEGER", False),
+        ("key", "VARCHAR", True),
+        ("value", "DOUBLE", True),
+    ),
+}
+
+_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "VARCHAR"),
+    ("config", "VARCHAR"),
+    ("layerscope_version", "VARCHAR"),
+    ("model_id", "VARCHAR"),
+    ("revision", "VARCHAR"),
+    ("data_source", "VARCHAR"),
+    ("data_hash", "VARCHAR"),
+    ("status", "VARCHAR"),
+    ("created_at", "TIMESTAMP"),
+    ("finished_at", "TIMESTAMP"),
+    ("skipped", "VARCHAR"),
+    ("error", "VARCHAR"),
+)
+
+_ALL_TABLES = ("runs", *_DATA_TABLES)
+_RUN_STATUSES = ("running", "finished", "failed")
+_INPUT_VIEW = "_layerscope_input"
+
+
+def _canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace; values JSON cannot hold go through ``str``."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def run_id_for(config: Mapping[str, Any]) -> str:
+    """Return the deterministic id of a run configuration.
+
+    Parameters
+    ----------
+    config : Mapping
+        Everything that defines the run (model, revision, data source, metrics, pooling, ...).
+        Key order does not matter; values that JSON cannot represent are hashed through ``str``.
+
+    Returns
+    -------
+    str
+        16 hexadecimal characters of the SHA-256 of the canonical JSON of ``config``.
+    """
+    return hashlib.sha256(_canonical_json(dict(config)).encode("utf-8")).hexdigest()[:16]
+
+
+def _utc_now() -> datetime:
+    """Current UTC time as a naive datetime (stored in ``TIMESTAMP`` columns, documented as UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _first_line(error: BaseException) -> str:
+    """First line of an exception's message (DuckDB's can span several), or its type name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _quote_literal(text: str) -> str:
+    """Quote a string as an SQL literal (for statements such as ATTACH that take no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _resolve_path(path: str | os.PathLike[str]) -> Path:
+    """A directory means ``<directory>/results.duckdb``."""
+    resolved = Path(path)
+    if resolved.is_dir():
+        resolved = resolved / STORE_FILENAME
+    return resolved
+
+
+def _as_id_list(run_id: str | Sequence[str] | None) -> list[str] | None:
+    if run_id is None:
+        return None
+    if isinstance(run_id, str):
+        return [run_id]
+    return list(run_id)
+
+
+class ResultsStore:
+    """Results of layerscope runs in one DuckDB file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Database file, or an existing directory (then ``<path>/results.duckdb``). Parent
+        directories are created for a writable store.
+    read_only : bool, default False
+        Open without write access (several processes may read at once, but only while no process
+        has the file open for writing).
+
+    Examples
+    --------
+    >>> with ResultsStore("runs/p410") as store:                     # doctest: +SKIP
+    ...     run_id = store.begin_run(config, model_id="EleutherAI/pythia-410m", revision="main")
+    ...     store.write_metrics(run_id, metrics_frame)
+    ...     store.write_scores(run_id, scores_frame)
+    ...     store.finish_run(run_id, skipped={"empty_prompts": 2})
+    ...     table = store.metrics(run_id)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        import duckdb  # imported here so that importing layerscope.store stays cheap
+
+        self.path = _resolve_path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise LayerscopeError(f"no results database at {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connection: Any = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as error:
+            raise LayerscopeError(
+                f"cannot open results database {self.path}: {_first_line(error)} "
+                "(DuckDB allows one writing process per file; close other layerscope processes using it)"
+            ) from error
+        self._in_transaction = False
+        if not read_only:
+            self._create_schema()
+
+    @classmethod
+    def in_directory(cls, directory: str | os.PathLike[str], *, read_only: bool = False) -> ResultsStore:
+        """Open ``<directory>/results.duckdb``, creating the directory for a writable store."""
+        directory = Path(directory)
+        if not read_only:
+            directory.mkdir(parents=True, exist_ok=True)
+        return cls(directory / STORE_FILENAME, read_only=read_only)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        state = "closed" if self._connection is None else mode
+        return f"ResultsStore({str(self.path)!r}, {state})"
+
+    @property
+    def connection(self) -> Any:
+        """The underlying ``duckdb.DuckDBPyConnection`` (for ad-hoc SQL)."""
+        if self._connection is None:
+            raise LayerscopeError(f"results database {self.path} is closed")
+        return self._connection
+
+    def _create_schema(self) -> None:
+        with self.transaction() as connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS layerscope_meta (key VARCHAR, value VARCHAR)")
+            columns = ", ".join(f"{name} {sql_type}" for name, sql_type in _RUN_COLUMNS)
+            connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            for table, spec in _DATA_TABLES.items():
+                columns = ", ".join(["run_id VARCHAR", *(f"{name} {sql_type}" for name, sql_type, _ in spec)])
+                connection.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            found = connection.execute(
+                "SELECT value FROM layerscope_meta WHERE key = 'schema_version'"
+            ).fetchall()
+            if not found:
+                connection.execute(
+                    "INSERT INTO layerscope_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+                )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """Run the body in one transaction: committed on success, rolled back on any exception.
+
+        Nested uses join the outer transaction (DuckDB has no nested transactions).
+
+        Yields
+        ------
+        duckdb.DuckDBPyConnection
+            The store's connection.
+        """
+        connection = self.connection
+        if self._in_transaction:
+            yield connection
+            return
+        connection.begin()
+        self._in_transaction = True
+        try:
+            yield connection
+        except BaseException:
+            self._in_transaction = False
+            connection.rollback()
+            raise
+        self._in_transaction = False
+        connection.commit()
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise LayerscopeError(f"results database {self.path} was opened read-only")
+
+    # ------------------------------------------------------------------ runs
+
+    def begin_run(
+        self,
+        config: Mapping[str, Any],
+        *,
+        model_id: str | None = None,
+        revision: str | None = None,
+        data_source: str | None = None,
+        data_hash: str | None = None,
+        run_id: str | None = None,
+        resume: bool = False,
+    ) -> str:
+        """Register a run and return its id.
+
+        Parameters
+        ----------
+        config : Mapping
+            The full run configuration, stored as JSON; its hash is the run id.
+        model_id, revision, data_source, data_hash : str, optional
+            Searchable copies of the run's model, revision, text source and text content hash.
+        run_id : str, optional
+            Explicit id; defaults to :func:`run_id_for` of ``config``.
+        resume : bool, default False
+            Keep the rows this run already has (a resumed run adds what is missing). By default
+            the run's existing rows in every table are deleted, so a re-run replaces them.
+
+        Returns
+        -------
+        str
+            The run id.
+        """
+        self._require_writable()
+        run_id = run_id or run_id_for(config)
+        from layerscope import __version__
+
+        with self.transaction() as connection:
+            # fetchall, not fetchone: DuckDB refuses new work while a result is half read
+            previous = connection.execute("SELECT created_at FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            if previous and resume:
+                connection.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL WHERE run_id = ?",
+                    [run_id],
+                )
+                return run_id
+            for table in _ALL_TABLES:
+                connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            connection.execute(
+                "INSERT INTO runs (run_id, config, layerscope_version, model_id, revision, data_source, "
+                "data_hash, status, created_at, finished_at, skipped, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, NULL, NULL, NULL)",
+                [
+                    run_id,
+                    _canonical_json(dict(config)),
+                    __version__,
+                    model_id,
+                    revision,
+                    data_source,
+                    data_hash,
+                    _utc_now(),
+                ],
+            )
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str = "finished",
+        skipped: Mapping[str, int] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Mark a run finished (or failed), with its skip counts.
+
+        Parameters
+        ----------
+        run_id : str
+            A run registered with :meth:`begin_run`.
+        status : {"finished", "failed", "running"}, default "finished"
+        skipped : Mapping[str, int], optional
+            Counts of skipped inputs (empty prompts, too-short prompts, NaN layers, ...).
+        error : str, optional
+            One-line reason for a failed run.
+        """
+        self._require_writable()
+        if status not in _RUN_STATUSES:
+            raise unknown("run status", status, _RUN_STATUSES)
+        with self.transaction() as connection:
+            self._require_run(connection, run_id)
+            connection.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, skipped = ?, error = ? WHERE run_id = ?",
+                [
+                    status,
+                    _utc_now(),
+                    None if skipped is None else _canonical_json(dict(skipped)),
+                    error,
+                    run_id,
+                ],
+            )
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run and all its rows (no error if it does not exist)."""
+        self._require_writable()
+        with self.transaction() as connection:
+            for table in _ALL_TABLES:
+                connection.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+    @staticmethod
+    def _require_run(connection: Any, run_id: str) -> None:
+        if not connection.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
+            raise LayerscopeError(f"unknown run '{run_id}': call begin_run(config) first")
+
+    # ------------------------------------------------------------------ writes
+
+    def _insert(
+        self,
+        table: str,
+        run_id: str,
+        frame: pd.DataFrame,
+        *,
+        replace: bool,
+        replace_where: tuple[str, list[Any]] | None = None,
+    ) -> int:
+        """Insert ``frame`` into ``table`` for ``run_id`` in one transaction; return the row count."""
+        self._require_writable()
+        spec = _DATA_TABLES[table]
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame for {table}, got {type(frame).__name__}")
+        missing = [name for name, _, required in spec if required and name not in frame.columns]
+        if missing:
+            raise LayerscopeError(f"cannot store {table}: missing column(s) {', '.join(missing)}")
+        known = {name for name, _, _ in spec} | {"run_id"}
+        extra = [str(column) for column in frame.columns if column not in known]
+        if extra:
+            logger.warning("%s: ignoring column(s) the store does not keep: %s", table, ", ".join(extra))
+        frame = frame.reset_index(drop=True)
+        if table == "task_scores" and "scores" in frame.columns:
+            frame = frame.assign(
+                scores=frame["scores"].map(
+                    lambda value: value if value is None or isinstance(value, str) else _canonical_json(value)
+                )
+            )
+        select = ", ".join(
+            f'CAST({_INPUT_VIEW}."{name}" AS {sql_type})'
+            if name in frame.columns
+            else f"CAST(NULL AS {sql_type})"
+            for name, sql_type, _ in spec
+        )
+        columns = ", ".join(["run_id", *(name for name, _, _ in spec)])
+        with self.transaction() as connection:
+            self._require_run(connection, run_id)
+            if replace:
+                where, parameters = replace_where or ("", [])
+                connection.execute(f"DELETE FROM {table} WHERE run_id = ?{where}", [run_id, *parameters])
+            if len(frame):
+                import duckdb
+
+                connection.register(_INPUT_VIEW, frame)
+                try:
+                    connection.execute(
+                        f"INSERT INTO {table} ({columns}) SELECT ?, {select} FROM {_INPUT_VIEW}", [run_id]
+                    )
+                except duckdb.Error as error:
+                    raise LayerscopeError(f"cannot store {table}: {_first_line(error)}") from error
+                finally:
+                    # after a failed statement the transaction is aborted and refuses even this;
+                    # the registration is replaced by the next register() anyway
+                    with contextlib.suppress(duckdb.Error):
+                        connection.unregister(_INPUT_VIEW)
+        return len(frame)
+
+    def write_metrics(self, run_id: str, frame: pd.DataFrame, *, replace: bool = True) -> int:
+        """Store per-layer metrics (long format).
+
+        Parameters
+        ----------
+        run_id : str
+            A run registered with :meth:`begin_run`.
+        frame : pandas.DataFrame
+            Columns ``layer, metric, value`` and optionally ``depth_pct, normalization, n_used,
+            n_skipped, dataset``.
+        replace : bool, default True
+            Delete the run's previous metric rows first (same transaction). ``False`` appends,
+            e.g. layer by layer as they are computed.
+
+        Returns
+        -------
+        int
+            Number of rows written.
+        """
+        return self._insert("layer_metrics", run_id, frame, replace=replace)
+
+    def write_scores(self, run_id: str, frame: pd.DataFrame, *, replace: bool = True) -> int:
+        """Store per-layer task scores: ``layer, task, main_score`` (+ ``depth_pct, task_type, scores``).
+
+        ``scores`` may hold JSON strings or dicts (serialised here). See :meth:`write_metrics`.
+        """
+        return self._insert("task_scores", run_id, frame, replace=replace)
+
+    def write_prompt_values(self, run_id: str, frame: pd.DataFrame, *, replace: bool = True) -> int:
+        """Store per-prompt values: ``layer, prompt_index, metric, value`` (+ ``dataset``)."""
+        return self._insert("prompt_values", run_id, frame, replace=replace)
+
+    def write_experiment_values(self, run_id: str, frame: pd.DataFrame, *, replace: bool = True) -> int:
+        """Store experiment results: ``experiment, key, value`` (+ ``condition, layer``).
+
+        With ``replace=True`` only the run's rows of the experiments present in ``frame`` are
+        replaced, so several experiments can share a run.
+        """
+        experiments = sorted({str(name) for name in frame["experiment"]}) if "experiment" in frame else []
+        where = None
+        if experiments:
+            where = (f" AND experiment IN ({', '.join('?' for _ in experiments)})", list(experiments))
+        return self._insert("experiment_values", run_id, frame, replace=replace, replace_where=where)
+
+    def write_run(
+        self,
+        config: Mapping[str, Any],
+        *,
+        metrics: pd.DataFrame | None = None,
+        scores: pd.DataFrame | None = None,
+        prompt_values: pd.DataFrame | None = None,
+        experiment_values: pd.DataFrame | None = None,
+        model_id: str | None = None,
+        revision: str | None = None,
+        data_source: str | None = None,
+        data_hash: str | None = None,
+        skipped: Mapping[str, int] | None = None,
+    ) -> str:
+        """Write a complete run in one transaction (all of it or nothing) and return its id.
+
+        Parameters are those of :meth:`begin_run`, the ``write_*`` methods and :meth:`finish_run`.
+        """
+        with self.transaction():
+            run_id = self.begin_run(
+                config, model_id=model_id, revision=revision, data_source=data_source, data_hash=data_hash
+            )
+            if metrics is not None:
+                self.write_metrics(run_id, metrics)
+            if scores is not None:
+                self.write_scores(run_id, scores)
+            if prompt_values is not None:
+                self.write_prompt_values(run_id, prompt_values)
+            if experiment_values is not None:
+                self.write_experiment_values(run_id, experiment_values)
+            self.finish_run(run_id, skipped=skipped)
+        return run_id
+
+    # ------------------------------------------------------------------ reads
+
+    def _read(self, table: str, filters: Iterable[tuple[str, list[Any] | None]]) -> pd.DataFrame:
+        clauses: list[str] = []
+        parameters: list[Any] = []
+        for column, values in filters:
+            if values is None:
+                continue
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})" if values else "FALSE")
+            parameters.extend(values)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = {
+            "runs": "created_at, run_id",
+            "layer_metrics": "run_id, dataset, metric, normalization, layer",
+            "task_scores": "run_id, task, layer",
+            "prompt_values": "run_id, metric, layer, prompt_index",
+            "experiment_values": "run_id, experiment, condition, layer, key",
+        }[table]
+        return self.connection.execute(f"SELECT * FROM {table}{where} ORDER BY {order}", parameters).df()
+
+    def runs(self, *, status: str | None = None) -> pd.DataFrame:
+        """All runs (one row each, oldest first); optionally only those with ``status``."""
+        return self._read("runs", [("status", None if status is None else [status])])
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        """The stored configuration of a run, parsed from JSON."""
+        rows = self.connection.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not rows:
+            raise unknown("run", run_id, self.runs()["run_id"].tolist())
+        return dict(json.loads(rows[0][0]))
+
+    def latest_run_id(self, *, status: str | None = "finished") -> str | None:
+        """Id of the most recently created run (with ``status``, by default finished ones), or None."""
+        frame = self.runs(status=status)
+        return None if frame.empty else str(frame["run_id"].iloc[-1])
+
+    def metrics(
+        self, run_id: str | Sequence[str] | None = None, *, metric: str | None = None
+    ) -> pd.DataFrame:
+        """Per-layer metrics of one run, several, or all (``run_id=None``)."""
+        return self._read(
+            "layer_metrics",
+            [("run_id", _as_id_list(run_id)), ("metric", None if metric is None else [metric])],
+        )
+
+    def scores(self, run_id: str | Sequence[str] | None = None, *, task: str | None = None) -> pd.DataFrame:
+        """Per-layer task scores of one run, several, or all (``run_id=None``)."""
+        return self._read(
+            "task_scores", [("run_id", _as_id_list(run_id)), ("task", None if task is None else [task])]
+        )
+
+    def prompt_values(
+        self,
+        run_id: str | Sequence[str] | None = None,
+        *,
+        metric: str | None = None,
+        layer: int | None = None,
+    ) -> pd.DataFrame:
+        """Per-prompt values, optionally of one metric and one layer."""
+        return self._read(
+            "prompt_values",
+            [
+                ("run_id", _as_id_list(run_id)),
+                ("metric", None if metric is None else [metric]),
+                ("layer", None if layer is None else [int(layer)]),
+            ],
+        )
+
+    def experiment_values(
+        self, run_id: str | Sequence[str] | None = None, *, experiment: str | None = None
+    ) -> pd.DataFrame:
+        """Rows of the generic experiment table, optionally of one experiment."""
+        return self._read(
+            "experiment_values",
+            [("run_id", _as_id_list(run_id)), ("experiment", None if experiment is None else [experiment])],
+        )
+
+
+_CONFLICT_POLICIES = ("replace", "skip", "error")
+
+
+def merge_stores(
+    target: str | os.PathLike[str],
+    sources: Iterable[str | os.PathLike[str]],
+    *,
+    on_conflict: str = "replace",
+) -> list[str]:
+    """Copy every run of several result databases into one.
+
+    Sweep units each write their own database (DuckDB admits one writing process per file); this
+    combines them. Each source is merged in its own transaction, so an interrupted merge leaves
+    whole runs only.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        Database file or directory to merge into (created if needed).
+    sources : iterable of str or os.PathLike
+        Database files or directories holding ``results.duckdb``; opened read-only. A source that
+        is the target itself is skipped.
+    on_conflict : {"replace", "skip", "error"}, default "replace"
+        What to do with a run id already present in the target: replace its rows with the
+        source's, keep the target's, or raise.
+
+    Returns
+    -------
+    list of str
+        The run ids copied into the target.
+    """
+    import duckdb
+
+    if on_conflict not in _CONFLICT_POLICIES:
+        raise unknown("conflict policy", on_conflict, _CONFLICT_POLICIES)
+    merged: list[str] = []
+    with ResultsStore(target) as store:
+        connection = store.connection
+        target_path = store.path.resolve()
+        for index, source in enumerate(sources):
+            source_path = _resolve_path(source)
+            if not source_path.exists():
+                raise LayerscopeError(f"no results database at {source_path}")
+            if source_path.resolve() == target_path:
+                logger.info("merge_stores: skipping %s (it is the target)", source_path)
+                continue
+            alias = f"layerscope_source_{index}"
+            try:
+                connection.execute(f"ATTACH {_quote_literal(str(source_path))} AS {alias} (READ_ONLY)")
+            except duckdb.Error as error:
+                raise LayerscopeError(
+                    f"cannot read results database {source_path}: {_first_line(error)}"
+                ) from error
+            try:
+                merged.extend(_merge_one(store, alias, on_conflict, source_path))
+            finally:
+                connection.execute(f"DETACH {alias}")
+    return merged
+
+
+def _merge_one(store: ResultsStore, alias: str, on_conflict: str, source_path: Path) -> list[str]:
+    """Copy the runs of the attached database ``alias`` into ``store`` (one transaction)."""
+    connection = store.connection
+    present = {
+        row[0]: set()
+        for row in connection.execute(
+            "SELECT DISTINCT table_name FROM duckdb_tables() WHERE database_name = ?", [alias]
+        ).fetchall()
+    }
+    if "runs" not in present:
+        raise LayerscopeError(f"{source_path} is not a layerscope results database (no 'runs' table)")
+    for table_name, column_name in connection.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = ?", [alias]
+    ).fetchall():
+        present[table_name].add(column_name)
+
+    source_runs = [row[0] for row in connection.execute(f"SELECT run_id FROM {alias}.runs").fetchall()]
+    existing = {row[0] for row in connection.execute("SELECT run_id FROM runs").fetchall()}
+    conflicts = sorted(set(source_runs) & existing)
+    if conflicts and on_conflict == "error":
+        raise LayerscopeError(f"run(s) {', '.join(conflicts)} of {source_path} already exist in {store.path}")
+    chosen = [run for run in source_runs if on_conflict == "replace" or run not in existing]
+    if not chosen:
+        return []
+
+    placeholders = ", ".join("?" for _ in chosen)
+    target_columns = {"runs": [name for name, _ in _RUN_COLUMNS]}
+    target_columns.update(
+        {table: ["run_id", *(name for name, _, _ in spec)] for table, spec in _DATA_TABLES.items()}
+    )
+    with store.transaction():
+        for table in _ALL_TABLES:
+            connection.execute(f"DELETE FROM {table} WHERE run_id IN ({placeholders})", chosen)
+            if table not in present:
+                continue
+            columns = [name for name in target_columns[table] if name in present[table]]
+            column_list = ", ".join(columns)
+            connection.execute(
+                f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {alias}.{table} "
+                f"WHERE run_id IN ({placeholders})",
+                chosen,
+            )
+    logger.info("merge_stores: %d run(s) from %s", len(chosen), source_path)
+    return chosen
