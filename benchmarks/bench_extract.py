@@ -34,7 +34,7 @@ def main() -> None:
     texts = load_texts(args.dataset, limit=args.texts, seed=0)
 
     # the batches extract will run: same tokenization, same length-sorted plan
-    tokenized = TokenizedTexts(model, texts, 512)
+    tokenized = TokenizedTexts.from_texts(model, texts, 512)
     batches = [tokenized.batch(torch.from_numpy(rows)) for rows in
                _plan_batches(tokenized.lengths, np.arange(len(texts)), "auto", model)]
     touched = []

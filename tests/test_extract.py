@@ -265,3 +265,19 @@ def test_real_bundled_models_give_every_layer(texts):
     assert result.pooled.shape == (7, len(texts), 384)
     # distinct texts give distinct embeddings at every layer
     assert (np.abs(result.pooled[:, 0] - result.pooled[:, 1]).max(axis=1) > 1e-3).all()
+
+
+def test_extract_token_ids_equals_extract_on_the_same_tokens(tiny_llama, texts):
+    from layerscope.extract import extract_token_ids
+
+    ids = [tiny_llama.tokenizer(t)["input_ids"] for t in texts]
+    by_text = ls.extract(tiny_llama, texts, progress=False)
+    by_ids = extract_token_ids(tiny_llama, ids, progress=False)
+    np.testing.assert_allclose(by_ids.pooled, by_text.pooled, atol=TOL)
+    padded = torch.full((len(ids), max(map(len, ids))), 0)
+    for row, sequence in enumerate(ids):
+        padded[row, : len(sequence)] = torch.tensor(sequence)
+    from_tensor = extract_token_ids(tiny_llama, padded, lengths=[len(s) for s in ids], progress=False)
+    np.testing.assert_allclose(from_tensor.pooled, by_text.pooled, atol=TOL)
+    with pytest.raises(LayerscopeError, match="empty"):
+        extract_token_ids(tiny_llama, [[], []], progress=False)

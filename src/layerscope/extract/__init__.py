@@ -7,10 +7,10 @@ binds the name on ``layerscope``, so the module itself is made callable and forw
 import sys
 import types
 
-from layerscope.extract.engine import Extraction, extract, resolve_layers
+from layerscope.extract.engine import Extraction, extract, extract_token_ids, resolve_layers
 from layerscope.extract.pooling import POOLING_MODES, pool
 
-__all__ = ["POOLING_MODES", "Extraction", "extract", "pool", "resolve_layers"]
+__all__ = ["POOLING_MODES", "Extraction", "extract", "extract_token_ids", "pool", "resolve_layers"]
 
 
 class _CallableModule(types.ModuleType):

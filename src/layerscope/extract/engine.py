@@ -76,7 +76,8 @@ class Extraction:
 
     def tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """All layers as one tensor, shape (n_layers, n_texts, dim)."""
-        return torch.from_numpy(np.ascontiguousarray(self.pooled)).to(dtype)
+        array = self.pooled if self.pooled.flags.writeable else np.array(self.pooled)  # memmaps are read-only
+        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
 
     def depth_pct(self) -> list[float]:
         return [100.0 * layer / self.num_layers for layer in self.layers]
@@ -155,18 +156,20 @@ class _LayerCapture:
 
 
 class TokenizedTexts:
-    """All kept texts tokenized once, as one flat id vector with offsets (batches gather from it)."""
+    """Token ids of all texts as one flat vector with offsets (batches gather from it, no loops)."""
 
-    def __init__(self, model: LoadedModel, texts: Sequence[str], max_length: int) -> None:
-        tokenizer = model.tokenizer
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)[
-            "input_ids"
-        ]
+    def __init__(self, encoded: Sequence[Sequence[int]], pad_id: int) -> None:
         self.lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
-        self.flat = torch.tensor([token for ids in encoded for token in ids], dtype=torch.long)
+        self.flat = torch.tensor([int(token) for ids in encoded for token in ids], dtype=torch.long)
         self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
-        self.pad_id = int(tokenizer.pad_token_id)
-        self.max_length = max_length
+        self.pad_id = int(pad_id)
+
+    @classmethod
+    def from_texts(cls, model: LoadedModel, texts: Sequence[str], max_length: int) -> TokenizedTexts:
+        """Tokenize all texts at once with the model's tokenizer (special tokens added, truncated)."""
+        tokenizer = model.tokenizer
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+        return cls(encoded["input_ids"], tokenizer.pad_token_id)
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``(input_ids, attention_mask)`` of the texts at ``rows``, gathered without loops."""
@@ -261,7 +264,7 @@ def extract(
     if cache_dtype not in ("float32", "float16"):
         raise LayerscopeError(f"cache_dtype must be float32 or float16, got '{cache_dtype}'")
     selected = resolve_layers(layers, model.num_layers)
-    n_layers, dim = model.num_layers + 1, model.hidden_size
+    n_layers = model.num_layers + 1
     key_fields = {
         "model_id": model.model_id,
         "revision": model.revision,
@@ -292,9 +295,70 @@ def extract(
         stored["from_cache"] = True
         return _selected(Extraction(pooled, list(range(n_layers)), kept_texts, kept, stored, True), selected)
 
+    tokenized = TokenizedTexts.from_texts(model, kept_texts, max_length)
+    record["n_at_max_length"] = int((tokenized.lengths >= max_length).sum())
+    output, record = _run(model, tokenized, kept, pooling, batch_size, cache, token_hook, progress,
+                          np.dtype(cache_dtype), record)
+    return _selected(Extraction(output, list(range(n_layers)), kept_texts, kept, record, False), selected)
+
+
+def extract_token_ids(
+    model: LoadedModel,
+    token_ids: Sequence[Sequence[int]] | torch.Tensor,
+    pooling: str = "mean",
+    layers: str | int | Sequence[int] = "all",
+    batch_size: int | str = "auto",
+    token_hook: TokenHook | None = None,
+    progress: bool = True,
+    lengths: Sequence[int] | torch.Tensor | None = None,
+) -> Extraction:
+    """Like :func:`extract`, for prompts given as token ids (e.g. perturbed prompts); no disk cache.
+
+    Parameters
+    ----------
+    token_ids : list of id lists, or a (prompts, tokens) tensor with ``lengths``
+        Each prompt's ids, used as they are (no special tokens added, no truncation).
+    lengths : sequence of int, optional
+        Real length of each row when ``token_ids`` is a padded tensor (right padding).
+    """
+    pooling = check_pooling(pooling)
+    if isinstance(token_ids, torch.Tensor):
+        rows = token_ids.tolist()
+        if lengths is not None:
+            rows = [row[: int(length)] for row, length in zip(rows, torch.as_tensor(lengths).tolist(), strict=True)]
+        token_ids = rows
+    token_ids = [list(ids) for ids in token_ids]
+    if not token_ids:
+        raise LayerscopeError("no prompts to extract: the token id list is empty")
+    kept = np.array([i for i, ids in enumerate(token_ids) if len(ids) > 0], dtype=np.int64)
+    if len(kept) == 0:
+        raise LayerscopeError(f"all {len(token_ids)} prompts are empty: nothing to extract")
+    selected = resolve_layers(layers, model.num_layers)
+    tokenized = TokenizedTexts([token_ids[i] for i in kept], model.tokenizer.pad_token_id)
+    record: dict[str, Any] = {**model.describe(), "pooling": pooling, "batch_size": batch_size,
+                              "n_texts": len(token_ids), "n_kept": len(kept),
+                              "n_skipped_empty": len(token_ids) - len(kept), "input": "token_ids"}
+    output, record = _run(model, tokenized, kept, pooling, batch_size, None, token_hook, progress,
+                          np.dtype("float32"), record)
+    texts = model.tokenizer.batch_decode([token_ids[i] for i in kept])
+    return _selected(Extraction(output, list(range(model.num_layers + 1)), texts, kept, record, False), selected)
+
+
+def _run(
+    model: LoadedModel,
+    tokenized: TokenizedTexts,
+    kept: np.ndarray,
+    pooling: str,
+    batch_size: int | str,
+    cache: EmbeddingCache | None,
+    token_hook: TokenHook | None,
+    progress: bool,
+    np_dtype: np.dtype,
+    record: dict[str, Any],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The batch loop: forward, pool every layer into ``output``, feed the token hook, checkpoint."""
     start = time.perf_counter()
-    tokenized = TokenizedTexts(model, kept_texts, max_length)
-    np_dtype = np.dtype(cache_dtype)
+    n_layers, dim = model.num_layers + 1, model.hidden_size
     if cache is not None:
         output, done = cache.open_partial((n_layers, len(kept), dim), np_dtype)
         if token_hook is not None:
@@ -307,7 +371,7 @@ def extract(
     kept_tensor = torch.from_numpy(kept)
     last_save = time.monotonic()
     runner = _BatchRunner(model, pooling, token_hook is not None)
-    bar = _progress_bar(len(kept), len(kept) - len(todo), progress, model.model_id)
+    bar = _progress_bar(len(kept), len(kept) - len(todo), progress, str(model.model_id))
     try:
         queue = _plan_batches(tokenized.lengths, todo, batch_size, model)
         while queue:
@@ -356,7 +420,6 @@ def extract(
         from_cache=False,
         time_s=round(time.perf_counter() - start, 3),
         tokens=int(tokenized.lengths.sum()),
-        n_at_max_length=int((tokenized.lengths >= max_length).sum()),
         nonfinite_layers={int(layer): int(count) for layer, count in enumerate(nonfinite) if count},
     )
     if record["nonfinite_layers"]:
@@ -366,7 +429,9 @@ def extract(
     if cache is not None:
         cache.finish(output, record)
         output, record = cache.load()
-    return _selected(Extraction(output, list(range(n_layers)), kept_texts, kept, record, False), selected)
+    return output, record
+
+
 
 
 def _selected(extraction: Extraction, layers: list[int]) -> Extraction:
