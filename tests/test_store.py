@@ -272,3 +272,7 @@ def test_atomic_artifacts(tmp_path: Path) -> None:
     assert (tmp_path / "plot.png").read_bytes() == b"\x89PNG"
     atomic_write_json(tmp_path / "config.json", {"b": 1, "a": Path("x")})
     assert json.loads((tmp_path / "config.json").read_text()) == {"a": "x", "b": 1}
+    # shared artifacts get the mode a plain open() would give, not mkstemp's owner-only 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)

@@ -2,12 +2,12 @@
 
 One ``results.duckdb`` per output directory holds runs, per-layer metrics, per-layer task scores,
 per-prompt values and experiment values (see :mod:`layerscope.store.db`); plots and reports are
-written with the atomic helpers of :mod:`layerscope.store.artifacts`.
+written with the atomic helpers of :mod:`layerscope.atomic`.
 """
 
 from __future__ import annotations
 
-from layerscope.store.artifacts import (
+from layerscope.atomic import (
     atomic_open,
     atomic_path,
     atomic_write_bytes,

@@ -17,7 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_open", "atomic_path", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+]
+
+
+def _default_mode() -> int:
+    """The mode a plain ``open`` would give a new file (0666 minus the umask), not mkstemp's 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -25,6 +34,7 @@ def _temporary_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(handle)
+    os.chmod(name, _default_mode())  # reports and plots are meant to be shared
     return Path(name)
 
 
@@ -126,3 +136,12 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     """Serialise ``obj`` as JSON (keys sorted, non-JSON values through ``str``) to ``path`` atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=True, default=str, ensure_ascii=False)
     return atomic_write_text(path, text + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
+    """Save a NumPy array (no pickle) to ``path`` atomically and return the path."""
+    import numpy as np
+
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    return Path(path)
