@@ -1,0 +1,487 @@
+"""Streaming accumulators for token-level metrics, fed by the extraction engine's token hook.
+
+Contract with the extraction engine: once per batch it calls ``hook(states, lengths, indices)`` with
+
+- ``states``: Tensor (layers, B, T, D) in the model's dtype, right-padded; for prompt b the first
+  ``lengths[b]`` positions are real tokens and the rest are zero;
+- ``lengths``: int64 Tensor (B,);
+- ``indices``: int64 Tensor (B,), the position of each prompt in the user's list of ``n_texts`` texts.
+
+Each call does batched float64 math over blocks of layers x prompts (sized by ``max_chunk_bytes`` so
+that the float64 working set stays in cache; no Python loop over single prompts, tokens or layers
+unless one of them alone fills a block), on the device of ``states``, and keeps only per-prompt
+scalars: token states are never stored. ``compute()`` returns per-layer means over the
+used prompts plus the per-prompt values (NaN for prompts never seen or skipped) and the counts.
+
+A prompt is *skipped* at a layer when the metric is undefined there (prompt entropy: fewer than
+2 tokens; curvature: fewer than 3 tokens or no pair of non-zero steps; prefix entropy: fewer than
+t tokens) or when its states at that layer contain NaN/inf (also counted in ``n_nonfinite``).
+Seeing a prompt index twice overwrites its earlier values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from layerscope.errors import LayerscopeError, unknown
+from layerscope.metrics import functional as F
+
+__all__ = [
+    "CurvatureAccumulator",
+    "PrefixEntropyAccumulator",
+    "PrefixEntropyValues",
+    "PromptEntropyAccumulator",
+    "TokenMetricValues",
+    "TokenMetrics",
+    "make",
+]
+
+DEFAULT_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass
+class TokenMetricValues:
+    """Result of a token-level accumulator.
+
+    Attributes
+    ----------
+    metric : str
+        Registry name (``"prompt_entropy"``, ``"curvature"``).
+    mean : dict of str to ndarray (layers,)
+        Per normalization, the mean over used prompts (NaN where none was used).
+    per_prompt : dict of str to ndarray (layers, n_texts)
+        Per normalization, each prompt's value; NaN where never seen or skipped.
+    n_used, n_skipped, n_nonfinite : ndarray of int64 (layers,)
+        Prompts in the mean; prompts seen but skipped; of those, skipped for NaN/inf states.
+    """
+
+    metric: str
+    mean: dict[str, np.ndarray]
+    per_prompt: dict[str, np.ndarray]
+    n_used: np.ndarray
+    n_skipped: np.ndarray
+    n_nonfinite: np.ndarray
+
+    def records(self) -> list[dict[str, Any]]:
+        """Long-format rows ``{layer, metric, normalization, value, n_used, n_skipped}``."""
+        return [
+            {
+                "layer": layer,
+                "metric": self.metric,
+                "normalization": normalization,
+                "value": float(values[layer]),
+                "n_used": int(self.n_used[layer]),
+                "n_skipped": int(self.n_skipped[layer]),
+            }
+            for normalization, values in self.mean.items()
+            for layer in range(len(values))
+        ]
+
+
+@dataclass
+class PrefixEntropyValues:
+    """Result of :class:`PrefixEntropyAccumulator`: entropy of the first t tokens.
+
+    Attributes
+    ----------
+    prefix_lengths : tuple of int
+    mean : dict of str to ndarray (n_prefixes, layers)
+    per_prompt : dict of str to ndarray (n_prefixes, layers, n_texts)
+        NaN where the prompt was not seen, has fewer than t tokens, or had NaN/inf states.
+    n_used, n_skipped : ndarray of int64 (n_prefixes, layers)
+    metric : str
+    """
+
+    prefix_lengths: tuple[int, ...]
+    mean: dict[str, np.ndarray]
+    per_prompt: dict[str, np.ndarray]
+    n_used: np.ndarray
+    n_skipped: np.ndarray
+    metric: str = "prefix_entropy"
+
+    def records(self) -> list[dict[str, Any]]:
+        """Long-format rows ``{prefix_length, layer, metric, normalization, value, n_used, n_skipped}``."""
+        return [
+            {
+                "prefix_length": t,
+                "layer": layer,
+                "metric": self.metric,
+                "normalization": normalization,
+                "value": float(values[i, layer]),
+                "n_used": int(self.n_used[i, layer]),
+                "n_skipped": int(self.n_skipped[i, layer]),
+            }
+            for normalization, values in self.mean.items()
+            for i, t in enumerate(self.prefix_lengths)
+            for layer in range(values.shape[1])
+        ]
+
+
+def _summarize(values: Tensor, seen: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(..., n_texts) per-prompt values -> mean (...,), n_used, n_skipped as numpy."""
+    summary = F.summarize_prompts(values, seen)
+    return summary.mean.numpy(), summary.n_used.numpy(), summary.n_skipped.numpy()
+
+
+@dataclass
+class _Batch:
+    """One validated batch, shared by every accumulator of a :class:`TokenMetrics`."""
+
+    lengths: Tensor  # (B,) on the states' device
+    mask: Tensor  # (B, T) bool
+    indices: Tensor  # (B,) on CPU
+    n_layers: int
+    hidden_size: int
+
+
+@dataclass
+class _Chunk:
+    """A block of layers x prompts of a batch, in float64, with non-finite prompts zeroed."""
+
+    states: Tensor  # (c, b, T, D) float64
+    layers: slice
+    prompts: slice
+    mask: Tensor  # (b, T) bool
+    indices: Tensor  # (b,) CPU
+
+
+class _TokenAccumulator:
+    """Shared state handling: lazily allocated (layers, n_texts) arrays, validation, chunking."""
+
+    metric = ""
+
+    def __init__(self, n_texts: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        if int(n_texts) < 1:
+            raise LayerscopeError(f"n_texts must be >= 1, got {n_texts}")
+        self.n_texts = int(n_texts)
+        self.max_chunk_bytes = int(max_chunk_bytes)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        self.n_layers_: int | None = None
+        self.hidden_size_: int | None = None
+        self.seen_ = torch.zeros(self.n_texts, dtype=torch.bool)
+        self.lengths_ = torch.zeros(self.n_texts, dtype=torch.int64)
+        self.nonfinite_: Tensor | None = None  # (layers, n_texts) bool
+
+    def __call__(self, states: Tensor, lengths: Tensor, indices: Tensor) -> None:
+        """Consume one batch (see the module docstring for the contract)."""
+        TokenMetrics([self], max_chunk_bytes=self.max_chunk_bytes)(states, lengths, indices)
+
+    # -- used by TokenMetrics ------------------------------------------------------------------
+
+    def _start(self, batch: _Batch) -> None:
+        if self.n_layers_ is None:
+            self.n_layers_, self.hidden_size_ = batch.n_layers, batch.hidden_size
+            self.nonfinite_ = torch.zeros(batch.n_layers, self.n_texts, dtype=torch.bool)
+            self._allocate(batch.n_layers)
+        elif (self.n_layers_, self.hidden_size_) != (batch.n_layers, batch.hidden_size):
+            raise LayerscopeError(
+                f"{self.metric} accumulator got states with {batch.n_layers} layers x {batch.hidden_size} "
+                f"features after {self.n_layers_} x {self.hidden_size_}"
+            )
+        if int(batch.indices.max()) >= self.n_texts:
+            raise LayerscopeError(f"prompt index {int(batch.indices.max())} out of range for n_texts={self.n_texts}")
+        self.seen_[batch.indices] = True
+        self.lengths_[batch.indices] = batch.lengths.cpu()
+        assert self.nonfinite_ is not None
+        self.nonfinite_[:, batch.indices] = False
+
+    def _allocate(self, n_layers: int) -> None:
+        raise NotImplementedError
+
+    def _mark_nonfinite(self, chunk: _Chunk, nonfinite: Tensor) -> None:
+        """Record (c, b) prompts of the chunk whose states had NaN/inf."""
+        assert self.nonfinite_ is not None
+        self.nonfinite_[chunk.layers, chunk.indices] = self.nonfinite_[chunk.layers, chunk.indices] | nonfinite
+
+    def compute(self) -> Any:
+        """Per-layer means, per-prompt values and counts."""
+        raise NotImplementedError
+
+    def _update(self, chunk: _Chunk) -> None:
+        """Compute the chunk's per-prompt values and store them at (chunk.layers, chunk.indices)."""
+        raise NotImplementedError
+
+    def _bytes_per_prompt(self, n_tokens: int, hidden_size: int) -> int:
+        """Peak float64 bytes of ``_update`` per (layer, prompt), for chunking."""
+        return 8 * 4 * n_tokens * hidden_size
+
+    @staticmethod
+    def _nan_array(n_layers: int, n_texts: int) -> Tensor:
+        return torch.full((n_layers, n_texts), math.nan, dtype=torch.float64)
+
+    def _mask_nonfinite(self, values: Tensor) -> Tensor:
+        """NaN out (..., layers, n_texts) values whose states were non-finite."""
+        assert self.nonfinite_ is not None
+        return values.masked_fill(self.nonfinite_, math.nan)
+
+    def _check_computable(self) -> None:
+        if self.n_layers_ is None:
+            raise LayerscopeError(f"{self.metric}: no batch was accumulated")
+
+
+class PromptEntropyAccumulator(_TokenAccumulator):
+    """Prompt entropy per layer and prompt, accumulated batch by batch.
+
+    Parameters
+    ----------
+    n_texts : int
+        Number of texts the indices refer to.
+    alpha : float, default 1
+        Entropy order.
+    normalizations : sequence of str, default all of :data:`~layerscope.metrics.functional.NORMALIZATIONS`
+        Normalizations to report; each prompt is normalized with its own length ``T``
+        (``maxEntropy`` = S / log(min(T, D))) before averaging.
+    tol : float
+        Relative eigenvalue threshold.
+    clamp_gram : bool, default False
+        The authors' clamp of negative Gram entries.
+    max_chunk_bytes : int
+        Target float64 working set of one block of layers x prompts.
+    """
+
+    metric = "prompt_entropy"
+
+    def __init__(
+        self,
+        n_texts: int,
+        alpha: float = 1.0,
+        normalizations: Sequence[str] = F.NORMALIZATIONS,
+        *,
+        tol: float = F.DEFAULT_TOL,
+        clamp_gram: bool = False,
+        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.alpha = F._check_alpha(alpha)
+        self.normalizations = tuple(F._check_normalization(name) for name in normalizations)
+        self.tol = tol
+        self.clamp_gram = clamp_gram
+        super().__init__(n_texts, max_chunk_bytes)
+
+    def _allocate(self, n_layers: int) -> None:
+        self.entropy_ = self._nan_array(n_layers, self.n_texts)  # raw entropies (layers, n_texts)
+
+    def _update(self, chunk: _Chunk) -> None:
+        raw = F._prompt_entropies(chunk.states, chunk.mask, self.alpha, self.tol, self.clamp_gram)  # (c, b)
+        self.entropy_[chunk.layers, chunk.indices] = raw.cpu()
+
+    def _bytes_per_prompt(self, n_tokens: int, hidden_size: int) -> int:
+        side = min(n_tokens, hidden_size)
+        return 8 * (3 * n_tokens * hidden_size + 3 * side * side)
+
+    def compute(self) -> TokenMetricValues:
+        """Per-layer means and per-prompt values for every requested normalization."""
+        self._check_computable()
+        raw = self._mask_nonfinite(self.entropy_)
+        per_prompt = {
+            name: F.normalize_entropy(raw, name, self.lengths_, int(self.hidden_size_ or 0))
+            for name in self.normalizations
+        }
+        means, n_used, n_skipped = {}, None, None
+        for name, values in per_prompt.items():
+            means[name], n_used, n_skipped = _summarize(values, self.seen_)
+        assert self.nonfinite_ is not None
+        return TokenMetricValues(
+            self.metric, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped,
+            (self.nonfinite_ & self.seen_).sum(dim=-1).numpy(),
+        )
+
+
+class CurvatureAccumulator(_TokenAccumulator):
+    """Curvature (radians) per layer and prompt, accumulated batch by batch.
+
+    Parameters
+    ----------
+    n_texts : int
+    abs_cos : bool, default False
+        The authors' ``|cos|`` (angles folded into [0, pi/2]).
+    max_chunk_bytes : int
+    """
+
+    metric = "curvature"
+
+    def __init__(self, n_texts: int, abs_cos: bool = False, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.abs_cos = abs_cos
+        super().__init__(n_texts, max_chunk_bytes)
+
+    def _allocate(self, n_layers: int) -> None:
+        self.curvature_ = self._nan_array(n_layers, self.n_texts)
+
+    def _update(self, chunk: _Chunk) -> None:
+        self.curvature_[chunk.layers, chunk.indices] = F._curvatures(chunk.states, chunk.mask, self.abs_cos).cpu()
+
+    def compute(self) -> TokenMetricValues:
+        """Per-layer means and per-prompt values (normalization ``raw``)."""
+        self._check_computable()
+        values = self._mask_nonfinite(self.curvature_)
+        mean, n_used, n_skipped = _summarize(values, self.seen_)
+        assert self.nonfinite_ is not None
+        return TokenMetricValues(
+            self.metric, {"raw": mean}, {"raw": values.numpy()}, n_used, n_skipped,
+            (self.nonfinite_ & self.seen_).sum(dim=-1).numpy(),
+        )
+
+
+class PrefixEntropyAccumulator(_TokenAccumulator):
+    """Entropy of the first ``t`` tokens of each prompt, for each ``t`` in ``prefix_lengths`` (SPEC 7.5).
+
+    A prompt shorter than ``t`` is skipped at ``t``, so each point of the curve is an entropy over
+    exactly ``t`` tokens. Normalizations use ``T = t``.
+
+    Parameters
+    ----------
+    n_texts : int
+    prefix_lengths : sequence of int (>= 2)
+    alpha : float, default 1
+    normalizations : sequence of str, default ("raw", "maxEntropy")
+    tol, clamp_gram, max_chunk_bytes
+        As in :class:`PromptEntropyAccumulator`.
+    """
+
+    metric = "prefix_entropy"
+
+    def __init__(
+        self,
+        n_texts: int,
+        prefix_lengths: Sequence[int],
+        alpha: float = 1.0,
+        normalizations: Sequence[str] = ("raw", "maxEntropy"),
+        *,
+        tol: float = F.DEFAULT_TOL,
+        clamp_gram: bool = False,
+        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.prefix_lengths = tuple(int(t) for t in prefix_lengths)
+        if not self.prefix_lengths or min(self.prefix_lengths) < 2:
+            raise LayerscopeError(f"prefix lengths must be a non-empty list of integers >= 2, got {prefix_lengths}")
+        self.alpha = F._check_alpha(alpha)
+        self.normalizations = tuple(F._check_normalization(name) for name in normalizations)
+        self.tol = tol
+        self.clamp_gram = clamp_gram
+        super().__init__(n_texts, max_chunk_bytes)
+
+    def _allocate(self, n_layers: int) -> None:
+        self.entropy_ = torch.full((len(self.prefix_lengths), n_layers, self.n_texts), math.nan, dtype=torch.float64)
+
+    def _update(self, chunk: _Chunk) -> None:
+        n_real = chunk.mask.sum(dim=-1)
+        for i, t in enumerate(self.prefix_lengths):
+            width = min(t, chunk.states.shape[-2])
+            raw = F._prompt_entropies(
+                chunk.states[..., :width, :], chunk.mask[:, :width], self.alpha, self.tol, self.clamp_gram
+            )
+            self.entropy_[i, chunk.layers, chunk.indices] = torch.where(n_real >= t, raw, math.nan).cpu()
+
+    def _bytes_per_prompt(self, n_tokens: int, hidden_size: int) -> int:
+        side = min(n_tokens, hidden_size)
+        return 8 * (3 * n_tokens * hidden_size + 3 * side * side)
+
+    def compute(self) -> PrefixEntropyValues:
+        """Means (n_prefixes, layers) and per-prompt values (n_prefixes, layers, n_texts)."""
+        self._check_computable()
+        raw = self._mask_nonfinite(self.entropy_)
+        t = torch.tensor(self.prefix_lengths, dtype=torch.float64)[:, None, None]
+        per_prompt = {name: F.normalize_entropy(raw, name, t, int(self.hidden_size_ or 0)) for name in self.normalizations}
+        means, n_used, n_skipped = {}, None, None
+        for name, values in per_prompt.items():
+            means[name], n_used, n_skipped = _summarize(values, self.seen_)
+        return PrefixEntropyValues(
+            self.prefix_lengths, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped
+        )
+
+
+@dataclass
+class TokenMetrics:
+    """Several token accumulators fed by one hook: states are validated and cast to float64 once.
+
+    Parameters
+    ----------
+    accumulators : iterable of accumulators
+        E.g. ``[PromptEntropyAccumulator(n), CurvatureAccumulator(n)]``.
+    max_chunk_bytes : int
+        Target float64 working set of one block of layers x prompts (the largest member's need
+        counts); the default keeps blocks in cache.
+
+    Examples
+    --------
+    >>> hook = TokenMetrics([PromptEntropyAccumulator(len(texts)), CurvatureAccumulator(len(texts))])
+    >>> # the extraction engine calls hook(states, lengths, indices) once per batch
+    >>> results = hook.compute()  # {"prompt_entropy": TokenMetricValues, "curvature": ...}
+    """
+
+    accumulators: Iterable[_TokenAccumulator]
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    _members: list[_TokenAccumulator] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._members = list(self.accumulators)
+        names = [member.metric for member in self._members]
+        if len(set(names)) != len(names):
+            raise LayerscopeError(f"duplicate token metrics: {names}")
+
+    def __call__(self, states: Tensor, lengths: Tensor, indices: Tensor) -> None:
+        """Consume one batch: ``states`` (layers, B, T, D), ``lengths`` (B,), ``indices`` (B,)."""
+        if not self._members:
+            return
+        if not isinstance(states, Tensor) or states.ndim != 4:
+            shape = tuple(states.shape) if isinstance(states, Tensor) else type(states).__name__
+            raise LayerscopeError(f"token states must be a tensor (layers, batch, tokens, features), got {shape}")
+        n_layers, n_prompts, n_tokens, hidden_size = states.shape
+        lengths = torch.as_tensor(lengths, device=states.device).long()
+        indices = torch.as_tensor(indices).long().cpu()
+        if lengths.shape != (n_prompts,) or indices.shape != (n_prompts,):
+            raise LayerscopeError(f"lengths and indices must have shape ({n_prompts},)")
+        if n_prompts == 0:
+            return
+        if bool(((lengths < 0) | (lengths > n_tokens)).any()) or bool((indices < 0).any()):
+            raise LayerscopeError("lengths must lie in [0, tokens] and indices be >= 0")
+        mask = torch.arange(n_tokens, device=states.device) < lengths.unsqueeze(-1)  # (B, T)
+        batch = _Batch(lengths, mask, indices, n_layers, hidden_size)
+        for member in self._members:
+            member._start(batch)
+        # Small blocks of (layers x prompts) keep the float64 working set in cache: the elementwise
+        # passes are memory-bound, and one huge float64 copy of the batch is several times slower.
+        per_prompt = max(member._bytes_per_prompt(n_tokens, hidden_size) for member in self._members)
+        prompt_step = max(1, min(n_prompts, self.max_chunk_bytes // max(1, per_prompt)))
+        layer_step = max(1, self.max_chunk_bytes // max(1, per_prompt * prompt_step))
+        for layer_start in range(0, n_layers, layer_step):
+            layers = slice(layer_start, min(layer_start + layer_step, n_layers))
+            for prompt_start in range(0, n_prompts, prompt_step):
+                prompts = slice(prompt_start, min(prompt_start + prompt_step, n_prompts))
+                block = states[layers, prompts].to(torch.float64)  # (c, b, T, D)
+                # A float64 sum of model-dtype values cannot overflow: it is non-finite iff an entry is.
+                nonfinite = ~torch.isfinite(block.sum(dim=(-2, -1)))  # (c, b)
+                any_nonfinite = bool(nonfinite.any())
+                if any_nonfinite:  # zero them so the batched math stays finite; their values are NaN-ed
+                    block = torch.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
+                chunk = _Chunk(block, layers, prompts, mask[prompts], indices[prompts])
+                for member in self._members:
+                    member._update(chunk)
+                    if any_nonfinite:
+                        member._mark_nonfinite(chunk, nonfinite.cpu())
+
+    def compute(self) -> dict[str, Any]:
+        """``{metric name: values}`` for every member (see each accumulator's ``compute``)."""
+        return {member.metric: member.compute() for member in self._members}
+
+    def reset(self) -> None:
+        """Reset every member."""
+        for member in self._members:
+            member.reset()
+
+
+def make(name: str, n_texts: int, **options: Any) -> _TokenAccumulator:
+    """Build the accumulator of a token-level metric by registry name."""
+    builders = {"prompt_entropy": PromptEntropyAccumulator, "curvature": CurvatureAccumulator}
+    if name not in builders:
+        raise unknown("token metric", name, builders)
+    return builders[name](n_texts, **options)
