@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,8 +21,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# piped or captured output has no terminal width: use a wide one so per-layer tables stay whole
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+# short column headers for the per-layer tables
+SHORT_NAMES = {"prompt_entropy": "prompt H", "dataset_entropy": "dataset H", "curvature": "curv",
+               "effective_rank": "eff rank", "entropy_rank": "exp(H)", "infonce": "InfoNCE", "lidar": "LiDAR",
+               "dime": "DiME", "rankme": "RankMe", "avg_score": "avg score"}
 
 # short texts (review snippets): the default run takes a minute on a laptop CPU
 DEFAULT_DATASET = "rotten-tomatoes"
@@ -79,9 +84,9 @@ def load(model: str, revision: str | None = None, final_norm: str = "none", devi
 
 
 def write_json(path: Path, payload: Any) -> None:
-    from layerscope.extract.cache import atomic_write_bytes
+    from layerscope.atomic import atomic_write_json
 
-    atomic_write_bytes(path, json.dumps(payload, indent=1, default=str).encode())
+    atomic_write_json(path, payload)
 
 
 @app.command("models")
@@ -162,7 +167,7 @@ def extract_command(
     result = extract(loaded, texts, pooling=pooling, max_length=max_length, batch_size=parse_batch_size(batch_size),
                      cache_dir=resolve_cache(cache_dir, no_cache))
     out.mkdir(parents=True, exist_ok=True)
-    from layerscope.extract.cache import atomic_save_npy
+    from layerscope.atomic import atomic_save_npy
 
     atomic_save_npy(out / "embeddings.npy", np.asarray(result.pooled))
     record = {**result.record, "dataset": dataset, "limit": limit, "seed": seed, "layers": result.layers}
@@ -180,6 +185,88 @@ def extract_command(
 
 
 # --- commands of other stages are added below this line ----------------------------------------
+
+
+def print_layer_table(frame: Any, title: str, marks: dict[int, str] | None = None) -> None:
+    """Render a wide per-layer DataFrame (``layer``, ``depth_pct``, values...) as a rich table.
+
+    ``marks`` maps a layer to a short label (e.g. "best (labels)") shown in a last column.
+    """
+    import math
+
+    table = Table(title=title, title_justify="left")
+    columns = [column for column in frame.columns if column not in ("layer", "depth_pct", "n_tasks")]
+    table.add_column("layer", justify="right")
+    table.add_column("depth %", justify="right")
+    for column in columns:
+        table.add_column(SHORT_NAMES.get(column, column.replace("_", " ")), justify="right")
+    if marks:
+        table.add_column("", justify="left")
+    for row in frame.itertuples(index=False):
+        record = row._asdict()
+        cells = [str(int(record["layer"])), f"{record['depth_pct']:.0f}"]
+        for column in columns:
+            value = record[column]
+            cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}")
+        if marks:
+            cells.append(marks.get(int(record["layer"]), ""))
+        style = "bold green" if marks and int(record["layer"]) in marks else None
+        table.add_row(*cells, style=style)
+    console.print(table)
+
+
+@app.command("metrics")
+def metrics_command(
+    model: ModelOption = "smollm2-135m",
+    dataset: DatasetOption = DEFAULT_DATASET,
+    limit: LimitOption = 256,
+    metrics: Annotated[str, typer.Option(help="all, or a comma list (layerscope metrics --list).")] = "all",
+    n_views: Annotated[int, typer.Option("--n-views", help="Augmented views per text for LiDAR.")] = 16,
+    out: Annotated[Path | None, typer.Option(help="Write metrics.csv, prompt_values.csv, record.json here.")] = None,
+    list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and exit.")] = False,
+    column: ColumnOption = None,
+    revision: RevisionOption = None,
+    pooling: PoolingOption = "mean",
+    final_norm: FinalNormOption = "none",
+    max_length: MaxLengthOption = 512,
+    batch_size: BatchOption = "auto",
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    cache_dir: CacheOption = None,
+    no_cache: NoCacheOption = False,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Every representation-quality metric of every layer (SPEC section 4)."""
+    from layerscope.metrics import available
+
+    if list_metrics:
+        table = Table(title="Metrics")
+        for name in ("name", "level", "views", "select", "random", "description"):
+            table.add_column(name, overflow="fold")
+        for spec in available():
+            table.add_row(spec.name, spec.level, str(spec.n_views), "max" if spec.higher_is_better else "min",
+                          "yes" if spec.random else "no", spec.description)
+        console.print(table)
+        return
+    from layerscope.analysis import per_layer_table
+    from layerscope.data import load_texts
+    from layerscope.metrics.compute import compute_metrics
+
+    texts = load_texts(dataset, limit=limit, seed=seed, column=column)
+    loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
+    frame = compute_metrics(loaded, texts, metrics=metrics, n_views=n_views, seed=seed, pooling=pooling,
+                            max_length=max_length, batch_size=parse_batch_size(batch_size),
+                            cache_dir=resolve_cache(cache_dir, no_cache))
+    print_layer_table(per_layer_table(frame), f"{loaded.model_id}: {len(texts)} texts from {dataset}")
+    if out is not None:
+        from layerscope.atomic import atomic_write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "metrics.csv", frame.to_csv(index=False))
+        atomic_write_text(out / "prompt_values.csv", frame.attrs["prompt_values"].to_csv(index=False))
+        write_json(out / "record.json", {**frame.attrs["record"], "dataset": dataset, "limit": limit})
+        console.print(f"wrote {out / 'metrics.csv'}, prompt_values.csv and record.json")
 
 
 TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="offline | paper32 | comma-separated task names.")]
@@ -222,7 +309,7 @@ def _evaluation_outputs(frame: Any, out: Path | None, title: str, paper: bool = 
                   f"({best['last_average']:.2f}); scores are MTEB main scores x 100"
                   + (f"; {seconds['total']:.0f} s" if "total" in seconds else ""))
     if out is not None:
-        from layerscope.extract.cache import atomic_write_bytes
+        from layerscope.atomic import atomic_write_bytes
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "scores.csv", frame.to_csv(index=False).encode())
@@ -288,6 +375,109 @@ def mteb_command(
                      batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache))
     paper = set(paper32()) <= set(frame["task"])
     _evaluation_outputs(frame, out, f"{loaded.model_id}: MTEB, {len(task_list)} tasks, average per layer", paper=paper)
+
+
+@app.command("analyze")
+def analyze_command(
+    model: ModelOption = "smollm2-135m",
+    revision: RevisionOption = None,
+    tasks: Annotated[str, typer.Option(help="offline (bundled suite), paper32 (needs the hub), or task names.")] = "offline",
+    metrics: Annotated[str, typer.Option(help="all, or a comma list of metrics.")] = "all",
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Extra text source whose metrics are reported too.")] = None,
+    limit: LimitOption = None,
+    out: Annotated[Path, typer.Option(help="Output folder: results.duckdb, plots, report.html.")] = Path("runs/analyze"),
+    select_by: Annotated[str, typer.Option("--select-by", help="Metric that picks the layer without labels.")] = "dime",
+    n_views: Annotated[int, typer.Option("--n-views", help="Views per text for LiDAR.")] = 16,
+    view_texts: Annotated[int, typer.Option("--view-texts", help="Texts per task given 2 views (InfoNCE, DiME).")] = 64,
+    lidar_texts: Annotated[int, typer.Option("--lidar-texts", help="Texts per task given --n-views views (LiDAR).")] = 8,
+    pooling: PoolingOption = "mean",
+    final_norm: FinalNormOption = "none",
+    max_length: MaxLengthOption = 512,
+    batch_size: BatchOption = "auto",
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    cache_dir: CacheOption = None,
+    no_cache: NoCacheOption = False,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """The main job: every metric and every task score at every layer; which layer, and why."""
+    from layerscope.pipeline import analyze
+
+    result = analyze(model=model, revision=revision, tasks=tasks, metrics=metrics, dataset=dataset, limit=limit,
+                     out=out, n_views=n_views, view_texts=view_texts, lidar_texts=lidar_texts, select_by=select_by,
+                     seed=seed, pooling=pooling, final_norm=final_norm, max_length=max_length,
+                     batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
+                     device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    print_analysis(result)
+
+
+def print_analysis(result: Any) -> None:
+    """The per-layer table with the best and the label-free layers marked, then the selection summary."""
+    marks: dict[int, str] = {}
+    if result.chosen_layer is not None:
+        marks[result.chosen_layer] = f"<- min {result.chosen_by} (no labels)" if not _higher(result.chosen_by) \
+            else f"<- max {result.chosen_by} (no labels)"
+    if result.best_layer is not None:
+        marks[result.best_layer] = "<- best (labels)" + (" = no labels" if result.best_layer in marks and
+                                                          result.best_layer == result.chosen_layer else "")
+    model = result.record["model"]
+    print_layer_table(result.layer_table, f"{model['model_id']}: {model['num_layers'] + 1} layers, "
+                      f"{result.record['n_kept']} texts, {result.scores['task'].nunique()} tasks "
+                      "(metrics on all task texts; avg score x 100)", marks)
+    selection = result.selection
+    table = Table(title="Layer choice per task (Table 2 of the paper): average task score x 100", title_justify="left")
+    for column in ("rule", "layer", "depth %", "average", "vs last"):
+        table.add_column(column, justify="right" if column != "rule" else "left")
+    for row in selection.itertuples(index=False):
+        table.add_row(str(row.rule), str(row.layer), f"{row.depth_pct:.0f}", f"{row.average:.1f}",
+                      f"{row.gain_vs_last:+.1f}")
+    console.print(table)
+    average = result.scores.groupby("layer")["main_score"].mean() * 100
+    last = int(average.index.max())
+    if result.best_layer is not None:
+        console.print(f"best layer with labels: {result.best_layer} ({average[result.best_layer]:.1f}), "
+                      f"last layer {last} ({average[last]:.1f}): {average[result.best_layer] - average[last]:+.1f} points")
+    if result.chosen_layer is not None:
+        console.print(f"chosen without labels ({result.chosen_by} on all texts): layer {result.chosen_layer} "
+                      f"({average[result.chosen_layer]:.1f}, {average[result.chosen_layer] - average[last]:+.1f} vs last)")
+    console.print(f"results: {result.out / 'results.duckdb'}" + (f"; report: {result.report}" if result.report else "")
+                  + f"; {result.record['timings'].get('total_s', 0):.0f} s")
+
+
+@app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="Output folder of a run (holds results.duckdb).")],
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Run to report (default: the latest).")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: DIR/report.html).")] = None,
+    select_by: Annotated[str | None, typer.Option("--select-by", help="Metric of the label-free choice.")] = None,
+) -> None:
+    """Rebuild the self-contained HTML report (plots embedded) from a run's database."""
+    from layerscope.report import build_report
+
+    with err_console.status("building the report"):
+        path = build_report(directory, run_id=run_id, out=out, select_by=select_by)
+    console.print(f"report: {path}")
+
+
+@app.command("compare")
+def compare_command(
+    directories: Annotated[list[Path], typer.Argument(help="Output folders of two or more runs.")],
+    out: Annotated[Path, typer.Option(help="Folder (or .html file) of the comparison.")] = Path("runs/compare"),
+    all_runs: Annotated[bool, typer.Option("--all-runs", help="Every run of each folder, not only the latest.")] = False,
+) -> None:
+    """Overlay several runs (models, revisions) on depth %, with their selection tables side by side."""
+    from layerscope.report import compare_runs
+
+    with err_console.status("comparing runs"):
+        path = compare_runs(directories, out, all_runs=all_runs)
+    console.print(f"comparison: {path}")
+
+
+def _higher(metric: str) -> bool:
+    from layerscope.metrics import get
+
+    return bool(get(metric).higher_is_better)
 
 
 def main() -> None:

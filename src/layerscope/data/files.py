@@ -1,0 +1,109 @@
+"""Texts from user files: ``.txt`` (one text per line), ``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from layerscope.errors import LayerscopeError
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes :func:`read_texts` understands.
+SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+def looks_like_file(source: str) -> bool:
+    """Whether ``source`` names a file (an existing path, or a name with a known suffix or a separator)."""
+    path = Path(source).expanduser()
+    return path.exists() or path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~"))
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise LayerscopeError(f"cannot parse {path}: line {number} is not JSON ({error.msg})") from None
+                if not isinstance(record, dict):
+                    raise LayerscopeError(f"cannot parse {path}: line {number} is not a JSON object")
+                records.append(record)
+        return pd.DataFrame.from_records(records)
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise LayerscopeError(f"cannot parse {path}: not JSON ({error.msg} at line {error.lineno})") from None
+        if isinstance(data, list) and all(isinstance(item, str) for item in data):
+            return pd.DataFrame({"text": data})
+        if isinstance(data, list) and all(isinstance(item, dict) for item in data):
+            return pd.DataFrame.from_records(data)
+        raise LayerscopeError(f"cannot parse {path}: expected a JSON list of strings or of objects")
+    try:
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=object)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LayerscopeError(f"cannot parse {path} as {suffix[1:]}: {first_line}") from None
+    raise LayerscopeError(f"unsupported file type '{suffix or path.name}'; use one of: {', '.join(SUFFIXES)}")
+
+
+def read_texts(path: str | Path, column: str | None = None) -> list[str]:
+    """Read texts from a user file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.txt``: one text per line (blank lines are dropped). ``.jsonl`` (one JSON object per line),
+        ``.json`` (a list of strings or of objects), ``.csv``, ``.tsv``, ``.parquet``: a table.
+    column : str, optional
+        Table column holding the texts. Default: ``text`` if present, else an error that lists
+        the columns. Ignored for ``.txt``.
+
+    Returns
+    -------
+    list of str
+        Texts in file order; missing values in the column are dropped.
+
+    Raises
+    ------
+    LayerscopeError
+        Missing file, unsupported type, unparseable content, or unknown column.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise LayerscopeError(f"file not found: {path}")
+    if path.is_dir():
+        raise LayerscopeError(f"{path} is a folder; give a file ({', '.join(SUFFIXES)})")
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise LayerscopeError(f"cannot read {path}: not UTF-8 text (byte {error.start})") from None
+        texts = [line for line in lines if line.strip()]
+        if len(texts) < len(lines):
+            logger.info("%s: dropped %d blank lines", path, len(lines) - len(texts))
+        return texts
+
+    table = _read_table(path)
+    if column is None:
+        if "text" not in table.columns:
+            columns = ", ".join(map(str, table.columns)) or "none"
+            raise LayerscopeError(f"{path} has no 'text' column; choose one with --column (columns: {columns})")
+        column = "text"
+    elif column not in table.columns:
+        columns = ", ".join(map(str, table.columns)) or "none"
+        raise LayerscopeError(f"{path} has no column '{column}' (columns: {columns})")
+    values = table[column].dropna()
+    return [value if isinstance(value, str) else str(value) for value in values]

@@ -1,0 +1,439 @@
+"""Every layer through MTEB's evaluators from one encoding pass (SPEC section 5).
+
+1. A dry run of MTEB's evaluators with a :class:`~layerscope.evaluate.encoder.TextRecorder`
+   collects exactly the texts each task encodes (after MTEB's own preprocessing).
+2. The unique texts are encoded once with :func:`layerscope.extract` (every layer pooled; its disk
+   cache makes a rerun free).
+3. For each layer, each task is reseeded exactly as a freshly created task would be and evaluated
+   by ``mteb.evaluate`` on a :class:`~layerscope.evaluate.encoder.LayerView` serving that layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from layerscope.errors import LayerscopeError
+from layerscope.evaluate.encoder import LayerView, TextRecorder
+from layerscope.evaluate.tasks import PAPER32, is_offline, resolve
+
+if TYPE_CHECKING:
+    from mteb.abstasks import AbsTask
+    from mteb.models.models_protocols import EncoderProtocol
+
+    from layerscope.extract import Extraction
+    from layerscope.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the frame returned by :func:`evaluate_layers`.
+COLUMNS = ["layer", "depth_pct", "task", "task_type", "main_score", "scores"]
+
+# The view answers from memory, so one batch per call keeps MTEB's dataloader overhead low.
+_VIEW_ENCODE_KWARGS = {"batch_size": 4096, "show_progress_bar": False}
+
+
+def reseed(task: AbsTask, seed: int) -> None:
+    """Put ``task`` and the global RNGs in the state a fresh ``type(task)(seed=seed)`` would have."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - MTEB's evaluators draw from the legacy global RNG
+    torch.manual_seed(seed)
+    task.seed = seed
+    task.rng_state, task.np_rng = random.Random(seed), np.random.default_rng(seed)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load(tasks: Sequence[AbsTask]) -> None:
+    from layerscope.hub import require_hub
+
+    pending = [task for task in tasks if not task.data_loaded]
+    hub_tasks = [task.metadata.name for task in pending if not is_offline(task)]
+    if hub_tasks:
+        require_hub("MTEB task(s) " + ", ".join(hub_tasks[:4]) + (" ..." if len(hub_tasks) > 4 else ""))
+    for task in pending:
+        try:
+            task.load_data()
+        except LayerscopeError:
+            raise
+        except Exception as error:  # noqa: BLE001 - datasets/hub raise many types; report one line
+            raise LayerscopeError(f"cannot load the data of task {task.metadata.name}: {_one_line(error)}") from None
+
+
+def _materialize_labels(task: AbsTask) -> None:
+    """Hand MTEB's classification metrics the test labels as one array instead of a lazy column.
+
+    With ``datasets`` 5, ``eval_split["label"]`` is a lazy ``Column`` that every sklearn metric
+    re-reads row by row (about 90 % of a small classification task's time). Converting it once
+    gives the same values, so the scores are unchanged.
+    """
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    if not isinstance(task, AbsTaskClassification) or getattr(task, "_layerscope_labels", False):
+        return
+    calculate = task._calculate_scores
+
+    def calculate_scores(y_test: Any, y_pred: Any) -> Any:
+        return calculate(np.asarray(list(y_test)), y_pred)
+
+    task._calculate_scores = calculate_scores  # type: ignore[method-assign]
+    task._layerscope_labels = True  # type: ignore[attr-defined]
+
+
+def run_task(encoder: EncoderProtocol, task: AbsTask, seed: int, eval_threads: int | None = 1) -> dict[str, Any]:
+    """Evaluate one task with MTEB (no results cache), reseeded first; returns MTEB's scores per split.
+
+    ``eval_threads`` caps BLAS/OpenMP threads during the evaluators (``None``: no cap): the per-layer
+    problems are small, and on a shared machine one thread is up to ten times faster than two.
+
+    Returns
+    -------
+    dict
+        ``{split: [scores of each hf_subset]}`` exactly as in MTEB's ``TaskResult.scores``.
+    """
+    import datasets
+    import mteb
+
+    _materialize_labels(task)
+    reseed(task, seed)
+    bars_were_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # MTEB re-formats retrieval corpora on every call
+    try:
+        with threadpool_limits(limits=eval_threads), warnings.catch_warnings():
+            # Degenerate layers (e.g. a classifier predicting one class) make sklearn warn once per
+            # experiment and layer; the scores it returns (0 for undefined precision) are MTEB's.
+            warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            result = mteb.evaluate(
+                encoder,
+                task,
+                cache=None,
+                show_progress_bar=False,
+                encode_kwargs=dict(_VIEW_ENCODE_KWARGS),
+                co2_tracker=False,
+            )
+    finally:
+        if not bars_were_disabled:
+            datasets.enable_progress_bars()
+    if result.exceptions:
+        raise LayerscopeError(f"task {task.metadata.name} failed: {_one_line(Exception(result.exceptions[0].exception))}")
+    return result.task_results[0].scores
+
+
+def main_score(scores: dict[str, list[dict[str, Any]]], split: str = "test") -> float:
+    """The task's main score: MTEB's ``main_score`` averaged over the evaluated subsets of ``split``.
+
+    For the paper's tasks this gives AmazonCounterfactual = mean of en and en-ext and STS17 = en-en
+    (the only subsets selected, see :data:`~layerscope.evaluate.tasks.PAPER32`).
+    """
+    if split not in scores:
+        split = next(iter(scores))
+    values = [float(entry["main_score"]) for entry in scores[split]]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _json(scores: dict[str, Any]) -> str:
+    def default(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        return str(value)
+
+    return json.dumps(scores, default=default, sort_keys=True)
+
+
+def collect_texts(tasks: Sequence[AbsTask], seed: int = 0) -> list[str]:
+    """Every text MTEB encodes for ``tasks`` (one dry run of the evaluators), unique, in first-seen order."""
+    recorder = TextRecorder(seed=seed)
+    for task in tasks:
+        run_task(recorder, task, seed)
+    return list(recorder.texts)
+
+
+def evaluate_layers(
+    model: LoadedModel | str,
+    tasks: str | AbsTask | Iterable[str | AbsTask] = "offline",
+    layers: str | int | Sequence[int] = "all",
+    pooling: str = "mean",
+    seed: int = 0,
+    max_length: int = 512,
+    batch_size: int | str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = True,
+    extraction: Extraction | None = None,
+) -> pd.DataFrame:
+    """Score every layer on downstream tasks with MTEB's evaluators, encoding each text once.
+
+    Parameters
+    ----------
+    model : LoadedModel or str
+        A loaded model, or a name for :func:`layerscope.load_model`.
+    tasks : str, AbsTask or iterable
+        ``"offline"`` (default: the offline suite), ``"paper32"``, task names or MTEB task
+        instances (see :func:`layerscope.evaluate.tasks.resolve`).
+    layers : "all", "last", int or list of int
+        Canonical layers to score.
+    pooling : {"mean", "last", "first"}
+        Pooling of token states (see :func:`layerscope.extract`).
+    seed : int
+        Seed of every task and of the global RNGs, reset before each (layer, task) evaluation so
+        layer scores are comparable and reruns identical.
+    max_length : int
+        Truncation length in tokens.
+    batch_size : int or "auto"
+        Extraction batch size.
+    cache_dir : str, optional
+        Embedding cache folder: a second call with the same texts and options reads it and does not
+        run the model.
+    progress : bool
+        Progress bars (extraction, layers).
+    extraction : Extraction, optional
+        Embeddings already made (e.g. by ``analyze``'s single pass, with its token hook) that hold every
+        text the tasks need; the model is then not run at all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (layer, task): ``layer``, ``depth_pct``, ``task``, ``task_type``, ``main_score``
+        (MTEB's main score of the test split, in [0, 1]) and ``scores`` (JSON of all MTEB scores).
+        ``attrs`` holds the run record: model, extraction record, seed, ``from_cache``, text count,
+        timings.
+    """
+    from layerscope.extract import extract
+
+    task_list = resolve(tasks, seed=seed)  # bad names fail before anything heavy runs
+    started = time.perf_counter()
+    _load(task_list)
+    loaded = time.perf_counter()
+    if isinstance(model, str):
+        from layerscope.models import load_model
+
+        model = load_model(model)
+    started += time.perf_counter() - loaded  # model loading is not part of the evaluation
+
+    texts = collect_texts(task_list, seed)
+    collected = time.perf_counter()
+    logger.info("%d tasks need %d unique texts", len(task_list), len(texts))
+    if extraction is not None:
+        missing = set(texts) - set(extraction.texts)
+        if missing:
+            raise LayerscopeError(f"the given extraction lacks {len(missing)} of the tasks' {len(texts)} texts")
+        extraction = _restricted(extraction, texts, layers, model.num_layers)
+    else:
+        extraction = extract(
+            model,
+            texts,
+            pooling=pooling,
+            layers=layers,
+            batch_size=batch_size,
+            max_length=max_length,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    encoded = time.perf_counter()
+    frame = _score_layers(model, extraction, task_list, seed, progress)
+    finished = time.perf_counter()
+    frame.attrs["record"] = {
+        "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
+        "extraction": {k: v for k, v in extraction.record.items() if _jsonable(v)},
+        "tasks": [task.metadata.name for task in task_list],
+        "n_texts": len(texts),
+        "seed": seed,
+        "pooling": pooling,
+        "max_length": max_length,
+        "from_cache": extraction.from_cache,
+        "seconds": {
+            "prepare": collected - started,  # task data + dry run collecting the texts
+            "encode": encoded - collected,
+            "evaluate": finished - encoded,
+            "total": finished - started,
+        },
+    }
+    return frame
+
+
+def _restricted(extraction: Extraction, texts: Sequence[str], layers: Any, num_layers: int) -> Extraction:
+    """The rows of ``texts`` and the requested layers of a larger extraction (no copy when they match)."""
+    from layerscope.extract import Extraction, resolve_layers
+
+    wanted = resolve_layers(layers, num_layers)
+    positions = [extraction.layers.index(layer) for layer in wanted]
+    if list(extraction.texts) == list(texts) and positions == list(range(len(extraction.layers))):
+        return extraction
+    row_of = {text: row for row, text in enumerate(extraction.texts)}
+    rows = np.array([row_of[text] for text in texts])
+    pooled = np.asarray(extraction.pooled)[np.ix_(positions, rows)]
+    return Extraction(pooled, wanted, list(texts), extraction.kept[rows], dict(extraction.record), extraction.from_cache)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _score_layers(
+    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int, progress: bool
+) -> pd.DataFrame:
+    view = LayerView(extraction.texts, name=f"layerscope/{model.model_id}", revision=model.revision)
+    num_layers = model.num_layers
+    rows = []
+    bar = tqdm(extraction.layers, desc="evaluating layers", unit="layer", disable=not progress)
+    for position, layer in enumerate(bar):
+        view.set_layer(layer, extraction.pooled[position])
+        for task in tasks:
+            scores = run_task(view, task, seed)
+            rows.append(
+                {
+                    "layer": layer,
+                    "depth_pct": 100.0 * layer / num_layers,
+                    "task": task.metadata.name,
+                    "task_type": task.metadata.type,
+                    "main_score": main_score(scores),
+                    "scores": _json(scores),
+                }
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def average_by_layer(frame: pd.DataFrame, tasks: Iterable[str] | None = None, scale: float = 100.0) -> pd.DataFrame:
+    """Average main score over tasks for each layer.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Output of :func:`evaluate_layers`.
+    tasks : iterable of str, optional
+        Restrict to these tasks (all must be present).
+    scale : float
+        Multiplier (100 gives the paper's percent).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``layer``, ``depth_pct``, ``average``, ``n_tasks``, sorted by layer.
+    """
+    if tasks is not None:
+        wanted = list(tasks)
+        missing = sorted(set(wanted) - set(frame["task"]))
+        if missing:
+            raise LayerscopeError(f"missing tasks for the average: {', '.join(missing)}")
+        frame = frame[frame["task"].isin(wanted)]
+    grouped = frame.groupby(["layer", "depth_pct"], as_index=False).agg(
+        average=("main_score", "mean"), n_tasks=("task", "nunique")
+    )
+    grouped["average"] *= scale
+    return grouped.sort_values("layer").reset_index(drop=True)
+
+
+def layer_table(frame: pd.DataFrame, scale: float = 100.0) -> pd.DataFrame:
+    """Per-layer summary: average over all tasks and over the tasks of each type.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``layer``, ``depth_pct``, ``average``, then one column per task type (e.g.
+        ``Classification``), each the mean main score x ``scale``.
+    """
+    table = average_by_layer(frame, scale=scale).drop(columns="n_tasks")
+    by_type = frame.pivot_table(index="layer", columns="task_type", values="main_score", aggfunc="mean") * scale
+    return table.merge(by_type.reset_index(), on="layer").rename_axis(columns=None)
+
+
+def paper32_average(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper's aggregate per layer: mean over its 32 tasks of the test main score, x 100.
+
+    AmazonCounterfactual counts as the mean of its en and en-ext subsets and STS17 as en-en (the
+    subsets :func:`run_mteb` evaluates), so each of the 32 tasks weighs the same.
+    """
+    return average_by_layer(frame, tasks=PAPER32, scale=100.0)
+
+
+def best_and_last(frame: pd.DataFrame) -> dict[str, float]:
+    """Best layer, its average score, and the last layer's average (percent) from :func:`evaluate_layers`."""
+    averages = average_by_layer(frame)
+    best = averages.loc[averages["average"].idxmax()]
+    last = averages.iloc[-1]
+    return {
+        "best_layer": int(best["layer"]),
+        "best_average": float(best["average"]),
+        "last_layer": int(last["layer"]),
+        "last_average": float(last["average"]),
+    }
+
+
+def run_mteb(
+    model: LoadedModel | str,
+    tasks: str | Iterable[str | AbsTask] = "paper32",
+    layers: str | int | Sequence[int] = "all",
+    pooling: str = "mean",
+    seed: int = 0,
+    max_length: int = 512,
+    batch_size: int | str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every layer on real MTEB hub tasks (default: the paper's 32), one task at a time.
+
+    Each task's texts are encoded once for all layers; tasks are processed in turn so only one
+    task's embeddings are in memory. Needs the Hugging Face hub: offline it raises a one-line
+    :class:`~layerscope.errors.LayerscopeError` before loading the model. Aggregate with
+    :func:`paper32_average`.
+
+    Parameters
+    ----------
+    model, layers, pooling, seed, max_length, batch_size, cache_dir, progress
+        As for :func:`evaluate_layers`.
+    tasks : str or iterable
+        ``"paper32"`` (default), a comma-separated string or a list of MTEB task names/instances.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`evaluate_layers`, all tasks concatenated.
+    """
+    from layerscope.hub import require_hub
+
+    task_list = resolve(tasks, seed=seed)
+    if any(not is_offline(task) for task in task_list):
+        require_hub("MTEB hub tasks")
+    if isinstance(model, str):
+        from layerscope.models import load_model
+
+        model = load_model(model)
+    frames = []
+    for task in tqdm(task_list, desc="MTEB tasks", unit="task", disable=not progress):
+        frame = evaluate_layers(
+            model,
+            [task],
+            layers=layers,
+            pooling=pooling,
+            seed=seed,
+            max_length=max_length,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        frames.append(frame)
+        task.unload_data()
+    result = pd.concat(frames, ignore_index=True)
+    result.attrs["record"] = {"tasks": [t.metadata.name for t in task_list], "runs": [f.attrs["record"] for f in frames]}
+    return result

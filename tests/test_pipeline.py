@@ -1,0 +1,80 @@
+"""The main job end to end on a tiny random model (issue 5 points 3, 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import layerscope as ls
+from layerscope.pipeline import ALL_TASKS, analyze
+from layerscope.store import ResultsStore
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from layerscope.models.tiny import tiny_model
+
+    out = tmp_path_factory.mktemp("analyze")
+    model = tiny_model("llama")
+    tasks = ["LeeDocumentSTS", "DebatePartyClassification"]
+    calls = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        result = analyze(loaded_model=model, tasks=tasks, out=out, n_views=4, view_texts=16, lidar_texts=8,
+                         max_length=64, progress=False)
+    finally:
+        handle.remove()
+    return result, model, out, calls
+
+
+def test_analyze_writes_store_plots_and_report(tiny_run):
+    result, model, out, _ = tiny_run
+    assert (out / "results.duckdb").is_file() and (out / "report.html").is_file()
+    assert list((out / "plots").glob("*.png"))
+    with ResultsStore.in_directory(out, read_only=True) as store:
+        runs = store.runs()
+        assert len(runs) == 1 and runs.iloc[0]["status"] == "finished"
+        metrics = store.metrics(result.run_id)
+        scores = store.scores(result.run_id)
+    assert set(metrics["dataset"]) == {"LeeDocumentSTS", "DebatePartyClassification", ALL_TASKS}
+    assert set(scores["task"]) == {"LeeDocumentSTS", "DebatePartyClassification"}
+    assert set(scores["layer"]) == set(range(model.num_layers + 1))
+    assert np.isfinite(metrics["value"]).all()
+
+
+def test_each_text_goes_through_the_model_once_plus_its_views(tiny_run):
+    result, _, _, calls = tiny_run
+    n_texts = result.record["n_kept"]
+    everything = result.metrics.query("dataset == @ALL_TASKS and layer == 0")
+    n_pair = int(everything.query("metric == 'dime'").n_used.iloc[0])
+    n_lidar = int(everything.query("metric == 'lidar'").n_used.iloc[0])
+    assert 0 < n_pair < n_texts and 0 < n_lidar <= n_pair
+    # texts exactly once (token hook + cache), 2 views of the DiME/InfoNCE subset, 4 of the LiDAR subset;
+    # the MTEB evaluation and the per-task metrics read that same pass
+    assert sum(calls) == n_texts + 2 * n_pair + 4 * n_lidar
+
+
+def test_selection_table_and_chosen_layers(tiny_run):
+    result, model, _, _ = tiny_run
+    rules = set(result.selection["rule"])
+    assert {"last layer", "best layer (labels)", "min dime", "depth 70%"} <= rules
+    average = result.scores.groupby("layer")["main_score"].mean()
+    assert result.best_layer == int(average.idxmax())
+    dime = result.metrics.query("metric == 'dime' and dataset == @ALL_TASKS and normalization == 'maxEntropy'")
+    assert result.chosen_layer == int(dime.loc[dime.value.idxmin(), "layer"])
+
+
+def test_rerun_replaces_rows_instead_of_duplicating(tiny_run):
+    result, model, out, _ = tiny_run
+    again = analyze(loaded_model=model, tasks=["LeeDocumentSTS", "DebatePartyClassification"], out=out, n_views=4,
+                    view_texts=16, lidar_texts=8, max_length=64, progress=False, report=False)
+    assert again.run_id == result.run_id
+    with ResultsStore.in_directory(out, read_only=True) as store:
+        assert len(store.runs()) == 1
+        assert len(store.metrics(result.run_id)) == len(result.metrics)
+
+
+def test_bad_select_by_fails_before_running(tmp_path):
+    with pytest.raises(ls.LayerscopeError, match="did you mean 'dime'"):
+        analyze(model="smollm2-135m", select_by="dimee", out=tmp_path)
