@@ -31,8 +31,8 @@ import pandas as pd
 
 from layerscope.analysis.selection import metric_directions
 from layerscope.analysis.tables import default_normalization, infer_last_layer, score_grid
-from layerscope.errors import LayerscopeError
 from layerscope.atomic import atomic_path
+from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
