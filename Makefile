@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/layerscope extract --out runs/demo
+	$(BIN)/layerscope analyze --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
