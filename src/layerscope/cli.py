@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -472,6 +473,73 @@ def compare_command(
     with err_console.status("comparing runs"):
         path = compare_runs(directories, out, all_runs=all_runs)
     console.print(f"comparison: {path}")
+
+
+def _experiment_help() -> str:
+    lines = ["The paper's further experiments (SPEC section 7). NAME is one of:"]
+    try:
+        from layerscope.experiments import EXPERIMENTS
+
+        for experiment in EXPERIMENTS.values():
+            options = ", ".join(f"{key}" for key in experiment.options())
+            lines.append(f"\b\n  {experiment.name}: {experiment.description} [options: {options}]")
+    except Exception:  # the help text must never break the CLI
+        pass
+    lines.append("\b\nExperiment-specific options go as --set key=value (repeatable; lists as comma strings).")
+    return "\n\n".join(lines)
+
+
+@app.command("experiment", help=_experiment_help())
+def experiment_command(
+    name: Annotated[str, typer.Argument(help="Experiment name (see above).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (alias, hub id, folder).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Text source.")] = None,
+    limit: LimitOption = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/experiments/NAME).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate prompts to this many tokens.")] = None,
+    revision: RevisionOption = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="key=value option of the experiment.")] = None,
+    report: Annotated[bool, typer.Option(help="Build report.html in the output folder.")] = True,
+) -> None:
+    """Run one of the paper's further experiments; results go to results.duckdb, PNGs and a report."""
+    from layerscope.experiments import get, run_cli
+
+    experiment = get(name)  # unknown names fail with a suggestion before anything runs
+    options: dict[str, Any] = {"model": model, "dataset": dataset, "limit": limit, "out": out, "seed": seed,
+                               "max_length": max_length, "revision": revision}
+    options = {key: value for key, value in options.items() if value is not None and key in experiment.options()}
+    for setting in settings or []:
+        key, separator, value = setting.partition("=")
+        if not separator or not key.strip():
+            raise LayerscopeError(f"--set takes key=value, got '{setting}'")
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    folder = run_cli(experiment.name, **options)
+    summary_path = folder / f"{experiment.key}_summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        console.print_json(json.dumps(summary.get("summary", {}), default=str))
+    if report:
+        from layerscope.report import build_report
+
+        try:
+            console.print(f"report: {build_report(folder)}")
+        except LayerscopeError as error:
+            console.print(f"(no report: {error})")
+    console.print(f"results: {folder}")
+
+
+def _parse_value(value: str) -> Any:
+    """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, anything else stays a string (lists stay comma strings)."""
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _higher(metric: str) -> bool:

@@ -1,0 +1,385 @@
+"""Extreme prompts (SPEC section 7.4): repetition, randomness and length against prompt entropy.
+
+(a) **Repetition**: each token of a prompt is replaced with probability ``p`` by a token drawn
+uniformly from the same prompt (:func:`layerscope.augment.tokens.repeat_tokens`); at ``p = 1`` the
+prompt is a bag of its own tokens resampled, i.e. highly repetitive.
+(b) **Randomness**: each token is replaced with probability ``p`` by a uniform token of the vocabulary
+(:func:`layerscope.augment.tokens.random_tokens`).
+(c) **Length**: entropy of the first ``t`` tokens of each prompt as ``t`` grows (prefix entropy; for a
+causal model this equals the prompt entropy of the prompt truncated to ``t`` tokens), raw and
+normalized, plus the prompts' own entropy grouped by their natural length.
+
+Perturbations act on token ids, so the token count of every prompt is kept exactly; special tokens
+the tokenizer adds (BOS, CLS/SEP) are left in place. The same seed is used for every ``p``, so the
+positions replaced at a smaller ``p`` are a subset of those replaced at a larger one (common random
+numbers: the curves differ by ``p``, not by the draw). ``p = 0`` is the identity, checked at run time,
+and is measured once for both perturbations.
+
+What the paper reports (Skean et al. 2025, section on extreme prompts): more repetition lowers the
+prompt entropy of intermediate layers (the model compresses repeated patterns), more randomness
+raises it, most in the early layers, and raw prompt entropy grows with prompt length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from layerscope.errors import LayerscopeError, unknown
+from layerscope.experiments.common import (
+    ExperimentResult,
+    as_model,
+    experiment_rows,
+    float_list,
+    int_list,
+    layer_frame,
+    log2_ticks,
+    output_dir,
+    plot_file,
+    progress_bar,
+    resolve_texts,
+    safe_plot,
+    split_list,
+    texts_digest,
+    token_hook,
+    values_at_depths,
+    write_store,
+)
+from layerscope.models.loading import LoadedModel
+
+__all__ = ["DEFAULT_PROBABILITIES", "PERTURBATIONS", "extreme_prompts", "perturb_token_ids", "tokenize_prompts"]
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "extreme_prompts"
+PERTURBATIONS = ("repetition", "randomness")
+DEFAULT_PROBABILITIES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+#: Depth bands (percent, inclusive) of the summary: early, middle and late layers.
+BANDS = {"early": (0.0, 25.0), "middle": (25.0, 75.0), "late": (75.0, 100.0)}
+
+
+def tokenize_prompts(model: LoadedModel, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[list[bool]]]:
+    """Token ids of each text as :func:`layerscope.extract` makes them, and which ids may be perturbed.
+
+    Returns
+    -------
+    token_ids : list of list of int
+        Special tokens added, truncated to ``max_length`` (identical to the ordinary extraction).
+    perturbable : list of list of bool
+        False at the special tokens the tokenizer added (BOS, CLS, SEP), True elsewhere.
+    """
+    encoded = model.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
+                              return_special_tokens_mask=True)
+    token_ids = [list(ids) for ids in encoded["input_ids"]]
+    special = encoded.get("special_tokens_mask")
+    if special is None:
+        perturbable = [[True] * len(ids) for ids in token_ids]
+    else:
+        perturbable = [[not bool(flag) for flag in flags] for flags in special]
+    return token_ids, perturbable
+
+
+def perturb_token_ids(
+    token_ids: Sequence[Sequence[int]],
+    perturbable: Sequence[Sequence[bool]] | None,
+    kind: str,
+    p: float,
+    vocab_size: int,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Apply one perturbation to a list of prompts (each keeps its length).
+
+    Parameters
+    ----------
+    token_ids : list of list of int
+        The prompts.
+    perturbable : list of list of bool, optional
+        Positions that may be replaced (and, for repetition, drawn from); default all.
+    kind : {"repetition", "randomness"}
+        :func:`~layerscope.augment.tokens.repeat_tokens` or :func:`~layerscope.augment.tokens.random_tokens`.
+    p : float in [0, 1]
+        Replacement probability.
+    vocab_size : int
+        Random tokens are drawn from ``[0, vocab_size)``.
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    list of list of int
+        The perturbed prompts, same lengths.
+    """
+    from layerscope.augment.tokens import random_tokens, repeat_tokens
+
+    if kind not in PERTURBATIONS:
+        raise unknown("perturbation", kind, PERTURBATIONS)
+    lengths = [len(ids) for ids in token_ids]
+    width = max(lengths) if lengths else 0
+    ids = torch.zeros((len(token_ids), width), dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.bool)
+    for row, prompt in enumerate(token_ids):
+        ids[row, : len(prompt)] = torch.as_tensor(list(prompt), dtype=torch.long)
+        allowed = [True] * len(prompt) if perturbable is None else list(perturbable[row])
+        mask[row, : len(prompt)] = torch.as_tensor(allowed, dtype=torch.bool)
+    if kind == "repetition":
+        out = repeat_tokens(ids, mask, p, seed=seed)
+    else:
+        out = random_tokens(ids, mask, p, vocab_size, seed=seed)
+    return [out[row, :length].tolist() for row, length in enumerate(lengths)]
+
+
+def _auto_prefix_lengths(lengths: Sequence[int]) -> list[int]:
+    """4, 8, 16, ... up to the longest prompt (counted in measured tokens)."""
+    longest = max(lengths)
+    candidates = [t for t in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if t <= longest]
+    return candidates or ([longest] if longest >= 2 else [])
+
+
+def _band_means(frame: pd.DataFrame) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for band, (low, high) in BANDS.items():
+        part = frame[(frame["depth_pct"] >= low) & (frame["depth_pct"] <= high)]
+        out[band] = None if part.empty else round(float(part["value"].mean()), 4)
+    return out
+
+
+def extreme_prompts(
+    model: str | LoadedModel = "smollm2-135m",
+    texts: Sequence[str] | None = None,
+    *,
+    dataset: str | None = None,
+    limit: int | None = 64,
+    seed: int = 0,
+    max_length: int = 128,
+    probabilities: Sequence[float] | str = DEFAULT_PROBABILITIES,
+    perturbations: Sequence[str] | str = PERTURBATIONS,
+    prefix_lengths: Sequence[int] | str | None = "auto",
+    length_buckets: int = 4,
+    skip_tokens: int = 0,
+    batch_size: int | str = "auto",
+    out: str | Path | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    final_norm: str = "none",
+) -> ExperimentResult:
+    """Prompt entropy per layer under token repetition and randomness, and against prompt length.
+
+    Parameters
+    ----------
+    model : str or LoadedModel
+        Alias, hub id or path, or a loaded model.
+    texts : sequence of str, optional
+        Prompts; default a seeded subset of ``dataset``.
+    dataset : str, optional
+        Text source when ``texts`` is not given (default: the bundled BBC news corpus).
+    limit : int, optional, default 64
+        Number of prompts.
+    seed : int
+        Seed of the subset and of the perturbations.
+    max_length : int, default 128
+        Truncation length in tokens.
+    probabilities : sequence of float or comma string, default (0, 0.1, 0.25, 0.5, 0.75, 1)
+        Replacement probabilities ``p``.
+    perturbations : sequence of str or comma string, default ("repetition", "randomness")
+        Which perturbations to run.
+    prefix_lengths : sequence of int, comma string, "auto" or None
+        Prefix lengths ``t`` of the length sweep (``"auto"``: 4, 8, 16, ... up to the longest prompt;
+        None or empty: no length sweep).
+    length_buckets : int, default 4
+        Quantile groups of the prompts' natural lengths (no table when all lengths are equal).
+    skip_tokens : int, default 0
+        Leave the first ``k`` tokens of every prompt out of the entropies (they still run through the
+        model and may be perturbed): 1 removes the first token's massive activation (see
+        :class:`~layerscope.experiments.common.SkipFirstTokens`). Prefix lengths then count from
+        token ``k``.
+    batch_size : int or "auto"
+        As in :func:`layerscope.extract`.
+    out : str or Path, optional
+        Output directory: ``results.duckdb`` and ``extreme_prompts_*.png``.
+    progress : bool
+        Progress bars.
+    revision, device, dtype, final_norm
+        Passed to :func:`layerscope.load_model` when ``model`` is a name.
+
+    Returns
+    -------
+    ExperimentResult
+        Tables ``prompt_entropy`` (``perturbation, p, layer, depth_pct, metric, normalization, value,
+        n_used, n_skipped``), ``length`` (``prefix_length, layer, depth_pct, normalization, value,
+        n_used``), ``length_buckets`` (``bucket, mean_length, layer, depth_pct, normalization, value,
+        n_prompts``) and ``token_counts`` (``prompt_index, n_tokens``). The summary has prompt entropy
+        (maxEntropy) per condition at 0/25/50/75/100 % depth and averaged over early (0-25 %),
+        middle (25-75 %) and late (75-100 %) layers.
+    """
+    from layerscope.extract import extract_token_ids
+
+    kinds = split_list(perturbations)
+    for kind in kinds:
+        if kind not in PERTURBATIONS:
+            raise unknown("perturbation", kind, PERTURBATIONS)
+    chances = sorted(set(float_list(probabilities, "probabilities")))
+    if any(not 0.0 <= p <= 1.0 for p in chances):
+        raise LayerscopeError(f"probabilities must lie in [0, 1], got {chances}")
+    if 0.0 not in chances:
+        chances = [0.0, *chances]  # the unperturbed reference
+    loaded = as_model(model, revision, device, dtype, final_norm)
+    prompts, source = resolve_texts(texts, dataset, limit, seed)
+    token_ids, perturbable = tokenize_prompts(loaded, prompts, max_length)
+    keep = [i for i, ids in enumerate(token_ids) if len(ids) > 0]
+    if len(keep) < len(token_ids):
+        logger.warning("skipped %d prompt(s) with no tokens", len(token_ids) - len(keep))
+        token_ids = [token_ids[i] for i in keep]
+        perturbable = [perturbable[i] for i in keep]
+        prompts = [prompts[i] for i in keep]
+    if not token_ids:
+        raise LayerscopeError("no prompt has any token")
+    lengths = [len(ids) for ids in token_ids]
+    if isinstance(prefix_lengths, str) and prefix_lengths == "auto":
+        prefixes = _auto_prefix_lengths([length - skip_tokens for length in lengths])
+    else:
+        prefixes = sorted({t for t in int_list(prefix_lengths or [], "prefix_lengths") if t >= 2})
+    vocab_size = min(len(loaded.tokenizer), int(getattr(loaded.model.config, "vocab_size", len(loaded.tokenizer))))
+    n = len(token_ids)
+    num_layers = loaded.num_layers
+    common = dict(batch_size=batch_size, progress=False)
+
+    conditions = [(kind, p) for kind in kinds for p in chances if p > 0]
+    frames: list[pd.DataFrame] = []
+    bar = progress_bar(None, progress, f"{EXPERIMENT} {loaded.model_id}", total=1 + len(conditions))
+    # the unperturbed prompts (p = 0), with the prefix entropies of the length sweep in the same pass
+    hook = token_hook(n, prefix_lengths=prefixes or None, skip_tokens=skip_tokens)
+    extract_token_ids(loaded, token_ids, token_hook=hook, **common)
+    bar.update(1)
+    measured = hook.compute()
+    original = layer_frame(measured["prompt_entropy"], num_layers)
+    for kind in kinds:
+        if perturb_token_ids(token_ids, perturbable, kind, 0.0, vocab_size, seed) != token_ids:
+            raise LayerscopeError(f"{kind} with p = 0 changed the prompts")  # the perturbations' contract
+        frames.append(original.assign(perturbation=kind, p=0.0))
+    for kind, p in conditions:
+        perturbed = perturb_token_ids(token_ids, perturbable, kind, p, vocab_size, seed)
+        if [len(ids) for ids in perturbed] != lengths:
+            raise LayerscopeError(f"{kind} with p = {p} changed the token count of a prompt")
+        hook = token_hook(n, skip_tokens=skip_tokens)
+        extract_token_ids(loaded, perturbed, token_hook=hook, **common)
+        frames.append(layer_frame(hook.compute()["prompt_entropy"], num_layers).assign(perturbation=kind, p=p))
+        bar.update(1)
+    bar.close()
+    entropy = pd.concat(frames, ignore_index=True)
+    entropy = entropy[["perturbation", "p", "layer", "depth_pct", "metric", "normalization", "value", "n_used",
+                       "n_skipped"]]
+
+    length = _length_table(measured.get("prefix_entropy"), num_layers)
+    counted = np.maximum(np.asarray(lengths) - skip_tokens, 0)
+    buckets = _bucket_table(measured["prompt_entropy"].per_prompt, counted, num_layers, length_buckets)
+    token_counts = pd.DataFrame({"prompt_index": np.arange(n), "n_tokens": lengths})
+    tables = {"prompt_entropy": entropy, "length": length, "length_buckets": buckets, "token_counts": token_counts}
+    summary = _summary(entropy, length, kinds)
+    summary.update(model=str(loaded.model_id), n_prompts=n, mean_tokens=round(float(np.mean(lengths)), 1),
+                   tokens_kept=True, dataset=source, skip_tokens=skip_tokens)
+
+    directory = output_dir(out)
+    result = ExperimentResult(EXPERIMENT, tables, summary, directory)
+    if directory is not None:
+        config = {"experiment": EXPERIMENT, "model_id": str(loaded.model_id), "revision": loaded.revision,
+                  "data": source, "n_prompts": n, "max_length": max_length, "probabilities": chances,
+                  "perturbations": kinds, "prefix_lengths": prefixes, "seed": seed, "final_norm": loaded.final_norm,
+                  "skip_tokens": skip_tokens}
+        rows = [experiment_rows(entropy, EXPERIMENT, ["perturbation", "p"], ["metric", "normalization"])]
+        if not length.empty:
+            rows.append(experiment_rows(length.assign(metric="prefix_entropy"), EXPERIMENT, "prefix_length",
+                                        ["metric", "normalization"]))
+        if not buckets.empty:
+            rows.append(experiment_rows(buckets.assign(metric="prompt_entropy_by_length"), EXPERIMENT, "bucket",
+                                        ["metric", "normalization"]))
+        run_id = write_store(directory, config, model=loaded, data_source=source, data_hash=texts_digest(prompts),
+                             experiment_values=pd.concat(rows, ignore_index=True),
+                             metrics=original.assign(dataset=source))
+        result.run_ids.append(str(run_id))
+        _plots(result, entropy, length, num_layers)
+    return result
+
+
+def _length_table(prefix: Any, num_layers: int) -> pd.DataFrame:
+    columns = ["prefix_length", "layer", "depth_pct", "normalization", "value", "n_used"]
+    if prefix is None:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(prefix.records())
+    frame["depth_pct"] = 100.0 * frame["layer"] / num_layers
+    return frame[columns]
+
+
+def _bucket_table(per_prompt: dict[str, np.ndarray], lengths: np.ndarray, num_layers: int, n_buckets: int) -> pd.DataFrame:
+    """Mean prompt entropy of prompts grouped by their natural length (quantile groups)."""
+    columns = ["bucket", "mean_length", "layer", "depth_pct", "normalization", "value", "n_prompts"]
+    if n_buckets < 2 or len(np.unique(lengths)) < 2:
+        return pd.DataFrame(columns=columns)
+    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, n_buckets + 1)))
+    group = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, len(edges) - 2)
+    rows = []
+    for index in np.unique(group):
+        members = group == index
+        label = f"{int(lengths[members].min())}-{int(lengths[members].max())} tokens"
+        for normalization, values in per_prompt.items():  # (layers, n)
+            chosen = values[:, members]
+            count = np.isfinite(chosen).sum(axis=1)
+            means = np.where(count > 0, np.nansum(chosen, axis=1) / np.maximum(count, 1), np.nan)
+            for layer in range(values.shape[0]):
+                rows.append({"bucket": label, "mean_length": float(lengths[members].mean()), "layer": layer,
+                             "depth_pct": 100.0 * layer / num_layers, "normalization": normalization,
+                             "value": float(means[layer]), "n_prompts": int(count[layer])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _summary(entropy: pd.DataFrame, length: pd.DataFrame, kinds: list[str]) -> dict[str, Any]:
+    main = entropy[entropy["normalization"] == "maxEntropy"]
+    summary: dict[str, Any] = {"prompt_entropy_maxEntropy": {}, "bands_maxEntropy": {}}
+    for kind in kinds:
+        part = main[main["perturbation"] == kind]
+        summary["prompt_entropy_maxEntropy"][kind] = {
+            f"p={p:g}": values_at_depths(rows) for p, rows in part.groupby("p")
+        }
+        summary["bands_maxEntropy"][kind] = {f"p={p:g}": _band_means(rows) for p, rows in part.groupby("p")}
+    if not length.empty:
+        summary["prefix_entropy"] = {
+            normalization: {f"t={t}": values_at_depths(rows) for t, rows in part.groupby("prefix_length")}
+            for normalization, part in length.groupby("normalization")
+        }
+    return summary
+
+
+def _plots(result: ExperimentResult, entropy: pd.DataFrame, length: pd.DataFrame, num_layers: int) -> None:
+    from layerscope.report import plots
+
+    directory = result.out
+    main = entropy[entropy["normalization"] == "maxEntropy"]
+    safe_plot(result.plots, plot_file(directory, EXPERIMENT, "perturbations"), plots.plot_lines_by_condition,
+              main, "depth_pct", "value", "p", facet="perturbation", ordered=True,
+              ylabel="prompt entropy (maxEntropy)", hue_label="p (replaced)",
+              title=f"Prompt entropy under token perturbations: {result.summary['model']}")
+    if length.empty:
+        return
+    layers = sorted(set(np.linspace(0, num_layers, 5).round().astype(int).tolist()))
+    part = length[length["layer"].isin(layers)].copy()
+    part["layer_label"] = [f"layer {layer} ({100 * layer / num_layers:.0f}%)" for layer in part["layer"]]
+    order = [f"layer {layer} ({100 * layer / num_layers:.0f}%)" for layer in layers]
+    safe_plot(result.plots, plot_file(directory, EXPERIMENT, "length"), _length_plot, part, order,
+              f"Prompt entropy against prompt length: {result.summary['model']}")
+
+
+def _length_plot(data: pd.DataFrame, order: list[str], title: str, out: Path) -> Path:
+    from layerscope.report import plots
+
+    figure = plots.lines_by_condition_figure(
+        data, "prefix_length", "value", "layer_label", facet="normalization", hue_order=order, ordered=True,
+        logx=True, xlabel="prompt length t (first t tokens)", ylabel="prefix entropy", hue_label="layer", title=title)
+    log2_ticks(figure, data["prefix_length"].unique())
+    return plots.save_figure(figure, out)

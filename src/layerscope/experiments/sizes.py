@@ -1,0 +1,136 @@
+"""Model size (SPEC section 7.3): several models, usually one family at several sizes, on depth %.
+
+Any list of aliases, hub ids or folders works (``EleutherAI/pythia-70m,EleutherAI/pythia-410m,...``
+with the network; offline, e.g. ``smollm2-135m,minilm-l6`` or local folders). Models are loaded one at
+a time and ordered by parameter count in the plots. Per model: every metric per layer (curves on
+depth % so different depths align) and the shape of its prompt-entropy valley. The paper reports
+that larger models of a family compress more in their intermediate layers (a deeper valley).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from layerscope.errors import LayerscopeError
+from layerscope.experiments.common import (
+    DEFAULT_METRICS,
+    ExperimentResult,
+    ModelEntry,
+    main_rows,
+    metrics_over_models,
+    model_label,
+    output_dir,
+    plot_file,
+    resolve_texts,
+    safe_plot,
+    split_list,
+    valley,
+    values_at_depths,
+)
+from layerscope.models.loading import LoadedModel
+
+__all__ = ["model_sizes"]
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "sizes"
+
+
+def model_sizes(
+    models: Sequence[str | LoadedModel] | str,
+    texts: Sequence[str] | None = None,
+    *,
+    labels: Sequence[str] | str | None = None,
+    dataset: str | None = None,
+    limit: int | None = 64,
+    seed: int = 0,
+    max_length: int = 128,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    batch_size: int | str = "auto",
+    out: str | Path | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    final_norm: str = "none",
+) -> ExperimentResult:
+    """Per-layer metrics of several models on the same texts, compared on depth %.
+
+    Parameters
+    ----------
+    models : sequence of str or LoadedModel, or comma string
+        The models (aliases, hub ids, folders, or loaded models).
+    texts, dataset, limit, seed, max_length
+        The prompts (default: 64 BBC news articles truncated to 128 tokens).
+    labels : sequence of str or comma string, optional
+        Legend names (default: the model names).
+    metrics : str or sequence of str
+        Registered metrics (default: prompt entropy, dataset entropy, curvature, effective rank).
+    batch_size, out, progress, device, dtype, final_norm
+        As in the other experiments.
+
+    Returns
+    -------
+    ExperimentResult
+        Tables ``metrics`` (``model, parameters, num_layers, layer, depth_pct, metric, normalization,
+        value, n_used, n_skipped``) and ``models`` (per model: ``model, model_id, parameters,
+        num_layers, hidden_size`` and its prompt-entropy valley: ``min_layer, min_depth_pct,
+        min_value, valley_depth, relative_depth, present``).
+    """
+    items: list[Any] = list(models) if not isinstance(models, str) else split_list(models)
+    if not items:
+        raise LayerscopeError("sizes needs at least one model")
+    names = split_list(labels) if labels is not None else []
+    if names and len(names) != len(items):
+        raise LayerscopeError(f"{len(names)} labels for {len(items)} models")
+    entries = []
+    for index, item in enumerate(items):
+        default = model_label(item) if isinstance(item, LoadedModel) else str(item).rstrip("/").split("/")[-1]
+        entries.append(ModelEntry(names[index] if names else default, item))
+    if len({entry.label for entry in entries}) != len(entries):
+        raise LayerscopeError(f"model labels must be distinct, got {[entry.label for entry in entries]}")
+    prompts, source = resolve_texts(texts, dataset, limit, seed)
+    directory = output_dir(out)
+    config = {"experiment": EXPERIMENT, "data": source, "n_prompts": len(prompts), "max_length": max_length,
+              "metrics": split_list(metrics), "seed": seed}
+    frame, described, run_ids = metrics_over_models(
+        entries, prompts, experiment=EXPERIMENT, source=source, metrics=metrics, max_length=max_length,
+        batch_size=batch_size, progress=progress, out=directory, config=config, device=device, dtype=dtype,
+        final_norm=final_norm, condition="model",
+    )
+    info = {item["label"]: item for item in described}
+    frame["parameters"] = [int(info[label]["parameters"]) for label in frame["model"]]
+    frame["num_layers"] = [int(info[label]["num_layers"]) for label in frame["model"]]
+    frame = frame[["model", "parameters", "num_layers", "layer", "depth_pct", "metric", "normalization", "value",
+                   "n_used", "n_skipped"]]
+    order = sorted(info, key=lambda label: info[label]["parameters"])
+    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == "maxEntropy")]
+    rows = []
+    for label in order:
+        curve = entropy[entropy["model"] == label].sort_values("layer")["value"].to_numpy(float)
+        rows.append({"model": label, "model_id": info[label]["model_id"], "parameters": info[label]["parameters"],
+                     "num_layers": info[label]["num_layers"], "hidden_size": info[label]["hidden_size"],
+                     **{key: value for key, value in valley(curve).items() if key != "ends_min"}})
+    model_table = pd.DataFrame(rows)
+    summary: dict[str, Any] = {"models": order, "n_prompts": len(prompts), "dataset": source,
+                               "parameters": {label: int(info[label]["parameters"]) for label in order}}
+    if not entropy.empty:
+        summary["prompt_entropy_maxEntropy"] = values_at_depths(entropy, group="model")
+        summary["valley"] = {row["model"]: {key: row[key] for key in ("min_depth_pct", "min_value", "valley_depth",
+                                                                      "present")} for row in rows}
+    result = ExperimentResult(EXPERIMENT, {"metrics": frame, "models": model_table}, summary, directory,
+                              run_ids=run_ids)
+    if directory is not None:
+        from layerscope.report import plots
+
+        main = main_rows(frame)
+        main = main.assign(metric=main["metric"] + " (" + main["normalization"] + ")")
+        safe_plot(result.plots, plot_file(directory, EXPERIMENT, "metrics"), plots.plot_lines_by_condition,
+                  main, "depth_pct", "value", "model", facet="metric", hue_order=order,
+                  ordered=len(order) > 2, ylabel="value", hue_label="model (by size)",
+                  title="Metrics by depth across model sizes")
+    return result
