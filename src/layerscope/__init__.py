@@ -32,7 +32,6 @@ _LAZY = {
     "store": "layerscope.store",
     "report": "layerscope.report",
     "experiments": "layerscope.experiments",
-    "sweep": "layerscope.sweep",
 }
 
 __all__ = ["LayerscopeError", "__version__", *_LAZY]
