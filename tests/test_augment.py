@@ -53,6 +53,9 @@ def test_a_texts_views_do_not_depend_on_the_others_or_on_n_views(views):
     assert text_views(TEXTS, 2, seed=0) == views[:2]
     alone = text_views(TEXTS[:1], 4, seed=0)
     assert [row[0] for row in alone] == [row[0] for row in views]
+    # nor on its position: a reordered list gives each text the same views
+    reordered = text_views(TEXTS[::-1], 4, seed=0)
+    assert [row[::-1] for row in reordered] == views
 
 
 def test_global_random_states_are_restored():

@@ -252,8 +252,10 @@ def metrics_command(
         return
     from layerscope.analysis import per_layer_table
     from layerscope.data import load_texts
+    from layerscope.metrics import resolve
     from layerscope.metrics.compute import compute_metrics
 
+    resolve(metrics)  # a bad name fails before the model loads
     texts = load_texts(dataset, limit=limit, seed=seed, column=column)
     loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
     frame = compute_metrics(loaded, texts, metrics=metrics, n_views=n_views, seed=seed, pooling=pooling,
@@ -389,8 +391,8 @@ def analyze_command(
     out: Annotated[Path, typer.Option(help="Output folder: results.duckdb, plots, report.html.")] = Path("runs/analyze"),
     select_by: Annotated[str, typer.Option("--select-by", help="Metric that picks the layer without labels.")] = "dime",
     n_views: Annotated[int, typer.Option("--n-views", help="Views per text for LiDAR.")] = 16,
-    view_texts: Annotated[int, typer.Option("--view-texts", help="Texts per task given 2 views (InfoNCE, DiME).")] = 64,
-    lidar_texts: Annotated[int, typer.Option("--lidar-texts", help="Texts per task given --n-views views (LiDAR).")] = 8,
+    view_texts: Annotated[int, typer.Option("--view-texts", help="Texts per task given 2 views (InfoNCE, DiME).")] = 24,
+    lidar_texts: Annotated[int, typer.Option("--lidar-texts", help="Texts per task given --n-views views (LiDAR; their first 2 serve InfoNCE and DiME).")] = 4,
     pooling: PoolingOption = "mean",
     final_norm: FinalNormOption = "none",
     max_length: MaxLengthOption = 512,
@@ -473,6 +475,59 @@ def compare_command(
     with err_console.status("comparing runs"):
         path = compare_runs(directories, out, all_runs=all_runs)
     console.print(f"comparison: {path}")
+
+
+@app.command("sweep")
+def sweep_command(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (.yaml or .json): models, revisions, datasets, options.")],
+    backend: Annotated[str, typer.Option(help="local (units in turn) | ray (Ray tasks on a local or remote cluster)")] = "local",
+    out: Annotated[Path | None, typer.Option(help="Sweep folder (default: the file's 'out').")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: local Ray.")] = None,
+    cpus_per_unit: Annotated[float, typer.Option("--cpus-per-unit", help="CPUs Ray reserves per unit (its torch threads).")] = 1,
+    gpus_per_unit: Annotated[float, typer.Option("--gpus-per-unit", help="GPUs Ray reserves per unit.")] = 0,
+    num_cpus: Annotated[int | None, typer.Option("--num-cpus", help="CPUs of a local Ray instance (default: all).")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Rerun units already done.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list the units and whether they are done.")] = False,
+) -> None:
+    """Many (model, revision, dataset) runs as resumable units, in turn or on a Ray cluster (SPEC section 8)."""
+    from layerscope.sweep import load_sweep, run_sweep, unit_status
+
+    spec = load_sweep(sweep_file)
+    root = out or spec.out
+    units = spec.units()
+    if dry_run:
+        table = Table(title=f"{sweep_file}: {len(units)} units of job '{spec.job}' -> {root}")
+        for column in ("unit", "model", "revision", "dataset", "status"):
+            table.add_column(column)
+        for unit in units:
+            status = unit_status(unit, root)
+            table.add_row(unit.unit_id, unit.model, unit.revision or "-", unit.dataset or "-",
+                          status["status"] if status else "to run")
+        console.print(table)
+        return
+
+    def announce(unit: Any, status: dict[str, Any]) -> None:
+        detail = f"{status.get('seconds', 0):.0f} s" if status["status"] == "done" else status.get("error", "")
+        console.print(f"{'done' if status['status'] == 'done' else '[red]failed[/]'}: {unit.label} ({detail})",
+                      highlight=False)
+
+    result = run_sweep(spec, backend=backend, out=root, resume=not no_resume, address=address,
+                       cpus_per_unit=cpus_per_unit, gpus_per_unit=gpus_per_unit, num_cpus=num_cpus, on_unit=announce)
+    table = Table(title=f"sweep {sweep_file} ({backend}): {len(result.units)} units")
+    for column in ("unit", "status", "seconds", "best layer", "label-free layer", "error"):
+        table.add_column(column, overflow="fold")
+    for row in result.units.itertuples(index=False):
+        table.add_row(row.label, row.status, "-" if row.seconds is None or row.seconds != row.seconds else f"{row.seconds:.0f}",
+                      _cell(row.best_layer), _cell(row.chosen_layer), row.error or "")
+    console.print(table)
+    console.print(f"results: {result.out / 'results.duckdb'} ({len(result.merged_runs)} runs)"
+                  + (f"; comparison: {result.compare}" if result.compare else ""))
+    if len(result.failed):
+        raise LayerscopeError(f"{len(result.failed)} of {len(result.units)} units failed; rerun the sweep to retry them")
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and value != value) else str(int(value))
 
 
 def _experiment_help() -> str:

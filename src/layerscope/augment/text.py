@@ -3,13 +3,15 @@
 The paper's pipeline is nlpaug's ``Sequential([SplitAug(), RandomCharAug(), KeyboardAug()])`` with
 the library defaults (each augmenter touches 30 % of the words, at most 10). nlpaug draws from both
 Python's ``random`` and NumPy's global generator, so every (text, view) draw is seeded with both,
-from a seed derived from ``(seed, view, text index)``: a text's views do not depend on the other
-texts in the list, and the caller's global random states are restored afterwards.
+from a seed derived from ``(seed, view, text)``: a text's views depend on neither its position nor
+the other texts in the list (the same text gets the same views in any subset), and the caller's
+global random states are restored afterwards.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -39,9 +41,10 @@ def paper_pipeline() -> Any:
     return naf.Sequential([naw.SplitAug(), nac.RandomCharAug(), nac.KeyboardAug()])
 
 
-def _draw_seed(seed: int, view: int, index: int) -> int:
-    """A 32-bit seed for one (view, text) draw, independent across draws."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, view, index]).generate_state(1)[0])
+def _draw_seed(seed: int, view: int, text: str) -> int:
+    """A 32-bit seed for one (view, text) draw, independent across draws and across processes."""
+    digest = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, view, digest]).generate_state(1)[0])
 
 
 def text_views(texts: Sequence[str], n_views: int, seed: int = 0) -> list[list[str]]:
@@ -54,8 +57,8 @@ def text_views(texts: Sequence[str], n_views: int, seed: int = 0) -> list[list[s
     n_views : int
         Views per text (2 for InfoNCE and DiME, 16 for LiDAR).
     seed : int, default 0
-        The same seed gives the same views; view ``v`` of text ``i`` depends only on
-        ``(seed, v, i, texts[i])``, so the first 2 of 16 views equal the 2 views of ``n_views=2``.
+        The same seed gives the same views; view ``v`` of a text depends only on ``(seed, v, text)``,
+        so the first 2 of 16 views equal the 2 views of ``n_views=2``, whatever else is in the list.
 
     Returns
     -------
@@ -77,11 +80,11 @@ def text_views(texts: Sequence[str], n_views: int, seed: int = 0) -> list[list[s
         views = []
         for view in range(int(n_views)):
             row = []
-            for index, text in enumerate(texts):
+            for text in texts:
                 if not text.strip():
                     row.append(text)
                     continue
-                draw = _draw_seed(seed, view, index)
+                draw = _draw_seed(seed, view, text)
                 random.seed(draw)
                 np.random.seed(draw)  # noqa: NPY002
                 augmented = pipeline.augment(text)  # nlpaug returns a list with one string

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -122,33 +123,96 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 class _LayerCapture:
-    """Forward hooks that collect the residual stream of every canonical layer during one forward."""
+    """Forward hooks that pool every canonical layer as the forward pass produces it.
 
-    def __init__(self, model: LoadedModel) -> None:
-        self.states: list[torch.Tensor | None] = [None] * (model.num_layers + 1)
-        blocks = model.blocks
+    Each layer's (batch, tokens, dim) output is pooled the moment its block returns, while it is
+    fresh, and (when token states are wanted) copied into one (layers, batch, tokens, dim) buffer
+    that lives across batches: no stack of all layers is allocated per batch, and the pooling reads
+    each layer once without the transposed copy a single einsum over the stack would make.
+    """
+
+    def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool) -> None:
         from layerscope.models.adapters import block_output
 
+        self.n_layers = model.num_layers + 1
+        self.pooling = pooling
+        self.keep_tokens = keep_tokens
+        self.final_norm = model.final_norm_module if model.final_norm == "all" else None
+        self.mask: torch.Tensor | None = None
+        self.pooled: torch.Tensor | None = None  # (layers, batch, dim) float32
+        self.buffer: torch.Tensor | None = None  # (layers, batch, tokens, dim) view of _storage
+        self._storage: torch.Tensor | None = None
+        self.seen = [False] * self.n_layers
+        blocks = model.blocks
+
         def first_input(_module: Any, args: tuple, kwargs: dict) -> None:
-            self.states[0] = args[0] if args else kwargs["hidden_states"]
+            self._take(0, args[0] if args else kwargs["hidden_states"])
 
         def make_output_hook(index: int) -> Callable[..., None]:
             def output_hook(_module: Any, _args: Any, output: Any) -> None:
-                self.states[index] = block_output(output)
+                self._take(index, block_output(output))
 
             return output_hook
 
         self.handles = [blocks[0].register_forward_pre_hook(first_input, with_kwargs=True)]
         self.handles += [block.register_forward_hook(make_output_hook(i + 1)) for i, block in enumerate(blocks)]
 
-    def stacked(self) -> torch.Tensor:
-        """(layers, batch, tokens, dim); the references are dropped so memory is freed with the stack."""
-        if any(state is None for state in self.states):
-            missing = [i for i, state in enumerate(self.states) if state is None]
+    def begin(self, mask: torch.Tensor) -> None:
+        """Set up the batch about to run: its mask (batch, tokens) on the model's device."""
+        self.mask = mask
+        self.pooled = None
+        self.buffer = None
+        self.seen = [False] * self.n_layers
+
+    def _take(self, index: int, hidden: torch.Tensor) -> None:
+        if self.mask is None:  # the model ran outside extract (e.g. a user's own forward)
+            return
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        batch, tokens, dim = hidden.shape
+        if self.pooled is None:
+            self.pooled = torch.empty(self.n_layers, batch, dim, dtype=torch.float32, device=hidden.device)
+            if self.keep_tokens:
+                self.buffer = self._tokens_buffer((self.n_layers, batch, tokens, dim), hidden)
+        as_float = hidden if hidden.dtype == torch.float32 else hidden.float()  # pool low precision in fp32
+        self.pooled[index] = pool(as_float.unsqueeze(0), self.mask, self.pooling)[0]
+        if self.buffer is not None:
+            self.buffer[index].copy_(hidden)
+        self.seen[index] = True
+
+    def _tokens_buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A view of the persistent storage; it only grows (the first, longest batch sets its size)."""
+        needed = math.prod(shape)
+        storage = self._storage
+        if storage is None or storage.numel() < needed or storage.dtype != like.dtype or storage.device != like.device:
+            self._storage = None  # free the old one before allocating the new one
+            storage = self._storage = torch.empty(needed, dtype=like.dtype, device=like.device)
+        return storage[:needed].view(shape)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled (layers, batch, dim) float32 and, if kept, token states (layers, batch, tokens, dim)."""
+        if not all(self.seen):
+            missing = [i for i, seen in enumerate(self.seen) if not seen]
             raise RuntimeError(f"layers {missing} were not produced by the forward pass")
-        stacked = torch.stack(self.states)  # type: ignore[arg-type]
-        self.states = [None] * len(self.states)
-        return stacked
+        assert self.pooled is not None and self.mask is not None
+        pooled, states, mask = self.pooled, self.buffer, self.mask
+        self.end()
+        if states is not None:
+            # exact zeros after each prompt's tokens, written only where there is padding
+            batch_index, token_index = torch.nonzero(mask == 0, as_tuple=True)
+            if len(batch_index):
+                states[:, batch_index, token_index] = 0
+        return pooled, states
+
+    def end(self) -> None:
+        self.mask = None
+        self.pooled = None
+        self.buffer = None
+
+    def release(self) -> None:
+        """Drop every tensor (after an out-of-memory error)."""
+        self.end()
+        self._storage = None
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -449,33 +513,32 @@ def _progress_bar(total: int, initial: int, enabled: bool, name: str) -> Any:
 
 
 class _BatchRunner:
-    """Runs the model on one batch and returns pooled states of every layer (and the token states)."""
+    """Runs the model on one batch and returns pooled states of every layer (and the token states).
+
+    The token states handed out live in a buffer reused by the next batch: a token hook must use
+    them during its call (the accumulators do) and copy what it wants to keep.
+    """
 
     def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool) -> None:
         self.model = model
-        self.pooling = pooling
-        self.keep_tokens = keep_tokens
-        self.capture = _LayerCapture(model)
+        self.capture = _LayerCapture(model, pooling, keep_tokens)
         self.device = model.device
         accepted = inspect.signature(model.model.forward).parameters
         self.extra = {"use_cache": False} if "use_cache" in accepted else {}
-        self.final_norm = model.final_norm_module if model.final_norm == "all" else None
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        self.model.model(input_ids=input_ids, attention_mask=mask, **self.extra)
-        states = self.capture.stacked()  # (layers, batch, tokens, dim)
-        if self.final_norm is not None:
-            states = self.final_norm(states)
-        pooled = pool(states if states.dtype == torch.float32 else states.float(), mask, self.pooling)
-        if not self.keep_tokens:
-            return pooled, None
-        states.mul_(mask[None, :, :, None].to(states.dtype))  # exact zeros after each prompt's tokens
-        return pooled, states
+        self.capture.begin(mask)
+        try:
+            self.model.model(input_ids=input_ids, attention_mask=mask, **self.extra)
+        except BaseException:
+            self.capture.end()
+            raise
+        return self.capture.result()  # (layers, batch, dim), (layers, batch, tokens, dim) or None
 
     def release(self) -> None:
-        self.capture.states = [None] * len(self.capture.states)
+        self.capture.release()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -38,7 +38,8 @@ def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> tor
     mask = mask.to(states.device)
     if pooling == "mean":
         weights = mask.to(states.dtype)  # (batch, tokens)
-        summed = torch.einsum("lbtd,bt->lbd", states, weights)
+        # a broadcast batched matmul reads the states in place (an einsum would copy them transposed)
+        summed = torch.matmul(weights[:, None, :], states).squeeze(-2)  # (layers, batch, dim)
         return summed / weights.sum(1).clamp_min(1.0)[None, :, None]
     positions = torch.arange(mask.shape[1], device=mask.device)
     real = mask.bool()
