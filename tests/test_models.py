@@ -87,3 +87,27 @@ def test_bundled_models_load_offline_and_cache_the_dequantized_weights():
     assert torch.equal(next(model.model.parameters()), next(again.model.parameters()))
     minilm = ls.load_model("minilm-l6")
     assert (minilm.num_layers, minilm.hidden_size, minilm.adapter.family) == (6, 384, "bert")
+
+
+def test_device_map_loads_a_big_model_in_place(tmp_path, monkeypatch):
+    """``device="map"`` asks accelerate for device_map="auto" (here all on the CPU) and extracts alike."""
+    import numpy as np
+    from transformers import AutoModel
+
+    model = tiny_model("gpt_neox", num_layers=2)
+    model.model.save_pretrained(str(tmp_path))
+    model.tokenizer.save_pretrained(str(tmp_path))
+    seen = []
+    original = AutoModel.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", spy)
+    mapped = ls.load_model(str(tmp_path), device="map")
+    plain = ls.load_model(str(tmp_path), device="cpu")
+    assert seen == ["auto", None]
+    texts = ["a first text to embed", "and a second one"]
+    np.testing.assert_allclose(ls.extract(mapped, texts, progress=False).pooled,
+                               ls.extract(plain, texts, progress=False).pooled, atol=1e-6)

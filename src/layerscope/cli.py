@@ -45,7 +45,7 @@ FinalNormOption = Annotated[str, typer.Option("--final-norm", help="none (raw re
 MaxLengthOption = Annotated[int, typer.Option("--max-length", help="Truncate texts to this many tokens.")]
 BatchOption = Annotated[str, typer.Option("--batch-size", help="Texts per batch, or auto.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of subsets, views and evaluations.")]
-DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:1 ...")]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:1 ... | map (device_map='auto': a big model over all GPUs and the CPU)")]
 DtypeOption = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")]
 CacheOption = Annotated[str | None, typer.Option("--cache-dir", help="Embedding cache folder (default: user cache).")]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the embedding cache.")]

@@ -11,6 +11,7 @@ name (CLI)            function                                                  
 ``compare-finetune``  :func:`~layerscope.experiments.finetune.compare_finetune`            base vs finetuned model
 ``sublayers``         :func:`~layerscope.experiments.sublayers.sublayers`                  after attention / MLP parts
 ``bimodality``        :func:`~layerscope.experiments.bimodality.bimodality`                per-prompt histograms per layer
+``vision``            :func:`~layerscope.experiments.vision.vision`                        ViT metrics + linear probe
 ===================== =================================================================== ===============================
 
 Every function returns an :class:`ExperimentResult` (tables, summary, PNG paths, store run ids) and,
@@ -104,6 +105,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("bimodality", "layerscope.experiments.bimodality:bimodality",
                    "per-prompt entropy histograms per layer and Sarle's bimodality coefficient",
                    "7.7 bimodality"),
+        Experiment("vision", "layerscope.experiments.vision:vision",
+                   "a vision transformer on labelled images: metrics per layer (crops as views) and a linear probe",
+                   "7.8 vision"),
     )
 }
 

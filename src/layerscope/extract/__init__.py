@@ -8,9 +8,11 @@ import sys
 import types
 
 from layerscope.extract.engine import Extraction, extract, extract_token_ids, resolve_layers
+from layerscope.extract.images import extract_images, prepare_images
 from layerscope.extract.pooling import POOLING_MODES, pool
 
-__all__ = ["POOLING_MODES", "Extraction", "extract", "extract_token_ids", "pool", "resolve_layers"]
+__all__ = ["POOLING_MODES", "Extraction", "extract", "extract_images", "extract_token_ids", "pool", "prepare_images",
+           "resolve_layers"]
 
 
 class _CallableModule(types.ModuleType):

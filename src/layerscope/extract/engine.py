@@ -138,6 +138,7 @@ class _LayerCapture:
         self.pooling = pooling
         self.keep_tokens = keep_tokens
         self.final_norm = model.final_norm_module if model.final_norm == "all" else None
+        self.active = False
         self.mask: torch.Tensor | None = None
         self.pooled: torch.Tensor | None = None  # (layers, batch, dim) float32
         self.buffer: torch.Tensor | None = None  # (layers, batch, tokens, dim) view of _storage
@@ -157,25 +158,31 @@ class _LayerCapture:
         self.handles = [blocks[0].register_forward_pre_hook(first_input, with_kwargs=True)]
         self.handles += [block.register_forward_hook(make_output_hook(i + 1)) for i, block in enumerate(blocks)]
 
-    def begin(self, mask: torch.Tensor) -> None:
-        """Set up the batch about to run: its mask (batch, tokens) on the model's device."""
+    def begin(self, mask: torch.Tensor | None) -> None:
+        """Set up the batch about to run: its mask (batch, tokens) on the model's device, or None when
+        every token is real (images: patches and CLS)."""
+        self.active = True
         self.mask = mask
         self.pooled = None
         self.buffer = None
         self.seen = [False] * self.n_layers
 
     def _take(self, index: int, hidden: torch.Tensor) -> None:
-        if self.mask is None:  # the model ran outside extract (e.g. a user's own forward)
+        if not self.active:  # the model ran outside extract (e.g. a user's own forward)
             return
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         batch, tokens, dim = hidden.shape
+        if self.mask is None:
+            self.mask = torch.ones(batch, tokens, dtype=torch.long, device=hidden.device)
         if self.pooled is None:
             self.pooled = torch.empty(self.n_layers, batch, dim, dtype=torch.float32, device=hidden.device)
             if self.keep_tokens:
                 self.buffer = self._tokens_buffer((self.n_layers, batch, tokens, dim), hidden)
         as_float = hidden if hidden.dtype == torch.float32 else hidden.float()  # pool low precision in fp32
-        self.pooled[index] = pool(as_float.unsqueeze(0), self.mask, self.pooling)[0]
+        # with device_map="map" blocks live on several devices: everything is gathered on the first
+        mask = self.mask if self.mask.device == hidden.device else self.mask.to(hidden.device)
+        self.pooled[index] = pool(as_float.unsqueeze(0), mask, self.pooling)[0].to(self.pooled.device)
         if self.buffer is not None:
             self.buffer[index].copy_(hidden)
         self.seen[index] = True
@@ -205,6 +212,7 @@ class _LayerCapture:
         return pooled, states
 
     def end(self) -> None:
+        self.active = False
         self.mask = None
         self.pooled = None
         self.buffer = None
@@ -410,7 +418,7 @@ def extract_token_ids(
 
 def _run(
     model: LoadedModel,
-    tokenized: TokenizedTexts,
+    tokenized: TokenizedTexts | Any,  # or ImageInputs: .lengths and .batch(rows)
     kept: np.ndarray,
     pooling: str,
     batch_size: int | str,
@@ -448,9 +456,8 @@ def _run(
                 if not _is_out_of_memory(error):
                     raise
                 if len(rows) == 1:
-                    raise LayerscopeError(
-                        f"out of memory on a single text of {int(mask.sum())} tokens: lower max_length"
-                    ) from None
+                    what = "image" if mask is None else f"text of {int(mask.sum())} tokens: lower max_length"
+                    raise LayerscopeError(f"out of memory on a single {what}") from None
                 logger.warning("out of memory on a batch of %d texts: halving it", len(rows))
                 runner.release()
                 half = len(rows) // 2
@@ -461,7 +468,8 @@ def _run(
             nonfinite += bad.sum(axis=1)
             output[:, rows, :] = pooled_np
             if token_hook is not None:
-                lengths = mask.sum(1)
+                assert states is not None
+                lengths = mask.sum(1) if mask is not None else torch.full((len(rows),), states.shape[2])
                 if with_indices:
                     token_hook(states, lengths, kept_tensor[row_tensor])
                 else:
@@ -525,13 +533,20 @@ class _BatchRunner:
         self.device = model.device
         accepted = inspect.signature(model.model.forward).parameters
         self.extra = {"use_cache": False} if "use_cache" in accepted else {}
+        self.vision = model.modality == "vision"
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``input_ids`` (batch, tokens) and their mask, or for a vision model pixel values
+        (batch, channels, height, width) and ``mask=None``."""
+        mask = None if mask is None else mask.to(self.device)
         self.capture.begin(mask)
         try:
-            self.model.model(input_ids=input_ids, attention_mask=mask, **self.extra)
+            if self.vision:
+                pixels = input_ids.to(self.device, self.model.dtype)
+                self.model.model(pixel_values=pixels, **self.extra)
+            else:
+                self.model.model(input_ids=input_ids.to(self.device), attention_mask=mask, **self.extra)
         except BaseException:
             self.capture.end()
             raise

@@ -75,8 +75,9 @@ def compute_metrics(
     ----------
     model : LoadedModel
         From :func:`layerscope.load_model`.
-    texts : sequence of str
-        Empty texts are skipped and counted (``n_skipped``).
+    texts : sequence of str, or images for a vision model
+        Empty texts are skipped and counted (``n_skipped``). A vision model takes images (see
+        :func:`layerscope.extract.prepare_images`) and random resized crops as views.
     metrics : "all", a name, a comma list, or names
         See :func:`layerscope.metrics.available`.
     n_views : int
@@ -101,7 +102,13 @@ def compute_metrics(
     chosen = {spec.name: resolve_options(spec, options, seed) for spec in specs}
     token_specs = [spec for spec in specs if spec.level == "token"]
     hook = None
-    texts = list(texts) if not isinstance(texts, str) else texts
+    vision = model.modality == "vision"
+    if vision:  # images: prepared once; views are random resized crops of the prepared pixels
+        from layerscope.extract.images import prepare_images
+
+        texts = prepare_images(model, texts)
+    else:
+        texts = list(texts) if not isinstance(texts, str) else texts
     if token_specs:
         hook = TokenMetrics([make(spec.name, len(texts), **{**_accumulator_defaults(spec), **chosen[spec.name]})
                              for spec in token_specs])
@@ -109,7 +116,13 @@ def compute_metrics(
     start = time.perf_counter()
     common = dict(pooling=pooling, max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,
                   progress=progress)
-    base = extract(model, texts, token_hook=hook, **common)
+    if vision:
+        from layerscope.extract.images import extract_images
+
+        common.pop("max_length")
+        base = extract_images(model, texts, token_hook=hook, prepared=True, **common)
+    else:
+        base = extract(model, texts, token_hook=hook, **common)
     timings["extract_s"] = time.perf_counter() - start
     n_empty = int(base.record["n_skipped_empty"])
     rows: list[dict[str, Any]] = []
@@ -128,7 +141,7 @@ def compute_metrics(
     if view_specs:
         needed = max(n_views if spec.n_views > 2 else 2 for spec in view_specs)
         start = time.perf_counter()
-        views, n_encoded = encode_views(model, base.texts, needed, seed, **common)
+        views, n_encoded = encode_views(model, texts if vision else base.texts, needed, seed, **common)
         timings["views_s"] = time.perf_counter() - start
         n_forward += n_encoded
     start = time.perf_counter()
@@ -155,9 +168,12 @@ def compute_metrics(
     return frame
 
 
-def encode_views(model: LoadedModel, texts: Sequence[str], n_views: int, seed: int,
+def encode_views(model: LoadedModel, texts: Sequence[str] | torch.Tensor, n_views: int, seed: int,
                  **extract_options: Any) -> tuple[torch.Tensor, int]:
     """Pooled embeddings of ``n_views`` augmented views of each text, from one extraction call.
+
+    For a vision model ``texts`` are prepared pixel values (N, C, H, W) and the views are random
+    resized crops (:func:`layerscope.augment.random_resized_crops`).
 
     Returns
     -------
@@ -165,6 +181,16 @@ def encode_views(model: LoadedModel, texts: Sequence[str], n_views: int, seed: i
     n_encoded : int
         Texts that went through the model (the views count in the cost).
     """
+    if model.modality == "vision":
+        from layerscope.augment import random_resized_crops
+        from layerscope.extract.images import extract_images
+
+        crops = random_resized_crops(texts, n_views, seed=seed)  # (views, n, C, H, W)
+        n_images = crops.shape[1]
+        options = {key: value for key, value in extract_options.items() if key != "max_length"}
+        encoded = extract_images(model, crops.reshape(-1, *crops.shape[2:]), prepared=True, **options)
+        stacked = encoded.tensor(torch.float64)
+        return stacked.reshape(stacked.shape[0], n_views, n_images, -1), n_views * n_images
     from layerscope.augment import text_views
 
     texts = list(texts)

@@ -172,7 +172,8 @@ def load_model(
     dtype : str or torch.dtype, optional
         Forward precision; default float32 on CPU, bfloat16 (or float16) on CUDA.
     device : str, optional
-        ``"auto"`` (default) picks CUDA when present, else CPU.
+        ``"auto"`` (default) picks CUDA when present, else CPU; ``"map"`` spreads a model too big for
+        one GPU over all GPUs (and the CPU) with ``device_map="auto"`` (needs ``accelerate``).
     final_norm : {"none", "all"}
         See :class:`LoadedModel`.
     trust_remote_code : bool
@@ -180,7 +181,8 @@ def load_model(
     """
     if final_norm not in FINAL_NORM_OPTIONS:
         raise LayerscopeError(f"final_norm must be one of {', '.join(FINAL_NORM_OPTIONS)}, got '{final_norm}'")
-    torch_device = _resolve_device(device)
+    device_map = "auto" if str(device) == "map" else None
+    torch_device = _resolve_device(None if device_map else device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
     start = time.perf_counter()
     if name_or_path in BUNDLED:
@@ -191,14 +193,14 @@ def load_model(
             model, tokenizer = _load_gguf_cached(path.parent, path.name, f"gguf-{path.stem}", torch_dtype)
             loaded = wrap_model(model, tokenizer, str(path), revision, source=f"GGUF file {path}")
         elif path.exists():
-            model, tokenizer = _from_pretrained(str(path), None, torch_dtype, trust_remote_code)
+            model, tokenizer = _from_pretrained(str(path), None, torch_dtype, trust_remote_code, device_map=device_map)
             loaded = wrap_model(model, tokenizer, str(path), revision, source=f"local folder {path}")
         else:
-            model, tokenizer = _from_hub(name_or_path, revision, torch_dtype, trust_remote_code)
+            model, tokenizer = _from_hub(name_or_path, revision, torch_dtype, trust_remote_code, device_map)
             loaded = wrap_model(model, tokenizer, name_or_path, revision, source="huggingface hub")
     loaded.final_norm = final_norm
     loaded.__post_init__()
-    if loaded.device != torch_device:
+    if device_map is None and loaded.device != torch_device:
         loaded.model.to(torch_device)
     logger.info("loaded %s in %.1f s", name_or_path, time.perf_counter() - start)
     return loaded
@@ -215,20 +217,22 @@ def _load_tokenizer(source: str, **kwargs: Any) -> Any:
 
 
 def _from_pretrained(
-    source: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool, local_only: bool = False
+    source: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool, local_only: bool = False,
+    device_map: str | None = None,
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModel
 
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if local_only:
         kwargs["local_files_only"] = True
-    model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs)
+    placement = {"device_map": device_map} if device_map else {}
+    model = AutoModel.from_pretrained(source, dtype=dtype, **kwargs, **placement)
     tokenizer = _load_tokenizer(source, **kwargs)
     return model, tokenizer
 
 
 def _from_hub(
-    name: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool
+    name: str, revision: str | None, dtype: torch.dtype, trust_remote_code: bool, device_map: str | None = None
 ) -> tuple[nn.Module, Any]:
     from huggingface_hub import errors as hub_errors
 
@@ -237,7 +241,8 @@ def _from_hub(
     aliases = ", ".join(BUNDLED)
     offline = offline_reason()  # offline, only the local HF cache is tried: no minutes of retries
     try:
-        return _from_pretrained(name, revision, dtype, trust_remote_code, local_only=offline is not None)
+        return _from_pretrained(name, revision, dtype, trust_remote_code, local_only=offline is not None,
+                                device_map=device_map)
     except hub_errors.RevisionNotFoundError:
         raise LayerscopeError(f"revision '{revision}' does not exist for model '{name}'") from None
     except hub_errors.RepositoryNotFoundError:

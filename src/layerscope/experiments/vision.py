@@ -1,0 +1,178 @@
+"""Vision (SPEC section 7.8): the same metrics on a vision transformer, scored by a linear probe per layer.
+
+The paper extends its analysis to image models: representations are the mean over patch and CLS
+tokens of each layer, augmentation invariance uses random resized crops instead of text
+perturbations, and the downstream score of a layer is a probe trained on its embeddings. Here one
+pass over the images gives every layer's pooled embedding and the token-level metrics (prompt
+entropy over a picture's patch tokens), the views give DiME, InfoNCE and LiDAR, and a logistic
+regression probe per layer (same split for every layer) gives the score. The run goes to the store
+as an ordinary analysis (layer metrics + a "linear probe" task), so the report, the selection table
+(best layer by the probe vs the label-free rules) and the correlations all apply.
+
+Works with any Hugging Face ViT-family model (``google/vit-base-patch16-224``,
+``facebook/dino-vitb16`` ...) where the hub is reachable; offline, tests run a random-init ViT. The
+images come from :func:`layerscope.data.images.load_images` (default: scikit-learn's digits).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from layerscope.errors import LayerscopeError
+from layerscope.experiments.common import ExperimentResult, as_model, output_dir, plot_file, safe_plot
+from layerscope.models.loading import LoadedModel
+
+__all__ = ["vision"]
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "vision"
+DEFAULT_METRICS = "prompt_entropy,dataset_entropy,effective_rank,infonce,dime,lidar"
+
+
+def vision(
+    model: str | LoadedModel,
+    images: Any = None,
+    labels: Any = None,
+    *,
+    dataset: str = "digits",
+    limit: int | None = 512,
+    seed: int = 0,
+    metrics: str = DEFAULT_METRICS,
+    n_views: int = 16,
+    view_images: int = 64,
+    test_fraction: float = 0.3,
+    pooling: str = "mean",
+    batch_size: int | str = "auto",
+    out: str | Path | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    final_norm: str = "none",
+) -> ExperimentResult:
+    """Per-layer metrics and linear-probe accuracy of a vision transformer.
+
+    Parameters
+    ----------
+    model : str or LoadedModel
+        A ViT-family model (hub id, folder, or loaded).
+    images, labels : optional
+        Images (see :func:`layerscope.extract.prepare_images`) and their integer labels; otherwise
+        ``dataset`` is loaded.
+    dataset : str, default "digits"
+        Source for :func:`layerscope.data.images.load_images`.
+    limit : int, optional
+        Images used (a seeded subset).
+    metrics : str
+        Metrics computed on all images (the invariance metrics on ``view_images`` of them).
+    n_views : int
+        Random resized crops per image for LiDAR (the first 2 serve InfoNCE and DiME).
+    view_images : int
+        Images given views (each view is a forward pass).
+    test_fraction : float
+        Held-out share of the probe's stratified split.
+    pooling : {"mean", "first"}
+        Mean over patch and CLS tokens (default), or the CLS token.
+
+    Returns
+    -------
+    ExperimentResult
+        Tables ``metrics`` (long, per layer), ``probe`` (``layer, depth_pct, accuracy, chance``),
+        ``selection`` (Table-2-style rules scored by the probe) and ``correlations``.
+    """
+    from layerscope.analysis import correlate, selection_table
+    from layerscope.data import subset
+    from layerscope.evaluate.probe import linear_probe
+    from layerscope.extract.images import extract_images, prepare_images
+    from layerscope.metrics.accumulators import TokenMetrics, make
+    from layerscope.metrics.compute import encode_views, metric_rows, resolve_options
+    from layerscope.metrics.registry import resolve
+
+    loaded = as_model(model, revision, device, dtype, final_norm)
+    if loaded.modality != "vision":
+        raise LayerscopeError(f"the vision experiment needs a vision model; {loaded.model_id} is a {loaded.modality} model")
+    if images is None:
+        from layerscope.data.images import load_images
+
+        data = load_images(dataset, limit=limit, seed=seed)
+        images, labels, source = data.images, data.labels, data.source
+    else:
+        if labels is None:
+            raise LayerscopeError("images given without labels: the probe needs one label per image")
+        source = "images given in code"
+    labels = np.asarray(labels)
+    pixels = prepare_images(loaded, images)
+    if len(labels) != pixels.shape[0]:
+        raise LayerscopeError(f"{pixels.shape[0]} images but {len(labels)} labels")
+    specs = resolve(metrics)
+
+    # one pass over the images (token metrics in its hook), then the views of a seeded subset
+    chosen = {spec.name: resolve_options(spec, None, seed) for spec in specs}
+    token_specs = [spec for spec in specs if spec.level == "token"]
+    hook = TokenMetrics([make(spec.name, pixels.shape[0], **{**dict(spec.defaults), **chosen[spec.name]})
+                         for spec in token_specs]) if token_specs else None
+    base = extract_images(loaded, pixels, pooling=pooling, batch_size=batch_size, token_hook=hook, progress=progress,
+                          prepared=True)
+    pooled = base.tensor()  # (layers, n, d) float64
+    token_values = hook.compute() if hook is not None else {}
+    plain = [spec for spec in specs if spec.n_views == 0]
+    rows = metric_rows(plain, chosen, pooled, token_values, base.kept, 0)
+    view_specs = [spec for spec in specs if spec.n_views > 0]
+    if view_specs:
+        picks = subset(pixels.shape[0], view_images, seed)
+        needed = max(n_views if spec.n_views > 2 else 2 for spec in view_specs)
+        views, _ = encode_views(loaded, pixels[picks], needed, seed, pooling=pooling, batch_size=batch_size,
+                                progress=progress)
+        rows += metric_rows(view_specs, chosen, pooled[:, picks], {}, picks, 0, pair_views=views, lidar_views=views)
+    metrics_frame = pd.DataFrame(rows)
+    metrics_frame.insert(1, "depth_pct", 100.0 * metrics_frame["layer"] / loaded.num_layers)
+    metrics_frame["dataset"] = source
+
+    probe = linear_probe(np.asarray(base.pooled), labels, test_fraction=test_fraction, seed=seed)
+    probe.insert(1, "depth_pct", 100.0 * probe["layer"] / loaded.num_layers)
+    task = f"linear probe ({dataset})"
+    scores = pd.DataFrame({"layer": probe["layer"], "depth_pct": probe["depth_pct"], "task": task,
+                           "task_type": "Probe", "main_score": probe["accuracy"]})
+    selection = selection_table(metrics_frame, scores, task_to_dataset={task: source}, by_task_type=False)
+    correlations = correlate(metrics_frame, scores, task_to_dataset={task: source})
+    best = probe.loc[probe["accuracy"].idxmax()]
+    summary: dict[str, Any] = {
+        "model": str(loaded.model_id), "dataset": source, "n_images": int(pixels.shape[0]),
+        "n_classes": int(len(np.unique(labels))), "pooling": pooling,
+        "best_layer": int(best["layer"]), "best_accuracy": round(float(best["accuracy"]), 4),
+        "last_layer_accuracy": round(float(probe["accuracy"].iloc[-1]), 4), "chance": round(float(best["chance"]), 4),
+        "accuracy_by_layer": [round(float(value), 4) for value in probe["accuracy"]],
+        "selection": {row.rule: {"layer": None if pd.isna(row.layer) else int(row.layer), "accuracy": round(row.average, 2)}
+                      for row in selection.itertuples(index=False)},
+    }
+    directory = output_dir(out)
+    tables = {"metrics": metrics_frame, "probe": probe, "selection": selection, "correlations": correlations}
+    result = ExperimentResult(EXPERIMENT, tables, summary, directory)
+    if directory is not None:
+        from layerscope.store import ResultsStore
+
+        config = {"command": "experiment vision", "experiment": EXPERIMENT, "model": loaded.describe(), "data": source,
+                  "n_images": int(pixels.shape[0]), "metrics": [spec.name for spec in specs], "n_views": n_views,
+                  "view_images": view_images, "test_fraction": test_fraction, "pooling": pooling, "seed": seed}
+        with ResultsStore.in_directory(directory) as store:
+            result.run_ids.append(store.write_run(
+                config, metrics=metrics_frame, scores=scores, model_id=str(loaded.model_id), revision=loaded.revision,
+                data_source=source, data_hash=base.record.get("images_sha256")))
+        from layerscope.report import plots
+
+        curves = pd.concat([
+            metrics_frame.assign(panel=metrics_frame["metric"] + " (" + metrics_frame["normalization"] + ")"),
+            probe.assign(panel="linear probe accuracy", value=probe["accuracy"], metric="probe"),
+        ], ignore_index=True)
+        main = curves[curves["normalization"].isin(["maxEntropy", "raw"]) | (curves["metric"] == "probe")]
+        main = main[~main["metric"].isin(["lidar"]) | (main["normalization"] == "maxEntropy")]
+        safe_plot(result.plots, plot_file(directory, EXPERIMENT, "layers"), plots.plot_lines_by_condition,
+                  main.assign(model=str(loaded.model_id)), "depth_pct", "value", "model", facet="panel",
+                  ylabel="value", title=f"{loaded.model_id}: metrics and linear-probe accuracy by depth")
+    return result
