@@ -229,6 +229,19 @@ def test_reruns_are_identical(cached_frame, model) -> None:
     pd.testing.assert_frame_equal(again, cached_frame)
 
 
+def test_worker_processes_give_the_scores_of_one_process(cached_frame, model) -> None:
+    """Layers evaluated in forked workers (each reseeded per task) score exactly as in turn, in this process."""
+    serial = evaluate_layers(model, [cls(seed=0) for cls in TINY_TASKS], layers="all", seed=0, progress=False,
+                             eval_workers=1)
+    spread = evaluate_layers(model, [cls(seed=0) for cls in TINY_TASKS], layers="all", seed=0, progress=False,
+                             eval_workers=3)
+    assert serial.attrs["record"]["eval_workers"] == 1 and spread.attrs["record"]["eval_workers"] == 3
+    pd.testing.assert_frame_equal(serial, spread)
+    pd.testing.assert_frame_equal(serial, cached_frame)
+    with pytest.raises(LayerscopeError, match="eval_workers must be a positive integer"):
+        evaluate_layers(model, [TinySTS(seed=0)], eval_workers=0, progress=False)
+
+
 def test_second_call_reads_the_cache(model, tmp_path, monkeypatch) -> None:
     tasks = [TinySTS(seed=0), TinyClassification(seed=0)]
     first = evaluate_layers(model, tasks, layers=[0, 2], cache_dir=str(tmp_path), progress=False)

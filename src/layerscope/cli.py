@@ -50,6 +50,7 @@ DtypeOption = Annotated[str | None, typer.Option(help="float32 | bfloat16 | floa
 CacheOption = Annotated[str | None, typer.Option("--cache-dir", help="Embedding cache folder (default: user cache).")]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the embedding cache.")]
 TrustOption = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).")]
+EvalWorkersOption = Annotated[str, typer.Option("--eval-workers", help="Processes running the evaluators over layers, or auto (one per CPU).")]
 
 
 def default_cache_dir() -> str:
@@ -338,6 +339,7 @@ def evaluate_command(
     cache_dir: CacheOption = None,
     no_cache: NoCacheOption = False,
     trust_remote_code: TrustOption = False,
+    eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """Score every layer on downstream tasks with MTEB's evaluators (texts encoded once)."""
     from layerscope.evaluate import evaluate_layers, resolve
@@ -345,7 +347,8 @@ def evaluate_command(
     task_list = resolve(tasks, seed=seed)  # bad names fail before the model loads
     loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
     frame = evaluate_layers(loaded, task_list, layers=layers, pooling=pooling, seed=seed, max_length=max_length,
-                            batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache))
+                            batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
+                            eval_workers=_workers(eval_workers))
     _evaluation_outputs(frame, out, f"{loaded.model_id}: {len(task_list)} tasks, {pooling} pooling, average per layer")
 
 
@@ -366,6 +369,7 @@ def mteb_command(
     cache_dir: CacheOption = None,
     no_cache: NoCacheOption = False,
     trust_remote_code: TrustOption = False,
+    eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """Score every layer on real MTEB tasks from the hub (default: the paper's 32; needs the network)."""
     from layerscope.evaluate import paper32, resolve, run_mteb
@@ -375,7 +379,8 @@ def mteb_command(
     require_hub("layerscope mteb (MTEB hub tasks)")  # before loading the model
     loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
     frame = run_mteb(loaded, task_list, layers=layers, pooling=pooling, seed=seed, max_length=max_length,
-                     batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache))
+                     batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
+                     eval_workers=_workers(eval_workers))
     paper = set(paper32()) <= set(frame["task"])
     _evaluation_outputs(frame, out, f"{loaded.model_id}: MTEB, {len(task_list)} tasks, average per layer", paper=paper)
 
@@ -403,6 +408,7 @@ def analyze_command(
     cache_dir: CacheOption = None,
     no_cache: NoCacheOption = False,
     trust_remote_code: TrustOption = False,
+    eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """The main job: every metric and every task score at every layer; which layer, and why."""
     from layerscope.pipeline import analyze
@@ -411,7 +417,8 @@ def analyze_command(
                      out=out, n_views=n_views, view_texts=view_texts, lidar_texts=lidar_texts, select_by=select_by,
                      seed=seed, pooling=pooling, final_norm=final_norm, max_length=max_length,
                      batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
-                     device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+                     device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                     eval_workers=_workers(eval_workers))
     print_analysis(result)
 
 
@@ -524,6 +531,12 @@ def sweep_command(
                   + (f"; comparison: {result.compare}" if result.compare else ""))
     if len(result.failed):
         raise LayerscopeError(f"{len(result.failed)} of {len(result.units)} units failed; rerun the sweep to retry them")
+
+
+def _workers(value: str) -> int | str:
+    from layerscope.evaluate.runner import resolve_workers
+
+    return "auto" if value == "auto" else resolve_workers(value, 1 << 30)
 
 
 def _cell(value: Any) -> str:

@@ -76,6 +76,7 @@ def analyze(
     progress: bool = True,
     report: bool = True,
     loaded_model: Any = None,
+    eval_workers: int | str = "auto",
 ) -> AnalysisResult:
     """Run the main analysis and write ``results.duckdb``, plots and ``report.html`` to ``out``.
 
@@ -101,6 +102,8 @@ def analyze(
         cores. Raise them for steadier per-task invariance metrics.
     select_by : str
         The metric whose minimum (or maximum, per the registry) picks the label-free layer.
+    eval_workers : int or "auto"
+        Processes running MTEB's evaluators over the layers (see :func:`layerscope.evaluate_layers`).
     """
     from layerscope.analysis import correlate, per_layer_table, selection_table
     from layerscope.evaluate import evaluate_layers
@@ -229,7 +232,7 @@ def analyze(
         step = time.perf_counter()
         scores = evaluate_layers(loaded, task_list, pooling=pooling, seed=seed, max_length=max_length,
                                  batch_size=batch_size, cache_dir=cache_dir, progress=progress,
-                                 extraction=base)
+                                 extraction=base, eval_workers=eval_workers)
         timings["evaluate_s"] = time.perf_counter() - step
 
         prompt_values = _prompt_values(token_values, base.kept)

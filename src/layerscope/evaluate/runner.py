@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 import warnings
@@ -177,6 +178,7 @@ def evaluate_layers(
     cache_dir: str | None = None,
     progress: bool = True,
     extraction: Extraction | None = None,
+    eval_workers: int | str = "auto",
 ) -> pd.DataFrame:
     """Score every layer on downstream tasks with MTEB's evaluators, encoding each text once.
 
@@ -206,6 +208,9 @@ def evaluate_layers(
     extraction : Extraction, optional
         Embeddings already made (e.g. by ``analyze``'s single pass, with its token hook) that hold every
         text the tasks need; the model is then not run at all.
+    eval_workers : int or "auto"
+        Processes that run the evaluators, one layer at a time each (``"auto"``: one per CPU, at
+        most 8). Scores are identical whatever the number: every (layer, task) is reseeded.
 
     Returns
     -------
@@ -247,7 +252,8 @@ def evaluate_layers(
             progress=progress,
         )
     encoded = time.perf_counter()
-    frame = _score_layers(model, extraction, task_list, seed, progress)
+    workers = resolve_workers(eval_workers, len(extraction.layers))
+    frame = _score_layers(model, extraction, task_list, seed, progress, workers)
     finished = time.perf_counter()
     frame.attrs["record"] = {
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
@@ -258,6 +264,7 @@ def evaluate_layers(
         "pooling": pooling,
         "max_length": max_length,
         "from_cache": extraction.from_cache,
+        "eval_workers": workers,
         "seconds": {
             "prepare": collected - started,  # task data + dry run collecting the texts
             "encode": encoded - collected,
@@ -290,27 +297,88 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def _score_layers(
-    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int, progress: bool
-) -> pd.DataFrame:
-    view = LayerView(extraction.texts, name=f"layerscope/{model.model_id}", revision=model.revision)
-    num_layers = model.num_layers
+# What forked evaluation workers inherit from the parent (set just before the pool starts).
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def resolve_workers(workers: int | str | None, n_layers: int) -> int:
+    """Evaluation processes: ``"auto"`` = one per CPU (at most 8 and one per layer); 1 = in this process."""
+    if workers in (None, "auto"):
+        return max(1, min(os.cpu_count() or 1, 8, n_layers))
+    try:
+        count = int(workers)
+    except (TypeError, ValueError):
+        raise LayerscopeError(f"eval_workers must be a positive integer or 'auto', got '{workers}'") from None
+    if count < 1:
+        raise LayerscopeError(f"eval_workers must be a positive integer or 'auto', got '{workers}'")
+    return min(count, max(1, n_layers))
+
+
+def _score_layer(position: int) -> list[dict[str, Any]]:
+    """Every task on one layer (in this process, or in a forked worker holding ``_WORKER_STATE``)."""
+    state = _WORKER_STATE
+    extraction, tasks, seed, num_layers = state["extraction"], state["tasks"], state["seed"], state["num_layers"]
+    view = state.get("view") or LayerView(extraction.texts, name=state["name"], revision=state["revision"])
+    state["view"] = view
+    layer = extraction.layers[position]
+    view.set_layer(layer, extraction.pooled[position])
     rows = []
-    bar = tqdm(extraction.layers, desc="evaluating layers", unit="layer", disable=not progress)
-    for position, layer in enumerate(bar):
-        view.set_layer(layer, extraction.pooled[position])
-        for task in tasks:
-            scores = run_task(view, task, seed)
-            rows.append(
-                {
-                    "layer": layer,
-                    "depth_pct": 100.0 * layer / num_layers,
-                    "task": task.metadata.name,
-                    "task_type": task.metadata.type,
-                    "main_score": main_score(scores),
-                    "scores": _json(scores),
-                }
-            )
+    for task in tasks:
+        scores = run_task(view, task, seed)
+        rows.append({"layer": layer, "depth_pct": 100.0 * layer / num_layers, "task": task.metadata.name,
+                     "task_type": task.metadata.type, "main_score": main_score(scores), "scores": _json(scores)})
+    return rows
+
+
+def _worker_init() -> None:
+    import signal
+
+    import torch
+
+    torch.set_num_threads(1)  # each worker one core (and no OpenMP pool inherited across the fork)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _score_layers(
+    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int, progress: bool,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """MTEB's evaluators on every layer: in turn, or spread over forked worker processes.
+
+    Every (layer, task) evaluation is reseeded, so the scores do not depend on the number of
+    workers or on which worker ran a layer. Workers are forked (they share the embeddings and the
+    loaded tasks copy-on-write); where fork is unavailable the layers run in this process.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    positions = range(len(extraction.layers))
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(extraction=extraction, tasks=tasks, seed=seed, num_layers=model.num_layers,
+                         name=f"layerscope/{model.model_id}", revision=model.revision)
+    bar = tqdm(total=len(positions), desc="evaluating layers", unit="layer", disable=not progress)
+    results: dict[int, list[dict[str, Any]]] = {}
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+                futures = {pool.submit(_score_layer, position): position for position in positions}
+                try:
+                    for future in as_completed(futures):
+                        results[futures[future]] = future.result()
+                        bar.update(1)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        else:
+            for position in positions:
+                results[position] = _score_layer(position)
+                bar.update(1)
+    finally:
+        bar.close()
+        _WORKER_STATE.clear()
+    rows = [row for position in positions for row in results[position]]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -390,6 +458,7 @@ def run_mteb(
     batch_size: int | str = "auto",
     cache_dir: str | None = None,
     progress: bool = True,
+    eval_workers: int | str = "auto",
 ) -> pd.DataFrame:
     """Score every layer on real MTEB hub tasks (default: the paper's 32), one task at a time.
 
@@ -400,7 +469,7 @@ def run_mteb(
 
     Parameters
     ----------
-    model, layers, pooling, seed, max_length, batch_size, cache_dir, progress
+    model, layers, pooling, seed, max_length, batch_size, cache_dir, progress, eval_workers
         As for :func:`evaluate_layers`.
     tasks : str or iterable
         ``"paper32"`` (default), a comma-separated string or a list of MTEB task names/instances.
@@ -431,6 +500,7 @@ def run_mteb(
             batch_size=batch_size,
             cache_dir=cache_dir,
             progress=progress,
+            eval_workers=eval_workers,
         )
         frames.append(frame)
         task.unload_data()

@@ -312,7 +312,8 @@ def extract(
         arguments, ``token_hook(states, lengths, indices)``: ``states`` (layers, batch, tokens, dim)
         holds each prompt's real tokens in its first ``lengths[b]`` positions and exact zeros after;
         ``indices`` are the positions of the prompts in ``texts``. A token hook needs token states,
-        so the model always runs (the cache is still written).
+        so the model always runs (the cache is still written). ``states`` lives in a buffer that the
+        next batch reuses: use it during the call and copy what must be kept.
     progress : bool
         Show a progress bar.
     cache_dtype : {"float32", "float16"}

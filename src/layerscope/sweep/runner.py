@@ -110,7 +110,7 @@ def run_unit(config: dict[str, Any], folder: str, threads: int | None = None) ->
                               "pid": os.getpid()}
     start = time.perf_counter()
     try:
-        status.update(_run_job(config, out))
+        status.update(_run_job(config, out, threads))
         status["status"] = "done"
     except KeyboardInterrupt:
         raise
@@ -122,11 +122,13 @@ def run_unit(config: dict[str, Any], folder: str, threads: int | None = None) ->
     return status
 
 
-def _run_job(config: dict[str, Any], out: Path) -> dict[str, Any]:
+def _run_job(config: dict[str, Any], out: Path, threads: int | None = None) -> dict[str, Any]:
     options = dict(config["options"])
     if config["job"] == "analyze":
         from layerscope.pipeline import analyze
 
+        # a unit holding n CPUs (a Ray task) evaluates on n processes, not on every CPU of the node
+        options.setdefault("eval_workers", threads or "auto")
         result = analyze(model=config["model"], revision=config["revision"], dataset=config["dataset"], out=out,
                          progress=False, **options)
         return {"run_id": result.run_id, "best_layer": result.best_layer, "chosen_layer": result.chosen_layer,
