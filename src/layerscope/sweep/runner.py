@@ -255,8 +255,11 @@ def _ray_init(address: str | None, num_cpus: int | None) -> None:
     if address:
         settings["address"] = address
     else:
-        # a short temp path: Ray's socket paths must stay under the 107-byte Unix limit
+        # A private instance on loopback only (so no token authentication to set up), with a short
+        # temp path: Ray's socket paths must stay under the 107-byte Unix limit.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         settings.update(num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 2**20,
+                        _node_ip_address="127.0.0.1",
                         _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None))
     try:
         ray.init(**settings)
