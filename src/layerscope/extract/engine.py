@@ -138,6 +138,8 @@ class _LayerCapture:
         self.pooling = pooling
         self.keep_tokens = keep_tokens
         self.final_norm = model.final_norm_module if model.final_norm == "all" else None
+        parameters = list(self.final_norm.parameters()) if self.final_norm is not None else []
+        self.norm_device = parameters[0].device if parameters else None  # the last device under device_map
         self.active = False
         self.mask: torch.Tensor | None = None
         self.pooled: torch.Tensor | None = None  # (layers, batch, dim) float32
@@ -161,17 +163,16 @@ class _LayerCapture:
     def begin(self, mask: torch.Tensor | None) -> None:
         """Set up the batch about to run: its mask (batch, tokens) on the model's device, or None when
         every token is real (images: patches and CLS)."""
+        self.end()
         self.active = True
         self.mask = mask
-        self.pooled = None
-        self.buffer = None
         self.seen = [False] * self.n_layers
 
     def _take(self, index: int, hidden: torch.Tensor) -> None:
         if not self.active:  # the model ran outside extract (e.g. a user's own forward)
             return
         if self.final_norm is not None:
-            hidden = self.final_norm(hidden)
+            hidden = self.final_norm(hidden if self.norm_device is None else hidden.to(self.norm_device))
         batch, tokens, dim = hidden.shape
         if self.mask is None:
             self.mask = torch.ones(batch, tokens, dtype=torch.long, device=hidden.device)
