@@ -61,7 +61,7 @@ def test_registry_names_and_lookup():
     from layerscope import experiments
 
     assert experiments.names() == ["checkpoints", "train-tiny", "sizes", "extreme-prompts", "compare-finetune",
-                                   "sublayers", "bimodality"]
+                                   "sublayers", "bimodality", "vision"]
     assert experiments.get("extreme_prompts").name == "extreme-prompts"
     for experiment in experiments.EXPERIMENTS.values():
         assert callable(experiment.function) and experiment.description

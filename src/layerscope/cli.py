@@ -621,6 +621,16 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LAYERSCOPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     for name in ("transformers", "huggingface_hub", "datasets", "mteb"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # transformers sets its own log level when first imported (later, lazily): tell it through its
+    # environment variable, and keep its per-load "Loading weights" bars out of our progress display
+    # (hub downloads keep their bars)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
     try:
         app(standalone_mode=False)
     except LayerscopeError as error:

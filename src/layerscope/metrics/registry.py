@@ -11,7 +11,15 @@ The paper also reports the mid-depth valley of prompt entropy in autoregressive 
 in intermediate layers) coinciding with their best layers. Ranks derived from the dataset entropy
 (``effective_rank``, ``entropy_rank``) follow the dataset-entropy direction; LiDAR and RankMe keep
 the direction of their own papers (higher = better representation), which is the opposite hypothesis
-and is reported as such. Our own runs are reported in the analysis results, not fixed here.
+and is reported as such.
+
+What our own runs find (``make demo``: bundled SmolLM2-135M-Instruct, offline suite of 11 tasks,
+average x 100): best layer 29 (62.7), last layer 30 (61.4); per task, min-InfoNCE 59.7, min-curvature
+54.7, min-DiME 54.0, min-dataset-entropy 45.4, max-LiDAR 45.4; the fixed 50% and 70% depths 46.7 and
+46.6. No label-free rule beats the last layer there: SmolLM2's entropy minimum (layers 12-21) is a
+collapse onto one massive-activation token, and those are its worst layers. On the task-averaged
+curve dataset entropy correlates *positively* with the score (Spearman +0.46) and DiME negatively
+(-0.46). The directions are kept as the paper's; ``analyze`` reports every rule beside the baselines.
 """
 
 from __future__ import annotations
