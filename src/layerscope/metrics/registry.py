@@ -14,12 +14,14 @@ the direction of their own papers (higher = better representation), which is the
 and is reported as such.
 
 What our own runs find (``make demo``: bundled SmolLM2-135M-Instruct, offline suite of 11 tasks,
-average x 100): best layer 29 (62.7), last layer 30 (61.4); per task, min-InfoNCE 59.7, min-curvature
-54.7, min-DiME 54.0, min-dataset-entropy 45.4, max-LiDAR 45.4; the fixed 50% and 70% depths 46.7 and
-46.6. No label-free rule beats the last layer there: SmolLM2's entropy minimum (layers 12-21) is a
-collapse onto one massive-activation token, and those are its worst layers. On the task-averaged
-curve dataset entropy correlates *positively* with the score (Spearman +0.46) and DiME negatively
-(-0.46). The directions are kept as the paper's; ``analyze`` reports every rule beside the baselines.
+average x 100): best layer 29 (63.8), last layer 30 (60.7); per task, min-InfoNCE 58.9, min-curvature
+54.4, min-DiME 48.3, max-LiDAR 47.3, min-dataset-entropy 45.6; the fixed 50% and 70% depths 46.6.
+No label-free rule beats the last layer there: SmolLM2's entropy minimum (layers 12-21) is a
+collapse onto one massive-activation token, and those are among its worst layers. On the
+task-averaged curve the entropies correlate *positively* with the score (Spearman: dataset entropy
++0.48, prompt entropy +0.49) and the invariance losses negatively (InfoNCE -0.63, DiME -0.55), i.e.
+InfoNCE and DiME point the paper's way and the entropies the other way. The directions are kept as
+the paper's; ``analyze`` reports every rule beside the baselines.
 """
 
 from __future__ import annotations
