@@ -575,7 +575,9 @@ def correlation_figure(correlations: pd.DataFrame, *, title: str | None = None) 
 
 def _wrapped_label(metric: str, normalization: str | None) -> str:
     """Metric name with its normalization on a second line (for crowded tick labels)."""
-    name = metric_label(metric)
+    import textwrap
+
+    name = "\n".join(textwrap.wrap(metric_label(metric), 14))  # e.g. "Entropy rank / exp(S1)"
     if normalization and normalization not in ("raw", "none"):
         return f"{name}\n({normalization})"
     return name
