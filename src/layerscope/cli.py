@@ -623,14 +623,11 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # transformers sets its own log level when first imported (later, lazily): tell it through its
     # environment variable, and keep its per-load "Loading weights" bars out of our progress display
-    # (hub downloads keep their bars)
+    # (hub downloads keep their bars); neither imports transformers here (~1 s on every command)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as transformers_logging
+    from layerscope.models.loading import show_load_bars
 
-        transformers_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+    show_load_bars(False)
     try:
         app(standalone_mode=False)
     except LayerscopeError as error:

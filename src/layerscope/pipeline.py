@@ -110,8 +110,7 @@ def analyze(
     from layerscope.evaluate.runner import _load, collect_texts
     from layerscope.evaluate.tasks import resolve as resolve_tasks
     from layerscope.extract import extract
-    from layerscope.metrics.accumulators import TokenMetrics, make
-    from layerscope.metrics.compute import encode_views, metric_rows, resolve_options
+    from layerscope.metrics.compute import encode_views, metric_rows, resolve_options, token_hook
     from layerscope.metrics.registry import get, resolve
     from layerscope.models import load_model
     from layerscope.store import ResultsStore
@@ -145,7 +144,8 @@ def analyze(
         from layerscope.data import load_texts
 
         sources[dataset] = load_texts(dataset, limit=limit, seed=seed)
-        extra = [text for text in dict.fromkeys(sources[dataset]) if text not in set(texts)]
+        known = set(texts)
+        extra = [text for text in dict.fromkeys(sources[dataset]) if text not in known]
         texts = texts + extra
     if not texts:
         raise LayerscopeError("the selected tasks and dataset provide no texts")
@@ -160,9 +160,7 @@ def analyze(
     try:
         # 2. one pass over all texts: pooled embeddings to the cache, token metrics on the fly
         step = time.perf_counter()
-        token_specs = [spec for spec in specs if spec.level == "token"]
-        hook = TokenMetrics([make(spec.name, len(texts), **dict(spec.defaults)) for spec in token_specs]) \
-            if token_specs else None
+        hook = token_hook(specs, len(texts))
         common = dict(pooling=pooling, max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,
                       progress=progress)
         base = extract(loaded, texts, token_hook=hook, **common)
@@ -194,17 +192,15 @@ def analyze(
         lidar_set = lidar_rows[ALL_TASKS] if needs_lidar else np.array([], dtype=np.int64)
         pair_only = np.setdiff1d(pair_rows[ALL_TASKS], lidar_set) if needs_pairs else np.array([], dtype=np.int64)
         pair_views = lidar_views = None
-        pair_index: dict[int, int] = {}
         if len(lidar_set):
             lidar_views, _ = encode_views(loaded, [base.texts[i] for i in lidar_set], n_views, seed, **common)
-            pair_views = lidar_views[:, :2]
-            pair_index = {int(row): i for i, row in enumerate(lidar_set)}
-        if len(pair_only):
-            only_views, _ = encode_views(loaded, [base.texts[i] for i in pair_only], 2, seed, **common)
-            pair_views = only_views if pair_views is None else torch.cat([pair_views, only_views], dim=2)
-            pair_index.update({int(row): len(lidar_set) + i for i, row in enumerate(pair_only)})
-        if not needs_pairs:
-            pair_views = None
+        pair_order = np.concatenate([lidar_set, pair_only])  # the LiDAR texts' first 2 views, then the others'
+        if needs_pairs and len(pair_order):
+            parts = [lidar_views[:, :2]] if lidar_views is not None else []
+            if len(pair_only):
+                parts.append(encode_views(loaded, [base.texts[i] for i in pair_only], 2, seed, **common)[0])
+            pair_views = torch.cat(parts, dim=2)
+        pair_index = {int(row): i for i, row in enumerate(pair_order)}
         lidar_index = {int(row): i for i, row in enumerate(lidar_set)}
         timings["views_s"] = time.perf_counter() - step
 

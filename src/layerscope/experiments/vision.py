@@ -90,8 +90,7 @@ def vision(
     from layerscope.data import subset
     from layerscope.evaluate.probe import linear_probe
     from layerscope.extract.images import extract_images, prepare_images
-    from layerscope.metrics.accumulators import TokenMetrics, make
-    from layerscope.metrics.compute import encode_views, metric_rows, resolve_options
+    from layerscope.metrics.compute import encode_views, metric_rows, resolve_options, token_hook
     from layerscope.metrics.registry import resolve
 
     loaded = as_model(model, revision, device, dtype, final_norm)
@@ -114,9 +113,7 @@ def vision(
 
     # one pass over the images (token metrics in its hook), then the views of a seeded subset
     chosen = {spec.name: resolve_options(spec, None, seed) for spec in specs}
-    token_specs = [spec for spec in specs if spec.level == "token"]
-    hook = TokenMetrics([make(spec.name, pixels.shape[0], **{**dict(spec.defaults), **chosen[spec.name]})
-                         for spec in token_specs]) if token_specs else None
+    hook = token_hook(specs, pixels.shape[0], chosen)
     base = extract_images(loaded, pixels, pooling=pooling, batch_size=batch_size, token_hook=hook, progress=progress,
                           prepared=True)
     pooled = base.tensor()  # (layers, n, d) float64

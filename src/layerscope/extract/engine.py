@@ -181,9 +181,9 @@ class _LayerCapture:
             if self.keep_tokens:
                 self.buffer = self._tokens_buffer((self.n_layers, batch, tokens, dim), hidden)
         as_float = hidden if hidden.dtype == torch.float32 else hidden.float()  # pool low precision in fp32
-        # with device_map="map" blocks live on several devices: everything is gathered on the first
-        mask = self.mask if self.mask.device == hidden.device else self.mask.to(hidden.device)
-        self.pooled[index] = pool(as_float.unsqueeze(0), mask, self.pooling)[0].to(self.pooled.device)
+        # with device_map="map" blocks live on several devices (pool moves the mask to the layer's):
+        # everything is gathered on the first
+        self.pooled[index] = pool(as_float.unsqueeze(0), self.mask, self.pooling)[0].to(self.pooled.device)
         if self.buffer is not None:
             self.buffer[index].copy_(hidden)
         self.seen[index] = True
@@ -335,10 +335,8 @@ def extract(
     if n_skipped:
         logger.warning("skipped %d empty text(s) of %d", n_skipped, len(texts))
     kept_texts = [texts[i] for i in kept]
-    if cache_dtype not in ("float32", "float16"):
-        raise LayerscopeError(f"cache_dtype must be float32 or float16, got '{cache_dtype}'")
+    check_cache_dtype(cache_dtype)
     selected = resolve_layers(layers, model.num_layers)
-    n_layers = model.num_layers + 1
     key_fields = {
         "model_id": model.model_id,
         "revision": model.revision,
@@ -363,17 +361,52 @@ def extract(
         "cache_key": key,
         "cache_dtype": cache_dtype,
     }
-    cache = EmbeddingCache(cache_dir, key) if cache_dir else None
+
+    def tokenize() -> TokenizedTexts:
+        tokenized = TokenizedTexts.from_texts(model, kept_texts, max_length)
+        record["n_at_max_length"] = int((tokenized.lengths >= max_length).sum())
+        return tokenized
+
+    return cached_or_run(model, tokenize, kept_texts, kept, selected, record, pooling=pooling, batch_size=batch_size,
+                         cache_dir=cache_dir, token_hook=token_hook, progress=progress, cache_dtype=cache_dtype)
+
+
+def check_cache_dtype(cache_dtype: str) -> None:
+    if cache_dtype not in ("float32", "float16"):
+        raise LayerscopeError(f"cache_dtype must be float32 or float16, got '{cache_dtype}'")
+
+
+def cached_or_run(
+    model: LoadedModel,
+    make_inputs: Callable[[], Any],
+    names: list[str],
+    kept: np.ndarray,
+    selected: list[int],
+    record: dict[str, Any],
+    *,
+    pooling: str,
+    batch_size: int | str,
+    cache_dir: str | None,
+    token_hook: TokenHook | None,
+    progress: bool,
+    cache_dtype: str,
+) -> Extraction:
+    """The embeddings from the cache entry ``record["cache_key"]`` when it is complete (and no token
+    hook needs the model), else from the model, writing (or resuming) that entry.
+
+    ``make_inputs()`` builds the batched inputs (tokenized texts, prepared images: anything with
+    ``lengths`` and ``batch(rows)``) only when the model has to run; it may add to ``record``.
+    """
+    n_layers = model.num_layers + 1
+    cache = EmbeddingCache(cache_dir, record["cache_key"]) if cache_dir else None
     if cache is not None and cache.is_complete() and token_hook is None:
         pooled, stored = cache.load()
         stored["from_cache"] = True
-        return _selected(Extraction(pooled, list(range(n_layers)), kept_texts, kept, stored, True), selected)
-
-    tokenized = TokenizedTexts.from_texts(model, kept_texts, max_length)
-    record["n_at_max_length"] = int((tokenized.lengths >= max_length).sum())
-    output, record = _run(model, tokenized, kept, pooling, batch_size, cache, token_hook, progress,
+        return _selected(Extraction(pooled, list(range(n_layers)), names, kept, stored, True), selected)
+    inputs = make_inputs()
+    output, record = _run(model, inputs, kept, pooling, batch_size, cache, token_hook, progress,
                           np.dtype(cache_dtype), record)
-    return _selected(Extraction(output, list(range(n_layers)), kept_texts, kept, record, False), selected)
+    return _selected(Extraction(output, list(range(n_layers)), names, kept, record, False), selected)
 
 
 def extract_token_ids(

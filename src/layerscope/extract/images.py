@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from layerscope.errors import LayerscopeError
-from layerscope.extract.cache import EmbeddingCache, cache_key
-from layerscope.extract.engine import Extraction, _run, _selected, resolve_layers
+from layerscope.extract.cache import cache_key
+from layerscope.extract.engine import Extraction, cached_or_run, check_cache_dtype, resolve_layers
 from layerscope.extract.pooling import check_pooling
 from layerscope.models.loading import LoadedModel
 
@@ -180,13 +180,12 @@ def extract_images(
     pooling = check_pooling(pooling)
     if model.modality != "vision":
         raise LayerscopeError(f"{model.model_id} is a {model.modality} model: use layerscope.extract for texts")
-    if cache_dtype not in ("float32", "float16"):
-        raise LayerscopeError(f"cache_dtype must be float32 or float16, got '{cache_dtype}'")
+    check_cache_dtype(cache_dtype)
     pixels = torch.as_tensor(images, dtype=torch.float32) if prepared else prepare_images(model, images)
     if pixels.ndim != 4 or pixels.shape[0] == 0:
         raise LayerscopeError(f"no images to extract, or prepared pixels not (N, C, H, W): shape {tuple(pixels.shape)}")
     selected = resolve_layers(layers, model.num_layers)
-    n_layers, n_images = model.num_layers + 1, pixels.shape[0]
+    n_images = pixels.shape[0]
     names = [f"image {i}" for i in range(n_images)]
     kept = np.arange(n_images)
     key_fields = {"model_id": model.model_id, "revision": model.revision, "final_norm": model.final_norm,
@@ -197,12 +196,6 @@ def extract_images(
                               "n_kept": n_images, "n_skipped_empty": 0, "images_sha256": key_fields["images"],
                               "image_shape": list(pixels.shape[1:]), "cache_key": key, "cache_dtype": cache_dtype,
                               "input": "images"}
-    cache = EmbeddingCache(cache_dir, key) if cache_dir else None
-    if cache is not None and cache.is_complete() and token_hook is None:
-        pooled, stored = cache.load()
-        stored["from_cache"] = True
-        return _selected(Extraction(pooled, list(range(n_layers)), names, kept, stored, True), selected)
-    inputs = ImageInputs(pixels, _tokens_per_image(model))
-    output, record = _run(model, inputs, kept, pooling, batch_size, cache, token_hook, progress,
-                          np.dtype(cache_dtype), record)
-    return _selected(Extraction(output, list(range(n_layers)), names, kept, record, False), selected)
+    return cached_or_run(model, lambda: ImageInputs(pixels, _tokens_per_image(model)), names, kept, selected, record,
+                         pooling=pooling, batch_size=batch_size, cache_dir=cache_dir, token_hook=token_hook,
+                         progress=progress, cache_dtype=cache_dtype)

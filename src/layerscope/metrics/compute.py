@@ -100,8 +100,6 @@ def compute_metrics(
     if n_views < 2:
         raise LayerscopeError(f"n_views must be at least 2, got {n_views}")
     chosen = {spec.name: resolve_options(spec, options, seed) for spec in specs}
-    token_specs = [spec for spec in specs if spec.level == "token"]
-    hook = None
     vision = model.modality == "vision"
     if vision:  # images: prepared once; views are random resized crops of the prepared pixels
         from layerscope.extract.images import prepare_images
@@ -109,9 +107,7 @@ def compute_metrics(
         texts = prepare_images(model, texts)
     else:
         texts = list(texts) if not isinstance(texts, str) else texts
-    if token_specs:
-        hook = TokenMetrics([make(spec.name, len(texts), **{**_accumulator_defaults(spec), **chosen[spec.name]})
-                             for spec in token_specs])
+    hook = token_hook(specs, len(texts), chosen)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     common = dict(pooling=pooling, max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,
@@ -252,8 +248,13 @@ def metric_rows(
     return rows
 
 
-def _accumulator_defaults(spec: MetricSpec) -> dict[str, Any]:
-    return dict(spec.defaults)
+def token_hook(specs: Sequence[MetricSpec], n_texts: int,
+               chosen: Mapping[str, Mapping[str, Any]] | None = None) -> TokenMetrics | None:
+    """The extraction token hook computing every token-level metric of ``specs`` over ``n_texts``
+    prompts (each with its registry defaults, overridden by ``chosen[name]``), or None if there is none."""
+    accumulators = [make(spec.name, n_texts, **{**dict(spec.defaults), **(chosen or {}).get(spec.name, {})})
+                    for spec in specs if spec.level == "token"]
+    return TokenMetrics(accumulators) if accumulators else None
 
 
 def _prompt_frame(metric: str, per_prompt: Mapping[str, np.ndarray]) -> pd.DataFrame:
