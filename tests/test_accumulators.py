@@ -248,3 +248,49 @@ def test_states_are_not_modified():
         states, lengths, torch.tensor([0, 1])
     )
     assert torch.equal(states, pristine)
+
+
+def _token_results(max_chunk_bytes, prompts, clamp_gram=False, device="cpu"):
+    hook = TokenMetrics(
+        [PromptEntropyAccumulator(8, clamp_gram=clamp_gram), CurvatureAccumulator(8),
+         PrefixEntropyAccumulator(8, (2, 5, 9), clamp_gram=clamp_gram)],
+        max_chunk_bytes=max_chunk_bytes,
+    )
+    for batch in (range(0, 3), range(3, 8)):
+        batch = sorted(batch, key=lambda i: LENGTHS[i])
+        states, lengths = engine_batch([prompts[i] for i in batch])
+        hook(states.to(device), lengths.to(device), torch.tensor(batch))
+    return hook.compute()
+
+
+@pytest.mark.parametrize("clamp_gram", [False, True])
+def test_values_do_not_depend_on_the_block_size(clamp_gram):
+    prompts = make_prompts(LENGTHS, seed=11)  # lengths 1 to 30 around DIM = 10: both Gram sides
+    reference = _token_results(None, prompts, clamp_gram)  # the default: cache-sized on the CPU
+    for max_chunk_bytes in (1, 3_000, 40_000, 2**30):  # layer by layer and prompt by prompt, ..., all at once
+        results = _token_results(max_chunk_bytes, prompts, clamp_gram)
+        for name, expected in reference.items():
+            for key, values in expected.per_prompt.items():
+                np.testing.assert_array_equal(results[name].per_prompt[key], values,
+                                              err_msg=f"{name} {key} at {max_chunk_bytes} bytes")
+            np.testing.assert_array_equal(results[name].n_used, expected.n_used)
+
+
+def test_default_block_size_is_cache_sized_on_the_cpu():
+    from layerscope.metrics import accumulators
+
+    assert TokenMetrics([]).max_chunk_bytes is None
+    assert accumulators._chunk_bytes(torch.device("cpu")) == accumulators.DEFAULT_CHUNK_BYTES
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_blocks_on_a_gpu_are_sized_from_its_memory_and_give_the_cpu_values():
+    from layerscope.metrics import accumulators
+
+    assert accumulators._chunk_bytes(torch.device("cuda")) > accumulators.DEFAULT_CHUNK_BYTES
+    prompts = make_prompts(LENGTHS, seed=12)
+    on_cpu = _token_results(None, prompts)
+    on_gpu = _token_results(None, prompts, device="cuda")
+    for name, expected in on_cpu.items():
+        for key, values in expected.per_prompt.items():
+            np.testing.assert_allclose(on_gpu[name].per_prompt[key], values, rtol=1e-10, atol=1e-10)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import layerscope as ls
+from layerscope.config import ViewConfig
 from layerscope.errors import LayerscopeError
 from layerscope.extract import engine
 
@@ -35,6 +37,22 @@ def table(tiny_llama):
     return ls.compute_metrics(tiny_llama, TEXTS, n_views=4, progress=False)
 
 
+@pytest.fixture(scope="module")
+def measured(tiny_llama):
+    return ls.measure(tiny_llama, TEXTS, views=ViewConfig(n_views=4), progress=False)
+
+
+def test_compute_metrics_is_the_measurement_table_and_a_plain_frame(table, measured):
+    pd.testing.assert_frame_equal(table, measured.metrics[table.columns])
+    assert set(measured.metrics["dataset"]) == {"texts"}
+    assert table.attrs == {}
+    # two results concatenate and merge like any frames (attrs holding frames once broke both)
+    both = pd.concat([table, table], ignore_index=True)
+    assert len(both) == 2 * len(table)
+    merged = table.merge(table, on=["layer", "metric", "normalization"], suffixes=("", "_again"))
+    np.testing.assert_array_equal(merged["value"].to_numpy(), merged["value_again"].to_numpy())
+
+
 def value(frame, metric, normalization, layer):
     row = frame[(frame.metric == metric) & (frame.normalization == normalization) & (frame.layer == layer)]
     assert len(row) == 1
@@ -53,8 +71,8 @@ def test_long_table_shape_and_counts(table, tiny_llama):
     assert (dataset.n_used == 5).all() and (dataset.n_skipped == 1).all()
 
 
-def test_prompt_entropy_from_the_hook_equals_the_formula_on_each_prompts_tokens(table, tiny_llama):
-    per_prompt = table.attrs["prompt_values"]
+def test_prompt_entropy_from_the_hook_equals_the_formula_on_each_prompts_tokens(measured, tiny_llama):
+    per_prompt = measured.prompt_values
     for index in (0, 1, 4, 5):
         ids = tiny_llama.tokenizer([TEXTS[index]], return_tensors="pt")["input_ids"]
         with torch.no_grad():
@@ -92,9 +110,10 @@ def test_one_extraction_for_texts_and_one_for_all_views(tiny_llama, monkeypatch)
         return original(model, texts, **kwargs)
 
     monkeypatch.setattr("layerscope.metrics.compute.extract", counting)
-    frame = ls.compute_metrics(tiny_llama, TEXTS, metrics="all", n_views=4, progress=False)
+    monkeypatch.setattr("layerscope.metrics.views.extract", counting)
+    measured = ls.measure(tiny_llama, TEXTS, metrics="all", views=ViewConfig(n_views=4), progress=False)
     assert calls == [len(TEXTS), 4 * 5]  # texts (with the token hook), then 4 views of the 5 kept texts
-    assert frame.attrs["record"]["n_forward_texts"] == 5 + 20
+    assert measured.record["n_forward_texts"] == 5 + 20
 
 
 def test_seeded_and_deterministic(tiny_llama, table):

@@ -356,6 +356,7 @@ def test_two_groups_tell_a_second_mode_from_an_outlier():
 
 def test_bimodality_flags_need_a_second_mode(monkeypatch):
     from layerscope.experiments import bimodality as module
+    from layerscope.metrics.compute import Measurement
 
     rng = np.random.default_rng(2)
     layers = np.stack([
@@ -367,12 +368,11 @@ def test_bimodality_flags_need_a_second_mode(monkeypatch):
                            "value": float(value)} for layer, row in enumerate(layers) for i, value in enumerate(row)])
     computed = pd.DataFrame({"layer": [0], "depth_pct": [0.0], "metric": ["prompt_entropy"],
                              "normalization": ["maxEntropy"], "value": [0.0], "n_used": [64], "n_skipped": [0]})
-    computed.attrs["prompt_values"] = frame
 
-    def fake_compute_metrics(*_args, **_kwargs):
-        return computed
+    def fake_measure(*_args, **_kwargs):
+        return Measurement(computed, frame, None, None)
 
-    monkeypatch.setattr("layerscope.metrics.compute.compute_metrics", fake_compute_metrics)
+    monkeypatch.setattr("layerscope.metrics.compute.measure", fake_measure)
     model = tiny_model("llama", num_layers=2)
     result = module.bimodality(model, [f"prompt number {i}" for i in range(64)], progress=False)
     table = result["coefficients"]

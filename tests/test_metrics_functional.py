@@ -575,3 +575,41 @@ def test_lidar_scatter_blocks_do_not_change_values(monkeypatch):
     torch.testing.assert_close(F.lidar(views).entropy, whole, rtol=1e-12, atol=1e-14)
     expected = [ref_lidar_entropy(v.numpy(), 1.0) / math.log(5) for v in views]
     np.testing.assert_allclose(whole.numpy(), expected, rtol=1e-8)
+
+
+def ref_clamped_prompt_entropy(tokens: np.ndarray) -> float:
+    """The authors' clamped entropy of one unpadded prompt (T, D), from the formula in float64:
+    normalize, take the smaller of Z Z^T (T <= D) and Z^T Z, clamp negative entries to 0, then S_1."""
+    Z = tokens - tokens.mean(axis=0)
+    Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+    K = Z @ Z.T if Z.shape[0] <= Z.shape[1] else Z.T @ Z
+    lam = np.linalg.eigvalsh(np.maximum(K, 0.0))
+    lam = lam[lam > 1e-12 * lam.max()]
+    p = lam / lam.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_clamped_prompt_entropy_takes_each_prompts_own_gram_side_whatever_the_padding():
+    generator = torch.Generator().manual_seed(21)
+    d = 8
+    short = torch.randn(2, 6, d, dtype=torch.float64, generator=generator).cumsum(dim=1)  # 6 <= d tokens
+    long = torch.randn(2, 13, d, dtype=torch.float64, generator=generator).cumsum(dim=1)  # 13 > d tokens
+    expected_short = [ref_clamped_prompt_entropy(layer.numpy()) for layer in short]
+    expected_long = [ref_clamped_prompt_entropy(layer.numpy()) for layer in long]
+    for padded_length in (6, 8, 9, 13, 20):  # up to d, just past d, and far past it
+        tokens = torch.zeros(2, 3, padded_length, d, dtype=torch.float64)
+        tokens[:, 0, :6] = short
+        tokens[:, 2, :4] = short[:, :4]
+        lengths = [6, 0, 4]
+        if padded_length >= 13:
+            tokens[:, 1, :13] = long
+            lengths[1] = 13
+        values = F.prompt_entropy_values(tokens, torch.tensor(lengths), clamp_gram=True)  # (layers, prompts)
+        np.testing.assert_allclose(values[:, 0].numpy(), expected_short, rtol=1e-12, err_msg=f"T = {padded_length}")
+        expected_prefix = [ref_clamped_prompt_entropy(layer[:4].numpy()) for layer in short]
+        np.testing.assert_allclose(values[:, 2].numpy(), expected_prefix, rtol=1e-12)
+        if padded_length >= 13:
+            np.testing.assert_allclose(values[:, 1].numpy(), expected_long, rtol=1e-12)
+    # the clamp does change the value here, so the test can tell the two sides apart
+    covariance_side = F.matrix_entropy(short, 1.0, "raw", side="covariance", clamp_gram=True)
+    assert not np.allclose(covariance_side.numpy(), expected_short, rtol=1e-6)

@@ -26,6 +26,8 @@ _LAZY = {
     "evaluate_layers": "layerscope.evaluate:evaluate_layers",
     "select_layer": "layerscope.analysis:select_layer",
     "load_texts": "layerscope.data:load_texts",
+    "measure": "layerscope.metrics.compute:measure",
+    "config": "layerscope.config",
     "models": "layerscope.models",
     "data": "layerscope.data",
     "metrics": "layerscope.metrics",

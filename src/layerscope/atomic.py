@@ -19,6 +19,7 @@ from typing import IO, Any
 
 __all__ = [
     "atomic_open", "atomic_path", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+    "writable_directory",
 ]
 
 
@@ -145,3 +146,33 @@ def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
     with atomic_open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
     return Path(path)
+
+
+def writable_directory(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove it writable with a probe file, before any work is done.
+
+    Raises
+    ------
+    LayerscopeError
+        One line: ``path`` is a file, lies under a file, or cannot be written (a read-only mount,
+        no permission); the check writes a real file, so it holds for root too.
+    """
+    from layerscope.errors import LayerscopeError
+
+    target = Path(path).expanduser()
+    if target.is_file():
+        raise LayerscopeError(f"{what} {target} is a file; give a folder")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LayerscopeError(f"{what} {target} lies under {parent}, which is a file")
+            break
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".layerscope-probe-", dir=target)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise LayerscopeError(f"cannot write to {what} {target}: {reason.lower()}") from None
+    return target

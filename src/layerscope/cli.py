@@ -1,11 +1,22 @@
-"""The ``layerscope`` command line: every subcommand is a thin call into the library."""
+"""The ``layerscope`` command line: every subcommand is a thin call into the library.
+
+The options shared by several commands come from the configuration classes of
+:mod:`layerscope.config` (their fields' help texts and flags): :func:`configured` adds them to a
+command and hands it the built, validated configurations, so each option is declared once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
+import signal
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +24,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from layerscope.config import (
+    AnalysisConfig,
+    Config,
+    ExtractConfig,
+    ModelConfig,
+    TextConfig,
+    ViewConfig,
+    option,
+)
 from layerscope.errors import LayerscopeError
 
 app = typer.Typer(
@@ -21,36 +41,31 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are shown as written: "[options: ...]" is text, not markup
 )
 # piped or captured output has no terminal width: use a wide one so per-layer tables stay whole
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-# short column headers for the per-layer tables
-SHORT_NAMES = {"prompt_entropy": "prompt H", "dataset_entropy": "dataset H", "curvature": "curv",
-               "effective_rank": "eff rank", "entropy_rank": "exp(H)", "infonce": "InfoNCE", "lidar": "LiDAR",
-               "dime": "DiME", "rankme": "RankMe", "avg_score": "avg score"}
-
 # short texts (review snippets): the default run takes a minute on a laptop CPU
 DEFAULT_DATASET = "rotten-tomatoes"
+#: Texts of a bundled corpus used by extract and metrics unless --limit says otherwise.
+DEFAULT_CORPUS_LIMIT = 256
 
-# Options shared by several commands.
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Bundled alias, HF hub id, local folder or .gguf file.")]
-RevisionOption = Annotated[str | None, typer.Option(help="Hub revision (e.g. Pythia's step64000).")]
-DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="Bundled corpus, file (.txt/.jsonl/.csv/.parquet) or HF dataset.")]
-LimitOption = Annotated[int | None, typer.Option(help="Use a seeded random subset of this many texts.")]
-ColumnOption = Annotated[str | None, typer.Option(help="Text column of table files and HF datasets.")]
-PoolingOption = Annotated[str, typer.Option(help="mean | last | first")]
-FinalNormOption = Annotated[str, typer.Option("--final-norm", help="none (raw residual stream) | all (final norm on every layer)")]
-MaxLengthOption = Annotated[int, typer.Option("--max-length", help="Truncate texts to this many tokens.")]
-BatchOption = Annotated[str, typer.Option("--batch-size", help="Texts per batch, or auto.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of subsets, views and evaluations.")]
-DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:1 ... | map (device_map='auto': a big model over all GPUs and the CPU)")]
-DtypeOption = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")]
-CacheOption = Annotated[str | None, typer.Option("--cache-dir", help="Embedding cache folder (default: user cache).")]
-NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the embedding cache.")]
-TrustOption = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).")]
-EvalWorkersOption = Annotated[str, typer.Option("--eval-workers", help="Processes running the evaluators over layers, or auto (one per CPU).")]
+
+# ------------------------------------------------------------------------------------------ options
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheOptions(Config):
+    """Where embeddings are cached (not part of a run's configuration: it does not change a result)."""
+
+    cache_dir: str | None = option(None, "Embedding cache folder (default: $LAYERSCOPE_CACHE or the user cache).")
+    no_cache: bool = option(False, "Do not read or write the embedding cache.")
+
+    def resolve(self) -> str | None:
+        """The cache folder to use, or None."""
+        return None if self.no_cache else (self.cache_dir or default_cache_dir())
 
 
 def default_cache_dir() -> str:
@@ -63,32 +78,128 @@ def default_cache_dir() -> str:
     return str(Path(platformdirs.user_cache_dir("layerscope")) / "embeddings")
 
 
-def resolve_cache(cache_dir: str | None, no_cache: bool) -> str | None:
-    return None if no_cache else (cache_dir or default_cache_dir())
+def _cli_type(hint: Any) -> Any:
+    """The type typer parses a field as: unions and tuples come in as text (the configuration parses them)."""
+    args = set(typing.get_args(hint))
+    if hint in (str, int, bool) or args in ({str, type(None)}, {int, type(None)}):
+        return hint
+    return str | None if type(None) in args else str
 
 
-def parse_batch_size(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise LayerscopeError(f"--batch-size must be an integer or 'auto', got '{value}'") from None
+def _cli_value(hint: Any, value: Any) -> Any:
+    """A command-line value as the field wants it (``"8"`` -> 8 for ``int | str`` fields such as batch size)."""
+    if isinstance(value, str) and set(typing.get_args(hint)) >= {int, str}:
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
 
 
-def load(model: str, revision: str | None = None, final_norm: str = "none", device: str = "auto",
-         dtype: str | None = None, trust_remote_code: bool = False) -> Any:
-    from layerscope.models import load_model
+def _config_options(cls: type[Config], defaults: dict[str, Any]) -> list[inspect.Parameter]:
+    """One typer option per command-line field of ``cls`` (nested configurations are other groups)."""
+    hints = typing.get_type_hints(cls)
+    parameters = []
+    for item in dataclasses.fields(cls):
+        meta = item.metadata
+        if not meta or not meta.get("cli", True):
+            continue
+        default = defaults.get(item.name, item.default)
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        declarations = [meta.get("flag") or "--" + item.name.replace("_", "-")]
+        if meta.get("short"):
+            declarations.append(meta["short"])
+        annotation = Annotated[_cli_type(hints[item.name]), typer.Option(*declarations, help=meta["help"])]
+        parameters.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
+    return parameters
 
-    with err_console.status(f"loading {model}"):
-        return load_model(model, revision=revision, dtype=dtype, device=device, final_norm=final_norm,
-                          trust_remote_code=trust_remote_code)
+
+def configured(**groups: type[Config] | tuple[type[Config], dict[str, Any]]) -> Callable[[Callable[..., Any]], Any]:
+    """Give a command the options of configuration classes, and call it with the built configurations.
+
+    ``groups`` maps the command's parameter names to a configuration class, or to ``(class, defaults)``
+    where the command wants other defaults. A field shared by two groups (e.g. ``seed``) is one
+    option feeding both. A group whose class has a nested configuration field of the same name as
+    another group receives that group's value (``AnalysisConfig.model`` <- the ``model`` group). A
+    group whose first field is None on the command line (``--dataset`` not given) is None.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Any:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name not in groups]
+        added: dict[str, inspect.Parameter] = {}
+        for spec in groups.values():
+            cls, defaults = spec if isinstance(spec, tuple) else (spec, {})
+            for parameter in _config_options(cls, defaults):
+                added.setdefault(parameter.name, parameter)
+
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> Any:
+            built: dict[str, Any] = {}
+            for group, spec in groups.items():
+                cls = spec[0] if isinstance(spec, tuple) else spec
+                hints = typing.get_type_hints(cls)
+                fields = dataclasses.fields(cls)
+                kwargs = {item.name: _cli_value(hints[item.name], values[item.name])
+                          for item in fields if item.name in added}
+                kwargs.update({item.name: built[item.name] for item in fields if item.name in built})
+                first = fields[0].name
+                built[group] = None if first in added and kwargs.get(first) is None else cls(**kwargs)
+            return command(**{p.name: values[p.name] for p in own}, **built)
+
+        wrapper.__signature__ = inspect.Signature([*own, *added.values()])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {}
+        return wrapper
+
+    return decorate
+
+
+OutOption = Annotated[Path | None, typer.Option(help="Output folder.")]
+EvalWorkersOption = Annotated[str, typer.Option("--eval-workers", help="Processes running the evaluators over "
+                                                "layers, or auto (one per CPU).")]
+LayersOption = Annotated[str, typer.Option(help="all | last | comma-separated layer indices.")]
+TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="offline | paper32 | comma-separated task names.")]
+
+
+def output_folder(out: Path | None) -> Path | None:
+    """``--out`` checked writable before any work (one-line error otherwise)."""
+    from layerscope.atomic import writable_directory
+
+    return None if out is None else writable_directory(out, "--out")
+
+
+def load(model: ModelConfig, extraction: ExtractConfig | None = None) -> Any:
+    """Load the model with a status line (errors stay one line)."""
+    with err_console.status(f"loading {model.model}"):
+        return model.load(extraction.final_norm if extraction else "none")
 
 
 def write_json(path: Path, payload: Any) -> None:
     from layerscope.atomic import atomic_write_json
 
     atomic_write_json(path, payload)
+
+
+def _workers(value: str) -> int | str:
+    from layerscope.evaluate.runner import resolve_workers
+
+    return "auto" if value == "auto" else resolve_workers(value, 1 << 30)
+
+
+def _corpus_texts(texts: TextConfig) -> tuple[list[str], TextConfig]:
+    """The texts of a source; a bundled corpus without --limit gets the default subset (said so)."""
+    from layerscope.data import bundled
+
+    if texts.limit is None and texts.dataset in bundled.names():
+        texts = texts.replace(limit=DEFAULT_CORPUS_LIMIT)
+    loaded = texts.load()
+    err_console.print(f"{len(loaded)} texts from {texts.dataset}"
+                      + (f" (seeded subset of --limit {texts.limit})" if texts.limit else ""), highlight=False)
+    return loaded, texts
+
+
+# ------------------------------------------------------------------------------------------ listings
 
 
 @app.command("models")
@@ -121,6 +232,23 @@ def datasets_command() -> None:
     console.print("Also: files (.txt one text per line; .jsonl/.csv/.parquet with --column) and HF datasets online.")
 
 
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the offline downstream tasks (bundled data, no network) and the paper's 32 hub tasks."""
+    from layerscope.evaluate.tasks import describe_offline, paper32
+
+    table = Table(title="Offline task suite (MTEB task classes over bundled data)")
+    for column in ("task", "type", "texts", "main score", "source", "license"):
+        table.add_column(column, overflow="fold")
+    for info in describe_offline():
+        table.add_row(info.name, info.type, str(info.n_texts), info.main_score, info.source, info.license)
+    console.print(table)
+    console.print("paper32 (MTEB hub tasks, need the network): " + ", ".join(paper32()))
+
+
+# ------------------------------------------------------------------------------------------ extract, metrics
+
+
 def layer_summary(pooled: Any, num_layers: int) -> list[dict[str, float]]:
     """Per-layer mean norm and anisotropy (mean cosine between different texts) of pooled embeddings."""
     import numpy as np
@@ -140,68 +268,62 @@ def layer_summary(pooled: Any, num_layers: int) -> list[dict[str, float]]:
 
 
 @app.command("extract")
+@configured(model=ModelConfig, texts=(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+            cache=CacheOptions)
 def extract_command(
-    model: ModelOption = "smollm2-135m",
-    dataset: DatasetOption = DEFAULT_DATASET,
-    limit: LimitOption = 256,
-    pooling: PoolingOption = "mean",
+    model: ModelConfig,
+    texts: TextConfig,
+    extraction: ExtractConfig,
+    cache: CacheOptions,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/extract"),
-    column: ColumnOption = None,
-    revision: RevisionOption = None,
-    final_norm: FinalNormOption = "none",
-    max_length: MaxLengthOption = 512,
-    batch_size: BatchOption = "auto",
-    seed: SeedOption = 0,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = None,
-    cache_dir: CacheOption = None,
-    no_cache: NoCacheOption = False,
-    trust_remote_code: TrustOption = False,
 ) -> None:
     """Pooled embeddings of every layer in one pass; writes embeddings.npy and record.json."""
     import numpy as np
 
-    from layerscope.data import load_texts
+    from layerscope.atomic import atomic_save_npy
     from layerscope.extract import extract
 
-    texts = load_texts(dataset, limit=limit, seed=seed, column=column)
-    loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
-    result = extract(loaded, texts, pooling=pooling, max_length=max_length, batch_size=parse_batch_size(batch_size),
-                     cache_dir=resolve_cache(cache_dir, no_cache))
-    out.mkdir(parents=True, exist_ok=True)
-    from layerscope.atomic import atomic_save_npy
-
-    atomic_save_npy(out / "embeddings.npy", np.asarray(result.pooled))
-    record = {**result.record, "dataset": dataset, "limit": limit, "seed": seed, "layers": result.layers}
-    write_json(out / "record.json", record)
-    table = Table(title=f"{loaded.model_id}: {len(result.texts)} texts from {dataset}, {pooling} pooling")
+    folder = output_folder(out)
+    assert folder is not None
+    loaded_texts, texts = _corpus_texts(texts)
+    loaded = load(model, extraction)
+    result = extract(loaded, loaded_texts, cache_dir=cache.resolve(), **extraction.extract_options())
+    atomic_save_npy(folder / "embeddings.npy", np.asarray(result.pooled))
+    record = {**result.record, "texts": texts.to_dict(), "layers": result.layers,
+              "row_ids": [int(i) for i in result.kept]}
+    write_json(folder / "record.json", record)
+    table = Table(title=f"{loaded.model_id}: {len(result.texts)} texts from {texts.dataset}, {extraction.pooling} pooling")
     for column_name in ("layer", "depth %", "mean norm", "anisotropy (mean cos)"):
         table.add_column(column_name, justify="right")
     for row in layer_summary(result.pooled, loaded.num_layers):
         table.add_row(str(row["layer"]), f"{row['depth_pct']:.0f}", f"{row['mean_norm']:.3g}", f"{row['anisotropy']:.3f}")
     console.print(table)
     skipped = record["n_skipped_empty"]
-    console.print(f"embeddings {tuple(result.pooled.shape)} -> {out / 'embeddings.npy'}; record -> {out / 'record.json'}"
+    console.print(f"embeddings {tuple(result.pooled.shape)} -> {folder / 'embeddings.npy'}; record -> {folder / 'record.json'}"
                   + (f"; {skipped} empty texts skipped" if skipped else "")
                   + ("; read from cache" if result.from_cache else f"; {record.get('time_s', 0):.1f} s"))
-
-
-# --- commands of other stages are added below this line ----------------------------------------
 
 
 def print_layer_table(frame: Any, title: str, marks: dict[int, str] | None = None) -> None:
     """Render a wide per-layer DataFrame (``layer``, ``depth_pct``, values...) as a rich table.
 
-    ``marks`` maps a layer to a short label (e.g. "best (labels)") shown in a last column.
+    ``marks`` maps a layer to a short label (e.g. "best (labels)") shown in a last column. Metric
+    columns are headed by the registry's short names.
     """
     import math
+
+    from layerscope.metrics.registry import find
+
+    def header(column: str) -> str:
+        spec = find(column)
+        return spec.short if spec is not None else {"avg_score": "avg score"}.get(column, column.replace("_", " "))
 
     table = Table(title=title, title_justify="left")
     columns = [column for column in frame.columns if column not in ("layer", "depth_pct", "n_tasks")]
     table.add_column("layer", justify="right")
     table.add_column("depth %", justify="right")
     for column in columns:
-        table.add_column(SHORT_NAMES.get(column, column.replace("_", " ")), justify="right")
+        table.add_column(header(column), justify="right")
     if marks:
         table.add_column("", justify="left")
     for row in frame.itertuples(index=False):
@@ -217,78 +339,60 @@ def print_layer_table(frame: Any, title: str, marks: dict[int, str] | None = Non
     console.print(table)
 
 
-@app.command("metrics")
-def metrics_command(
-    model: ModelOption = "smollm2-135m",
-    dataset: DatasetOption = DEFAULT_DATASET,
-    limit: LimitOption = 256,
-    metrics: Annotated[str, typer.Option(help="all, or a comma list (layerscope metrics --list).")] = "all",
-    n_views: Annotated[int, typer.Option("--n-views", help="Augmented views per text for LiDAR.")] = 16,
-    out: Annotated[Path | None, typer.Option(help="Write metrics.csv, prompt_values.csv, record.json here.")] = None,
-    list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and exit.")] = False,
-    column: ColumnOption = None,
-    revision: RevisionOption = None,
-    pooling: PoolingOption = "mean",
-    final_norm: FinalNormOption = "none",
-    max_length: MaxLengthOption = 512,
-    batch_size: BatchOption = "auto",
-    seed: SeedOption = 0,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = None,
-    cache_dir: CacheOption = None,
-    no_cache: NoCacheOption = False,
-    trust_remote_code: TrustOption = False,
-) -> None:
-    """Every representation-quality metric of every layer (SPEC section 4)."""
+def print_metric_list() -> None:
+    """The registry as a table (``layerscope metrics --list``)."""
     from layerscope.metrics import available
 
+    table = Table(title="Metrics")
+    for name in ("name", "column", "reads", "views", "select", "random", "description"):
+        table.add_column(name, overflow="fold")
+    for spec in available():
+        table.add_row(spec.name, spec.short, spec.inputs, str(spec.n_views), "max" if spec.higher_is_better else "min",
+                      "yes" if spec.random else "no", spec.description)
+    console.print(table)
+
+
+@app.command("metrics")
+@configured(model=ModelConfig, texts=(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+            views=ViewConfig, cache=CacheOptions)
+def metrics_command(
+    model: ModelConfig,
+    texts: TextConfig,
+    extraction: ExtractConfig,
+    views: ViewConfig,
+    cache: CacheOptions,
+    metrics: Annotated[str, typer.Option(help="all, or a comma list (layerscope metrics --list).")] = "all",
+    out: Annotated[Path | None, typer.Option(help="Write metrics.csv, prompt_values.csv, record.json here.")] = None,
+    list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and exit.")] = False,
+) -> None:
+    """Every representation-quality metric of every layer (SPEC section 4)."""
     if list_metrics:
-        table = Table(title="Metrics")
-        for name in ("name", "level", "views", "select", "random", "description"):
-            table.add_column(name, overflow="fold")
-        for spec in available():
-            table.add_row(spec.name, spec.level, str(spec.n_views), "max" if spec.higher_is_better else "min",
-                          "yes" if spec.random else "no", spec.description)
-        console.print(table)
+        print_metric_list()
         return
     from layerscope.analysis import per_layer_table
-    from layerscope.data import load_texts
-    from layerscope.metrics import resolve
-    from layerscope.metrics.compute import compute_metrics
+    from layerscope.config import MetricsConfig
+    from layerscope.metrics.compute import METRIC_COLUMNS, measure
 
-    resolve(metrics)  # a bad name fails before the model loads
-    texts = load_texts(dataset, limit=limit, seed=seed, column=column)
-    loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
-    frame = compute_metrics(loaded, texts, metrics=metrics, n_views=n_views, seed=seed, pooling=pooling,
-                            max_length=max_length, batch_size=parse_batch_size(batch_size),
-                            cache_dir=resolve_cache(cache_dir, no_cache))
-    print_layer_table(per_layer_table(frame), f"{loaded.model_id}: {len(texts)} texts from {dataset}")
-    if out is not None:
+    folder = output_folder(out)
+    config = MetricsConfig(model=model, texts=texts, extraction=extraction, views=views, metrics=metrics,
+                           seed=texts.seed)  # a bad metric name fails here, before the model loads
+    loaded_texts, texts = _corpus_texts(texts)
+    loaded = load(model, extraction)
+    measured = measure(loaded, loaded_texts, metrics=config.metrics, views=views, extraction=extraction,
+                       seed=config.seed, cache_dir=cache.resolve())
+    frame = measured.metrics[METRIC_COLUMNS]
+    print_layer_table(per_layer_table(frame), f"{loaded.model_id}: {len(measured.extraction.texts)} texts from "
+                      f"{texts.dataset}")
+    if folder is not None:
         from layerscope.atomic import atomic_write_text
 
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "metrics.csv", frame.to_csv(index=False))
-        atomic_write_text(out / "prompt_values.csv", frame.attrs["prompt_values"].to_csv(index=False))
-        write_json(out / "record.json", {**frame.attrs["record"], "dataset": dataset, "limit": limit})
-        console.print(f"wrote {out / 'metrics.csv'}, prompt_values.csv and record.json")
+        atomic_write_text(folder / "metrics.csv", frame.to_csv(index=False))
+        atomic_write_text(folder / "prompt_values.csv", measured.prompt_values.to_csv(index=False))
+        write_json(folder / "record.json", {**measured.record, "config": config.replace(texts=texts).to_dict()})
+        console.print(f"wrote {folder / 'metrics.csv'}, prompt_values.csv and record.json")
 
 
-TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="offline | paper32 | comma-separated task names.")]
-LayersOption = Annotated[str, typer.Option(help="all | last | comma-separated layer indices.")]
-
-
-@app.command("tasks")
-def tasks_command() -> None:
-    """List the offline downstream tasks (bundled data, no network) and the paper's 32 hub tasks."""
-    from layerscope.evaluate.tasks import describe_offline, paper32
-
-    table = Table(title="Offline task suite (MTEB task classes over bundled data)")
-    for column in ("task", "type", "texts", "main score", "source", "license"):
-        table.add_column(column, overflow="fold")
-    for info in describe_offline():
-        table.add_row(info.name, info.type, str(info.n_texts), info.main_score, info.source, info.license)
-    console.print(table)
-    console.print("paper32 (MTEB hub tasks, need the network): " + ", ".join(paper32()))
+# ------------------------------------------------------------------------------------------ evaluate
 
 
 def _evaluation_outputs(frame: Any, out: Path | None, title: str, paper: bool = False) -> None:
@@ -315,7 +419,6 @@ def _evaluation_outputs(frame: Any, out: Path | None, title: str, paper: bool = 
     if out is not None:
         from layerscope.atomic import atomic_write_bytes
 
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "scores.csv", frame.to_csv(index=False).encode())
         atomic_write_bytes(out / "layers.csv", summary.to_csv(index=False).encode())
         write_json(out / "record.json", frame.attrs.get("record", {}))
@@ -323,136 +426,112 @@ def _evaluation_outputs(frame: Any, out: Path | None, title: str, paper: bool = 
 
 
 @app.command("evaluate")
+@configured(model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions)
 def evaluate_command(
-    model: ModelOption = "smollm2-135m",
+    model: ModelConfig,
+    extraction: ExtractConfig,
+    cache: CacheOptions,
     tasks: TasksOption = "offline",
     layers: LayersOption = "all",
+    seed: Annotated[int, typer.Option(help="Seed of the evaluations.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")] = None,
-    pooling: PoolingOption = "mean",
-    revision: RevisionOption = None,
-    final_norm: FinalNormOption = "none",
-    max_length: MaxLengthOption = 512,
-    batch_size: BatchOption = "auto",
-    seed: SeedOption = 0,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = None,
-    cache_dir: CacheOption = None,
-    no_cache: NoCacheOption = False,
-    trust_remote_code: TrustOption = False,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """Score every layer on downstream tasks with MTEB's evaluators (texts encoded once)."""
     from layerscope.evaluate import evaluate_layers, resolve
 
+    folder = output_folder(out)
     task_list = resolve(tasks, seed=seed)  # bad names fail before the model loads
-    loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
-    frame = evaluate_layers(loaded, task_list, layers=layers, pooling=pooling, seed=seed, max_length=max_length,
-                            batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
-                            eval_workers=_workers(eval_workers))
-    _evaluation_outputs(frame, out, f"{loaded.model_id}: {len(task_list)} tasks, {pooling} pooling, average per layer")
+    loaded = load(model, extraction)
+    frame = evaluate_layers(loaded, task_list, layers=layers, seed=seed, cache_dir=cache.resolve(),
+                            eval_workers=_workers(eval_workers), **extraction.extract_options())
+    _evaluation_outputs(frame, folder, f"{loaded.model_id}: {len(task_list)} tasks, {extraction.pooling} pooling, "
+                        "average per layer")
 
 
 @app.command("mteb")
+@configured(model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions)
 def mteb_command(
-    model: ModelOption = "smollm2-135m",
+    model: ModelConfig,
+    extraction: ExtractConfig,
+    cache: CacheOptions,
     tasks: TasksOption = "paper32",
     layers: LayersOption = "all",
+    seed: Annotated[int, typer.Option(help="Seed of the evaluations.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")] = None,
-    pooling: PoolingOption = "mean",
-    revision: RevisionOption = None,
-    final_norm: FinalNormOption = "none",
-    max_length: MaxLengthOption = 512,
-    batch_size: BatchOption = "auto",
-    seed: SeedOption = 0,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = None,
-    cache_dir: CacheOption = None,
-    no_cache: NoCacheOption = False,
-    trust_remote_code: TrustOption = False,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """Score every layer on real MTEB tasks from the hub (default: the paper's 32; needs the network)."""
     from layerscope.evaluate import paper32, resolve, run_mteb
     from layerscope.hub import require_hub
 
+    folder = output_folder(out)
     task_list = resolve(tasks, seed=seed)
     require_hub("layerscope mteb (MTEB hub tasks)")  # before loading the model
-    loaded = load(model, revision, final_norm, device, dtype, trust_remote_code)
-    frame = run_mteb(loaded, task_list, layers=layers, pooling=pooling, seed=seed, max_length=max_length,
-                     batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
-                     eval_workers=_workers(eval_workers))
+    loaded = load(model, extraction)
+    frame = run_mteb(loaded, task_list, layers=layers, seed=seed, cache_dir=cache.resolve(),
+                     eval_workers=_workers(eval_workers), **extraction.extract_options())
     paper = set(paper32()) <= set(frame["task"])
-    _evaluation_outputs(frame, out, f"{loaded.model_id}: MTEB, {len(task_list)} tasks, average per layer", paper=paper)
+    _evaluation_outputs(frame, folder, f"{loaded.model_id}: MTEB, {len(task_list)} tasks, average per layer", paper=paper)
+
+
+# ------------------------------------------------------------------------------------------ analyze
 
 
 @app.command("analyze")
+@configured(model=ModelConfig, extraction=ExtractConfig, views=(ViewConfig, {"view_texts": 16, "lidar_texts": 3}),
+            dataset=(TextConfig, {"dataset": None}), config=AnalysisConfig, cache=CacheOptions)
 def analyze_command(
-    model: ModelOption = "smollm2-135m",
-    revision: RevisionOption = None,
-    tasks: Annotated[str, typer.Option(help="offline (bundled suite), paper32 (needs the hub), or task names.")] = "offline",
-    metrics: Annotated[str, typer.Option(help="all, or a comma list of metrics.")] = "all",
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Extra text source whose metrics are reported too.")] = None,
-    limit: LimitOption = None,
+    config: AnalysisConfig,
+    cache: CacheOptions,
+    model: ModelConfig,
+    extraction: ExtractConfig,
+    views: ViewConfig,
+    dataset: TextConfig | None,
     out: Annotated[Path, typer.Option(help="Output folder: results.duckdb, plots, report.html.")] = Path("runs/analyze"),
-    select_by: Annotated[str, typer.Option("--select-by", help="Metric that picks the layer without labels.")] = "dime",
-    n_views: Annotated[int, typer.Option("--n-views", help="Views per text for LiDAR.")] = 16,
-    view_texts: Annotated[int, typer.Option("--view-texts", help="Texts per task given 2 views (InfoNCE, DiME).")] = 16,
-    lidar_texts: Annotated[int, typer.Option("--lidar-texts", help="Texts per task given --n-views views (LiDAR; their first 2 serve InfoNCE and DiME).")] = 3,
-    pooling: PoolingOption = "mean",
-    final_norm: FinalNormOption = "none",
-    max_length: MaxLengthOption = 512,
-    batch_size: BatchOption = "auto",
-    seed: SeedOption = 0,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = None,
-    cache_dir: CacheOption = None,
-    no_cache: NoCacheOption = False,
-    trust_remote_code: TrustOption = False,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """The main job: every metric and every task score at every layer; which layer, and why."""
-    from layerscope.pipeline import analyze
+    from layerscope.pipeline import run_analysis
 
-    result = analyze(model=model, revision=revision, tasks=tasks, metrics=metrics, dataset=dataset, limit=limit,
-                     out=out, n_views=n_views, view_texts=view_texts, lidar_texts=lidar_texts, select_by=select_by,
-                     seed=seed, pooling=pooling, final_norm=final_norm, max_length=max_length,
-                     batch_size=parse_batch_size(batch_size), cache_dir=resolve_cache(cache_dir, no_cache),
-                     device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                     eval_workers=_workers(eval_workers))
+    folder = output_folder(out)
+    result = run_analysis(config, out=folder, cache_dir=cache.resolve(), eval_workers=_workers(eval_workers))
     print_analysis(result)
 
 
 def print_analysis(result: Any) -> None:
     """The per-layer table with the best and the label-free layers marked, then the selection summary."""
+    summary = result.summary
     marks: dict[int, str] = {}
-    if result.chosen_layer is not None:
-        marks[result.chosen_layer] = f"<- min {result.chosen_by} (no labels)" if not _higher(result.chosen_by) \
-            else f"<- max {result.chosen_by} (no labels)"
-    if result.best_layer is not None:
-        marks[result.best_layer] = "<- best (labels)" + (" = no labels" if result.best_layer in marks and
-                                                          result.best_layer == result.chosen_layer else "")
+    if summary.chosen_layer is not None:
+        marks[summary.chosen_layer] = f"<- {summary.chosen_label} (no labels)"
+    if summary.best_layer is not None:
+        marks[summary.best_layer] = "<- best (labels)" + (" = no labels" if summary.best_layer == summary.chosen_layer
+                                                         else "")
     model = result.record["model"]
-    print_layer_table(result.layer_table, f"{model['model_id']}: {model['num_layers'] + 1} layers, "
+    print_layer_table(summary.per_layer, f"{model['model_id']}: {model['num_layers'] + 1} layers, "
                       f"{result.record['n_kept']} texts, {result.scores['task'].nunique()} tasks "
                       "(metrics on all task texts; avg score x 100)", marks)
-    selection = result.selection
     table = Table(title="Layer choice per task (Table 2 of the paper): average task score x 100", title_justify="left")
     for column in ("rule", "layer", "depth %", "average", "vs last"):
         table.add_column(column, justify="right" if column != "rule" else "left")
-    for row in selection.itertuples(index=False):
+    for row in summary.selection.itertuples(index=False):
         table.add_row(str(row.rule), str(row.layer), f"{row.depth_pct:.0f}", f"{row.average:.1f}",
                       f"{row.gain_vs_last:+.1f}")
     console.print(table)
-    average = result.scores.groupby("layer")["main_score"].mean() * 100
-    last = int(average.index.max())
-    if result.best_layer is not None:
-        console.print(f"best layer with labels: {result.best_layer} ({average[result.best_layer]:.1f}), "
-                      f"last layer {last} ({average[last]:.1f}): {average[result.best_layer] - average[last]:+.1f} points")
-    if result.chosen_layer is not None:
-        console.print(f"chosen without labels ({result.chosen_by} on all texts): layer {result.chosen_layer} "
-                      f"({average[result.chosen_layer]:.1f}, {average[result.chosen_layer] - average[last]:+.1f} vs last)")
+    last, best, chosen = summary.last_layer, summary.best_layer, summary.chosen_layer
+    last_score = summary.score_at(last)
+    if best is not None and last_score is not None:
+        console.print(f"best layer with labels: {best} ({summary.score_at(best):.1f}), "
+                      f"last layer {last} ({last_score:.1f}): {summary.score_at(best) - last_score:+.1f} points")
+    if chosen is not None and last_score is not None:
+        console.print(f"chosen without labels ({result.chosen_by} on all texts): layer {chosen} "
+                      f"({summary.score_at(chosen):.1f}, {summary.score_at(chosen) - last_score:+.1f} vs last)")
     console.print(f"results: {result.out / 'results.duckdb'}" + (f"; report: {result.report}" if result.report else "")
                   + f"; {result.record['timings'].get('total_s', 0):.0f} s")
+
+
+# ------------------------------------------------------------------------------------------ report, compare, sweep
 
 
 @app.command("report")
@@ -512,6 +591,7 @@ def sweep_command(
                           status["status"] if status else "to run")
         console.print(table)
         return
+    output_folder(root)
 
     def announce(unit: Any, status: dict[str, Any]) -> None:
         detail = f"{status.get('seconds', 0):.0f} s" if status["status"] == "done" else status.get("error", "")
@@ -533,14 +613,11 @@ def sweep_command(
         raise LayerscopeError(f"{len(result.failed)} of {len(result.units)} units failed; rerun the sweep to retry them")
 
 
-def _workers(value: str) -> int | str:
-    from layerscope.evaluate.runner import resolve_workers
-
-    return "auto" if value == "auto" else resolve_workers(value, 1 << 30)
-
-
 def _cell(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and value != value) else str(int(value))
+
+
+# ------------------------------------------------------------------------------------------ experiments
 
 
 def _experiment_help() -> str:
@@ -562,11 +639,11 @@ def experiment_command(
     name: Annotated[str, typer.Argument(help="Experiment name (see above).")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (alias, hub id, folder).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Text source.")] = None,
-    limit: LimitOption = None,
+    limit: Annotated[int | None, typer.Option(help="Use a seeded random subset of this many texts.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/experiments/NAME).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate prompts to this many tokens.")] = None,
-    revision: RevisionOption = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (e.g. Pythia's step64000).")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="key=value option of the experiment.")] = None,
     report: Annotated[bool, typer.Option(help="Build report.html in the output folder.")] = True,
 ) -> None:
@@ -574,6 +651,7 @@ def experiment_command(
     from layerscope.experiments import get, run_cli
 
     experiment = get(name)  # unknown names fail with a suggestion before anything runs
+    output_folder(out)
     options: dict[str, Any] = {"model": model, "dataset": dataset, "limit": limit, "out": out, "seed": seed,
                                "max_length": max_length, "revision": revision}
     options = {key: value for key, value in options.items() if value is not None and key in experiment.options()}
@@ -610,14 +688,30 @@ def _parse_value(value: str) -> Any:
     return value
 
 
-def _higher(metric: str) -> bool:
-    from layerscope.metrics import get
+# ------------------------------------------------------------------------------------------ entry point
 
-    return bool(get(metric).higher_is_better)
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so the same clean-up as Ctrl-C runs."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _usage_error(error: BaseException) -> str:
+    """Click's one-line message of a usage error, with the help hint."""
+    context = getattr(error, "ctx", None)
+    hint = f" (try '{context.command_path} --help')" if context is not None else ""
+    message = error.format_message() if hasattr(error, "format_message") else str(error)
+    return " ".join(message.split()) + hint
 
 
 def main() -> None:
-    """Entry point: user errors print one line (no traceback) and exit with status 2."""
+    """Entry point: user errors print one line (no traceback) and exit with status 2; Ctrl-C exits 130,
+    SIGTERM 143, after a one-line note of what was kept."""
+    from typer._click import exceptions as typer_click  # typer 0.29 raises its own copy of click's errors
+
     logging.basicConfig(level=os.environ.get("LAYERSCOPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     for name in ("transformers", "huggingface_hub", "datasets", "mteb"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -628,23 +722,26 @@ def main() -> None:
     from layerscope.models.loading import show_load_bars
 
     show_load_bars(False)
+    signal.signal(signal.SIGTERM, _terminate)
+    interrupted = "interrupted: finished batches are kept in the embedding cache and the store; rerun to resume"
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except LayerscopeError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished batches are kept in the cache and store; rerun to resume")
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print(interrupted, highlight=False, soft_wrap=True)
         sys.exit(130)
-    except Exception as error:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
+    except Terminated:
+        err_console.print(interrupted.replace("interrupted", "terminated", 1), highlight=False, soft_wrap=True)
+        sys.exit(143)
+    except (typer_click.ClickException, typer.Exit) as error:
+        if isinstance(error, typer.Exit):
             sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+        err_console.print(f"[bold red]error:[/] {_usage_error(error)}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    if isinstance(result, int) and result:  # click returns an exit code instead of raising in places
+        sys.exit(130 if result == 130 else result)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ from layerscope.analysis.tables import (
 from layerscope.errors import LayerscopeError, unknown
 
 __all__ = [
-    "DEFAULT_HIGHER_IS_BETTER",
     "METRIC_ALIASES",
     "depth_layer",
     "metric_directions",
@@ -63,26 +62,6 @@ METRIC_ALIASES: dict[str, str] = {
     "entropy_dataset": "dataset_entropy",
 }
 
-#: Directions used when neither the caller nor the metrics registry gives one.
-#: Lower is better for prompt entropy, dataset entropy, DiME and InfoNCE (the paper selects the
-#: minimum; SPEC section 4). Effective rank and the entropy rank exp(S_1) are monotone companions
-#: of dataset entropy, so they follow it (lower); RankMe (Garrido et al.) is higher-is-better by its
-#: definition. Curvature: lower (the "straightening" of
-#: Hosseini & Fedorenko: better representations have straighter trajectories). LiDAR: higher, as
-#: defined by Thilak et al. (a rank of the between/within-class scatter); note that on the
-#: authors' pythia-410m results the *minimum* of LiDAR selects better layers than the maximum.
-DEFAULT_HIGHER_IS_BETTER: dict[str, bool] = {
-    "prompt_entropy": False,
-    "dataset_entropy": False,
-    "rankme": True,
-    "dime": False,
-    "infonce": False,
-    "effective_rank": False,
-    "entropy_rank": False,
-    "curvature": False,
-    "lidar": True,
-}
-
 DEPTH_BASELINES: tuple[float, ...] = (0.5, 0.7)
 
 _RULE_ORDER = {"labels": 0, "oracle": 1, "baseline": 2, "depth": 3, "metric": 4}
@@ -93,24 +72,16 @@ def canonical_metric(name: str) -> str:
     return METRIC_ALIASES.get(name, name)
 
 
-def _registry_directions() -> dict[str, bool]:
-    """``higher_is_better`` of every metric in the metrics registry, if the registry is importable."""
-    try:
-        from layerscope import metrics as registry
+def __getattr__(name: str) -> object:
+    if name == "DEFAULT_HIGHER_IS_BETTER":  # deprecated: the metrics registry is the one source
+        import warnings
 
-        specs = registry.available()
-    except (ImportError, AttributeError) as error:
-        logger.debug("metrics registry unavailable for directions: %s", error)
-        return {}
-    if isinstance(specs, Mapping):
-        specs = list(specs.values())
-    directions: dict[str, bool] = {}
-    for spec in specs:
-        name = getattr(spec, "name", None)
-        higher = getattr(spec, "higher_is_better", None)
-        if isinstance(name, str) and isinstance(higher, (bool, np.bool_)):
-            directions[name] = bool(higher)
-    return directions
+        from layerscope.metrics.registry import available
+
+        warnings.warn("DEFAULT_HIGHER_IS_BETTER is deprecated; use layerscope.metrics.get(name).higher_is_better",
+                      DeprecationWarning, stacklevel=2)
+        return {spec.name: spec.higher_is_better for spec in available()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def metric_directions(
@@ -118,9 +89,8 @@ def metric_directions(
 ) -> dict[str, bool]:
     """Whether higher is better, for each metric.
 
-    Looked up in ``directions`` first, then in the metrics registry
-    (``layerscope.metrics.available()``, imported lazily), then in
-    :data:`DEFAULT_HIGHER_IS_BETTER`; the authors' names (``entropy_dataset``...) are understood.
+    Looked up in ``directions`` first, then in the metrics registry; the authors' names
+    (``entropy_dataset``...) are understood.
 
     Parameters
     ----------
@@ -135,20 +105,17 @@ def metric_directions(
     -------
     dict of str to bool
     """
+    from layerscope.metrics.registry import find
+
     explicit = dict(directions or {})
-    registry: dict[str, bool] | None = None
     found: dict[str, bool] = {}
     for metric in metrics:
         canonical = canonical_metric(metric)
+        spec = find(canonical)
         if metric in explicit or canonical in explicit:
             found[metric] = bool(explicit.get(metric, explicit.get(canonical)))
-            continue
-        if registry is None:
-            registry = _registry_directions()
-        if metric in registry or canonical in registry:
-            found[metric] = registry.get(metric, registry.get(canonical, False))
-        elif canonical in DEFAULT_HIGHER_IS_BETTER:
-            found[metric] = DEFAULT_HIGHER_IS_BETTER[canonical]
+        elif spec is not None:
+            found[metric] = spec.higher_is_better
         elif strict:
             raise LayerscopeError(
                 f"no known direction for metric '{metric}': pass directions={{'{metric}': True}} "
@@ -220,8 +187,7 @@ def select_layer(
     dataset : str, optional
         Text source, when the table holds several.
     higher_is_better : bool, optional
-        Direction; by default from ``directions``, the metrics registry, or
-        :data:`DEFAULT_HIGHER_IS_BETTER` (see :func:`metric_directions`).
+        Direction; by default from ``directions`` or the metrics registry (see :func:`metric_directions`).
     directions : Mapping of str to bool, optional
         Explicit directions by metric name.
     layers : sequence of int, optional

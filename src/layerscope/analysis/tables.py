@@ -249,12 +249,18 @@ def score_grid(
 def default_normalization(metrics_df: pd.DataFrame, metric: str) -> str | None:
     """The normalization a metric is reported with when none is asked for.
 
-    The first of :data:`DEFAULT_NORMALIZATION_ORDER` present for ``metric``, else the
-    alphabetically first one; ``None`` when the table has no ``normalization`` column.
+    The registry's main value of the metric when the table has it, else the first of
+    :data:`DEFAULT_NORMALIZATION_ORDER` present for ``metric``, else the alphabetically first one;
+    ``None`` when the table has no ``normalization`` column.
     """
+    from layerscope.metrics.registry import find
+
     if "normalization" not in metrics_df.columns:
         return None
     present = set(metrics_df.loc[metrics_df["metric"] == metric, "normalization"].dropna().astype(str))
+    spec = find(metric)
+    if spec is not None and spec.main in present:
+        return spec.main
     for candidate in DEFAULT_NORMALIZATION_ORDER:
         if candidate in present:
             return candidate

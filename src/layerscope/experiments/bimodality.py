@@ -190,7 +190,8 @@ def bimodality(
         prompt_index, n_tokens, value``) and ``histograms`` (``layer, depth_pct, bin_left, bin_right,
         count``). The summary lists the bimodal layers and the largest coefficient.
     """
-    from layerscope.metrics.compute import compute_metrics
+    from layerscope.config import ExtractConfig
+    from layerscope.metrics.compute import measure
 
     if metric not in _METRICS:
         raise LayerscopeError(f"bimodality needs a per-prompt metric: one of {', '.join(_METRICS)}, got '{metric}'")
@@ -198,9 +199,9 @@ def bimodality(
         normalization = "raw"
     loaded = as_model(model, revision, device, dtype, final_norm)
     prompts, source = resolve_texts(texts, dataset, limit, seed)
-    frame = compute_metrics(loaded, prompts, metrics=[metric], max_length=max_length, batch_size=batch_size,
-                            progress=progress)
-    values_long = frame.attrs["prompt_values"]
+    measured = measure(loaded, prompts, metrics=[metric], progress=progress,
+                       extraction=ExtractConfig(max_length=max_length, batch_size=batch_size))
+    frame, values_long = measured.metrics, measured.prompt_values
     values_long = values_long[values_long["normalization"] == normalization]
     if values_long.empty:
         raise LayerscopeError(f"no per-prompt '{metric}' values with normalization '{normalization}'")

@@ -549,17 +549,17 @@ def metrics_over_models(
     run_ids : list of str
         Store runs written (empty without ``out``).
     """
-    from layerscope.metrics.compute import compute_metrics
+    from layerscope.config import ExtractConfig
+    from layerscope.metrics.compute import METRIC_COLUMNS, measure
 
     frames, described, run_ids = [], [], []
     digest = texts_digest(texts)
     for order, entry in enumerate(progress_bar(entries, progress, experiment, total=len(entries))):
         loaded = as_model(entry.model, entry.revision, device, dtype, final_norm)
-        frame = compute_metrics(loaded, texts, metrics=metrics, max_length=max_length, batch_size=batch_size,
-                                progress=False)
-        record = frame.attrs.get("record", {})
-        frame.attrs = {}  # per-prompt tables in attrs would make every concat compare DataFrames
-        frame = frame.assign(**{condition: entry.label, "order": order})
+        measured = measure(loaded, texts, metrics=metrics, progress=False,
+                           extraction=ExtractConfig(max_length=max_length, batch_size=batch_size))
+        record = measured.record
+        frame = measured.metrics[METRIC_COLUMNS].assign(**{condition: entry.label, "order": order})
         info = {**loaded.describe(), "label": entry.label, "extract_s": record.get("extract_s")}
         described.append(info)
         frames.append(frame)

@@ -87,11 +87,9 @@ def vision(
         ``selection`` (Table-2-style rules scored by the probe) and ``correlations``.
     """
     from layerscope.analysis import correlate, selection_table
-    from layerscope.data import subset
+    from layerscope.config import ExtractConfig, ViewConfig
     from layerscope.evaluate.probe import linear_probe
-    from layerscope.extract.images import extract_images, prepare_images
-    from layerscope.metrics.compute import encode_views, metric_rows, resolve_options, token_hook
-    from layerscope.metrics.registry import resolve
+    from layerscope.metrics.compute import measure
 
     loaded = as_model(model, revision, device, dtype, final_norm)
     if loaded.modality != "vision":
@@ -106,30 +104,15 @@ def vision(
             raise LayerscopeError("images given without labels: the probe needs one label per image")
         source = "images given in code"
     labels = np.asarray(labels)
-    pixels = prepare_images(loaded, images)
-    if len(labels) != pixels.shape[0]:
-        raise LayerscopeError(f"{pixels.shape[0]} images but {len(labels)} labels")
-    specs = resolve(metrics)
 
     # one pass over the images (token metrics in its hook), then the views of a seeded subset
-    chosen = {spec.name: resolve_options(spec, None, seed) for spec in specs}
-    hook = token_hook(specs, pixels.shape[0], chosen)
-    base = extract_images(loaded, pixels, pooling=pooling, batch_size=batch_size, token_hook=hook, progress=progress,
-                          prepared=True)
-    pooled = base.tensor()  # (layers, n, d) float64
-    token_values = hook.compute() if hook is not None else {}
-    plain = [spec for spec in specs if spec.n_views == 0]
-    rows = metric_rows(plain, chosen, pooled, token_values, base.kept, 0)
-    view_specs = [spec for spec in specs if spec.n_views > 0]
-    if view_specs:
-        picks = subset(pixels.shape[0], view_images, seed)
-        needed = max(n_views if spec.n_views > 2 else 2 for spec in view_specs)
-        views, _ = encode_views(loaded, pixels[picks], needed, seed, pooling=pooling, batch_size=batch_size,
-                                progress=progress)
-        rows += metric_rows(view_specs, chosen, pooled[:, picks], {}, picks, 0, pair_views=views, lidar_views=views)
-    metrics_frame = pd.DataFrame(rows)
-    metrics_frame.insert(1, "depth_pct", 100.0 * metrics_frame["layer"] / loaded.num_layers)
-    metrics_frame["dataset"] = source
+    measured = measure(loaded, images, metrics=metrics, views=ViewConfig(n_views, view_images, view_images),
+                       extraction=ExtractConfig(pooling=pooling, batch_size=batch_size), seed=seed, progress=progress)
+    base = measured.extraction
+    if len(labels) != len(base.kept):
+        raise LayerscopeError(f"{len(base.kept)} images but {len(labels)} labels")
+    metrics_frame = measured.metrics.assign(dataset=source)
+    specs = measured.record["metrics"]
 
     probe = linear_probe(np.asarray(base.pooled), labels, test_fraction=test_fraction, seed=seed)
     probe.insert(1, "depth_pct", 100.0 * probe["layer"] / loaded.num_layers)
@@ -140,7 +123,7 @@ def vision(
     correlations = correlate(metrics_frame, scores, task_to_dataset={task: source})
     best = probe.loc[probe["accuracy"].idxmax()]
     summary: dict[str, Any] = {
-        "model": str(loaded.model_id), "dataset": source, "n_images": int(pixels.shape[0]),
+        "model": str(loaded.model_id), "dataset": source, "n_images": len(base.kept),
         "n_classes": int(len(np.unique(labels))), "pooling": pooling,
         "best_layer": int(best["layer"]), "best_accuracy": round(float(best["accuracy"]), 4),
         "last_layer_accuracy": round(float(probe["accuracy"].iloc[-1]), 4), "chance": round(float(best["chance"]), 4),
@@ -155,7 +138,7 @@ def vision(
         from layerscope.store import ResultsStore
 
         config = {"command": "experiment vision", "experiment": EXPERIMENT, "model": loaded.describe(), "data": source,
-                  "n_images": int(pixels.shape[0]), "metrics": [spec.name for spec in specs], "n_views": n_views,
+                  "n_images": len(base.kept), "metrics": specs, "n_views": n_views,
                   "view_images": view_images, "test_fraction": test_fraction, "pooling": pooling, "seed": seed}
         with ResultsStore.in_directory(directory) as store:
             result.run_ids.append(store.write_run(

@@ -9,6 +9,7 @@ curvature consume) without them ever being stored.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -479,6 +480,23 @@ def _run(
     last_save = time.monotonic()
     runner = _BatchRunner(model, pooling, token_hook is not None)
     bar = _progress_bar(len(kept), len(kept) - len(todo), progress, str(model.model_id))
+    copies = _HostCopies()
+    # Batches whose pooled copy to the host may still be in flight: on a GPU the last one is read
+    # only after the next batch has been queued, so the host never waits for the device.
+    pending: list[tuple[np.ndarray, Callable[[], np.ndarray]]] = []
+
+    def store(rows: np.ndarray, read: Callable[[], np.ndarray]) -> None:
+        nonlocal last_save
+        pooled_np = read()  # (layers, batch, dim)
+        bad = ~np.isfinite(pooled_np).all(axis=2)
+        nonfinite[:] += bad.sum(axis=1)
+        output[:, rows, :] = pooled_np
+        done[rows] = True
+        bar.update(len(rows))
+        if cache is not None and time.monotonic() - last_save > 10:
+            cache.save_progress(output, done)
+            last_save = time.monotonic()
+
     try:
         queue = _plan_batches(tokenized.lengths, todo, batch_size, model)
         while queue:
@@ -498,10 +516,7 @@ def _run(
                 half = len(rows) // 2
                 queue[:0] = [rows[:half], rows[half:]]
                 continue
-            pooled_np = pooled.cpu().numpy()  # (layers, batch, dim)
-            bad = ~np.isfinite(pooled_np).all(axis=2)
-            nonfinite += bad.sum(axis=1)
-            output[:, rows, :] = pooled_np
+            pending.append((rows, copies.submit(pooled)))
             if token_hook is not None:
                 assert states is not None
                 lengths = mask.sum(1) if mask is not None else torch.full((len(rows),), states.shape[2])
@@ -510,13 +525,15 @@ def _run(
                 else:
                     token_hook(states, lengths)
             del states
-            done[rows] = True
-            bar.update(len(rows))
-            if cache is not None and time.monotonic() - last_save > 10:
-                cache.save_progress(output, done)
-                last_save = time.monotonic()
+            while len(pending) > copies.lag:
+                store(*pending.pop(0))
+        while pending:
+            store(*pending.pop(0))
     except BaseException:
         if cache is not None:  # Ctrl-C or a crash keeps every finished batch for the next run
+            with contextlib.suppress(Exception):  # a batch still in flight, unless the device failed
+                while pending:
+                    store(*pending.pop(0))
             cache.save_progress(output, done)
         raise
     finally:
@@ -539,6 +556,43 @@ def _run(
     return output, record
 
 
+
+
+class _HostCopies:
+    """Copies of each batch's pooled states to the host that do not stop the device.
+
+    On a GPU, :meth:`submit` queues the copy into one of two pinned host buffers (``non_blocking``)
+    and records an event after it; the returned reader waits for that event only. The engine reads a
+    batch after queueing the next one (``lag = 1``), so the device is already busy with the next
+    forward pass while the host stores the previous batch, and the buffer a copy goes into was read
+    two batches earlier. Elsewhere the reader returns the array at once (``lag = 0``).
+    """
+
+    def __init__(self) -> None:
+        self.lag = 0
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._turn = 0
+
+    def submit(self, pooled: torch.Tensor) -> Callable[[], np.ndarray]:
+        """Queue the copy of ``pooled`` (layers, batch, dim) float32; return its reader."""
+        if pooled.device.type != "cuda":
+            array = pooled.cpu().numpy()
+            return lambda: array
+        self.lag = 1
+        slot, self._turn = self._turn, 1 - self._turn
+        buffer = self._buffers[slot]
+        if buffer is None or buffer.numel() < pooled.numel():  # batches differ in size: it only grows
+            buffer = self._buffers[slot] = torch.empty(pooled.numel(), dtype=pooled.dtype, pin_memory=True)
+        host = buffer[: pooled.numel()].view(pooled.shape)
+        host.copy_(pooled, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(pooled.device))
+
+        def read() -> np.ndarray:
+            copied.synchronize()
+            return host.numpy()
+
+        return read
 
 
 def _selected(extraction: Extraction, layers: list[int]) -> Extraction:
@@ -574,14 +628,20 @@ class _BatchRunner:
     def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``input_ids`` (batch, tokens) and their mask, or for a vision model pixel values
         (batch, channels, height, width) and ``mask=None``."""
-        mask = None if mask is None else mask.to(self.device)
+        # To a GPU, inputs go from pinned memory without waiting: a copy from pageable memory would
+        # wait for the device to finish everything queued (the previous batch) first.
+        copy = {"non_blocking": True} if self.device.type == "cuda" else {}
+        if copy:
+            input_ids = input_ids.pin_memory()
+            mask = None if mask is None else mask.pin_memory()
+        mask = None if mask is None else mask.to(self.device, **copy)
         self.capture.begin(mask)
         try:
             if self.vision:
-                pixels = input_ids.to(self.device, self.model.dtype)
+                pixels = input_ids.to(self.device, **copy).to(self.model.dtype)
                 self.model.model(pixel_values=pixels, **self.extra)
             else:
-                self.model.model(input_ids=input_ids.to(self.device), attention_mask=mask, **self.extra)
+                self.model.model(input_ids=input_ids.to(self.device, **copy), attention_mask=mask, **self.extra)
         except BaseException:
             self.capture.end()
             raise

@@ -1,9 +1,11 @@
-"""``compute_metrics``: every metric of every layer from one pass over the texts plus the view passes.
+"""One measurement path: every metric of every layer from one pass over the texts plus the view passes.
 
-Token-level metrics (prompt entropy, curvature) are computed in the extraction's token hook, batch by
-batch, so token states are never stored. Dataset-level metrics read the pooled embeddings of the same
-pass. Invariance metrics read the pooled embeddings of the augmented views, encoded in one extraction
-call: the 16 views of LiDAR are computed once and the first 2 serve InfoNCE and DiME.
+:func:`measure` is the single place where the model runs for metrics: given a loaded model, its texts
+(or images), named sets of them and a view plan, it runs one extraction with the token hook (prompt
+entropy and curvature on each batch's token states, never stored), reads the dataset-level metrics
+off the pooled embeddings of that same pass, encodes the planned augmented views once (LiDAR's views
+double as InfoNCE's and DiME's), and returns one metric table per set. ``compute_metrics``,
+``analyze``, the sweep's metrics job and the vision experiment all call it.
 """
 
 from __future__ import annotations
@@ -11,21 +13,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from layerscope.errors import LayerscopeError
+from layerscope.config import ExtractConfig, ViewConfig
 from layerscope.extract import extract
-from layerscope.metrics.accumulators import TokenMetrics, make
+from layerscope.metrics.accumulators import TokenMetrics
 from layerscope.metrics.registry import MetricSpec, resolve
+from layerscope.metrics.views import ViewPlan, encode_planned, encode_views, plan_views
 from layerscope.models.loading import LoadedModel
+
+__all__ = ["METRIC_COLUMNS", "Measurement", "compute_metrics", "encode_views", "measure", "metric_rows",
+           "resolve_options", "token_hook"]
 
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["layer", "depth_pct", "metric", "normalization", "value", "n_used", "n_skipped"]
+PROMPT_COLUMNS = ["layer", "prompt_index", "metric", "normalization", "value"]
+#: Name of the one text set of :func:`compute_metrics`.
+TEXTS_SET = "texts"
 
 
 def resolve_options(spec: MetricSpec, options: Mapping[str, Mapping[str, Any]] | None, seed: int) -> dict[str, Any]:
@@ -33,33 +43,180 @@ def resolve_options(spec: MetricSpec, options: Mapping[str, Mapping[str, Any]] |
     chosen = dict((options or {}).get(spec.name, {}))
     if spec.random and "seed" in spec.defaults:
         chosen.setdefault("seed", seed)
-    unknown_keys = set(chosen) - set(spec.defaults)
-    if unknown_keys:
-        raise LayerscopeError(
-            f"unknown option(s) {', '.join(sorted(unknown_keys))} for metric '{spec.name}'; "
-            f"options: {', '.join(sorted(spec.defaults)) or 'none'}"
-        )
+    spec.resolve_options(chosen)  # unknown options raise here
     return chosen
 
 
-def _rows(spec_name: str, values: Mapping[str, torch.Tensor | np.ndarray], layers: Sequence[int],
-          n_used: Iterable[int] | int, n_skipped: Iterable[int] | int) -> list[dict[str, Any]]:
-    used = list(n_used) if not isinstance(n_used, int) else [n_used] * len(layers)
-    skipped = list(n_skipped) if not isinstance(n_skipped, int) else [n_skipped] * len(layers)
-    rows = []
-    for normalization, tensor in values.items():
-        array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
-        for position, layer in enumerate(layers):
-            rows.append({"layer": layer, "metric": spec_name, "normalization": normalization,
-                         "value": float(array[position]), "n_used": int(used[position]),
-                         "n_skipped": int(skipped[position])})
-    return rows
+@dataclass
+class Measurement:
+    """What :func:`measure` produced.
+
+    Attributes
+    ----------
+    metrics : pandas.DataFrame
+        Long table ``layer, depth_pct, metric, normalization, value, n_used, n_skipped, dataset``
+        (``dataset`` = the text set's name).
+    prompt_values : pandas.DataFrame
+        Per-prompt token metrics ``layer, prompt_index, metric, normalization, value`` (``prompt_index``
+        = position in the input list; skipped prompts left out).
+    extraction : Extraction
+        The one pass over the texts (pooled embeddings of every layer).
+    plan : ViewPlan
+        Which texts got views.
+    record : dict
+        How it was made: the extraction record, metrics, options, seed, forward passes, timings.
+    """
+
+    metrics: pd.DataFrame
+    prompt_values: pd.DataFrame
+    extraction: Any
+    plan: ViewPlan
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def measure(
+    model: LoadedModel,
+    texts: Sequence[str] | Any,
+    *,
+    sets: Mapping[str, Sequence[int]] | None = None,
+    union: str | None = None,
+    metrics: str | Iterable[str] = "all",
+    views: ViewConfig | None = None,
+    extraction: ExtractConfig | None = None,
+    seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> Measurement:
+    """Every metric of every layer on named sets of texts, from one pass plus the planned views.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    texts : sequence of str, or images for a vision model
+        Every text the sets draw from; empty texts are skipped and counted.
+    sets : mapping of str to sequence of int, optional
+        Named sets of positions in ``texts`` (default: one set ``"texts"`` with all of them). Each
+        set's metrics are computed on its own texts (a set with fewer than 2 texts gets none).
+    union : str, optional
+        Name of an extra set over all of ``sets`` whose invariance metrics use the union of their views.
+    metrics : "all", a name, a comma list, or names
+    views : ViewConfig, optional
+        Views per LiDAR text and per-set caps (default: all texts, 16 views).
+    extraction : ExtractConfig, optional
+        Pooling, max length, batch size, cache dtype.
+    seed : int
+        Seed of the view subsets, the views and random metrics.
+    options : mapping, optional
+        Per-metric option overrides, e.g. ``{"dime": {"legacy_covariance": True}}``.
+    cache_dir, progress
+        As in :func:`layerscope.extract`.
+
+    Returns
+    -------
+    Measurement
+    """
+    specs = resolve(metrics)
+    views = views or ViewConfig()
+    extraction = extraction or ExtractConfig()
+    chosen = {spec.name: resolve_options(spec, options, seed) for spec in specs}
+    vision = model.modality == "vision"
+    if vision:  # images: prepared once; views are random resized crops of the prepared pixels
+        from layerscope.extract.images import prepare_images
+
+        texts = prepare_images(model, texts)
+    else:
+        texts = list(texts) if not isinstance(texts, str) else texts
+    n_inputs = len(texts)
+    sets = {TEXTS_SET: range(n_inputs)} if sets is None else sets
+    timings: dict[str, float] = {}
+    common: dict[str, Any] = {**extraction.extract_options(), "cache_dir": cache_dir, "progress": progress}
+
+    # 1. one pass: pooled embeddings of every layer, token metrics on the fly
+    start = time.perf_counter()
+    hook = token_hook(specs, n_inputs, chosen)
+    if vision:
+        from layerscope.extract.images import extract_images
+
+        common.pop("max_length")
+        base = extract_images(model, texts, token_hook=hook, prepared=True, **common)
+    else:
+        base = extract(model, texts, token_hook=hook, **common)
+    token_values = hook.compute() if hook is not None else {}
+    timings["extract_s"] = time.perf_counter() - start
+
+    # 2. the sets as rows of the pass (empty texts never reached the model: counted as skipped)
+    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
+    row_of_input[base.kept] = np.arange(len(base.kept))
+    set_rows, missing = {}, {}
+    for name, members in sets.items():
+        positions = np.unique(np.asarray(list(members), dtype=np.int64))
+        rows = row_of_input[positions]
+        set_rows[name], missing[name] = rows[rows >= 0], int((rows < 0).sum())
+        if len(set_rows[name]) < 2:
+            logger.warning("text set '%s' has fewer than 2 texts: no metrics", name)
+    usable = {name: rows for name, rows in set_rows.items() if len(rows) >= 2}
+
+    # 3. the planned views, encoded once
+    start = time.perf_counter()
+    view_specs = [spec for spec in specs if spec.n_views > 0]
+    plan = plan_views(usable, n_views=views.n_views, view_texts=views.view_texts, lidar_texts=views.lidar_texts,
+                      needs_pairs=any(spec.n_views == 2 for spec in view_specs),
+                      needs_lidar=any(spec.n_views > 2 for spec in view_specs), seed=seed, union=union)
+    if union is not None:
+        missing[union] = sum(missing.values())
+    view_inputs = texts if vision else base.texts
+    pair_views, lidar_views = encode_planned(model, view_inputs, plan, seed, **common)
+    timings["views_s"] = time.perf_counter() - start
+
+    # 4. metrics of every set, on the device of the model where it is a GPU
+    start = time.perf_counter()
+    device = _metrics_device(model, base.pooled)
+    pooled = base.tensor(torch.float64).to(device)  # (layers, n_kept, d)
+    pair_views = None if pair_views is None else pair_views.to(device)
+    lidar_views = None if lidar_views is None else lidar_views.to(device)
+    frames = []
+    for name, part in plan.sets.items():
+        rows = part.rows
+        sub_pair = None if pair_views is None else pair_views[:, :, plan.pair_positions(name)]
+        sub_lidar = None if lidar_views is None else lidar_views[:, :, plan.lidar_positions(name)]
+        frame = pd.DataFrame(metric_rows(specs, chosen, pooled[:, torch.as_tensor(rows, device=device)],
+                                         token_values, base.kept[rows], missing.get(name, 0),
+                                         pair_views=sub_pair, lidar_views=sub_lidar))
+        frames.append(frame.assign(dataset=name))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*METRIC_COLUMNS, "dataset"])
+    table.insert(1, "depth_pct", 100.0 * table["layer"].astype(float) / model.num_layers)
+    timings["metrics_s"] = time.perf_counter() - start
+
+    needs_lidar = any(spec.n_views > 2 for spec in view_specs)
+    record = {
+        **base.record,
+        "metrics": [spec.name for spec in specs],
+        "n_views": views.n_views if needs_lidar else (2 if view_specs else 0),
+        "seed": seed,
+        "options": {name: dict(value) for name, value in chosen.items() if value},
+        "n_forward_texts": len(base.texts) + plan.n_encoded,
+        **{key: round(value, 3) for key, value in timings.items()},
+    }
+    return Measurement(table[[*METRIC_COLUMNS, "dataset"]], _prompt_frame(token_values), base, plan, record)
+
+
+def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:
+    """The model's GPU when it has one and the float64 embeddings (and their Grams) fit, else the CPU."""
+    device = model.device
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    layers, n, d = pooled.shape
+    needed = 8 * layers * (n * d + 11 * n * n)  # embeddings + DiME's 1 + 10 n x n matrices per layer
+    return device if needed < 0.5 * free else torch.device("cpu")
 
 
 def compute_metrics(
     model: LoadedModel,
     texts: Sequence[str],
     metrics: str | Iterable[str] = "all",
+    *,
     n_views: int = 16,
     seed: int = 0,
     pooling: str = "mean",
@@ -92,109 +249,14 @@ def compute_metrics(
     Returns
     -------
     pandas.DataFrame
-        Columns ``layer, depth_pct, metric, normalization, value, n_used, n_skipped``. ``attrs``
-        holds ``prompt_values`` (a DataFrame ``layer, prompt_index, metric, normalization, value``
-        of per-prompt token metrics, for histograms) and ``record`` (how it was made, with timings).
+        Columns ``layer, depth_pct, metric, normalization, value, n_used, n_skipped``: a plain table
+        that concatenates and merges. The per-prompt values and the record of how it was made come
+        with :func:`measure`, which this calls.
     """
-    specs = resolve(metrics)
-    if n_views < 2:
-        raise LayerscopeError(f"n_views must be at least 2, got {n_views}")
-    chosen = {spec.name: resolve_options(spec, options, seed) for spec in specs}
-    vision = model.modality == "vision"
-    if vision:  # images: prepared once; views are random resized crops of the prepared pixels
-        from layerscope.extract.images import prepare_images
-
-        texts = prepare_images(model, texts)
-    else:
-        texts = list(texts) if not isinstance(texts, str) else texts
-    hook = token_hook(specs, len(texts), chosen)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    common = dict(pooling=pooling, max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,
-                  progress=progress)
-    if vision:
-        from layerscope.extract.images import extract_images
-
-        common.pop("max_length")
-        base = extract_images(model, texts, token_hook=hook, prepared=True, **common)
-    else:
-        base = extract(model, texts, token_hook=hook, **common)
-    timings["extract_s"] = time.perf_counter() - start
-    n_empty = int(base.record["n_skipped_empty"])
-    rows: list[dict[str, Any]] = []
-    prompt_frames: list[pd.DataFrame] = []
-
-    start = time.perf_counter()
-    token_values = hook.compute() if hook is not None else {}
-    for values in token_values.values():
-        prompt_frames.append(_prompt_frame(values.metric, values.per_prompt))
-    pooled = base.tensor(torch.float64)  # (layers, n, d)
-    timings["metrics_s"] = time.perf_counter() - start
-
-    view_specs = [spec for spec in specs if spec.n_views > 0]
-    views = None
-    n_forward = len(base.texts)
-    if view_specs:
-        needed = max(n_views if spec.n_views > 2 else 2 for spec in view_specs)
-        start = time.perf_counter()
-        views, n_encoded = encode_views(model, texts if vision else base.texts, needed, seed, **common)
-        timings["views_s"] = time.perf_counter() - start
-        n_forward += n_encoded
-    start = time.perf_counter()
-    rows += metric_rows(specs, chosen, pooled, token_values, base.kept, n_empty, pair_views=views,
-                        lidar_views=views)
-    timings["metrics_s"] += time.perf_counter() - start
-
-    frame = pd.DataFrame(rows)
-    frame.insert(1, "depth_pct", 100.0 * frame["layer"] / model.num_layers)
-    frame = frame[METRIC_COLUMNS]
-    frame.attrs["prompt_values"] = (
-        pd.concat(prompt_frames, ignore_index=True) if prompt_frames
-        else pd.DataFrame(columns=["layer", "prompt_index", "metric", "normalization", "value"])
-    )
-    frame.attrs["record"] = {
-        **base.record,
-        "metrics": [spec.name for spec in specs],
-        "n_views": n_views if any(spec.n_views > 2 for spec in view_specs) else (2 if view_specs else 0),
-        "seed": seed,
-        "options": {name: dict(value) for name, value in chosen.items() if value},
-        "n_forward_texts": n_forward,
-        **{key: round(value, 3) for key, value in timings.items()},
-    }
-    return frame
-
-
-def encode_views(model: LoadedModel, texts: Sequence[str] | torch.Tensor, n_views: int, seed: int,
-                 **extract_options: Any) -> tuple[torch.Tensor, int]:
-    """Pooled embeddings of ``n_views`` augmented views of each text, from one extraction call.
-
-    For a vision model ``texts`` are prepared pixel values (N, C, H, W) and the views are random
-    resized crops (:func:`layerscope.augment.random_resized_crops`).
-
-    Returns
-    -------
-    views : Tensor, shape (layers, n_views, n_texts, dim), float64
-    n_encoded : int
-        Texts that went through the model (the views count in the cost).
-    """
-    if model.modality == "vision":
-        from layerscope.augment import random_resized_crops
-        from layerscope.extract.images import extract_images
-
-        crops = random_resized_crops(texts, n_views, seed=seed)  # (views, n, C, H, W)
-        n_images = crops.shape[1]
-        options = {key: value for key, value in extract_options.items() if key != "max_length"}
-        encoded = extract_images(model, crops.reshape(-1, *crops.shape[2:]), prepared=True, **options)
-        stacked = encoded.tensor(torch.float64)
-        return stacked.reshape(stacked.shape[0], n_views, n_images, -1), n_views * n_images
-    from layerscope.augment import text_views
-
-    texts = list(texts)
-    views = text_views(texts, n_views, seed=seed)  # (views, n)
-    flat = [view if view.strip() else original for row in views for view, original in zip(row, texts, strict=True)]
-    encoded = extract(model, flat, **extract_options)
-    stacked = encoded.tensor(torch.float64)
-    return stacked.reshape(stacked.shape[0], n_views, len(texts), -1), len(flat)
+    measured = measure(model, texts, metrics=metrics, views=ViewConfig(n_views=n_views),
+                       extraction=ExtractConfig(pooling=pooling, max_length=max_length, batch_size=batch_size),
+                       seed=seed, options=options, cache_dir=cache_dir, progress=progress)
+    return measured.metrics[METRIC_COLUMNS]
 
 
 def metric_rows(
@@ -227,6 +289,7 @@ def metric_rows(
     rows: list[dict[str, Any]] = []
     n = pooled.shape[1]
     for spec in specs:
+        options = chosen.get(spec.name, {})
         if spec.level == "token":
             values = token_values[spec.name]
             means, used = {}, None
@@ -237,14 +300,28 @@ def metric_rows(
                 means[normalization] = np.where(used > 0, np.nansum(subset, 1) / np.maximum(used, 1), np.nan)
             assert used is not None
             rows += _rows(spec.name, means, layers, used, n - used + n_missing)
-        elif spec.n_views == 0:
-            rows += _rows(spec.name, spec.compute(pooled, **chosen[spec.name]), layers, n, n_missing)
-        elif spec.n_views == 2 and pair_views is not None:
-            values = spec.compute(pair_views[:, 0], pair_views[:, 1], **chosen[spec.name])
+        elif spec.inputs == "pooled":
+            rows += _rows(spec.name, spec.compute(pooled, **options), layers, n, n_missing)
+        elif spec.inputs == "pair" and pair_views is not None:
+            values = spec.compute(pair_views[:, 0], pair_views[:, 1], **options)
             rows += _rows(spec.name, values, layers, pair_views.shape[2], n - pair_views.shape[2] + n_missing)
-        elif spec.n_views > 2 and lidar_views is not None:
-            values = spec.compute(lidar_views.transpose(1, 2), **chosen[spec.name])  # (layers, n, views, d)
+        elif spec.inputs == "views" and lidar_views is not None:
+            values = spec.compute(lidar_views.transpose(1, 2), **options)  # (layers, n, views, d)
             rows += _rows(spec.name, values, layers, lidar_views.shape[2], n - lidar_views.shape[2] + n_missing)
+    return rows
+
+
+def _rows(spec_name: str, values: Mapping[str, torch.Tensor | np.ndarray], layers: Sequence[int],
+          n_used: Iterable[int] | int, n_skipped: Iterable[int] | int) -> list[dict[str, Any]]:
+    used = list(n_used) if not isinstance(n_used, int) else [n_used] * len(layers)
+    skipped = list(n_skipped) if not isinstance(n_skipped, int) else [n_skipped] * len(layers)
+    rows = []
+    for normalization, tensor in values.items():
+        array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+        for position, layer in enumerate(layers):
+            rows.append({"layer": layer, "metric": spec_name, "normalization": normalization,
+                         "value": float(array[position]), "n_used": int(used[position]),
+                         "n_skipped": int(skipped[position])})
     return rows
 
 
@@ -252,16 +329,17 @@ def token_hook(specs: Sequence[MetricSpec], n_texts: int,
                chosen: Mapping[str, Mapping[str, Any]] | None = None) -> TokenMetrics | None:
     """The extraction token hook computing every token-level metric of ``specs`` over ``n_texts``
     prompts (each with its registry defaults, overridden by ``chosen[name]``), or None if there is none."""
-    accumulators = [make(spec.name, n_texts, **{**dict(spec.defaults), **(chosen or {}).get(spec.name, {})})
+    accumulators = [spec.make_accumulator(n_texts, **(chosen or {}).get(spec.name, {}))
                     for spec in specs if spec.level == "token"]
     return TokenMetrics(accumulators) if accumulators else None
 
 
-def _prompt_frame(metric: str, per_prompt: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """Long per-prompt values (NaN entries, i.e. skipped prompts, are left out)."""
+def _prompt_frame(token_values: Mapping[str, Any]) -> pd.DataFrame:
+    """Long per-prompt values of every token metric (NaN entries, i.e. skipped prompts, left out)."""
     frames = []
-    for normalization, values in per_prompt.items():  # values: (layers, n_texts)
-        layer, prompt = np.nonzero(np.isfinite(values))
-        frames.append(pd.DataFrame({"layer": layer, "prompt_index": prompt, "metric": metric,
-                                    "normalization": normalization, "value": values[layer, prompt]}))
-    return pd.concat(frames, ignore_index=True)
+    for metric, values in token_values.items():
+        for normalization, array in values.per_prompt.items():  # (layers, n_texts)
+            layer, prompt = np.nonzero(np.isfinite(array))
+            frames.append(pd.DataFrame({"layer": layer, "prompt_index": prompt, "metric": metric,
+                                        "normalization": normalization, "value": array[layer, prompt]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PROMPT_COLUMNS)

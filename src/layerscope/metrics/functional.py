@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from layerscope.errors import LayerscopeError, unknown
+from layerscope.metrics import eigen
 
 __all__ = [
     "DEFAULT_TOL",
@@ -83,6 +84,14 @@ MAX_CHUNK_BYTES = 512 * 2**20
 #: the MKL build inside torch was about 2x slower from n = 576 up (1000 x 1000: 0.24 s vs 0.12 s on
 #: one thread). ``None`` always uses torch.
 NUMPY_EIGVALSH_MIN_SIZE: int | None = 512
+#: Solver behind :func:`eigvalsh`: ``"auto"`` (the rule of :func:`_batched_is_faster`), ``"lapack"``
+#: (``torch.linalg.eigvalsh``, i.e. LAPACK on the CPU and cuSOLVER on a GPU, or NumPy as above) or
+#: ``"batched"`` (:func:`layerscope.metrics.eigen.eigvalsh`, on every device). Set it to compare them.
+EIGVALSH_BACKEND: Literal["auto", "lapack", "batched"] = "auto"
+#: ``"auto"`` takes the batched solver for stacks of at least this many matrices on a CUDA device...
+BATCHED_MIN_MATRICES = 64
+#: ... whose size m lies in this range (inclusive).
+BATCHED_SIZES = (33, 1024)
 #: Size (bytes) of the float64 blocks of centered views whose products build LiDAR's S_w.
 _SCATTER_BLOCK_BYTES = 8 * 2**20
 
@@ -274,14 +283,54 @@ def _inverse_norms(squared_norms: Tensor, scale: Tensor) -> Tensor:
 def eigvalsh(matrix: Tensor) -> Tensor:
     """Ascending eigenvalues of a stack of symmetric matrices (..., m, m), without eigenvectors.
 
-    ``torch.linalg.eigvalsh``, except for large float64 matrices on the CPU, which go to NumPy's
-    LAPACK (see :data:`NUMPY_EIGVALSH_MIN_SIZE`); the result is a tensor on the input's device.
+    Every metric gets its eigenvalues here. :data:`EIGVALSH_BACKEND` chooses the solver; ``"auto"``
+    takes the exact batched solver of :mod:`layerscope.metrics.eigen` where :func:`_batched_is_faster`
+    says so, else ``torch.linalg.eigvalsh`` (NumPy's LAPACK for large CPU float64 matrices, see
+    :data:`NUMPY_EIGVALSH_MIN_SIZE`). Only the lower triangle is read.
+
+    Parameters
+    ----------
+    matrix : Tensor, shape (..., m, m)
+
+    Returns
+    -------
+    Tensor, shape (..., m)
+        In the input's dtype and on its device (the batched solver computes in float64 whatever
+        the input; it has no gradient).
     """
+    if EIGVALSH_BACKEND not in ("auto", "lapack", "batched"):
+        raise unknown("eigenvalue backend", EIGVALSH_BACKEND, ("auto", "lapack", "batched"))
+    if EIGVALSH_BACKEND == "batched" or (EIGVALSH_BACKEND == "auto" and _batched_is_faster(matrix)):
+        return eigen.eigvalsh(matrix).to(matrix.dtype)
     size = matrix.shape[-1]
     threshold = NUMPY_EIGVALSH_MIN_SIZE
     if threshold is not None and size >= threshold and matrix.device.type == "cpu" and matrix.dtype == torch.float64:
         return torch.from_numpy(np.linalg.eigvalsh(matrix.detach().numpy()))
     return torch.linalg.eigvalsh(matrix)
+
+
+def _batched_is_faster(matrix: Tensor) -> bool:
+    """The automatic choice of the batched solver: on CUDA, real float32/float64 stacks of at least
+    :data:`BATCHED_MIN_MATRICES` matrices with ``m`` in :data:`BATCHED_SIZES`, not requiring grad.
+
+    Provisional, reasoned from the first GPU measurements (issue 14), not yet measured on the GPU:
+    cuSOLVER solves a stack of matrices larger than 32 one by one, each a chain of small kernels
+    (1,600 float64 256 x 256 matrices: 3.0 s, 1.9 ms or about 7 us per row each; float32 is slower,
+    7.5 s). The batched solver costs a few dozen kernel launches per row whatever the number of
+    matrices until the device is saturated, so it wins from a few dozen matrices up, whatever m.
+    Kept on cuSOLVER: m <= 32, which it already solves as one batched Jacobi call; m > 1024, where
+    its per-matrix solver is efficient while the bisection's work grows as m^2 per matrix; and the
+    CPU, where LAPACK beats the batched solver at every size we measured
+    (``benchmarks/bench_eigvalsh.py``).
+    """
+    size = matrix.shape[-1]
+    return (
+        matrix.device.type == "cuda"
+        and matrix.dtype in (torch.float32, torch.float64)
+        and not matrix.requires_grad
+        and BATCHED_SIZES[0] <= size <= BATCHED_SIZES[1]
+        and matrix.numel() >= BATCHED_MIN_MATRICES * size * size
+    )
 
 
 def _smaller_gram(Z: Tensor, side: Side = "auto", clamp_gram: bool = False) -> Tensor:
@@ -550,23 +599,43 @@ def _check_tokens(tokens: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tenso
     return tokens, mask
 
 
-def _normalized_gram(tokens: Tensor, mask: Tensor | None, clamp_gram: bool = False) -> Tensor:
+def _normalized_gram(tokens: Tensor, mask: Tensor, clamp_gram: bool = False) -> Tensor:
     """Gram matrix (smaller side) of ``normalize(tokens, mask)`` without materializing the rows.
 
-    On the n x n side the centered Gram is rescaled by the inverse row norms read off its diagonal;
-    on the d x d side the centered rows are scaled in place before the product.
+    ``tokens`` (..., b, t, d) padded, ``mask`` (b, t) of leading real tokens -> (..., b, s, s) with
+    ``s = min(t, d)``. On the t x t side the centered Gram is rescaled by the inverse row norms read
+    off its diagonal; on the d x d side the centered rows are scaled in place before the product.
+    Without the clamp the side does not change the nonzero eigenvalues, so the padded length decides;
+    with it (the authors' variant) each prompt gets the side its own length gives, as if unpadded.
     """
-    centered, _, scale = _center(tokens, mask)  # (..., n, d), (..., 1)
+    centered, _, scale = _center(tokens, mask)  # (..., b, t, d), (..., b, 1)
     n, d = centered.shape[-2:]
     if n <= d:
-        gram = centered @ centered.mT  # (..., n, n)
-        inverse = _inverse_norms(gram.diagonal(dim1=-2, dim2=-1), scale)  # (..., n)
-        gram.mul_(inverse.unsqueeze(-1)).mul_(inverse.unsqueeze(-2))
+        gram = _token_side_gram(centered, scale)  # (..., b, t, t)
+    elif not clamp_gram:
+        gram = _feature_side_gram(centered, scale)  # (..., b, d, d)
     else:
-        inverse = _inverse_norms(centered.square().sum(dim=-1), scale)  # (..., n)
-        centered.mul_(inverse.unsqueeze(-1))
-        gram = centered.mT @ centered  # (..., d, d)
+        # Prompts of at most d real tokens have them all in the first d rows: their d x d block of
+        # the token-side Gram holds their whole Gram (zero rows and columns elsewhere stay zero).
+        short = mask.sum(dim=-1) <= d  # (b,)
+        gram = centered.new_empty((*centered.shape[:-2], d, d))
+        gram[..., short, :, :] = _token_side_gram(centered[..., short, :d, :], scale[..., short, :])
+        gram[..., ~short, :, :] = _feature_side_gram(centered[..., ~short, :, :], scale[..., ~short, :])
     return gram.clamp_min_(0.0) if clamp_gram else gram
+
+
+def _token_side_gram(centered: Tensor, scale: Tensor) -> Tensor:
+    """(..., n, d) centered rows, (..., 1) zero-row scale -> (..., n, n) Gram of the normalized rows."""
+    gram = centered @ centered.mT
+    inverse = _inverse_norms(gram.diagonal(dim1=-2, dim2=-1), scale)  # (..., n)
+    return gram.mul_(inverse.unsqueeze(-1)).mul_(inverse.unsqueeze(-2))
+
+
+def _feature_side_gram(centered: Tensor, scale: Tensor) -> Tensor:
+    """(..., n, d) centered rows (scaled in place), (..., 1) -> (..., d, d) ``Z^T Z`` of the normalized rows."""
+    inverse = _inverse_norms(centered.square().sum(dim=-1), scale)  # (..., n)
+    centered.mul_(inverse.unsqueeze(-1))
+    return centered.mT @ centered
 
 
 def _prompt_entropies(

@@ -1,4 +1,13 @@
-"""Registry of the representation-quality metrics: what each needs, and which way is better.
+"""The registry of representation-quality metrics: the one place that knows a metric.
+
+A :class:`MetricSpec` holds everything the other stages need: the pure function of
+:mod:`layerscope.metrics.functional` that computes it, what it reads (each prompt's token states,
+pooled embeddings, two views or ``n_views`` views), the values it reports and which leads, its
+names for people (plots and reports, terminal tables), the direction label-free selection follows,
+its default options, and its streaming accumulator if it is a token metric. ``compute_metrics``,
+``analyze``, the CLI table, the plots, the report and the selection rules all read the registry, so
+a new metric is one function in ``functional.py``, one :func:`register` call here (or in user code)
+and its reference test.
 
 ``higher_is_better`` is the direction used for label-free layer selection (SPEC sections 4 and 6):
 the selected layer maximizes the metric when True and minimizes it when False. For prompt entropy,
@@ -7,25 +16,23 @@ rule of the paper's Table 2. What the paper found with it (average over 32 MTEB 
 Pythia-410M - best layer 52.0, last layer 45.5, min-DiME 48.5, min-InfoNCE 46.2, min-dataset-entropy
 48.1, i.e. all three label-free choices beat the last layer; LLM2Vec-8B - best 66.3, last 63.9,
 min-DiME 60.0, min-InfoNCE 64.3, min-dataset-entropy 50.4, i.e. only InfoNCE beat the last layer.
-The paper also reports the mid-depth valley of prompt entropy in autoregressive models (compression
-in intermediate layers) coinciding with their best layers. Ranks derived from the dataset entropy
-(``effective_rank``, ``entropy_rank``) follow the dataset-entropy direction; LiDAR and RankMe keep
-the direction of their own papers (higher = better representation), which is the opposite hypothesis
-and is reported as such.
+Ranks derived from the dataset entropy (``effective_rank``, ``entropy_rank``) follow the
+dataset-entropy direction; curvature is lower-is-better (the "straightening" of Hosseini &
+Fedorenko); LiDAR and RankMe keep the direction of their own papers (higher = better), the opposite
+hypothesis, reported as such (on the authors' pythia-410m results the *minimum* of LiDAR selects
+better layers than the maximum).
 
-What our own runs find (``make demo``: bundled SmolLM2-135M-Instruct, offline suite of 11 tasks,
-average x 100): best layer 29 (63.8), last layer 30 (60.7); per task, min-InfoNCE 58.9, min-curvature
-54.4, min-DiME 48.3, max-LiDAR 47.3, min-dataset-entropy 45.6; the fixed 50% and 70% depths 46.6.
-No label-free rule beats the last layer there: SmolLM2's entropy minimum (layers 12-21) is a
-collapse onto one massive-activation token, and those are among its worst layers. On the
-task-averaged curve the entropies correlate *positively* with the score (Spearman: dataset entropy
-+0.48, prompt entropy +0.49) and the invariance losses negatively (InfoNCE -0.63, DiME -0.55), i.e.
+What our own runs find (``make demo``: bundled SmolLM2-135M-Instruct, offline suite of 11 tasks):
+no label-free rule beats the last layer there; SmolLM2's entropy minimum (layers 12-21) is a collapse
+onto one massive-activation token, and those are among its worst layers. On the task-averaged curve
+the entropies correlate *positively* with the score and the invariance losses negatively, i.e.
 InfoNCE and DiME point the paper's way and the entropies the other way. The directions are kept as
 the paper's; ``analyze`` reports every rule beside the baselines.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,10 +43,19 @@ from torch import Tensor
 
 from layerscope.errors import LayerscopeError, unknown
 from layerscope.metrics import functional as F
+from layerscope.metrics.accumulators import (
+    CurvatureAccumulator,
+    PerPromptAccumulator,
+    PromptEntropyAccumulator,
+)
 
-__all__ = ["MetricSpec", "available", "get", "names", "resolve"]
+__all__ = ["INPUT_KINDS", "MetricSpec", "available", "find", "get", "metric_label", "names", "order_metrics", "register", "resolve",
+           "unregister"]
 
-Level = Literal["token", "dataset"]
+Inputs = Literal["tokens", "pooled", "pair", "views"]
+#: What a metric reads, and the augmented views per prompt that needs.
+INPUT_KINDS: dict[str, int] = {"tokens": 0, "pooled": 0, "pair": 2, "views": 16}
+_ENTROPY_NORMALIZATIONS = ("maxEntropy", "raw", "logN", "logD", "logNlogD")
 
 
 @dataclass(frozen=True)
@@ -50,37 +66,118 @@ class MetricSpec:
     ----------
     name : str
         Registry key, e.g. ``"dime"``.
-    level : {"token", "dataset"}
-        ``token``: computed on each prompt's token matrix inside the extraction loop (inputs
-        ``(tokens (..., prompts, tokens, d), lengths (prompts,))``); ``dataset``: on pooled
-        embeddings (``(..., n, d)``, or views, see ``n_views``).
-    n_views : {0, 2, 16}
-        Augmented views per prompt it needs: 0 = the texts themselves; 2 = inputs
-        ``(view_a (..., n, d), view_b (..., n, d))``; 16 = input ``views (..., n, 16, d)``.
+    function : Callable
+        The :mod:`layerscope.metrics.functional` function computing it on a stack of layers, called
+        as ``function(*inputs, **options)`` (``normalization="raw"`` added where it takes one). Token
+        metrics return one value per prompt ``(..., prompts)``, the others one per leading index.
+    inputs : {"tokens", "pooled", "pair", "views"}
+        ``tokens``: each prompt's token states, inputs ``(tokens (..., prompts, tokens, d),
+        lengths (prompts,))``; ``pooled``: ``(..., n, d)``; ``pair``: two views ``(view_a (..., n, d),
+        view_b (..., n, d))``; ``views``: ``(views (..., n, J, d),)``.
     higher_is_better : bool
         Direction for label-free layer selection (see the module docstring).
-    random : bool
-        Whether the value depends on a seed (beyond the views' own seed).
-    defaults : Mapping[str, Any]
-        Default keyword options of :meth:`compute`.
+    display : str
+        Name for plots and reports ("Prompt entropy").
+    short : str
+        Column header of the terminal tables ("prompt H").
     description : str
         One line for tables and ``--help``.
-    function : Callable
-        The :mod:`layerscope.metrics.functional` function implementing it.
-    normalizations : tuple of str
-        Labels of the values :meth:`compute` returns; the first is the one used for selection.
+    defaults : Mapping[str, Any]
+        Default options (those of ``function``, plus ``normalizations`` for entropies).
+    outputs : Mapping[str, str]
+        Reported label -> attribute of the function's result ("" = the result itself).
+    entropy : bool
+        Whether output ``raw`` is an entropy: it is then reported in each of the ``normalizations``
+        option's normalizations (``n`` = rows, or each prompt's tokens; ``d`` = features), the first
+        leading.
+    random : bool
+        Whether the value depends on a seed (beyond the views' own seed).
+    accumulator : type, optional
+        Streaming twin of a token metric (default :class:`~layerscope.metrics.accumulators.PerPromptAccumulator`).
     """
 
     name: str
-    level: Level
-    n_views: int
-    higher_is_better: bool
-    random: bool
-    defaults: Mapping[str, Any]
-    description: str
     function: Callable[..., Any]
-    normalizations: tuple[str, ...]
-    table: Callable[..., dict[str, Tensor]] = field(repr=False, compare=False)
+    inputs: Inputs
+    higher_is_better: bool
+    display: str
+    short: str
+    description: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=lambda: {"raw": ""})
+    entropy: bool = False
+    random: bool = False
+    accumulator: type | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.inputs not in INPUT_KINDS:
+            raise unknown("metric input kind", self.inputs, INPUT_KINDS)
+        if self.entropy and "raw" not in self.outputs:
+            raise LayerscopeError(f"metric '{self.name}': an entropy metric needs a 'raw' output")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        object.__setattr__(self, "outputs", MappingProxyType(dict(self.outputs)))
+
+    # -- derived facts ---------------------------------------------------------------------------
+
+    @property
+    def level(self) -> str:
+        """``token`` (computed inside the extraction loop) or ``dataset`` (on pooled embeddings)."""
+        return "token" if self.inputs == "tokens" else "dataset"
+
+    @property
+    def n_views(self) -> int:
+        """Augmented views per prompt it needs: 0, 2 or 16 (LiDAR's ``J``, overridable per run)."""
+        return INPUT_KINDS[self.inputs]
+
+    @property
+    def normalizations(self) -> tuple[str, ...]:
+        """Labels of the values :meth:`compute` returns by default; the first is the main one."""
+        return self._labels(self.defaults.get("normalizations", ()))
+
+    @property
+    def main(self) -> str:
+        """The value selection, plots and tables use (``maxEntropy`` for entropies, else ``raw``)."""
+        return self.normalizations[0]
+
+    def _labels(self, normalizations: Iterable[str]) -> tuple[str, ...]:
+        extra = tuple(label for label in self.outputs if not (self.entropy and label == "raw"))
+        return (tuple(normalizations) if self.entropy else ()) + extra
+
+    # -- computing -------------------------------------------------------------------------------
+
+    def resolve_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults overridden by ``options``; unknown options raise a one-line error."""
+        options = dict(options or {})
+        extra = set(options) - set(self.defaults)
+        if extra:
+            raise LayerscopeError(
+                f"unknown option(s) {', '.join(sorted(extra))} for metric '{self.name}'; "
+                f"options: {', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        return {**self.defaults, **options}
+
+    def call(self, *inputs: Tensor, **options: Any) -> dict[str, Tensor]:
+        """The function's values by output label, before normalization (token metrics: per prompt).
+
+        ``options`` are already resolved (see :meth:`resolve_options`).
+        """
+        arguments = {key: value for key, value in options.items() if key != "normalizations"}
+        if "normalization" in _parameters(self.function):
+            arguments["normalization"] = "raw"
+        result = self.function(*inputs, **arguments)
+        return {label: result if not attribute else getattr(result, attribute)
+                for label, attribute in self.outputs.items()}
+
+    def normalize(self, values: Mapping[str, Tensor], normalizations: Iterable[str], n: int | Tensor,
+                  d: int) -> dict[str, Tensor]:
+        """Reported values from :meth:`call`'s: an entropy's ``raw`` in each normalization, the rest as they are."""
+        out: dict[str, Tensor] = {}
+        for label in self._labels(normalizations):
+            if self.entropy and (label == "raw" or label not in self.outputs):
+                out[label] = F.normalize_entropy(values["raw"], label, n, d)
+            else:
+                out[label] = values[label]
+        return out
 
     def compute(self, *inputs: Tensor, **options: Any) -> dict[str, Tensor]:
         """Compute the metric on a stack of layers.
@@ -88,163 +185,118 @@ class MetricSpec:
         Parameters
         ----------
         *inputs : Tensor
-            As described by ``level`` and ``n_views``.
+            As described by ``inputs``.
         **options
             Override :attr:`defaults`; unknown options raise.
 
         Returns
         -------
         dict of str to Tensor
-            One float64 tensor of shape (...,) (e.g. ``(layers,)``) per label in ``normalizations``
-            (token-level metrics: means over prompts).
+            One float64 tensor of shape (...,) (e.g. ``(layers,)``) per label (token metrics: means
+            over the prompts they are defined for).
         """
-        extra = set(options) - set(self.defaults)
-        if extra:
-            raise LayerscopeError(
-                f"unknown option(s) {', '.join(sorted(extra))} for metric '{self.name}'; "
-                f"options: {', '.join(sorted(self.defaults)) or 'none'}"
-            )
-        return self.table(*inputs, **{**self.defaults, **options})
+        chosen = self.resolve_options(options)
+        values = self.call(*inputs, **chosen)
+        first = inputs[0]
+        if self.inputs == "tokens":
+            lengths = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+            n: int | Tensor = (torch.full(first.shape[-3:-2], first.shape[-2]) if lengths is None
+                               else torch.as_tensor(lengths))
+            normalized = self.normalize(values, chosen.get("normalizations", ()), n, first.shape[-1])
+            return {label: F.summarize_prompts(value).mean for label, value in normalized.items()}
+        n = first.shape[-3] if self.inputs == "views" else first.shape[-2]
+        return self.normalize(values, chosen.get("normalizations", ()), int(n), int(first.shape[-1]))
+
+    def make_accumulator(self, n_texts: int, **options: Any) -> Any:
+        """The streaming accumulator of a token metric over ``n_texts`` prompts (options resolved here)."""
+        if self.level != "token":
+            raise LayerscopeError(f"metric '{self.name}' is not a token metric: it has no accumulator")
+        chosen = self.resolve_options(options)
+        if self.accumulator is not None:
+            return self.accumulator(n_texts, **chosen)
+        return PerPromptAccumulator(n_texts, self, chosen)
 
 
-def _entropy_table(raw: Tensor, normalizations: Iterable[str], n: int | Tensor, d: int) -> dict[str, Tensor]:
-    return {name: F.normalize_entropy(raw, name, n, d) for name in normalizations}
+def _parameters(function: Callable[..., Any]) -> Mapping[str, Any]:
+    return inspect.signature(function).parameters
 
 
-def _prompt_entropy_table(tokens: Tensor, lengths: Tensor | None = None, **options: Any) -> dict[str, Tensor]:
-    raw = F.prompt_entropy_values(
-        tokens, lengths, options["alpha"], tol=options["tol"], clamp_gram=options["clamp_gram"]
-    )
-    n_real = torch.full(raw.shape[-1:], tokens.shape[-2]) if lengths is None else torch.as_tensor(lengths)
-    return {
-        name: F.summarize_prompts(F.normalize_entropy(raw, name, n_real, tokens.shape[-1])).mean
-        for name in options["normalizations"]
-    }
+def _entropy_options(**extra: Any) -> dict[str, Any]:
+    return {"alpha": 1.0, "normalizations": _ENTROPY_NORMALIZATIONS, "tol": F.DEFAULT_TOL, **extra}
 
 
-def _curvature_table(tokens: Tensor, lengths: Tensor | None = None, **options: Any) -> dict[str, Tensor]:
-    return {"raw": F.curvature(tokens, lengths, abs_cos=options["abs_cos"]).mean}
+_REGISTRY: dict[str, MetricSpec] = {}
 
 
-def _dataset_entropy_table(pooled: Tensor, **options: Any) -> dict[str, Tensor]:
-    raw = F.dataset_entropy(
-        pooled, options["alpha"], "raw", tol=options["tol"], clamp_gram=options["clamp_gram"]
-    )
-    return _entropy_table(raw, options["normalizations"], *pooled.shape[-2:])
+def register(spec: MetricSpec, *, replace: bool = False) -> MetricSpec:
+    """Add a metric to the registry (after the others); it then reaches every stage.
+
+    Parameters
+    ----------
+    spec : MetricSpec
+    replace : bool, default False
+        Allow replacing a registered metric of the same name.
+    """
+    if spec.name in _REGISTRY and not replace:
+        raise LayerscopeError(f"a metric named '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
-def _effective_rank_table(pooled: Tensor, **options: Any) -> dict[str, Tensor]:
-    return {"raw": F.effective_rank(pooled, normalize_rows=options["normalize_rows"], tol=options["tol"])}
+def unregister(name: str) -> None:
+    """Remove a metric from the registry (no error when absent)."""
+    _REGISTRY.pop(name, None)
 
 
-def _entropy_rank_table(pooled: Tensor, **options: Any) -> dict[str, Tensor]:
-    return {"raw": F.entropy_rank(pooled, normalize_rows=options["normalize_rows"], tol=options["tol"])}
-
-
-def _infonce_table(view_a: Tensor, view_b: Tensor, **options: Any) -> dict[str, Tensor]:
-    result = F.infonce(view_a, view_b, options["tau"], options["variant"])
-    return {"raw": result.loss, "bound": result.bound, "normalized": result.normalized}
-
-
-def _lidar_table(views: Tensor, **options: Any) -> dict[str, Tensor]:
-    result = F.lidar(views, options["alpha"], "raw", delta=options["delta"], tol=options["tol"])
-    n, d = views.shape[-3], views.shape[-1]
-    return {**_entropy_table(result.entropy, options["normalizations"], n, d), "exp": result.lidar}
-
-
-def _dime_table(view_a: Tensor, view_b: Tensor, **options: Any) -> dict[str, Tensor]:
-    raw = F.dime(
-        view_a,
-        view_b,
-        options["n_permutations"],
-        options["seed"],
-        options["alpha"],
-        "raw",
-        tol=options["tol"],
-        legacy_covariance=options["legacy_covariance"],
-    )
-    return _entropy_table(raw, options["normalizations"], *view_a.shape[-2:])
-
-
-_ENTROPY_NORMALIZATIONS = ("maxEntropy", "raw", "logN", "logD", "logNlogD")
-
-
-def _spec(
-    name: str,
-    level: Level,
-    n_views: int,
-    higher_is_better: bool,
-    random: bool,
-    defaults: dict[str, Any],
-    description: str,
-    function: Callable[..., Any],
-    table: Callable[..., dict[str, Tensor]],
-    normalizations: tuple[str, ...] = ("raw",),
-) -> MetricSpec:
-    if "normalizations" in defaults:
-        normalizations = tuple(defaults["normalizations"])
-    extras = ("exp",) if name == "lidar" else ()
-    return MetricSpec(
-        name, level, n_views, higher_is_better, random, MappingProxyType(defaults), description,
-        function, normalizations + extras, table,
-    )
-
-
-_SPECS: tuple[MetricSpec, ...] = (
-    _spec(
-        "prompt_entropy", "token", 0, False, False,
-        {"alpha": 1.0, "normalizations": _ENTROPY_NORMALIZATIONS, "tol": F.DEFAULT_TOL, "clamp_gram": False},
+for _spec in (
+    MetricSpec(
+        "prompt_entropy", F.prompt_entropy_values, "tokens", False, "Prompt entropy", "prompt H",
         "matrix entropy of each prompt's normalized tokens, mean over prompts (compression within a prompt)",
-        F.prompt_entropy, _prompt_entropy_table,
+        _entropy_options(clamp_gram=False), entropy=True, accumulator=PromptEntropyAccumulator,
     ),
-    _spec(
-        "curvature", "token", 0, False, False, {"abs_cos": False},
+    MetricSpec(
+        "curvature", F.curvature_values, "tokens", False, "Curvature", "curv",
         "mean turning angle (radians) between consecutive token steps, mean over prompts",
-        F.curvature, _curvature_table,
+        {"abs_cos": False}, accumulator=CurvatureAccumulator,
     ),
-    _spec(
-        "dataset_entropy", "dataset", 0, False, False,
-        {"alpha": 1.0, "normalizations": _ENTROPY_NORMALIZATIONS, "tol": F.DEFAULT_TOL, "clamp_gram": False},
+    MetricSpec(
+        "dataset_entropy", F.dataset_entropy, "pooled", False, "Dataset entropy", "dataset H",
         "matrix entropy of the normalized pooled embeddings (diversity across prompts)",
-        F.dataset_entropy, _dataset_entropy_table,
+        _entropy_options(clamp_gram=False), entropy=True,
     ),
-    _spec(
-        "effective_rank", "dataset", 0, False, False, {"normalize_rows": True, "tol": F.DEFAULT_TOL},
+    MetricSpec(
+        "effective_rank", F.effective_rank, "pooled", False, "Effective rank", "eff rank",
         "Roy-Vetterli effective rank of the normalized pooled embeddings",
-        F.effective_rank, _effective_rank_table,
+        {"normalize_rows": True, "tol": F.DEFAULT_TOL},
     ),
-    _spec(
-        "entropy_rank", "dataset", 0, False, False, {"normalize_rows": True, "tol": F.DEFAULT_TOL},
+    MetricSpec(
+        "entropy_rank", F.entropy_rank, "pooled", False, "Entropy rank exp(S\u2081)", "exp(H)",
         "exp of the Shannon dataset entropy (a soft rank, <= effective rank)",
-        F.entropy_rank, _entropy_rank_table,
+        {"normalize_rows": True, "tol": F.DEFAULT_TOL},
     ),
-    _spec(
-        "rankme", "dataset", 0, True, False, {"normalize_rows": False, "tol": F.DEFAULT_TOL},
+    MetricSpec(
+        "rankme", F.effective_rank, "pooled", True, "RankMe", "RankMe",
         "RankMe (Garrido et al.): effective rank of the raw pooled embeddings, higher = better per its paper",
-        F.effective_rank, _effective_rank_table,
+        {"normalize_rows": False, "tol": F.DEFAULT_TOL},
     ),
-    _spec(
-        "infonce", "dataset", 2, False, False, {"tau": 0.1, "variant": "infonce"},
+    MetricSpec(
+        "infonce", F.infonce, "pair", False, "InfoNCE", "InfoNCE",
         "InfoNCE loss between two augmented views (raw), its MI bound log N - L and 1 - L / log N",
-        F.infonce, _infonce_table, ("raw", "bound", "normalized"),
+        {"tau": 0.1, "variant": "infonce"}, outputs={"raw": "loss", "bound": "bound", "normalized": "normalized"},
     ),
-    _spec(
-        "lidar", "dataset", 16, True, False,
-        {"alpha": 1.0, "normalizations": _ENTROPY_NORMALIZATIONS, "delta": 1e-4, "tol": F.DEFAULT_TOL},
+    MetricSpec(
+        "lidar", F.lidar, "views", True, "LiDAR", "LiDAR",
         "LiDAR: entropy of the LDA matrix over 16 views per prompt (and exp of it), higher = better per its paper",
-        F.lidar, _lidar_table,
+        _entropy_options(delta=1e-4), outputs={"raw": "entropy", "exp": "lidar"}, entropy=True,
     ),
-    _spec(
-        "dime", "dataset", 2, False, True,
-        {
-            "n_permutations": 10, "seed": 0, "alpha": 1.0, "normalizations": _ENTROPY_NORMALIZATIONS,
-            "tol": F.DEFAULT_TOL, "legacy_covariance": False,
-        },
+    MetricSpec(
+        "dime", F.dime, "pair", False, "DiME", "DiME",
         "DiME: entropy gain of unpairing two augmented views (10 seeded permutations)",
-        F.dime, _dime_table,
+        _entropy_options(n_permutations=10, seed=0, legacy_covariance=False), entropy=True, random=True,
     ),
-)
-_BY_NAME = {spec.name: spec for spec in _SPECS}
+):
+    register(_spec)
+del _spec
 
 
 def _key(name: str) -> str:
@@ -253,20 +305,38 @@ def _key(name: str) -> str:
 
 def names() -> list[str]:
     """Names of the registered metrics, in registry order."""
-    return [spec.name for spec in _SPECS]
+    return list(_REGISTRY)
 
 
 def available() -> list[MetricSpec]:
     """Every registered metric, in registry order (token-level first)."""
-    return list(_SPECS)
+    return list(_REGISTRY.values())
 
 
 def get(name: str) -> MetricSpec:
     """The metric called ``name`` (case and ``-``/``_`` insensitive); unknown names suggest the nearest."""
-    spec = _BY_NAME.get(_key(name))
+    spec = _REGISTRY.get(_key(name))
     if spec is None:
-        raise unknown("metric", name, _BY_NAME)
+        raise unknown("metric", name, _REGISTRY)
     return spec
+
+
+def find(name: str) -> MetricSpec | None:
+    """The registered metric called ``name``, or None (no error)."""
+    return _REGISTRY.get(_key(name)) if isinstance(name, str) else None
+
+
+def metric_label(metric: str, normalization: str | None = None) -> str:
+    """How people read a metric's name: its display name, e.g. ``"DiME (maxEntropy)"`` with a normalization."""
+    spec = find(metric)
+    name = spec.display if spec is not None else metric.replace("_", " ").capitalize()
+    return f"{name} ({normalization})" if normalization and normalization not in ("raw", "none") else name
+
+
+def order_metrics(metrics: Iterable[str]) -> list[str]:
+    """Metric names in registry order, unknown ones after them alphabetically."""
+    rank = {name: index for index, name in enumerate(_REGISTRY)}
+    return sorted(dict.fromkeys(metrics), key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def resolve(metrics: str | Iterable[str] = "all") -> list[MetricSpec]:
@@ -282,8 +352,8 @@ def resolve(metrics: str | Iterable[str] = "all") -> list[MetricSpec]:
     list of MetricSpec
     """
     if isinstance(metrics, str):
-        metrics = [part for part in metrics.split(",") if part.strip()]
-    requested = list(metrics)
+        metrics = [metrics]
+    requested = [part.strip() for item in metrics for part in str(item).split(",") if part.strip()]
     if not requested:
         raise LayerscopeError("no metric selected; available: " + ", ".join(names()))
     if any(_key(name) == "all" for name in requested):

@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
-from layerscope.analysis.selection import DEFAULT_HIGHER_IS_BETTER, metric_directions, selection_table
-from layerscope.analysis.tables import default_normalization, infer_last_layer, per_layer_table
+from layerscope.analysis.selection import metric_directions
+from layerscope.analysis.summary import Summary, summarize
+from layerscope.analysis.tables import default_normalization
+from layerscope.config import Config, config_from_dict
 from layerscope.errors import LayerscopeError
 from layerscope.report import plots
 from layerscope.store import ResultsStore, atomic_write_json, atomic_write_text
@@ -45,7 +46,6 @@ from layerscope.store import ResultsStore, atomic_write_json, atomic_write_text
 __all__ = [
     "COMPARE_FILENAME",
     "EXAMPLES_FILENAME",
-    "LABEL_FREE_PRIORITY",
     "PLOTS_DIRNAME",
     "REPORT_FILENAME",
     "RunData",
@@ -65,31 +65,9 @@ COMPARE_FILENAME = "compare.html"
 EXAMPLES_FILENAME = "examples.json"
 PLOTS_DIRNAME = "plots"
 
-#: Metric used for the headline label-free choice when none is configured (``select_by`` in the
-#: run's config or the ``select_by`` argument): the first one the run has. The full comparison of
-#: every rule is the selection table.
-LABEL_FREE_PRIORITY: tuple[str, ...] = ("dime", "infonce", "dataset_entropy", "prompt_entropy")
-
 MAX_EXAMPLE_CHARS = 600
 MAX_EMBEDDED_BYTES = 8 * 2**20
 MAX_EXPERIMENT_IMAGES = 6
-
-_CONFIG_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Model", ("model", "model_id")),
-    ("Revision", ("revision",)),
-    ("Text source", ("dataset", "data_source", "texts")),
-    ("Texts", ("n_texts", "limit")),
-    ("Pooling", ("pooling",)),
-    ("Final norm", ("final_norm",)),
-    ("Max length (tokens)", ("max_length",)),
-    ("Metrics", ("metrics",)),
-    ("Tasks", ("tasks",)),
-    ("Label-free choice by", ("select_by",)),
-    ("Seed", ("seed",)),
-    ("Device", ("device",)),
-    ("Dtype", ("dtype",)),
-    ("Batch size", ("batch_size",)),
-)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -127,21 +105,29 @@ class RunData:
 
     @property
     def model(self) -> str:
-        """Model id of the run (from the runs table, else the config), or ``"unknown model"``."""
-        value = self.info.get("model_id") or self.config.get("model") or self.config.get("model_id")
+        """Model id of the run (the runs table's), or ``"unknown model"``."""
+        value = self.info.get("model_id")
         return str(value) if value else "unknown model"
 
     @property
     def revision(self) -> str | None:
         """Revision of the model, if recorded."""
-        value = self.info.get("revision") or self.config.get("revision")
-        return str(value) if value else None
+        value = self.info.get("revision")
+        return str(value) if value and not _is_missing(value) else None
 
     @property
     def dataset(self) -> str | None:
         """Text source of the run, if recorded."""
-        value = self.info.get("data_source") or self.config.get("dataset") or self.config.get("data_source")
-        return str(value) if value else None
+        value = self.info.get("data_source")
+        return str(value) if value and not _is_missing(value) else None
+
+    @property
+    def typed_config(self) -> Config | None:
+        """The run's configuration as a typed object, when it was stored as one."""
+        try:
+            return config_from_dict(self.config)
+        except LayerscopeError:
+            return None
 
 
 def load_run(directory: str | os.PathLike[str], run_id: str | None = None) -> RunData:
@@ -187,153 +173,34 @@ def load_run(directory: str | os.PathLike[str], run_id: str | None = None) -> Ru
         )
 
 
-@dataclass
-class RunSummary:
-    """Derived tables and choices of one run (what the report and ``compare`` show).
-
-    Attributes
-    ----------
-    per_layer : pandas.DataFrame or None
-        :func:`layerscope.analysis.per_layer_table` (None when the run has neither metrics nor scores).
-    last_layer : int or None
-        The model's last layer L.
-    best_layer : int or None
-        Layer with the best task-averaged score (labels).
-    chosen_layer, chosen_metric : int or None, str or None
-        Label-free choice and the metric it optimises.
-    chosen_higher_is_better : bool or None
-        Direction used for the choice.
-    selection : pandas.DataFrame or None
-        :func:`layerscope.analysis.selection_table` (needs scores).
-    correlations : pandas.DataFrame or None
-        :func:`layerscope.analysis.correlate` (needs metrics and scores).
-    notes : list of str
-        Things the reader should know (incomplete coverage, analyses that could not run).
-    """
-
-    per_layer: pd.DataFrame | None = None
-    last_layer: int | None = None
-    best_layer: int | None = None
-    chosen_layer: int | None = None
-    chosen_metric: str | None = None
-    chosen_higher_is_better: bool | None = None
-    selection: pd.DataFrame | None = None
-    correlations: pd.DataFrame | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def chosen_label(self) -> str | None:
-        """E.g. ``"min DiME"``."""
-        if self.chosen_metric is None:
-            return None
-        direction = "max" if self.chosen_higher_is_better else "min"
-        return f"{direction} {plots.metric_label(self.chosen_metric)}"
-
-    def score_at(self, layer: int | None) -> float | None:
-        """Task-averaged score (x 100) at ``layer``, if known."""
-        if layer is None or self.per_layer is None or "avg_score" not in self.per_layer.columns:
-            return None
-        hit = self.per_layer.loc[self.per_layer["layer"] == layer, "avg_score"]
-        return float(hit.iloc[0]) if len(hit) and np.isfinite(hit.iloc[0]) else None
-
-    def depth_of(self, layer: int | None) -> float | None:
-        """Depth % of ``layer``."""
-        if layer is None or self.last_layer is None:
-            return None
-        return 100.0 * layer / self.last_layer if self.last_layer > 0 else 0.0
+#: Deprecated name of :class:`layerscope.analysis.Summary`.
+RunSummary = Summary
 
 
-def _choose_metric(metrics: pd.DataFrame, select_by: str | None) -> str | None:
-    present = sorted(metrics["metric"].dropna().astype(str).unique())
-    if select_by:
-        if select_by not in present:
-            raise LayerscopeError(
-                f"cannot choose a layer by '{select_by}': the run has no such metric (it has {', '.join(present)})"
-            )
-        return select_by
-    for name in LABEL_FREE_PRIORITY:
-        if name in present:
-            return name
-    known = [name for name in present if name in DEFAULT_HIGHER_IS_BETTER]
-    return known[0] if known else None
-
-
-def summarize_run(run: RunData, *, select_by: str | None = None) -> RunSummary:
-    """Per-layer table, best and label-free layers, selection table and correlations of a run.
+def summarize_run(run: RunData, *, select_by: str | None = None) -> Summary:
+    """:func:`layerscope.analysis.summarize` of a stored run (its configured label-free metric by default).
 
     Parameters
     ----------
     run : RunData
         From :func:`load_run`.
     select_by : str, optional
-        Metric of the headline label-free choice (default: the config's ``select_by``, else the
-        first of :data:`LABEL_FREE_PRIORITY` the run has).
-
-    Returns
-    -------
-    RunSummary
-        Analyses that cannot run (e.g. no scores) are left None with a note.
+        Metric of the headline label-free choice (default: the run's configured one).
     """
-    summary = RunSummary()
-    metrics = run.metrics if not run.metrics.empty else None
-    scores = run.scores if not run.scores.empty else None
-    if metrics is None and scores is None:
-        summary.notes.append("This run stored no per-layer metrics and no task scores.")
-        return summary
-    summary.per_layer = per_layer_table(metrics, scores)
-    summary.last_layer = infer_last_layer(*(frame for frame in (metrics, scores) if frame is not None))
-    grid_notes = summary.per_layer.attrs.get("score_grid", {}).get("notes", [])
-    summary.notes.extend(f"Task scores: {note}." for note in grid_notes)
-    table = summary.per_layer
-
-    if scores is not None and "avg_score" in table.columns and table["avg_score"].notna().any():
-        summary.best_layer = int(table.loc[table["avg_score"].idxmax(), "layer"])
-    if metrics is not None:
-        configured = select_by
-        if configured is None and run.config.get("select_by"):
-            configured = str(run.config["select_by"])
-            if configured not in set(metrics["metric"].astype(str)):
-                summary.notes.append(
-                    f"The run was configured to choose a layer by '{configured}', which it did not compute; "
-                    "the headline choice uses the default metric instead."
-                )
-                configured = None
-        metric = _choose_metric(metrics, configured)
-        if metric is not None and metric in table.columns:
-            higher = metric_directions([metric], strict=False).get(metric, False)
-            column = table[["layer", metric]].dropna()
-            if not column.empty:
-                position = column[metric].idxmax() if higher else column[metric].idxmin()
-                summary.chosen_layer = int(column.loc[position, "layer"])
-                summary.chosen_metric = metric
-                summary.chosen_higher_is_better = higher
-    if scores is not None:
-        mapping = run.config.get("task_to_dataset")
-        mapping = dict(mapping) if isinstance(mapping, Mapping) else None
-        try:
-            summary.selection = selection_table(metrics, scores, task_to_dataset=mapping)
-        except LayerscopeError as error:
-            summary.notes.append(f"Selection table not available: {error}")
-        if metrics is not None:
-            summary.correlations = _correlations(metrics, scores, mapping, summary.notes)
-    return summary
-
-
-def _correlations(
-    metrics: pd.DataFrame, scores: pd.DataFrame, mapping: dict[str, str] | None, notes: list[str]
-) -> pd.DataFrame | None:
-    methods: Sequence[str] = CORRELATION_METHODS
-    for attempt in range(2):
-        try:
-            return correlate(metrics, scores, methods, task_to_dataset=mapping)
-        except LayerscopeError as error:
-            if attempt == 0 and "dcor" in str(error):
-                notes.append(f"Distance correlation left out: {error}")
-                methods = [method for method in CORRELATION_METHODS if method != "dcor"]
-                continue
-            notes.append(f"Correlations not available: {error}")
-            return None
-    return None
+    config = run.config
+    present = set(run.metrics["metric"].astype(str)) if not run.metrics.empty else set()
+    if select_by is not None and select_by not in present:
+        raise LayerscopeError(f"cannot choose a layer by '{select_by}': the run has no such metric "
+                              f"(it has {', '.join(sorted(present)) or 'no metrics'})")
+    mapping = config.get("task_to_dataset") if isinstance(config, Mapping) else None
+    if mapping is None and config.get("kind") == "analysis":  # analyze: each task's metrics on its own texts
+        mapping = {task: task for task in config.get("tasks", [])}
+    return summarize(
+        run.metrics if not run.metrics.empty else None,
+        run.scores if not run.scores.empty else None,
+        select_by=select_by or config.get("select_by"),
+        task_to_dataset=mapping if isinstance(mapping, Mapping) else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -346,7 +213,7 @@ def write_plots(
     plots_dir: str | os.PathLike[str] | None = None,
     select_by: str | None = None,
     run: RunData | None = None,
-    summary: RunSummary | None = None,
+    summary: Summary | None = None,
 ) -> dict[str, Path]:
     """Write the PNG plots of a run and return them by name.
 
@@ -592,7 +459,7 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------- sections
 
 
-def _summary_section(run: RunData, summary: RunSummary) -> tuple[str, str, str]:
+def _summary_section(run: RunData, summary: Summary) -> tuple[str, str, str]:
     cards: list[str] = []
     per_layer = summary.per_layer
 
@@ -665,21 +532,15 @@ def _summary_section(run: RunData, summary: RunSummary) -> tuple[str, str, str]:
 
 def _config_section(run: RunData) -> tuple[str, str, str]:
     config = run.config
-    rows: list[tuple[str, str]] = [("Run id", _e(run.run_id)), ("Status", _e(run.info.get("status")))]
-    used_keys: set[str] = set()
-    for label, keys in _CONFIG_FIELDS:
-        for key in keys:
-            value = config.get(key)
-            if label == "Model" and not value:
-                value = run.info.get("model_id")
-            if label == "Revision" and not value:
-                value = run.info.get("revision")
-            if label == "Text source" and not value:
-                value = run.info.get("data_source")
-            if value not in (None, "", [], {}):
-                rows.append((label, _config_value(value)))
-                used_keys.add(key)
-                break
+    rows: list[tuple[str, str]] = [("Run id", _e(run.run_id)), ("Status", _e(run.info.get("status"))),
+                                   ("Model", _e(run.model))]
+    if run.revision:
+        rows.append(("Revision", _e(run.revision)))
+    typed = run.typed_config
+    if typed is not None:
+        rows += [(label, _e(value)) for label, value in typed.describe() if label not in ("Model", "Revision")]
+    elif run.dataset:
+        rows.append(("Text source", _e(run.dataset)))
     if run.info.get("data_hash"):
         rows.append(("Text content hash", _e(run.info.get("data_hash"))))
     skipped = run.info.get("skipped")
@@ -751,7 +612,7 @@ def _shade(values: pd.Series, higher_is_better: bool) -> Callable[[Any], str]:
     return style
 
 
-def _per_layer_section(run: RunData, summary: RunSummary) -> tuple[str, str, str]:
+def _per_layer_section(run: RunData, summary: Summary) -> tuple[str, str, str]:
     table = summary.per_layer
     if table is None:
         return _section("layers", "Per-layer table", _note("No per-layer values in this run."))
@@ -820,7 +681,7 @@ def _per_layer_section(run: RunData, summary: RunSummary) -> tuple[str, str, str
     return _section("layers", "Per-layer table", body)
 
 
-def _plots_section(run: RunData, summary: RunSummary, images: Mapping[str, Path]) -> tuple[str, str, str]:
+def _plots_section(run: RunData, summary: Summary, images: Mapping[str, Path]) -> tuple[str, str, str]:
     parts: list[str] = []
     if "metric_curves" in images:
         parts.append("<h3>Metrics per layer</h3>")
@@ -859,7 +720,7 @@ _RULE_GROUPS = {
 }
 
 
-def _selection_section(summary: RunSummary) -> tuple[str, str, str]:
+def _selection_section(summary: Summary) -> tuple[str, str, str]:
     table = summary.selection
     if table is None:
         return _section("selection", "Layer selection (Table 2)",
@@ -897,7 +758,7 @@ def _selection_section(summary: RunSummary) -> tuple[str, str, str]:
     return _section("selection", "Layer selection (Table 2)", body)
 
 
-def _correlation_section(run: RunData, summary: RunSummary, images: Mapping[str, Path]) -> tuple[str, str, str]:
+def _correlation_section(run: RunData, summary: Summary, images: Mapping[str, Path]) -> tuple[str, str, str]:
     frame = summary.correlations
     if frame is None or frame.empty:
         reason = ("needs both metrics and task scores" if run.metrics.empty or run.scores.empty
@@ -962,7 +823,7 @@ def _load_examples(run: RunData, examples: Sequence[Any] | None) -> list[tuple[i
     return found
 
 
-def _examples_section(run: RunData, summary: RunSummary, examples: Sequence[Any] | None,
+def _examples_section(run: RunData, summary: Summary, examples: Sequence[Any] | None,
                       max_examples: int) -> tuple[str, str, str]:
     found = _load_examples(run, examples)[:max_examples]
     if not found:

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import textwrap
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from layerscope.analysis.selection import metric_directions
 from layerscope.analysis.tables import default_normalization, infer_last_layer, score_grid
 from layerscope.atomic import atomic_path
 from layerscope.errors import LayerscopeError
+from layerscope.metrics.registry import metric_label, order_metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DPI",
-    "METRIC_ORDER",
     "OKABE_ITO",
     "correlation_figure",
     "data_lines",
@@ -82,30 +82,17 @@ BEST_COLOR = "#000000"
 CHOSEN_COLOR = "#D55E00"
 LAST_COLOR = "#7f7f7f"
 
-_DISPLAY_NAMES = {
-    "prompt_entropy": "Prompt entropy",
-    "dataset_entropy": "Dataset entropy",
-    "dime": "DiME",
-    "infonce": "InfoNCE",
-    "lidar": "LiDAR",
-    "rankme": "RankMe",
-    "curvature": "Curvature",
-    "effective_rank": "Effective rank",
-    "entropy_rank": "Entropy rank exp(S\u2081)",
-}
+def __getattr__(name: str) -> Any:
+    if name == "METRIC_ORDER":  # deprecated: the registry knows the order
+        import warnings
 
-#: Order of metrics in panels and tables (the registry's: token-level, dataset-level, views).
-METRIC_ORDER: tuple[str, ...] = (
-    "prompt_entropy",
-    "curvature",
-    "dataset_entropy",
-    "effective_rank",
-    "entropy_rank",
-    "rankme",
-    "infonce",
-    "lidar",
-    "dime",
-)
+        warnings.warn("plots.METRIC_ORDER is deprecated; use layerscope.metrics.names()", DeprecationWarning,
+                      stacklevel=2)
+        from layerscope.metrics.registry import names
+
+        return tuple(names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _STYLE = {
     "font.size": 10,
@@ -177,20 +164,6 @@ def _suptitle(figure: Figure, title: str) -> None:
     """Figure title, wrapped to the figure's width so that long model or file names are not cut."""
     width = max(30, int(figure.get_figwidth() * 9.5))
     figure.suptitle("\n".join(textwrap.wrap(title, width)) or title)
-
-
-def metric_label(metric: str, normalization: str | None = None) -> str:
-    """Readable name of a metric, e.g. ``"DiME (maxEntropy)"``."""
-    name = _DISPLAY_NAMES.get(metric, metric.replace("_", " ").capitalize())
-    if normalization and normalization not in ("raw", "none"):
-        return f"{name} ({normalization})"
-    return name
-
-
-def order_metrics(names: Iterable[str]) -> list[str]:
-    """Metric names in :data:`METRIC_ORDER`, unknown ones after them alphabetically."""
-    rank = {name: index for index, name in enumerate(METRIC_ORDER)}
-    return sorted(dict.fromkeys(names), key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def _auto_columns(n_panels: int, n_columns: int | None) -> int:

@@ -14,12 +14,20 @@ from layerscope.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
-from layerscope.store.db import SCHEMA_VERSION, STORE_FILENAME, ResultsStore, merge_stores, run_id_for
+from layerscope.store.db import (
+    SCHEMA_VERSION,
+    STORE_FILENAME,
+    ResultsStore,
+    RunWriter,
+    merge_stores,
+    run_id_for,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "STORE_FILENAME",
     "ResultsStore",
+    "RunWriter",
     "atomic_open",
     "atomic_path",
     "atomic_write_bytes",

@@ -55,7 +55,7 @@ import pandas as pd
 
 from layerscope.errors import LayerscopeError, unknown
 
-__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "merge_stores", "run_id_for"]
+__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "RunWriter", "merge_stores", "run_id_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,38 @@ def _as_id_list(run_id: str | Sequence[str] | None) -> list[str] | None:
     if isinstance(run_id, str):
         return [run_id]
     return list(run_id)
+
+
+class RunWriter:
+    """The writes of one run opened with :meth:`ResultsStore.run`.
+
+    Attributes
+    ----------
+    run_id : str
+    skipped : dict of str to int
+        Skip counts recorded when the run finishes.
+    """
+
+    def __init__(self, store: ResultsStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.skipped: dict[str, Any] = {}
+
+    def write_metrics(self, frame: pd.DataFrame) -> int:
+        """See :meth:`ResultsStore.write_metrics`."""
+        return self.store.write_metrics(self.run_id, frame)
+
+    def write_scores(self, frame: pd.DataFrame) -> int:
+        """See :meth:`ResultsStore.write_scores`."""
+        return self.store.write_scores(self.run_id, frame)
+
+    def write_prompt_values(self, frame: pd.DataFrame) -> int:
+        """See :meth:`ResultsStore.write_prompt_values`."""
+        return self.store.write_prompt_values(self.run_id, frame)
+
+    def write_experiment_values(self, frame: pd.DataFrame) -> int:
+        """See :meth:`ResultsStore.write_experiment_values`."""
+        return self.store.write_experiment_values(self.run_id, frame)
 
 
 class ResultsStore:
@@ -393,6 +425,37 @@ class ResultsStore:
                     run_id,
                 ],
             )
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        config: Mapping[str, Any],
+        *,
+        model_id: str | None = None,
+        revision: str | None = None,
+        data_source: str | None = None,
+        data_hash: str | None = None,
+    ) -> Iterator[RunWriter]:
+        """A run as a ``with`` block: registered on entry, marked finished at the end of the block, or
+        failed (with the one-line reason, ``interrupted`` for Ctrl-C) if the block raises.
+
+        Examples
+        --------
+        >>> with store.run(config, model_id="smollm2-135m") as run:        # doctest: +SKIP
+        ...     run.write_metrics(metrics)
+        ...     run.skipped["empty_texts"] = 2
+        """
+        run_id = self.begin_run(config, model_id=model_id, revision=revision, data_source=data_source,
+                                data_hash=data_hash)
+        writer = RunWriter(self, run_id)
+        try:
+            yield writer
+        except BaseException as error:
+            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else _first_line(error)[:500]
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                self.finish_run(run_id, status="failed", error=reason)
+            raise
+        self.finish_run(run_id, skipped=writer.skipped)
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run and all its rows (no error if it does not exist)."""

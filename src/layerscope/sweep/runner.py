@@ -138,37 +138,38 @@ def _run_job(config: dict[str, Any], out: Path, threads: int | None = None) -> d
 
 def _metrics_job(config: dict[str, Any], options: dict[str, Any], out: Path) -> dict[str, Any]:
     """Label-free metrics of every layer on one dataset, written as one run of the unit's store."""
-    from layerscope.data import load_texts
-    from layerscope.metrics.compute import compute_metrics
-    from layerscope.models import load_model
+    from layerscope.config import ExtractConfig, MetricsConfig, ModelConfig, TextConfig, ViewConfig
+    from layerscope.metrics.compute import measure
+    from layerscope.pipeline import main_prompt_values
     from layerscope.store import ResultsStore
 
-    load_options = {key: options.pop(key) for key in ("final_norm", "device", "dtype", "trust_remote_code")
-                    if key in options}
-    limit, column = options.pop("limit", None), options.pop("column", None)
+    def take(keys: tuple[str, ...]) -> dict[str, Any]:
+        return {key: options.pop(key) for key in keys if key in options}
+
+    seed = options.pop("seed", 0)
+    model = ModelConfig(config["model"], config["revision"], **take(("device", "dtype", "trust_remote_code")))
+    extraction = ExtractConfig(**take(("pooling", "final_norm", "max_length", "batch_size", "cache_dtype")))
+    texts = TextConfig(config["dataset"], seed=seed, **take(("column", "limit")))
+    views = ViewConfig(**take(("n_views", "view_texts", "lidar_texts")))
     report = options.pop("report", True)
-    texts = load_texts(config["dataset"], limit=limit, seed=options.get("seed", 0), column=column)
-    model = load_model(config["model"], revision=config["revision"], **load_options)
-    frame = compute_metrics(model, texts, progress=False, **options)
-    prompt_values = frame.attrs["prompt_values"]
-    record = frame.attrs["record"]
-    frame.attrs = {}
-    # the store keeps one normalization per token metric for histograms: the reported (first) one
-    first = prompt_values.groupby("metric")["normalization"].transform("first")
-    prompt_values = prompt_values[prompt_values["normalization"] == first]
-    with ResultsStore.in_directory(out) as store:
-        run_id = store.write_run(
-            {**config, "command": "sweep-metrics", "model": model.describe()},
-            metrics=frame.assign(dataset=config["dataset"]),
-            prompt_values=prompt_values.assign(dataset=config["dataset"]).drop(columns="normalization"),
-            model_id=str(model.model_id), revision=model.revision, data_source=config["dataset"],
-            data_hash=record.get("texts_sha256"), skipped={"empty_texts": int(record.get("n_skipped_empty", 0))},
-        )
+    cache_dir = options.pop("cache_dir", None)
+    job = MetricsConfig(model=model, texts=texts, extraction=extraction, views=views, seed=seed,
+                        **take(("metrics", "options")))
+    loaded = model.load(extraction.final_norm)
+    with ResultsStore.in_directory(out) as store, store.run(
+        {**job.to_dict(), "unit": config}, model_id=str(loaded.model_id), revision=loaded.revision,
+        data_source=config["dataset"],
+    ) as run:
+        measured = measure(loaded, texts.load(), metrics=job.metrics, views=views, extraction=extraction, seed=seed,
+                           options=job.options, cache_dir=cache_dir, progress=False)
+        run.write_metrics(measured.metrics.assign(dataset=config["dataset"]))
+        run.write_prompt_values(main_prompt_values(measured.prompt_values).assign(dataset=config["dataset"]))
+        run.skipped["empty_texts"] = int(measured.extraction.record.get("n_skipped_empty", 0))
     if report:
         from layerscope.report import build_report
 
-        build_report(out, run_id=run_id)
-    return {"run_id": run_id}
+        build_report(out, run_id=run.run_id)
+    return {"run_id": run.run_id}
 
 
 def run_sweep(

@@ -38,8 +38,8 @@ _TOP_LEVEL = ("job", "out", "models", "revisions", "datasets", "options")
 _MODEL_KEYS = ("name", "revisions")
 # options a sweep sets itself for every unit
 _UNIT_FIELDS = ("model", "revision", "dataset", "out", "progress", "loaded_model", "texts")
-# options of the metrics job besides those of compute_metrics
-_METRICS_EXTRA = ("limit", "column", "final_norm", "device", "dtype", "trust_remote_code", "report")
+# options of the metrics job: the fields of its configurations, and where to cache and whether to report
+_METRICS_EXTRA = ("cache_dir", "report")
 
 
 def _job_options(job: str) -> set[str]:
@@ -49,9 +49,12 @@ def _job_options(job: str) -> set[str]:
 
         names = set(inspect.signature(analyze).parameters)
     else:
-        from layerscope.metrics.compute import compute_metrics
+        import dataclasses
 
-        names = set(inspect.signature(compute_metrics).parameters) | set(_METRICS_EXTRA)
+        from layerscope.config import ExtractConfig, MetricsConfig, ModelConfig, TextConfig, ViewConfig
+
+        names = {item.name for cls in (ModelConfig, ExtractConfig, TextConfig, ViewConfig, MetricsConfig)
+                 for item in dataclasses.fields(cls) if item.metadata} | set(_METRICS_EXTRA)
     return names - set(_UNIT_FIELDS)
 
 

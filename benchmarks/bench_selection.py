@@ -1,0 +1,231 @@
+"""Benchmark: label-free layer selection judged on models it was not chosen on (issue 13, point 1).
+
+Runs the protocol of :mod:`layerscope.analysis.protocol` on the models of the authors' stored results
+(``../shared/fixtures/authors_results``: those with a usable layer x task grid at revision ``main``)
+plus the models of any layerscope run folders given as arguments (``results.duckdb``), and prints:
+
+(a) the paper's Table 2 for pythia-410m from the fixture (min-DiME 48.50, best layer 17 51.9, last
+    layer 46.8);
+(b) issue 13's table: per rule family, the mean regret (oracle best single layer's average minus the
+    rule's, x 100) over the models with its bootstrap interval over tasks, and the wins against the
+    last layer; a fixed rule is scored as it is, a family is chosen leave-one-model-out (the rule
+    with the best mean regret on the other models, scored on the held-out one);
+(c) the selector the protocol picks from all its candidates (chosen on all models: what a new model
+    would get), and the held-out record of that choice: per model, leave-one-model-out and
+    leave-one-family-out.
+
+The last line is ``regret: <mean leave-one-model-out regret of the protocol's choice>``.
+
+Run: ``.venv/bin/python benchmarks/bench_selection.py [RUN_FOLDER ...]`` (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from layerscope.analysis import format_table, load_authors_results
+from layerscope.analysis.protocol import ProtocolResult, default_candidates, rules_of_family, run_protocol
+from layerscope.analysis.rules import (
+    LastLayer,
+    MetricRule,
+    ModelData,
+    RankAggregateRule,
+    authors_coverage,
+    authors_models,
+    run_models,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TABLE2_MODEL = "pythia-410m"
+
+#: Issue 13's table (7 models: the 6 fixture models plus a layerscope run of SmolLM2): mean regret, wins.
+ISSUE_TABLE: dict[str, tuple[float, str]] = {
+    "last layer": (5.60, "-"),
+    "min dime per task (the paper's)": (7.16, "3 of 7"),
+    "min infonce per task": (5.59, "4 of 7"),
+    "best fixed depth, picked on the other models": (6.01, "4 of 7"),
+    "rank-average in a late-depth window, picked on the other models": (2.98, "6 of 7"),
+}
+
+
+#: Column heads of the per-model table, in the order of the table's rows.
+SHORT_LABELS = ("last", "min dime/task", "min infonce/task", "depth LOMO", "rank-late LOMO", "protocol LOMO")
+
+
+def default_fixture() -> Path | None:
+    for candidate in (os.environ.get("LAYERSCOPE_AUTHORS_RESULTS"), REPO.parent / "shared" / "fixtures" / "authors_results"):
+        if candidate and (Path(candidate) / "authors_mteb_scores.csv").is_file():
+            return Path(candidate)
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Judge label-free layer-selection rules leave-one-model-out and leave-one-family-out "
+        "on the authors' stored results plus layerscope run folders.",
+    )
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders (with results.duckdb) to add, e.g. runs/demo")
+    parser.add_argument(
+        "--authors", type=Path, default=None,
+        help="folder of the authors' results (default: $LAYERSCOPE_AUTHORS_RESULTS or ../shared/fixtures/authors_results)",
+    )  # fmt: skip
+    parser.add_argument("--no-authors", action="store_true", help="use the run folders only")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the tasks (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
+    parser.add_argument("--verbose", action="store_true", help="log which models are used and why")
+    return parser.parse_args(argv)
+
+
+def late_window(rule: object) -> bool:
+    return isinstance(rule, RankAggregateRule) and rule.lo >= 0.5
+
+
+def print_table2(authors_dir: Path) -> None:
+    authors = load_authors_results(authors_dir)
+    table = authors.selection_table(TABLE2_MODEL, "main").set_index("rule")
+    rows = ["best layer (labels)", "last layer", "min dime", "min infonce", "min dataset_entropy"]
+    shown = table.loc[rows, ["layer", "average", "gain_vs_last", "n_fallback"]].reset_index()
+    print(f"(a) Table 2, {TABLE2_MODEL} (authors' results, average over {int(table['n_tasks'].iloc[0])} tasks x 100)")
+    print(format_table(shown, decimals_by_column={"average": 2, "gain_vs_last": 2}))
+    print(
+        f"    min-DiME {table.loc['min dime', 'average']:.2f} (paper 48.5); best layer "
+        f"{int(table.loc['best layer (labels)', 'layer'])} {table.loc['best layer (labels)', 'average']:.1f} "
+        f"(paper 52.0); last layer {table.loc['last layer', 'average']:.1f} (paper 45.5)"
+    )
+
+
+def interval(row: pd.Series) -> str:
+    return f"[{row['regret_low']:.2f}, {row['regret_high']:.2f}]"
+
+
+def print_family_table(result: ProtocolResult, labels: dict[str, str], n_models: int) -> None:
+    summary = result.summary
+    rows = []
+    for label, kind in labels.items():
+        scheme = "fixed" if kind == "fixed" else "model"
+        row = summary[(summary["selector"] == label) & (summary["scheme"] == scheme)].iloc[0]
+        reference = ISSUE_TABLE.get(label)
+        rows.append(
+            {
+                "rule": label,
+                "held out": "-" if scheme == "fixed" else "LOMO",
+                "mean regret": f"{row['mean_regret']:.2f}",
+                "95% interval": interval(row),
+                "wins vs last": "-" if label == "last layer" else f"{row['wins']} of {n_models}",
+                "issue (7 models)": "-" if reference is None else f"{reference[0]:.2f} ({reference[1]})",
+            }
+        )
+    print(format_table(pd.DataFrame(rows)))
+
+
+def print_per_model(result: ProtocolResult, short: dict[str, str]) -> None:
+    frame = result.per_model
+    frame = frame[frame["selector"].isin(list(short)) & frame["scheme"].isin(["fixed", "model"])]
+    wide = frame.pivot(index="model", columns="selector", values="regret")[list(short)]
+    wide.columns = list(short.values())
+    print(format_table(wide.reset_index(), decimals=2))
+
+
+def print_protocol(result: ProtocolResult) -> None:
+    rule = result.selector
+    top = result.ranking.iloc[0]
+    print(f"(c) the protocol's selector (best mean regret on all {int(top['n_models'])} models, of "
+          f"{len(result.ranking)} candidates): {rule.name}")
+    print(f"    family {rule.family}; params {rule.params_json()}")
+    print(f"    in-sample: mean regret {top['mean_regret']:.2f}, wins vs last {int(top['wins'])} of {int(top['n_models'])}")
+    print("    next best in-sample:")
+    for _, row in result.ranking.iloc[1:6].iterrows():
+        print(f"      {row['mean_regret']:.2f}  {row['rule']}")
+    frame = result.per_model[result.per_model["selector"] == result.label]
+    for scheme, title in (("model", "leave-one-model-out"), ("family", "leave-one-family-out")):
+        part = frame[frame["scheme"] == scheme]
+        if part.empty:
+            print(f"    {title}: not run (a single family)")
+            continue
+        shown = part[["model", "family", "rule", "regret", "regret_low", "regret_high", "gain_vs_last", "win"]]
+        print(f"    {title}: the rule chosen on the training models, scored on the held-out one")
+        print(format_table(shown.reset_index(drop=True), decimals=2))
+        row = result.summary[(result.summary["selector"] == result.label) & (result.summary["scheme"] == scheme)].iloc[0]
+        print(
+            f"    {title}: mean held-out regret {row['mean_regret']:.2f} {interval(row)}, "
+            f"gain vs last {row['mean_gain_vs_last']:+.2f}, wins vs last {row['wins']} of {row['n_models']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(message)s")
+    started = time.perf_counter()
+    models: list[ModelData] = []
+    authors_dir = None if args.no_authors else (args.authors or default_fixture())
+    if not args.no_authors:
+        if authors_dir is None:
+            print("the authors' results were not found: pass --authors or set LAYERSCOPE_AUTHORS_RESULTS", file=sys.stderr)
+            return 2
+        print_table2(authors_dir)
+        print()
+        coverage = authors_coverage(authors_dir)
+        print("authors' models with a usable layer x task grid at revision main:")
+        print(format_table(coverage[["model", "last_layer", "n_layers_complete", "fully_complete", "usable", "reason"]]))
+        models += authors_models(authors_dir)
+    for folder in args.runs:
+        found = run_models(folder)
+        print(f"run folder {folder}: {', '.join(model.name for model in found) or 'no finished run with scores'}")
+        models += found
+    if len(models) < 2:
+        print("the protocol needs at least 2 models", file=sys.stderr)
+        return 2
+    print()
+    print("models:")
+    print(format_table(pd.DataFrame([model.describe() for model in models]).drop(columns=["metrics", "source"])))
+
+    candidates = default_candidates()
+    labels = {
+        "last layer": "fixed",
+        "min dime per task (the paper's)": "fixed",
+        "min infonce per task": "fixed",
+        "best fixed depth, picked on the other models": "family",
+        "rank-average in a late-depth window, picked on the other models": "family",
+        "any candidate rule (the protocol), picked on the other models": "family",
+    }
+    selectors = {
+        "last layer": LastLayer(),
+        "min dime per task (the paper's)": MetricRule("dime", "min", texts="task"),
+        "min infonce per task": MetricRule("infonce", "min", texts="task"),
+        "best fixed depth, picked on the other models": rules_of_family(candidates, "fixed_depth"),
+        "rank-average in a late-depth window, picked on the other models": rules_of_family(
+            candidates, "rank_aggregate", predicate=late_window
+        ),
+    }
+    result = run_protocol(models, candidates, selectors=selectors, n_boot=args.n_boot, seed=args.seed,
+                          confidence=args.confidence, label=list(labels)[-1])  # fmt: skip
+
+    print()
+    print(f"(b) issue 13's table on {len(models)} models: regret = oracle best single layer - rule (x 100), "
+          f"{args.confidence:.0%} bootstrap interval over tasks (seed {args.seed}, {args.n_boot} resamples)")
+    print_family_table(result, labels, len(models))
+    print()
+    print("    per-model regret (held out: LOMO for the rows picked on the other models):")
+    print_per_model(result, dict(zip(labels, SHORT_LABELS, strict=True)))
+    chosen = result.per_model[result.per_model["scheme"] == "model"]
+    for label in list(labels)[3:5]:
+        picks = chosen.loc[chosen["selector"] == label, ["model", "rule"]]
+        print(f"    {label}: " + "; ".join(f"{model} <- {rule}" for model, rule in picks.itertuples(index=False)))
+    print()
+    print_protocol(result)
+    print()
+    print(f"{len(models)} models, {len(candidates)} candidate rules, {time.perf_counter() - started:.1f} s")
+    print(f"regret: {result.held_out_regret('model'):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""One summary of a run: which layer, and why (what ``analyze`` prints and the report shows).
+
+:func:`summarize` derives, from a run's long metric table and its task scores, the per-layer table,
+the best layer with labels, the layer chosen without labels, the Table-2-style selection table and
+the metric-score correlations. ``analyze`` and the report both call it, so they cannot disagree.
+
+Metrics computed on several text sets (``analyze``: each task's own texts, plus all texts together
+under :data:`ALL_TEXTS`) are summarised per layer and used for the headline label-free choice on the
+all-texts set; the selection table and the per-task correlations use each task's own set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
+from layerscope.analysis.selection import metric_directions, select_layer, selection_table
+from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
+from layerscope.errors import LayerscopeError
+from layerscope.metrics.registry import metric_label
+
+__all__ = ["ALL_TEXTS", "Summary", "reference_metrics", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+#: The ``dataset`` label of metrics computed on the union of a run's text sets.
+ALL_TEXTS = "all"
+
+
+@dataclass
+class Summary:
+    """Derived tables and choices of one run.
+
+    Attributes
+    ----------
+    per_layer : pandas.DataFrame or None
+        :func:`~layerscope.analysis.per_layer_table` of the reference metrics and the scores.
+    last_layer : int or None
+        The model's last layer L.
+    best_layer : int or None
+        Layer with the best task-averaged score (labels).
+    chosen_layer, chosen_metric : int or None, str or None
+        Label-free choice and the metric it optimises (on the all-texts set).
+    chosen_higher_is_better : bool or None
+        Direction used for the choice.
+    selection : pandas.DataFrame or None
+        :func:`~layerscope.analysis.selection_table` (needs scores).
+    correlations : pandas.DataFrame or None
+        :func:`~layerscope.analysis.correlate` (needs metrics and scores).
+    notes : list of str
+        Things the reader should know (incomplete coverage, analyses that could not run).
+    """
+
+    per_layer: pd.DataFrame | None = None
+    last_layer: int | None = None
+    best_layer: int | None = None
+    chosen_layer: int | None = None
+    chosen_metric: str | None = None
+    chosen_higher_is_better: bool | None = None
+    selection: pd.DataFrame | None = None
+    correlations: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chosen_label(self) -> str | None:
+        """E.g. ``"min DiME"``."""
+        if self.chosen_metric is None:
+            return None
+        return f"{'max' if self.chosen_higher_is_better else 'min'} {metric_label(self.chosen_metric)}"
+
+    def score_at(self, layer: int | None) -> float | None:
+        """Task-averaged score (x 100) at ``layer``, if known."""
+        if layer is None or self.per_layer is None or "avg_score" not in self.per_layer.columns:
+            return None
+        hit = self.per_layer.loc[self.per_layer["layer"] == layer, "avg_score"]
+        return float(hit.iloc[0]) if len(hit) and np.isfinite(hit.iloc[0]) else None
+
+    def depth_of(self, layer: int | None) -> float | None:
+        """Depth % of ``layer``."""
+        if layer is None or self.last_layer is None:
+            return None
+        return 100.0 * layer / self.last_layer if self.last_layer > 0 else 0.0
+
+
+def reference_metrics(metrics: pd.DataFrame, all_texts: str = ALL_TEXTS) -> tuple[pd.DataFrame, str | None]:
+    """The metric rows a run is summarised by, and their text set.
+
+    The all-texts set when the table has several sets including it; the only set when there is one;
+    otherwise every row (per-layer values are then averaged over the sets, with a note).
+    """
+    datasets = metric_datasets(metrics)
+    if len(datasets) > 1 and all_texts in datasets:
+        return metrics[metrics["dataset"] == all_texts], all_texts
+    if len(datasets) <= 1:
+        return metrics, datasets[0] if datasets else None
+    return metrics, None
+
+
+def _default_select_by(present: Sequence[str]) -> str | None:
+    from layerscope.config import AnalysisConfig
+    from layerscope.metrics.registry import names
+
+    default = AnalysisConfig.__dataclass_fields__["select_by"].default
+    ordered = [default, *names()]
+    return next((name for name in ordered if name in present), None)
+
+
+def summarize(
+    metrics: pd.DataFrame | None,
+    scores: pd.DataFrame | None,
+    *,
+    select_by: str | None = None,
+    task_to_dataset: Mapping[str, str] | None = None,
+    all_texts: str = ALL_TEXTS,
+    correlation_methods: Sequence[str] = CORRELATION_METHODS,
+) -> Summary:
+    """Per-layer table, best and label-free layers, selection table and correlations of a run.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame or None
+        Long per-layer metrics (with ``dataset`` when computed on several text sets).
+    scores : pandas.DataFrame or None
+        Per-layer task scores.
+    select_by : str, optional
+        Metric of the headline label-free choice (default: ``analyze``'s default if the run has it,
+        else the first registered metric it has).
+    task_to_dataset : mapping, optional
+        Task -> the metric ``dataset`` computed on its texts (default: the task's name).
+    all_texts : str
+        Name of the all-texts set.
+    correlation_methods : sequence of str
+        Correlation methods (distance correlation is left out, with a note, if ``dcor`` is missing).
+
+    Returns
+    -------
+    Summary
+        Analyses that cannot run (e.g. no scores) are left None with a note.
+    """
+    summary = Summary()
+    metrics = metrics if metrics is not None and not metrics.empty else None
+    scores = scores if scores is not None and not scores.empty else None
+    if metrics is None and scores is None:
+        summary.notes.append("This run stored no per-layer metrics and no task scores.")
+        return summary
+    reference, source = (None, None) if metrics is None else reference_metrics(metrics, all_texts)
+    if metrics is not None and source is None:
+        summary.notes.append("Per-layer metric values are averaged over the run's text sets.")
+    summary.per_layer = per_layer_table(reference, scores)
+    summary.last_layer = infer_last_layer(*(frame for frame in (metrics, scores) if frame is not None))
+    summary.notes.extend(f"Task scores: {note}." for note in summary.per_layer.attrs.get("score_grid", {}).get("notes", []))
+    table = summary.per_layer
+    if scores is not None and "avg_score" in table.columns and table["avg_score"].notna().any():
+        summary.best_layer = int(table.loc[table["avg_score"].idxmax(), "layer"])
+
+    if reference is not None:
+        present = sorted(reference["metric"].dropna().astype(str).unique())
+        metric = select_by if select_by in present else _default_select_by(present)
+        if select_by is not None and select_by not in present:
+            summary.notes.append(f"The run did not compute '{select_by}': the headline label-free choice uses "
+                                 f"{metric} instead.")
+        if metric is not None:
+            higher = metric_directions([metric], strict=False).get(metric, False)
+            try:
+                if source is None:  # sets without an all-texts one: the per-layer mean over the sets
+                    column = table[["layer", metric]].dropna()
+                    position = column[metric].idxmax() if higher else column[metric].idxmin()
+                    summary.chosen_layer = int(column.loc[position, "layer"])
+                else:
+                    summary.chosen_layer = select_layer(reference, by=metric, higher_is_better=higher,
+                                                        dataset=source)
+                summary.chosen_metric, summary.chosen_higher_is_better = metric, higher
+            except (LayerscopeError, KeyError, ValueError) as error:
+                summary.notes.append(f"No label-free choice: {error}")
+
+    if scores is not None:
+        mapping = dict(task_to_dataset) if isinstance(task_to_dataset, Mapping) else None
+        try:
+            summary.selection = selection_table(metrics, scores, task_to_dataset=mapping)
+        except LayerscopeError as error:
+            summary.notes.append(f"Selection table not available: {error}")
+        if metrics is not None:
+            summary.correlations = _correlations(metrics, scores, mapping, correlation_methods, summary.notes)
+    return summary
+
+
+def _correlations(metrics: pd.DataFrame, scores: pd.DataFrame, mapping: dict[str, str] | None,
+                  methods: Sequence[str], notes: list[str]) -> pd.DataFrame | None:
+    try:
+        return correlate(metrics, scores, list(methods), task_to_dataset=mapping)
+    except LayerscopeError as error:
+        if "dcor" not in str(error):
+            notes.append(f"Correlations not available: {error}")
+            return None
+        notes.append(f"Distance correlation left out: {error}")
+    try:
+        return correlate(metrics, scores, [method for method in methods if method != "dcor"],
+                         task_to_dataset=mapping)
+    except LayerscopeError as error:
+        notes.append(f"Correlations not available: {error}")
+        return None

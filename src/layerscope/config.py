@@ -1,0 +1,362 @@
+"""Typed, validated, printable configurations: what is chosen about a run, declared once.
+
+Each configuration is a frozen dataclass (scikit-learn style: every option a field with a default,
+stored unchanged), validated once when it is made, with the one-line errors users see elsewhere.
+``to_dict()`` gives plain JSON-ready values and ``from_dict()`` reads them back (unknown keys are an
+error that names the nearest known one), so the results store records a run's configuration
+verbatim and the report reads it back without guessing. Each field's metadata carries the words a
+user sees (its label in reports, its help text and flag on the command line), so the CLI's shared
+options are declared here and nowhere else.
+
+- :class:`ModelConfig`: which model and how it is loaded.
+- :class:`TextConfig`: a text source (bundled corpus, file, hub dataset) and how much of it.
+- :class:`ExtractConfig`: how hidden states become pooled embeddings.
+- :class:`ViewConfig`: augmented views for the invariance metrics.
+- :class:`MetricsConfig`: the label-free metrics of one text source (``compute_metrics``, sweeps).
+- :class:`AnalysisConfig`: the main job (``analyze``): metrics, task scores and the layer choice.
+
+Importing this module is cheap (no torch, no transformers): the CLI builds its options from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
+
+from layerscope.errors import LayerscopeError, suggest
+
+__all__ = [
+    "CONFIG_KINDS",
+    "DTYPES",
+    "FINAL_NORMS",
+    "POOLINGS",
+    "AnalysisConfig",
+    "Config",
+    "ExtractConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "TextConfig",
+    "ViewConfig",
+    "config_from_dict",
+    "option",
+]
+
+POOLINGS = ("mean", "last", "first")
+FINAL_NORMS = ("none", "all")
+DTYPES = ("float32", "bfloat16", "float16")
+CACHE_DTYPES = ("float32", "float16")
+DEFAULT_MAX_LENGTH = 512
+
+C = TypeVar("C", bound="Config")
+
+
+def option(default: Any, help: str, *, label: str | None = None, flag: str | None = None,
+           short: str | None = None, cli: bool = True, factory: Any = None) -> Any:
+    """A configuration field with the words users see.
+
+    Parameters
+    ----------
+    default : Any
+        The default value (immutable).
+    help : str
+        One line for ``--help``.
+    label : str, optional
+        How reports name the field (default: none, the field is not listed there).
+    flag : str, optional
+        The long CLI flag (default ``--`` + the field name with dashes).
+    short : str, optional
+        A short CLI flag, e.g. ``-m``.
+    cli : bool, default True
+        Whether the CLI offers the field as an option.
+    factory : callable, optional
+        Builds the default instead (for mutable defaults).
+    """
+    metadata = {"help": help, "label": label, "flag": flag, "short": short, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _one_of(value: Any, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise LayerscopeError(f"unknown {what} '{value}'{suggest(str(value), choices)}; use one of {', '.join(choices)}")
+
+
+def _positive(value: Any, what: str, *, minimum: int = 1, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LayerscopeError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of the configurations: validation hook, dict round trip, report rows."""
+
+    kind: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`~layerscope.errors.LayerscopeError` for a bad value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values (nested configurations as dicts, tuples as lists)."""
+        out: dict[str, Any] = {"kind": self.kind} if self.kind else {}
+        for item in dataclasses.fields(self):
+            out[item.name] = _plain(getattr(self, item.name))
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """The configuration ``to_dict`` described; unknown keys raise a one-line error."""
+        if not isinstance(data, Mapping):
+            raise LayerscopeError(f"a {cls.__name__} must be given as a mapping, got {type(data).__name__}")
+        names = {item.name for item in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key != "kind"}
+        for key in values:
+            if key not in names:
+                raise LayerscopeError(f"unknown {cls.__name__} option '{key}'{suggest(key, names)}; "
+                                      f"options: {', '.join(sorted(names))}")
+        hints = typing.get_type_hints(cls)
+        for key, value in list(values.items()):
+            nested = _config_type(hints[key])
+            if nested is not None and isinstance(value, Mapping):
+                values[key] = nested.from_dict(value)
+            elif isinstance(value, list):
+                values[key] = tuple(value)
+        return cls(**values)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(label, value) rows of the labelled fields, nested configurations included, for reports."""
+        rows: list[tuple[str, str]] = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Config):
+                rows += value.describe()
+            elif item.metadata.get("label") and value not in (None, "", (), {}):
+                rows.append((item.metadata["label"], _text(value)))
+        return rows
+
+
+def _config_type(annotation: Any) -> type[Config] | None:
+    """The Config class in an annotation such as ``TextConfig | None``."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, Config):
+            return candidate
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key}: {_text(item)}" for key, item in value.items())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A read-only copy of nested option mappings (frozen configs must not change under a user)."""
+    return MappingProxyType({str(key): MappingProxyType(dict(item)) if isinstance(item, Mapping) else item
+                             for key, item in (value or {}).items()})
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """Which model, and how it is loaded (:func:`layerscope.load_model`)."""
+
+    model: str = option("smollm2-135m", "Bundled alias, HF hub id, local folder or .gguf file.",
+                        label="Model", short="-m")
+    revision: str | None = option(None, "Hub revision (e.g. Pythia's step64000).", label="Revision")
+    device: str = option("auto", "auto | cpu | cuda | cuda:1 ... | map (device_map='auto': a big model over "
+                         "all GPUs and the CPU)", label="Device")
+    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)",
+                               label="Dtype")
+    trust_remote_code: bool = option(False, "Allow model code from the hub (off by default).")
+
+    def validate(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise LayerscopeError("no model given: use a bundled alias (layerscope models), a hub id or a path")
+        if self.dtype is not None:
+            _one_of(self.dtype, DTYPES, "dtype")
+        device = str(self.device)
+        if device not in ("auto", "cpu", "map", "mps") and not device.startswith("cuda"):
+            raise LayerscopeError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or map")
+
+    def load(self, final_norm: str = "none") -> Any:
+        """The model, loaded (a :class:`~layerscope.models.LoadedModel`)."""
+        from layerscope.models import load_model
+
+        return load_model(self.model, revision=self.revision, dtype=self.dtype, device=self.device,
+                          final_norm=final_norm, trust_remote_code=self.trust_remote_code)
+
+
+@dataclass(frozen=True)
+class TextConfig(Config):
+    """A text source and how much of it (:func:`layerscope.load_texts`)."""
+
+    dataset: str = option("rotten-tomatoes", "Bundled corpus, file (.txt/.jsonl/.csv/.parquet) or HF dataset.",
+                          label="Text source", short="-d")
+    column: str | None = option(None, "Text column of table files and HF datasets.", label="Text column")
+    limit: int | None = option(None, "Use a seeded random subset of this many texts.", label="Text limit")
+    seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
+
+    def validate(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise LayerscopeError("no text source given: a bundled corpus (layerscope datasets), a file or a hub dataset")
+        _positive(self.limit, "limit", allow_none=True)
+
+    def load(self) -> list[str]:
+        """The texts."""
+        from layerscope.data import load_texts
+
+        return load_texts(self.dataset, limit=self.limit, seed=self.seed, column=self.column)
+
+
+@dataclass(frozen=True)
+class ExtractConfig(Config):
+    """How hidden states become pooled embeddings (:func:`layerscope.extract`)."""
+
+    pooling: str = option("mean", "mean | last | first", label="Pooling")
+    final_norm: str = option("none", "none (raw residual stream) | all (final norm on every layer)",
+                             label="Final norm")
+    max_length: int = option(DEFAULT_MAX_LENGTH, "Truncate texts to this many tokens.", label="Max length (tokens)")
+    batch_size: int | str = option("auto", "Texts per batch, or auto.", label="Batch size")
+    cache_dtype: str = option("float32", "Storage precision of cached embeddings: float32 | float16.",
+                              label="Cache dtype")
+
+    def validate(self) -> None:
+        _one_of(self.pooling, POOLINGS, "pooling")
+        _one_of(self.final_norm, FINAL_NORMS, "final norm")
+        _positive(self.max_length, "max_length")
+        if self.batch_size != "auto":
+            _positive(self.batch_size, "batch_size (or 'auto')")
+        _one_of(self.cache_dtype, CACHE_DTYPES, "cache dtype")
+
+    def extract_options(self) -> dict[str, Any]:
+        """Keyword options of :func:`layerscope.extract` (final_norm belongs to the loaded model)."""
+        return {"pooling": self.pooling, "max_length": self.max_length, "batch_size": self.batch_size,
+                "cache_dtype": self.cache_dtype}
+
+
+@dataclass(frozen=True)
+class ViewConfig(Config):
+    """Augmented views for the invariance metrics (InfoNCE and DiME: 2 views; LiDAR: ``n_views``).
+
+    ``view_texts`` and ``lidar_texts`` cap, per text set, how many texts get 2 views and how many
+    get ``n_views`` (None: all of them); the LiDAR texts' first 2 views serve InfoNCE and DiME too.
+    """
+
+    n_views: int = option(16, "Augmented views per text for LiDAR.", label="Views per text (LiDAR)")
+    view_texts: int | None = option(None, "Texts per set given 2 views (InfoNCE, DiME); default all.",
+                                    label="Texts with 2 views per set")
+    lidar_texts: int | None = option(None, "Texts per set given --n-views views (LiDAR; their first 2 serve "
+                                     "InfoNCE and DiME); default all.", label="Texts with all views per set")
+
+    def validate(self) -> None:
+        _positive(self.n_views, "n_views", minimum=2)
+        _positive(self.view_texts, "view_texts", minimum=2, allow_none=True)
+        _positive(self.lidar_texts, "lidar_texts", minimum=2, allow_none=True)
+
+
+def _metric_names(metrics: Any) -> tuple[str, ...]:
+    """Registry names of a metric selection (validated: unknown names suggest the nearest)."""
+    from layerscope.metrics.registry import resolve
+
+    return tuple(spec.name for spec in resolve(metrics))
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+
+@dataclass(frozen=True)
+class MetricsConfig(Config):
+    """The label-free metrics of every layer on one set of texts (``compute_metrics``, ``metrics`` jobs)."""
+
+    kind: ClassVar[str] = "metrics"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    texts: TextConfig | None = None
+    extraction: ExtractConfig = field(default_factory=ExtractConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    metrics: tuple[str, ...] = option(("all",), "all, or a comma list (layerscope metrics --list).", label="Metrics")
+    options: Mapping[str, Mapping[str, Any]] = option(None, "Per-metric option overrides.", label="Metric options",
+                                                      cli=False, factory=dict)
+    seed: int = option(0, "Seed of views and random metrics.", label="Seed")
+
+    def validate(self) -> None:
+        object.__setattr__(self, "metrics", _metric_names(self.metrics))
+        object.__setattr__(self, "options", _frozen_mapping(self.options))
+
+
+@dataclass(frozen=True)
+class AnalysisConfig(Config):
+    """The main job: every metric and every task score at every layer, and the layer choice."""
+
+    kind: ClassVar[str] = "analysis"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    extraction: ExtractConfig = field(default_factory=ExtractConfig)
+    views: ViewConfig = field(default_factory=lambda: ViewConfig(view_texts=16, lidar_texts=3))
+    tasks: tuple[str, ...] = option(("offline",), "offline (bundled suite), paper32 (needs the hub), or task "
+                                    "names.", label="Tasks", short="-t")
+    metrics: tuple[str, ...] = option(("all",), "all, or a comma list of metrics.", label="Metrics")
+    dataset: TextConfig | None = None
+    select_by: str = option("dime", "Metric that picks the layer without labels.", label="Label-free choice by")
+    seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
+
+    def validate(self) -> None:
+        from layerscope.metrics.registry import get
+
+        metrics = _metric_names(self.metrics)
+        object.__setattr__(self, "metrics", metrics)
+        tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
+        tasks = tuple(part.strip() for item in tasks for part in str(item).split(",") if part.strip())
+        if not tasks:
+            raise LayerscopeError("no tasks selected; use 'offline', 'paper32' or task names")
+        object.__setattr__(self, "tasks", tasks)
+        select_by = get(self.select_by).name  # unknown names suggest the nearest
+        if select_by not in metrics:
+            raise LayerscopeError(f"--select-by {select_by} is not among the metrics computed "
+                                  f"({', '.join(metrics)}): add it to --metrics")
+        object.__setattr__(self, "select_by", select_by)
+
+
+#: ``kind`` -> configuration class, for :func:`config_from_dict`.
+CONFIG_KINDS: dict[str, type[Config]] = {cls.kind: cls for cls in (MetricsConfig, AnalysisConfig)}
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config | None:
+    """The configuration a stored ``to_dict()`` describes (by its ``kind``), or None for other records.
+
+    Runs written by experiments, or before configurations were typed, store other dicts; callers
+    show those as they are.
+    """
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    cls = CONFIG_KINDS.get(str(kind)) if kind else None
+    return None if cls is None else cls.from_dict(data)

@@ -1,0 +1,194 @@
+"""Augmented views for the invariance metrics: which texts get them (a pure plan) and their encoding.
+
+The views are extra forward passes of augmented, usually longer, texts, so they are planned:
+per text set a seeded subset gets 2 views (InfoNCE, DiME) and a smaller subset, inside it, gets
+``n_views`` views (LiDAR), whose first 2 serve InfoNCE and DiME too (a text's views do not depend
+on how many are drawn, so that is the same as drawing 2). Every text set is a subset of one list of
+texts (the rows of one extraction); the union of the sets' view texts is encoded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerscope.extract import extract
+
+__all__ = ["SetViews", "ViewPlan", "encode_planned", "encode_views", "plan_views"]
+
+
+@dataclass(frozen=True)
+class SetViews:
+    """The rows of one text set and those of its texts that get views.
+
+    Attributes
+    ----------
+    rows : ndarray of int
+        The set's rows (positions in the extraction), ascending.
+    pair_rows : ndarray of int
+        Rows given (at least) 2 views, ascending.
+    lidar_rows : ndarray of int
+        Rows given all the views, ascending; a subset of ``pair_rows``.
+    """
+
+    rows: np.ndarray
+    pair_rows: np.ndarray
+    lidar_rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Which rows get views, for every text set.
+
+    Attributes
+    ----------
+    sets : dict of str to SetViews
+    lidar_rows : ndarray of int
+        Every row encoded with ``n_views`` views (the union over the sets), ascending.
+    pair_only_rows : ndarray of int
+        Every other row encoded with 2 views, ascending.
+    n_views : int
+        Views per LiDAR row.
+    """
+
+    sets: dict[str, SetViews]
+    lidar_rows: np.ndarray
+    pair_only_rows: np.ndarray
+    n_views: int
+    _pair_position: dict[int, int] = field(init=False, repr=False, compare=False)
+    _lidar_position: dict[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_pair_position", {int(row): i for i, row in enumerate(self.pair_order)})
+        object.__setattr__(self, "_lidar_position", {int(row): i for i, row in enumerate(self.lidar_rows)})
+
+    @property
+    def pair_order(self) -> np.ndarray:
+        """Rows in the order of the stacked 2-view tensor: the LiDAR rows' first 2 views, then the others'."""
+        return np.concatenate([self.lidar_rows, self.pair_only_rows]).astype(np.int64)
+
+    @property
+    def n_encoded(self) -> int:
+        """Forward passes the views cost."""
+        return self.n_views * len(self.lidar_rows) + 2 * len(self.pair_only_rows)
+
+    def pair_positions(self, name: str) -> list[int]:
+        """Positions of set ``name``'s 2-view rows in :attr:`pair_order`."""
+        return [self._pair_position[int(row)] for row in self.sets[name].pair_rows]
+
+    def lidar_positions(self, name: str) -> list[int]:
+        """Positions of set ``name``'s LiDAR rows in :attr:`lidar_rows`."""
+        return [self._lidar_position[int(row)] for row in self.sets[name].lidar_rows]
+
+
+def _subset(rows: np.ndarray, order: np.ndarray, cap: int | None) -> np.ndarray:
+    return np.sort(rows[order[:cap]]) if cap is not None else rows
+
+
+def plan_views(
+    sets: Mapping[str, Sequence[int]],
+    *,
+    n_views: int,
+    view_texts: int | None,
+    lidar_texts: int | None,
+    needs_pairs: bool,
+    needs_lidar: bool,
+    seed: int,
+    union: str | None = None,
+) -> ViewPlan:
+    """Plan the views of every text set (no model involved).
+
+    Parameters
+    ----------
+    sets : mapping of str to sequence of int
+        Each set's rows.
+    n_views : int
+        Views per LiDAR text.
+    view_texts, lidar_texts : int or None
+        Per set, how many texts get 2 views and how many get ``n_views`` (None: all); both are
+        prefixes of one seeded permutation of the set, so the LiDAR texts lie inside the 2-view ones.
+    needs_pairs, needs_lidar : bool
+        Whether any metric needs 2 views / ``n_views`` views (nothing is planned for what is not needed).
+    seed : int
+        Seed of the subsets (the same permutation seed for every set).
+    union : str, optional
+        Name of an extra set over the rows of all sets whose view rows are the union of theirs
+        (``analyze``'s "all texts" set: its invariance metrics reuse the per-set views).
+
+    Returns
+    -------
+    ViewPlan
+    """
+    planned: dict[str, SetViews] = {}
+    empty = np.array([], dtype=np.int64)
+    for name, members in sets.items():
+        rows = np.unique(np.asarray(members, dtype=np.int64))
+        order = np.random.default_rng(seed).permutation(len(rows))
+        lidar = _subset(rows, order, lidar_texts) if needs_lidar else empty
+        pairs = _subset(rows, order, view_texts) if needs_pairs else lidar
+        planned[name] = SetViews(rows, np.union1d(pairs, lidar), lidar)
+    if union is not None:
+        parts = list(planned.values())
+        planned[union] = SetViews(*(np.unique(np.concatenate([getattr(part, key) for part in parts] + [empty]))
+                                    for key in ("rows", "pair_rows", "lidar_rows")))
+    lidar_rows = np.unique(np.concatenate([part.lidar_rows for part in planned.values()] + [empty]))
+    pair_rows = np.unique(np.concatenate([part.pair_rows for part in planned.values()] + [empty]))
+    return ViewPlan(planned, lidar_rows, np.setdiff1d(pair_rows, lidar_rows), n_views)
+
+
+def encode_views(model: Any, texts: Sequence[str] | torch.Tensor, n_views: int, seed: int,
+                 **extract_options: Any) -> tuple[torch.Tensor, int]:
+    """Pooled embeddings of ``n_views`` augmented views of each text, from one extraction call.
+
+    For a vision model ``texts`` are prepared pixel values (N, C, H, W) and the views are random
+    resized crops (:func:`layerscope.augment.random_resized_crops`).
+
+    Returns
+    -------
+    views : Tensor, shape (layers, n_views, n_texts, dim), float64
+    n_encoded : int
+        Texts that went through the model (the views count in the cost).
+    """
+    if model.modality == "vision":
+        from layerscope.augment import random_resized_crops
+        from layerscope.extract.images import extract_images
+
+        crops = random_resized_crops(texts, n_views, seed=seed)  # (views, n, C, H, W)
+        n_images = crops.shape[1]
+        options = {key: value for key, value in extract_options.items() if key != "max_length"}
+        encoded = extract_images(model, crops.reshape(-1, *crops.shape[2:]), prepared=True, **options)
+        stacked = encoded.tensor(torch.float64)
+        return stacked.reshape(stacked.shape[0], n_views, n_images, -1), n_views * n_images
+    from layerscope.augment import text_views
+
+    texts = list(texts)
+    views = text_views(texts, n_views, seed=seed)  # (views, n)
+    flat = [view if view.strip() else original for row in views for view, original in zip(row, texts, strict=True)]
+    encoded = extract(model, flat, **extract_options)
+    stacked = encoded.tensor(torch.float64)
+    return stacked.reshape(stacked.shape[0], n_views, len(texts), -1), len(flat)
+
+
+def encode_planned(model: Any, inputs: Sequence[str] | torch.Tensor, plan: ViewPlan, seed: int,
+                   **extract_options: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The views of a plan: (layers, 2, pairs, d) in :attr:`ViewPlan.pair_order` and (layers, J, lidar, d).
+
+    One extraction for the LiDAR rows (``n_views`` views each) and one for the other 2-view rows.
+    ``inputs`` are the extraction's texts (or prepared images), indexed by row.
+    """
+    def pick(rows: np.ndarray) -> Any:
+        return inputs[torch.as_tensor(rows)] if isinstance(inputs, torch.Tensor) else [inputs[i] for i in rows]
+
+    lidar_views = pair_views = None
+    if len(plan.lidar_rows):
+        lidar_views, _ = encode_views(model, pick(plan.lidar_rows), plan.n_views, seed, **extract_options)
+    parts = [lidar_views[:, :2]] if lidar_views is not None else []
+    if len(plan.pair_only_rows):
+        parts.append(encode_views(model, pick(plan.pair_only_rows), 2, seed, **extract_options)[0])
+    if parts:
+        pair_views = torch.cat(parts, dim=2)
+    return pair_views, lidar_views
