@@ -15,13 +15,29 @@ line is ``ratio: <batched time / torch.linalg.eigvalsh time>`` on the largest sh
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 
-import numpy as np
-import torch
 
-from layerscope.metrics import eigen
+def _requested_threads(argv: list[str]) -> str:
+    for i, argument in enumerate(argv):
+        if argument == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if argument.startswith("--threads="):
+            return argument.split("=", 1)[1]
+    return "1"
+
+
+# NumPy's BLAS fixes its thread pool when it loads: set it before numpy (and torch) are imported.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = _requested_threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from layerscope.metrics import eigen  # noqa: E402
 
 DEFAULT_SHAPES = "4000x8,2000x16,1000x32,400x64,100x128,40x256,10x512"
 

@@ -148,10 +148,10 @@ def main() -> None:
     t_tokenize = timed(lambda: TokenizedTexts.from_texts(model, texts, 512), device, repeats, warm=False)
     t_extract = timed(extract, device, repeats)
     t_tokens = timed(with_token_metrics, device, repeats)
-    print(f"bare forward                          : {t_bare:8.3f} s")
-    print(f"extract (all {sizes.layers + 1} layers pooled)          : {t_extract:8.3f} s  {t_extract / t_bare:6.2f}x bare "
+    print(f"{'bare forward':<38}: {t_bare:8.3f} s")
+    print(f"{f'extract (all {sizes.layers + 1} layers pooled)':<38}: {t_extract:8.3f} s  {t_extract / t_bare:6.2f}x bare "
           f"(tokenizing alone {t_tokenize:.3f} s: {(t_extract - t_tokenize) / t_bare:.2f}x without it)")
-    print(f"extract + prompt entropy + curvature  : {t_tokens:8.3f} s  {t_tokens / t_bare:6.2f}x bare")
+    print(f"{'extract + prompt entropy + curvature':<38}: {t_tokens:8.3f} s  {t_tokens / t_bare:6.2f}x bare")
 
     # Dataset-level metrics on the device: the extraction's pooled rows, random views around them.
     pooled = extract().tensor(torch.float32)[:, : sizes.prompts].to(device)  # (layers, N, d)

@@ -116,36 +116,46 @@ def _config_options(cls: type[Config], defaults: dict[str, Any]) -> list[inspect
     return parameters
 
 
-def configured(**groups: type[Config] | tuple[type[Config], dict[str, Any]]) -> Callable[[Callable[..., Any]], Any]:
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A configuration class offered as options, with the command's own defaults.
+
+    ``optional``: the group is None when its first field is not given (``--dataset`` of analyze).
+    """
+
+    cls: type[Config]
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    optional: bool = False
+
+
+def configured(**groups: type[Config] | Group) -> Callable[[Callable[..., Any]], Any]:
     """Give a command the options of configuration classes, and call it with the built configurations.
 
-    ``groups`` maps the command's parameter names to a configuration class, or to ``(class, defaults)``
+    ``groups`` maps the command's parameter names to a configuration class, or to a :class:`Group`
     where the command wants other defaults. A field shared by two groups (e.g. ``seed``) is one
     option feeding both. A group whose class has a nested configuration field of the same name as
-    another group receives that group's value (``AnalysisConfig.model`` <- the ``model`` group). A
-    group whose first field is None on the command line (``--dataset`` not given) is None.
+    another group receives that group's value (``AnalysisConfig.model`` <- the ``model`` group).
     """
+    specs = {name: spec if isinstance(spec, Group) else Group(spec) for name, spec in groups.items()}
 
     def decorate(command: Callable[..., Any]) -> Any:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name not in groups]
         added: dict[str, inspect.Parameter] = {}
-        for spec in groups.values():
-            cls, defaults = spec if isinstance(spec, tuple) else (spec, {})
-            for parameter in _config_options(cls, defaults):
+        for spec in specs.values():
+            for parameter in _config_options(spec.cls, spec.defaults):
                 added.setdefault(parameter.name, parameter)
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
             built: dict[str, Any] = {}
-            for group, spec in groups.items():
-                cls = spec[0] if isinstance(spec, tuple) else spec
-                hints = typing.get_type_hints(cls)
-                fields = dataclasses.fields(cls)
+            for group, spec in specs.items():
+                hints = typing.get_type_hints(spec.cls)
+                fields = dataclasses.fields(spec.cls)
                 kwargs = {item.name: _cli_value(hints[item.name], values[item.name])
                           for item in fields if item.name in added}
                 kwargs.update({item.name: built[item.name] for item in fields if item.name in built})
-                first = fields[0].name
-                built[group] = None if first in added and kwargs.get(first) is None else cls(**kwargs)
+                missing = spec.optional and kwargs.get(fields[0].name) is None
+                built[group] = None if missing else spec.cls(**kwargs)
             return command(**{p.name: values[p.name] for p in own}, **built)
 
         wrapper.__signature__ = inspect.Signature([*own, *added.values()])  # type: ignore[attr-defined]
@@ -268,7 +278,7 @@ def layer_summary(pooled: Any, num_layers: int) -> list[dict[str, float]]:
 
 
 @app.command("extract")
-@configured(model=ModelConfig, texts=(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+@configured(model=ModelConfig, texts=Group(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
             cache=CacheOptions)
 def extract_command(
     model: ModelConfig,
@@ -353,7 +363,7 @@ def print_metric_list() -> None:
 
 
 @app.command("metrics")
-@configured(model=ModelConfig, texts=(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+@configured(model=ModelConfig, texts=Group(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
             views=ViewConfig, cache=CacheOptions)
 def metrics_command(
     model: ModelConfig,
@@ -479,8 +489,8 @@ def mteb_command(
 
 
 @app.command("analyze")
-@configured(model=ModelConfig, extraction=ExtractConfig, views=(ViewConfig, {"view_texts": 16, "lidar_texts": 3}),
-            dataset=(TextConfig, {"dataset": None}), config=AnalysisConfig, cache=CacheOptions)
+@configured(model=ModelConfig, extraction=ExtractConfig, views=Group(ViewConfig, {"view_texts": 16, "lidar_texts": 3}),
+            dataset=Group(TextConfig, {"dataset": None}, optional=True), config=AnalysisConfig, cache=CacheOptions)
 def analyze_command(
     config: AnalysisConfig,
     cache: CacheOptions,
@@ -529,6 +539,43 @@ def print_analysis(result: Any) -> None:
                       f"({summary.score_at(chosen):.1f}, {summary.score_at(chosen) - last_score:+.1f} vs last)")
     console.print(f"results: {result.out / 'results.duckdb'}" + (f"; report: {result.report}" if result.report else "")
                   + f"; {result.record['timings'].get('total_s', 0):.0f} s")
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+@app.command("export")
+@configured(model=ModelConfig, extraction=ExtractConfig)
+def export_command(
+    model: ModelConfig,
+    extraction: ExtractConfig,
+    layer: Annotated[int, typer.Option("--layer", "-l", help="The layer to keep (1..L; negative counts from the last).")],
+    out: Annotated[Path, typer.Option(help="Folder of the exported model.")],
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize the embeddings (cosine-ready).")] = False,
+) -> None:
+    """Write one layer as a smaller sentence-transformers / Hugging Face model (blocks after it dropped)."""
+    import torch
+
+    from layerscope.export import PROBE_TEXTS, encode_speed, export_layer
+
+    output_folder(out)
+    loaded = load(model.replace(device="cpu") if model.device == "auto" else model, extraction)
+    with err_console.status(f"exporting layer {layer} of {loaded.model_id}"):
+        result = export_layer(loaded, layer, out, pooling=extraction.pooling, final_norm=extraction.final_norm,
+                              normalize=normalize, max_length=extraction.max_length)
+    from transformers import AutoModel
+
+    exported = AutoModel.from_pretrained(str(result.out)).eval()
+    texts = [f"{text} ({index})" for index in range(32) for text in PROBE_TEXTS]
+    threads = torch.get_num_threads()
+    full_s = encode_speed(loaded.model, loaded.tokenizer, texts, max_length=extraction.max_length)
+    exported_s = encode_speed(exported, loaded.tokenizer, texts, max_length=extraction.max_length)
+    console.print(f"layer {result.layer} of {result.num_layers} -> {result.out}: {result.parameters:,} of "
+                  f"{result.parameters_full:,} parameters kept ({100 * result.parameters / result.parameters_full:.0f}%); "
+                  f"checked against layerscope: max difference {result.max_difference:.1e}")
+    console.print(f"encode time of {len(texts)} texts, {threads} threads: full model {full_s:.3f} s, exported "
+                  f"{exported_s:.3f} s ({full_s / exported_s:.2f}x faster)")
+    console.print(f"use it: SentenceTransformer({str(result.out)!r}).encode(texts)")
 
 
 # ------------------------------------------------------------------------------------------ report, compare, sweep

@@ -28,15 +28,17 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["GPU_POINTS_BUDGET", "MAX_CHUNK_BYTES", "PANEL", "eigvalsh", "tridiagonal_eigvalsh", "tridiagonalize"]
+__all__ = ["GPU_MEMORY_FRACTION", "GPU_POINTS_BUDGET", "MAX_CHUNK_BYTES", "PANEL", "eigvalsh", "tridiagonal_eigvalsh", "tridiagonalize"]
 
 #: Columns per panel of the blocked Householder reduction (LAPACK's default block size).
 PANEL = 32
-#: Upper bound (bytes) on the working set of one chunk of the stack, per device type: about ``m^2``
-#: times (32 + 9 * points) bytes per matrix (float64 copies of the matrix, and one float64 pivot plus
-#: one bool sign per row, eigenvalue and trial point). On a GPU, at most a quarter of the memory
-#: available there: larger chunks mean fewer launches.
-MAX_CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 4 * 2**30}
+#: Upper bound (bytes) on the working set of one chunk of the stack on the CPU: about ``m^2`` times
+#: (32 + 9 * points) bytes per matrix (float64 copies of the matrix, and one float64 pivot plus one
+#: bool sign per row, eigenvalue and trial point).
+MAX_CHUNK_BYTES = 64 * 2**20
+#: On a GPU a chunk may take this fraction of the memory available there (free, plus what PyTorch's
+#: allocator holds unused): every chunk costs the same number of launches, so fewer is faster.
+GPU_MEMORY_FRACTION = 0.25
 #: On a GPU, trial points per bracket are added (1, 3, 7 or 15: 1 to 4 bits per pass) while a
 #: chunk's lanes times points stay below this. A row of the pivot recurrence then moves at most
 #: 24 bytes x 2^19 = 12 MB, a few microseconds of a data-center GPU's bandwidth, below the cost of
@@ -45,10 +47,12 @@ MAX_CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 4 * 2**30}
 GPU_POINTS_BUDGET = 2**19
 
 
+@torch.no_grad()
 def eigvalsh(matrix: Tensor, *, max_chunk_bytes: int | None = None) -> Tensor:
     """Ascending eigenvalues of a stack of real symmetric matrices, computed in float64.
 
-    Like ``torch.linalg.eigvalsh``, only the lower triangle is read.
+    Like ``torch.linalg.eigvalsh``, only the lower triangle is read; unlike it, there is no
+    gradient (bisection has none to give).
 
     Parameters
     ----------
@@ -56,7 +60,8 @@ def eigvalsh(matrix: Tensor, *, max_chunk_bytes: int | None = None) -> Tensor:
         Real floating-point matrices (any float dtype; cast to float64).
     max_chunk_bytes : int, optional
         Bound on the working set of one chunk of the flattened stack (default
-        :data:`MAX_CHUNK_BYTES` of the device type); a chunk holds at least one matrix.
+        :data:`MAX_CHUNK_BYTES`, on a GPU :data:`GPU_MEMORY_FRACTION` of its available memory); a
+        chunk holds at least one matrix.
 
     Returns
     -------
@@ -76,12 +81,12 @@ def eigvalsh(matrix: Tensor, *, max_chunk_bytes: int | None = None) -> Tensor:
     while on_gpu and points < 15 and flat.shape[0] * m * (2 * points + 1) <= GPU_POINTS_BUDGET:
         points = 2 * points + 1
     budget = max_chunk_bytes
-    if budget is None:
-        budget = MAX_CHUNK_BYTES["cuda" if on_gpu else "cpu"]
-        if on_gpu:  # free on the device plus what PyTorch's allocator holds unused
-            free = torch.cuda.mem_get_info(matrix.device)[0]
-            cached = torch.cuda.memory_reserved(matrix.device) - torch.cuda.memory_allocated(matrix.device)
-            budget = min(budget, (free + cached) // 4)
+    if budget is None and on_gpu:
+        free = torch.cuda.mem_get_info(matrix.device)[0]
+        cached = torch.cuda.memory_reserved(matrix.device) - torch.cuda.memory_allocated(matrix.device)
+        budget = int(GPU_MEMORY_FRACTION * (free + cached))
+    elif budget is None:
+        budget = MAX_CHUNK_BYTES
     step = max(1, int(budget) // (m * m * (32 + 9 * points)))
     values = [_solve(flat[start : start + step], points) for start in range(0, flat.shape[0], step)]
     return torch.cat(values).reshape(matrix.shape[:-1])

@@ -320,8 +320,9 @@ def _batched_is_faster(matrix: Tensor) -> bool:
     matrices until the device is saturated, so it wins from a few dozen matrices up, whatever m.
     Kept on cuSOLVER: m <= 32, which it already solves as one batched Jacobi call; m > 1024, where
     its per-matrix solver is efficient while the bisection's work grows as m^2 per matrix; and the
-    CPU, where LAPACK beats the batched solver at every size we measured
-    (``benchmarks/bench_eigvalsh.py``).
+    CPU, where LAPACK was 10x to 25x faster than the batched solver at every shape of
+    ``benchmarks/bench_eigvalsh.py`` (8 to 512 rows, one thread): there the bisection's ~50 m^2
+    divisions per matrix cost more than LAPACK's whole solve.
     """
     size = matrix.shape[-1]
     return (

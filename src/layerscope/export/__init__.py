@@ -1,0 +1,248 @@
+"""Take a chosen layer away: a smaller, faster embedding model that stops at that layer.
+
+:func:`export_layer` writes a Hugging Face model keeping only the embeddings and blocks 1..L of a
+model (the rest and any LM head dropped; GGUF bundles exported from their dequantized weights), its
+tokenizer, and a sentence-transformers configuration (the model, its pooling, an optional L2
+normalization, its maximum sequence length), so that ``SentenceTransformer(DIR).encode(texts)``
+gives layerscope's layer-L embeddings and ``AutoModel.from_pretrained(DIR)`` loads it, with no
+layerscope and no remote code. Layer L is the raw residual stream after block L (``final_norm="none"``,
+read from ``hidden_states[L]`` with ``tie_last_hidden_states`` off) or the final norm applied to it
+(``final_norm="all"``, the model's own ``last_hidden_state``, as the paper's truncated models measured).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from layerscope.errors import LayerscopeError
+
+__all__ = ["ExportResult", "encode_speed", "export_layer", "truncated_config"]
+
+logger = logging.getLogger(__name__)
+
+#: Texts the export is checked on (different lengths, so padding is exercised).
+PROBE_TEXTS = (
+    "Intermediate layers often make better embeddings than the last layer.",
+    "A short one.",
+    "Matrix entropy, curvature and augmentation invariance explain this without labels, layer by layer.",
+)
+#: Largest difference allowed between the exported model's embeddings and layerscope's.
+TOLERANCE = 1e-5
+_ST_POOLING = {"mean": "mean", "last": "lasttoken", "first": "cls"}
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_layer` wrote.
+
+    Attributes
+    ----------
+    out : pathlib.Path
+        The model folder.
+    layer, num_layers : int
+        The layer kept (the model's last block in the export) and the source model's depth L.
+    parameters, parameters_full : int
+        Parameters kept and of the source model.
+    max_difference : float or None
+        Largest absolute difference between ``SentenceTransformer(out).encode`` and layerscope's layer
+        embeddings on a few probe texts (None when not checked).
+    record : dict
+        Everything above plus pooling, final norm, normalization, max length, source model.
+    """
+
+    out: Path
+    layer: int
+    num_layers: int
+    parameters: int
+    parameters_full: int
+    max_difference: float | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def truncated_config(config: Any, layer: int) -> Any:
+    """A copy of a transformers config with ``layer`` blocks (per-layer lists cut to match)."""
+    truncated = copy.deepcopy(config)
+    total = int(config.num_hidden_layers)
+    for key, value in vars(config).items():  # e.g. Gemma 3 / Qwen 2 "layer_types": one entry per block
+        if isinstance(value, (list, tuple)) and len(value) == total and key != "architectures":
+            setattr(truncated, key, type(value)(value[:layer]))
+    truncated.num_hidden_layers = layer
+    return truncated
+
+
+def _save_truncated(model: Any, layer: int, out: Path, final_norm: str) -> int:
+    """Save embeddings + blocks 1..layer of ``model`` to ``out`` (the loaded model is left as it was)."""
+    base = model.model
+    path = model.adapter.blocks
+    parent_path, _, attribute = path.rpartition(".")
+    parent = base.get_submodule(parent_path) if parent_path else base
+    blocks = getattr(parent, attribute)
+    config = base.config
+    kept = nn.ModuleList(list(blocks)[:layer])
+    truncated = truncated_config(config, layer)
+    if final_norm == "none":
+        truncated.tie_last_hidden_states = False  # hidden_states[-1] stays the raw last block
+    try:
+        setattr(parent, attribute, kept)
+        base.config = truncated
+        parameters = sum(p.numel() for p in base.parameters())
+        base.save_pretrained(str(out))
+    finally:
+        setattr(parent, attribute, blocks)
+        base.config = config
+    tokenizer = copy.copy(model.tokenizer)
+    tokenizer.padding_side = "right"  # layerscope pads right; rotary models see the same positions
+    tokenizer.save_pretrained(str(out))
+    return parameters
+
+
+def _hidden_state_index(out: Path, reference: np.ndarray, probe: Sequence[str], pooling: str) -> int:
+    """Which entry of the exported model's ``hidden_states`` is layerscope's layer (found, not assumed:
+    models differ in whether entry 0 is the embedding output)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    exported = AutoModel.from_pretrained(str(out)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    encoded = tokenizer(list(probe[:1]), return_tensors="pt", truncation=True)
+    with torch.inference_mode():
+        states = exported(**encoded, output_hidden_states=True).hidden_states
+    from layerscope.extract.pooling import pool
+
+    mask = encoded["attention_mask"]
+    for index, state in enumerate(states):
+        pooled = pool(state.float().unsqueeze(0), mask, pooling)[0][0].numpy()
+        if np.allclose(pooled, reference[0], atol=TOLERANCE, rtol=1e-4):
+            return index
+    raise LayerscopeError(f"cannot find layerscope's layer among the exported model's {len(states)} hidden states")
+
+
+def export_layer(
+    model: Any,
+    layer: int,
+    out: str | Path,
+    *,
+    pooling: str = "mean",
+    final_norm: str = "none",
+    normalize: bool = False,
+    max_length: int | None = None,
+    verify: bool = True,
+) -> ExportResult:
+    """Write layer ``layer`` of ``model`` as a standalone sentence-transformers / Hugging Face model.
+
+    Parameters
+    ----------
+    model : LoadedModel or str
+        The source model (loaded, or a name for :func:`layerscope.load_model`).
+    layer : int
+        The layer to keep: 1..L (negative counts from the last); blocks after it are dropped.
+    out : str or Path
+        The model folder to write.
+    pooling : {"mean", "last", "first"}
+        Pooling of the token states, as in :func:`layerscope.extract`.
+    final_norm : {"none", "all"}
+        The raw residual stream after block ``layer``, or the model's final norm applied to it.
+    normalize : bool
+        Add an L2 normalization after pooling (cosine-ready vectors).
+    max_length : int, optional
+        Maximum sequence length in tokens (default: the model's configured one, else 512).
+    verify : bool
+        Encode a few probe texts with sentence-transformers and check they equal layerscope's
+        embeddings (to :data:`TOLERANCE`).
+
+    Returns
+    -------
+    ExportResult
+    """
+    from layerscope.atomic import writable_directory
+    from layerscope.config import ExtractConfig
+    from layerscope.extract import extract, resolve_layers
+
+    if isinstance(model, str):
+        from layerscope.models import load_model
+
+        model = load_model(model, device="cpu")
+    if model.modality != "text":
+        raise LayerscopeError(f"export supports text models; {model.model_id} is a {model.modality} model")
+    ExtractConfig(pooling=pooling, final_norm=final_norm)  # validates both (one-line errors)
+    (layer,) = resolve_layers([int(layer)], model.num_layers)
+    if layer < 1:
+        raise LayerscopeError("export needs at least one block: choose a layer >= 1 (layer 0 is the embeddings)")
+    max_length = int(max_length or getattr(model, "configured_max_length", None) or 512)
+    folder = writable_directory(out, "export folder")
+    source = model if model.final_norm == final_norm else _with_final_norm(model, final_norm)
+
+    parameters = _save_truncated(model, layer, folder, final_norm)
+    reference = np.asarray(extract(source, list(PROBE_TEXTS), pooling=pooling, layers=[layer], max_length=max_length,
+                                   progress=False).pooled[0], dtype=np.float64)  # (probes, d)
+    output: list[Any] = ["last_hidden_state"]
+    index = None
+    if final_norm == "none" and model.adapter.final_norm is not None:
+        index = _hidden_state_index(folder, reference, PROBE_TEXTS, pooling)
+        output = ["hidden_states", index]
+    _write_sentence_transformer(folder, output, pooling, normalize, max_length, model.hidden_size)
+
+    difference = None
+    if verify:
+        from sentence_transformers import SentenceTransformer
+
+        encoded = SentenceTransformer(str(folder), device="cpu").encode(list(PROBE_TEXTS), convert_to_numpy=True)
+        expected = reference / np.linalg.norm(reference, axis=1, keepdims=True) if normalize else reference
+        difference = float(np.abs(encoded.astype(np.float64) - expected).max())
+        if difference > TOLERANCE * max(1.0, float(np.abs(expected).max())):
+            raise LayerscopeError(f"the exported model differs from layerscope's layer {layer} by {difference:.2e}")
+    full = sum(p.numel() for p in model.model.parameters())
+    record = {"source": model.describe(), "layer": layer, "num_layers": model.num_layers, "pooling": pooling,
+              "final_norm": final_norm, "normalize": normalize, "max_length": max_length,
+              "hidden_states_index": index, "parameters": parameters, "parameters_full": full,
+              "max_difference": difference}
+    from layerscope.atomic import atomic_write_json
+
+    atomic_write_json(folder / "layerscope_export.json", record)
+    return ExportResult(folder, layer, model.num_layers, parameters, full, difference, record)
+
+
+def _with_final_norm(model: Any, final_norm: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(model, final_norm=final_norm)
+
+
+def _write_sentence_transformer(folder: Path, output: list[Any], pooling: str, normalize: bool, max_length: int,
+                                dimension: int) -> None:
+    """The sentence-transformers modules of the export, saved over the model folder."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    transformer = Transformer(str(folder), max_seq_length=max_length, module_output_name="token_embeddings",
+                              modality_config={"text": {"method": "forward", "method_output_name": output}})
+    modules: list[nn.Module] = [transformer, Pooling(dimension, pooling_mode=_ST_POOLING[pooling])]
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+
+
+def encode_speed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
+                 max_length: int = 512, repeats: int = 3) -> float:
+    """Seconds (best of ``repeats``) a bare forward pass of ``model`` takes over ``texts``, in batches."""
+    batches = [tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, truncation=True,
+                         max_length=max_length) for start in range(0, len(texts), batch_size)]
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for batch in batches:
+                model(**batch)
+            best = min(best, time.perf_counter() - start)
+    return best
