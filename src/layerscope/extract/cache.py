@@ -6,14 +6,22 @@ Layout of one entry, ``<cache_dir>/<key>/``:
 - ``record.json``: how the embeddings were made.
 - while running: ``pooled.partial.npy`` (a memory map written in place) and ``done.npy`` (which
   texts are finished). A killed run keeps both; the next run resumes from them.
+- ``tokens-<hook key>.npz``: what a token hook (prompt entropy, curvature...) accumulated from the
+  same pass, keyed by the hook's metrics and options, with its own ``done`` mask; a run with that hook
+  resumes from it (or, once complete, needs no forward pass at all).
+
+An entry is locked (``<cache_dir>/<key>.lock``, an advisory file lock) while a process writes it;
+another process wanting the same entry waits for it, then reads what it finds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,11 @@ import numpy as np
 
 from layerscope.atomic import atomic_save_npy, atomic_write_bytes
 
+logger = logging.getLogger(__name__)
+
 CACHE_FORMAT = 1
+#: (hook key, token hook, positions of the cached rows in the hook's prompt list)
+HookState = tuple[str, Any, np.ndarray]
 
 
 def texts_hash(texts: Sequence[str]) -> str:
@@ -73,15 +85,82 @@ class EmbeddingCache:
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
         return array, np.zeros(shape[1], dtype=bool)
 
-    def save_progress(self, array: np.ndarray, done: np.ndarray) -> None:
-        """Flush the rows written so far, then record which are done (in that order, so done => on disk)."""
+    def save_progress(self, array: np.ndarray, done: np.ndarray, hook: HookState | None = None) -> None:
+        """Flush the rows written so far and the hook's state, then record which rows are done (in that
+        order, so done => on disk)."""
         if isinstance(array, np.memmap):
             array.flush()
+        if hook is not None:
+            self._save_hook(hook, done)
         atomic_save_npy(self.folder / "done.npy", done)
 
-    def finish(self, array: np.ndarray, record: dict[str, Any]) -> None:
+    def finish(self, array: np.ndarray, record: dict[str, Any], hook: HookState | None = None) -> None:
         if isinstance(array, np.memmap):
             array.flush()
+        if hook is not None:
+            self._save_hook(hook, np.ones(array.shape[1], dtype=bool))
         os.replace(self.folder / "pooled.partial.npy", self.complete_path)
         atomic_write_bytes(self.folder / "record.json", json.dumps(record, indent=1, default=str).encode())
         (self.folder / "done.npy").unlink(missing_ok=True)
+
+    # -- token hooks -----------------------------------------------------------------------------
+
+    def _hook_path(self, key: str) -> Path:
+        return self.folder / f"tokens-{key}.npz"
+
+    def _save_hook(self, hook: HookState, done: np.ndarray) -> None:
+        from layerscope.errors import LayerscopeError
+
+        key, token_hook, positions = hook
+        try:
+            state = token_hook.state(positions)
+        except LayerscopeError:  # nothing accumulated yet
+            return
+        from layerscope.atomic import atomic_open
+
+        with atomic_open(self._hook_path(key), "wb") as handle:
+            np.savez(handle, done=done, **state)
+
+    def restore_hook(self, key: str | None, token_hook: Any, positions: np.ndarray, *,
+                     partial: bool = False) -> Any:
+        """Load a token hook's kept state into it.
+
+        Returns True when it covers every row (``partial=False``), or (``partial=True``) the boolean mask
+        of the rows it covers (all False when there is none).
+        """
+        rows = np.zeros(len(positions), dtype=bool)
+        path = self._hook_path(key) if key else None
+        if path is not None and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    state = {name: stored[name] for name in stored.files}
+            except (OSError, ValueError) as error:  # a damaged file: start the hook over
+                logger.warning("ignoring unreadable token-metric checkpoint %s: %s", path, error)
+            else:
+                done = state.pop("done")
+                if done.shape == rows.shape and (partial or done.all()):
+                    token_hook.load_state(state, positions)
+                    rows = done
+        return rows if partial else bool(rows.all())
+
+    # -- locking ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the entry's write lock (blocking; a message says when another process holds it)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks, entries are not shared safely
+            yield
+            return
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.folder.parent / f"{self.key}.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.warning("another process is writing the cache entry %s: waiting for it", self.key)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

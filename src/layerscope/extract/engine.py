@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ TokenHook = Callable[..., Any]
 _TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
 _BUFFER_BYTES = {"cpu": 1.5 * 2**30, "cuda": 8 * 2**30}
 _MAX_BATCH = {"cpu": 64, "cuda": 512}
+#: Seconds between checkpoints of the cache (and of the token hook's state) during a long pass.
+CHECKPOINT_SECONDS = float(os.environ.get("LAYERSCOPE_CHECKPOINT_SECONDS", 10))
 
 
 @dataclass
@@ -123,6 +126,10 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+class _StopForward(Exception):
+    """Raised by the capture after the last layer wanted: the rest of the forward pass is not needed."""
+
+
 class _LayerCapture:
     """Forward hooks that pool every canonical layer as the forward pass produces it.
 
@@ -132,10 +139,16 @@ class _LayerCapture:
     each layer once without the transposed copy a single einsum over the stack would make.
     """
 
-    def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool) -> None:
+    def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool,
+                 layers: Sequence[int] | None = None) -> None:
         from layerscope.models.adapters import block_output
 
-        self.n_layers = model.num_layers + 1
+        self.layers = list(range(model.num_layers + 1)) if layers is None else sorted(layers)
+        self.slot = {layer: position for position, layer in enumerate(self.layers)}
+        self.n_layers = len(self.layers)
+        # Without token states nothing needs the blocks after the last kept layer: the pass stops there.
+        last = self.layers[-1]
+        self.stop_after = last if not keep_tokens and last < model.num_layers else None
         self.pooling = pooling
         self.keep_tokens = keep_tokens
         self.final_norm = model.final_norm_module if model.final_norm == "all" else None
@@ -169,8 +182,11 @@ class _LayerCapture:
         self.mask = mask
         self.seen = [False] * self.n_layers
 
-    def _take(self, index: int, hidden: torch.Tensor) -> None:
+    def _take(self, layer: int, hidden: torch.Tensor) -> None:
         if not self.active:  # the model ran outside extract (e.g. a user's own forward)
+            return
+        index = self.slot.get(layer)
+        if index is None:
             return
         if self.final_norm is not None:
             hidden = self.final_norm(hidden if self.norm_device is None else hidden.to(self.norm_device))
@@ -188,6 +204,8 @@ class _LayerCapture:
         if self.buffer is not None:
             self.buffer[index].copy_(hidden)
         self.seen[index] = True
+        if layer == self.stop_after:
+            raise _StopForward()
 
     def _tokens_buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A view of the persistent storage; it only grows (the first, longest batch sets its size)."""
@@ -392,22 +410,37 @@ def cached_or_run(
     progress: bool,
     cache_dtype: str,
 ) -> Extraction:
-    """The embeddings from the cache entry ``record["cache_key"]`` when it is complete (and no token
-    hook needs the model), else from the model, writing (or resuming) that entry.
+    """The embeddings from the cache entry ``record["cache_key"]`` when it is complete (and any token
+    hook's results were kept with it), else from the model, writing (or resuming) that entry.
 
     ``make_inputs()`` builds the batched inputs (tokenized texts, prepared images: anything with
-    ``lengths`` and ``batch(rows)``) only when the model has to run; it may add to ``record``.
+    ``lengths`` and ``batch(rows)``) only when the model has to run; it may add to ``record``. Without
+    a token hook, a subset of layers is all the model computes (the pass stops after the last one)
+    and all the cache stores, in an entry of its own. A cache entry is locked while it is written: a
+    second process wanting the same entry waits, then reads it.
     """
     n_layers = model.num_layers + 1
-    cache = EmbeddingCache(cache_dir, record["cache_key"]) if cache_dir else None
-    if cache is not None and cache.is_complete() and token_hook is None:
-        pooled, stored = cache.load()
-        stored["from_cache"] = True
-        return _selected(Extraction(pooled, list(range(n_layers)), names, kept, stored, True), selected)
-    inputs = make_inputs()
-    output, record = _run(model, inputs, kept, pooling, batch_size, cache, token_hook, progress,
-                          np.dtype(cache_dtype), record)
-    return _selected(Extraction(output, list(range(n_layers)), names, kept, record, False), selected)
+    everything = list(range(n_layers))
+    stored = everything if token_hook is not None else selected
+    cache = full = None
+    if cache_dir:
+        cache = full = EmbeddingCache(cache_dir, record["cache_key"])
+        if stored != everything:
+            cache = EmbeddingCache(cache_dir, cache_key({"entry": record["cache_key"], "layers": stored}))
+    hook_key = token_hook.key() if token_hook is not None and hasattr(token_hook, "key") else None
+    with cache.lock() if cache is not None else contextlib.nullcontext():
+        for entry, layers in ((full, everything), (cache, stored)):
+            if entry is None or not entry.is_complete():
+                continue
+            if token_hook is not None and not entry.restore_hook(hook_key, token_hook, kept):
+                continue
+            pooled, saved = entry.load()
+            saved["from_cache"] = True
+            return _selected(Extraction(pooled, layers, names, kept, saved, True), selected)
+        inputs = make_inputs()
+        output, record = _run(model, inputs, kept, pooling, batch_size, cache, token_hook, progress,
+                              np.dtype(cache_dtype), record, layers=stored, hook_key=hook_key)
+    return _selected(Extraction(output, stored, names, kept, record, False), selected)
 
 
 def extract_token_ids(
@@ -463,14 +496,20 @@ def _run(
     progress: bool,
     np_dtype: np.dtype,
     record: dict[str, Any],
+    layers: Sequence[int] | None = None,
+    hook_key: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The batch loop: forward, pool every layer into ``output``, feed the token hook, checkpoint."""
+    """The batch loop: forward, pool every layer (of ``layers``) into ``output``, feed the token hook,
+    checkpoint (the token hook's state with the embeddings, so a resumed run skips what it has seen)."""
     start = time.perf_counter()
-    n_layers, dim = model.num_layers + 1, model.hidden_size
+    n_layers = model.num_layers + 1 if layers is None else len(layers)
+    dim = model.hidden_size
+    hook = (hook_key, token_hook, kept) if token_hook is not None and hook_key is not None else None
     if cache is not None:
         output, done = cache.open_partial((n_layers, len(kept), dim), np_dtype)
         if token_hook is not None:
-            done[:] = False  # the hook must see every text
+            # the hook must see every text it has no kept result for
+            done &= cache.restore_hook(hook_key, token_hook, kept, partial=True) if hook else False
     else:
         output, done = np.empty((n_layers, len(kept), dim), dtype=np_dtype), np.zeros(len(kept), dtype=bool)
     todo = np.flatnonzero(~done)
@@ -478,7 +517,7 @@ def _run(
     with_indices = token_hook is not None and _hook_takes_indices(token_hook)
     kept_tensor = torch.from_numpy(kept)
     last_save = time.monotonic()
-    runner = _BatchRunner(model, pooling, token_hook is not None)
+    runner = _BatchRunner(model, pooling, token_hook is not None, layers)
     bar = _progress_bar(len(kept), len(kept) - len(todo), progress, str(model.model_id))
     copies = _HostCopies()
     # Batches whose pooled copy to the host may still be in flight: on a GPU the last one is read
@@ -493,8 +532,8 @@ def _run(
         output[:, rows, :] = pooled_np
         done[rows] = True
         bar.update(len(rows))
-        if cache is not None and time.monotonic() - last_save > 10:
-            cache.save_progress(output, done)
+        if cache is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS:
+            cache.save_progress(output, done, hook)
             last_save = time.monotonic()
 
     try:
@@ -534,7 +573,7 @@ def _run(
             with contextlib.suppress(Exception):  # a batch still in flight, unless the device failed
                 while pending:
                     store(*pending.pop(0))
-            cache.save_progress(output, done)
+            cache.save_progress(output, done, hook)
         raise
     finally:
         bar.close()
@@ -544,14 +583,15 @@ def _run(
         from_cache=False,
         time_s=round(time.perf_counter() - start, 3),
         tokens=int(tokenized.lengths.sum()),
-        nonfinite_layers={int(layer): int(count) for layer, count in enumerate(nonfinite) if count},
+        nonfinite_layers={int(layer): int(count) for layer, count in zip(layers or range(n_layers), nonfinite,
+                                                                           strict=True) if count},
     )
     if record["nonfinite_layers"]:
         logger.warning(
             "non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)", record["nonfinite_layers"]
         )
     if cache is not None:
-        cache.finish(output, record)
+        cache.finish(output, record, hook)
         output, record = cache.load()
     return output, record
 
@@ -598,7 +638,8 @@ class _HostCopies:
 def _selected(extraction: Extraction, layers: list[int]) -> Extraction:
     if layers == extraction.layers:
         return extraction
-    extraction.pooled = np.asarray(extraction.pooled[layers])
+    positions = [extraction.layers.index(layer) for layer in layers]
+    extraction.pooled = np.asarray(extraction.pooled[positions])
     extraction.layers = layers
     return extraction
 
@@ -616,9 +657,10 @@ class _BatchRunner:
     them during its call (the accumulators do) and copy what it wants to keep.
     """
 
-    def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool) -> None:
+    def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool,
+                 layers: Sequence[int] | None = None) -> None:
         self.model = model
-        self.capture = _LayerCapture(model, pooling, keep_tokens)
+        self.capture = _LayerCapture(model, pooling, keep_tokens, layers)
         self.device = model.device
         accepted = inspect.signature(model.model.forward).parameters
         self.extra = {"use_cache": False} if "use_cache" in accepted else {}
@@ -642,6 +684,8 @@ class _BatchRunner:
                 self.model.model(pixel_values=pixels, **self.extra)
             else:
                 self.model.model(input_ids=input_ids.to(self.device, **copy), attention_mask=mask, **self.extra)
+        except _StopForward:
+            pass
         except BaseException:
             self.capture.end()
             raise

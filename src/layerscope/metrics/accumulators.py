@@ -203,6 +203,42 @@ class _TokenAccumulator:
     def _allocate(self, n_layers: int) -> None:
         raise NotImplementedError
 
+    def _arrays(self) -> dict[str, Tensor]:
+        """The per-prompt arrays (last axis: ``n_texts``) that hold what was accumulated."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The options that decide the values (for the key of persisted state); not the chunk size."""
+        skip = {"n_texts", "max_chunk_bytes", "spec"}
+        options = {key: value for key, value in vars(self).items()
+                   if not key.endswith("_") and key not in skip
+                   and isinstance(value, (bool, int, float, str, tuple, list, dict, type(None)))}
+        return {"class": type(self).__name__, "metric": self.metric, **options}
+
+    def state(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """What was accumulated for the prompts at ``positions`` (last axis in that order), for a checkpoint."""
+        self._check_computable()
+        assert self.nonfinite_ is not None
+        arrays = {f"array.{name}": value for name, value in self._arrays().items()}
+        arrays.update(seen=self.seen_, lengths=self.lengths_, nonfinite=self.nonfinite_)
+        out = {name: value[..., torch.as_tensor(positions)].numpy() for name, value in arrays.items()}
+        out["shape"] = np.array([self.n_layers_, self.hidden_size_])
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray], positions: np.ndarray) -> None:
+        """Restore :meth:`state` (taken at other positions of the same prompts) at ``positions``."""
+        n_layers, hidden_size = (int(value) for value in state["shape"])
+        self.reset()
+        self.n_layers_, self.hidden_size_ = n_layers, hidden_size
+        self.nonfinite_ = torch.zeros(n_layers, self.n_texts, dtype=torch.bool)
+        self._allocate(n_layers)
+        index = torch.as_tensor(positions)
+        for name, target in self._arrays().items():
+            target[..., index] = torch.from_numpy(state[f"array.{name}"])
+        self.seen_[index] = torch.from_numpy(state["seen"])
+        self.lengths_[index] = torch.from_numpy(state["lengths"])
+        self.nonfinite_[:, index] = torch.from_numpy(state["nonfinite"])
+
     def _mark_nonfinite(self, chunk: _Chunk, nonfinite: Tensor) -> None:
         """Record (c, b) prompts of the chunk whose states had NaN/inf."""
         assert self.nonfinite_ is not None
@@ -275,6 +311,9 @@ class PromptEntropyAccumulator(_TokenAccumulator):
     def _allocate(self, n_layers: int) -> None:
         self.entropy_ = self._nan_array(n_layers, self.n_texts)  # raw entropies (layers, n_texts)
 
+    def _arrays(self) -> dict[str, Tensor]:
+        return {"entropy": self.entropy_}
+
     def _update(self, chunk: _Chunk) -> None:
         raw = F._prompt_entropies(chunk.states, chunk.mask, self.alpha, self.tol, self.clamp_gram)  # (c, b)
         self.entropy_[chunk.layers, chunk.indices] = raw.cpu()
@@ -320,6 +359,9 @@ class CurvatureAccumulator(_TokenAccumulator):
 
     def _allocate(self, n_layers: int) -> None:
         self.curvature_ = self._nan_array(n_layers, self.n_texts)
+
+    def _arrays(self) -> dict[str, Tensor]:
+        return {"curvature": self.curvature_}
 
     def _update(self, chunk: _Chunk) -> None:
         self.curvature_[chunk.layers, chunk.indices] = F._curvatures(chunk.states, chunk.mask, self.abs_cos).cpu()
@@ -376,6 +418,9 @@ class PrefixEntropyAccumulator(_TokenAccumulator):
 
     def _allocate(self, n_layers: int) -> None:
         self.entropy_ = torch.full((len(self.prefix_lengths), n_layers, self.n_texts), math.nan, dtype=torch.float64)
+
+    def _arrays(self) -> dict[str, Tensor]:
+        return {"entropy": self.entropy_}
 
     def _update(self, chunk: _Chunk) -> None:
         n_real = chunk.mask.sum(dim=-1)
@@ -478,6 +523,26 @@ class TokenMetrics:
                     if any_nonfinite:
                         member._mark_nonfinite(chunk, nonfinite.cpu())
 
+    def key(self) -> str:
+        """A hash of the members and their options: what persisted state must match to be reused."""
+        import hashlib
+        import json
+
+        payload = json.dumps([member.options() for member in self._members], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def state(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Every member's state at ``positions`` (see :meth:`_TokenAccumulator.state`), one flat dict."""
+        return {f"{index}.{name}": value for index, member in enumerate(self._members)
+                for name, value in member.state(positions).items()}
+
+    def load_state(self, state: dict[str, np.ndarray], positions: np.ndarray) -> None:
+        """Restore :meth:`state` at ``positions``."""
+        for index, member in enumerate(self._members):
+            prefix = f"{index}."
+            member.load_state({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)},
+                              positions)
+
     def compute(self) -> dict[str, Any]:
         """``{metric name: values}`` for every member (see each accumulator's ``compute``)."""
         return {member.metric: member.compute() for member in self._members}
@@ -514,6 +579,12 @@ class PerPromptAccumulator(_TokenAccumulator):
 
     def _allocate(self, n_layers: int) -> None:
         self.values_ = {label: self._nan_array(n_layers, self.n_texts) for label in self.spec.outputs}
+
+    def _arrays(self) -> dict[str, Tensor]:
+        return dict(self.values_)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "function": f"{self.spec.function.__module__}.{self.spec.function.__qualname__}"}
 
     def _update(self, chunk: _Chunk) -> None:
         values = self.spec.call(chunk.states, chunk.mask.sum(dim=-1), **self.options)  # label -> (c, b)
