@@ -14,6 +14,7 @@ options are declared here and nowhere else.
 - :class:`ViewConfig`: augmented views for the invariance metrics.
 - :class:`MetricsConfig`: the label-free metrics of one text source (``compute_metrics``, sweeps).
 - :class:`AnalysisConfig`: the main job (``analyze``): metrics, task scores and the layer choice.
+- :class:`TaskFileConfig`: how labelled task files become MTEB tasks (columns, split, clustering).
 
 Importing this module is cheap (no torch, no transformers): the CLI builds its options from it.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "ExtractConfig",
     "MetricsConfig",
     "ModelConfig",
+    "TaskFileConfig",
     "TextConfig",
     "ViewConfig",
     "config_from_dict",
@@ -183,6 +185,22 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
                              for key, item in (value or {}).items()})
 
 
+#: Label-free transforms of pooled embeddings (see :mod:`layerscope.extract.conditioning`).
+CONDITIONS = ("none", "standardize", "whiten", "remove-top")
+
+
+def parse_condition(spec: str) -> tuple[str, int | None]:
+    """``"whiten:128"`` -> ``("whiten", 128)``; ``"standardize"`` -> ``("standardize", None)``."""
+    name, _, count = str(spec).strip().partition(":")
+    _one_of(name, CONDITIONS, "conditioning")
+    if not count:
+        return name, None
+    if name in ("none", "standardize") or not count.isdigit() or int(count) < 1:
+        raise LayerscopeError(f"bad conditioning '{spec}': use none, standardize, whiten[:rank] or remove-top[:k] "
+                              "with a positive integer")
+    return name, int(count)
+
+
 # ------------------------------------------------------------------------------------------ pieces
 
 
@@ -249,6 +267,12 @@ class ExtractConfig(Config):
     batch_size: int | str = option("auto", "Texts per batch, or auto.", label="Batch size")
     cache_dtype: str = option("float32", "Storage precision of cached embeddings: float32 | float16.",
                               label="Cache dtype")
+    outlier_tokens: float | None = option(None, "Leave out of pooling and token metrics, at each layer, tokens whose "
+                                          "norm exceeds this many times their prompt's median (attention sinks), "
+                                          "e.g. 10.", label="Outlier tokens dropped above (x median norm)")
+    condition: str = option("none", "Label-free transform of the pooled embeddings, fitted on the run's texts: "
+                            "none | standardize | whiten[:rank] | remove-top[:k] (all-but-the-top).",
+                            label="Conditioning")
 
     def validate(self) -> None:
         _one_of(self.pooling, POOLINGS, "pooling")
@@ -257,11 +281,22 @@ class ExtractConfig(Config):
         if self.batch_size != "auto":
             _positive(self.batch_size, "batch_size (or 'auto')")
         _one_of(self.cache_dtype, CACHE_DTYPES, "cache dtype")
+        if self.outlier_tokens is not None:
+            try:
+                factor = float(self.outlier_tokens)
+            except (TypeError, ValueError):
+                factor = float("nan")
+            if not factor > 1:
+                raise LayerscopeError(f"outlier_tokens must be a factor > 1 of the median token norm, got "
+                                      f"{self.outlier_tokens!r}")
+            object.__setattr__(self, "outlier_tokens", factor)
+        parse_condition(self.condition)  # one-line error for a bad spec
 
     def extract_options(self) -> dict[str, Any]:
-        """Keyword options of :func:`layerscope.extract` (final_norm belongs to the loaded model)."""
+        """Keyword options of :func:`layerscope.extract` (final_norm belongs to the loaded model; the
+        conditioning is fitted on the embeddings afterwards)."""
         return {"pooling": self.pooling, "max_length": self.max_length, "batch_size": self.batch_size,
-                "cache_dtype": self.cache_dtype}
+                "cache_dtype": self.cache_dtype, "outlier_tokens": self.outlier_tokens}
 
 
 @dataclass(frozen=True)
@@ -329,6 +364,8 @@ class AnalysisConfig(Config):
     dataset: TextConfig | None = None
     select_by: str = option("dime", "Metric that picks the layer without labels.", label="Label-free choice by")
     seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
+    eval_seed: int | None = option(None, "Seed of the evaluations (default: each MTEB task's own seed, 42, as a plain "
+                                   "MTEB run).", label="Evaluation seed")
 
     def validate(self) -> None:
         from layerscope.metrics.registry import get
@@ -360,3 +397,53 @@ def config_from_dict(data: Mapping[str, Any]) -> Config | None:
     kind = data.get("kind") if isinstance(data, Mapping) else None
     cls = CONFIG_KINDS.get(str(kind)) if kind else None
     return None if cls is None else cls.from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------ task files
+
+
+@dataclass(frozen=True)
+class TaskFileConfig(Config):
+    """How labelled task files (``--tasks FILE``) become MTEB tasks: columns, split, clustering.
+
+    The kind of task follows from the columns (see :mod:`layerscope.evaluate.task_files`); each
+    ``*_column`` option names the file's column for that role where it is not the default name. The
+    options apply to every task file of a run (a role a file's kind does not use is ignored).
+    """
+
+    test_fraction: float = option(0.5, "Share of each class held out for testing in task files without a split "
+                                  "column (seeded stratified split).", label="Test fraction")
+    split_column: str | None = option(None, "Column of task files marking each row train or test (default: a "
+                                      "seeded stratified split).", label="Split column")
+    split_seed: int = option(42, "Seed of the stratified split of task files.", label="Split seed")
+    clustering: bool = option(False, "Also score a clustering task on the texts of text + label task files.",
+                              label="Clustering task")
+    text_column: str | None = option(None, "Text column of task files (default: text).", label="Text column")
+    label_column: str | None = option(None, "Label column of task files (default: label).", label="Label column")
+    sentence1_column: str | None = option(None, "First sentence column of pair task files (default: sentence1).",
+                                          label="Sentence 1 column")
+    sentence2_column: str | None = option(None, "Second sentence column of pair task files (default: sentence2).",
+                                          label="Sentence 2 column")
+    score_column: str | None = option(None, "Similarity score column of STS task files (default: score).",
+                                      label="Score column")
+    query_column: str | None = option(None, "Query column of reranking task files (default: query).",
+                                      label="Query column")
+    positive_column: str | None = option(None, "Relevant-text column of reranking task files (default: positive).",
+                                         label="Positive column")
+    negative_column: str | None = option(None, "Irrelevant-text column of reranking task files (default: negative).",
+                                         label="Negative column")
+
+    def validate(self) -> None:
+        try:  # the command line hands the fraction over as text
+            fraction = float(self.test_fraction)
+        except (TypeError, ValueError):
+            fraction = float("nan")
+        if isinstance(self.test_fraction, bool) or not 0 < fraction < 1:
+            raise LayerscopeError(f"test_fraction must be a number between 0 and 1, got {self.test_fraction!r}")
+        object.__setattr__(self, "test_fraction", fraction)
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
+            raise LayerscopeError(f"split_seed must be an integer, got {self.split_seed!r}")
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name.endswith("_column") and value is not None and (not isinstance(value, str) or not value.strip()):
+                raise LayerscopeError(f"{item.name} must be a column name, got {value!r}")

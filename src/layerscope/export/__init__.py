@@ -135,6 +135,8 @@ def export_layer(
     final_norm: str = "none",
     normalize: bool = False,
     max_length: int | None = None,
+    condition: str = "none",
+    fit_texts: Sequence[str] | None = None,
     verify: bool = True,
 ) -> ExportResult:
     """Write layer ``layer`` of ``model`` as a standalone sentence-transformers / Hugging Face model.
@@ -155,6 +157,12 @@ def export_layer(
         Add an L2 normalization after pooling (cosine-ready vectors).
     max_length : int, optional
         Maximum sequence length in tokens (default: the model's configured one, else 512).
+    condition : str
+        A label-free conditioning (``standardize``, ``whiten[:rank]``, ``remove-top[:k]``; see
+        :mod:`layerscope.extract.conditioning`) fitted on ``fit_texts`` at this layer and carried into
+        the model as a sentence-transformers ``Dense`` module (after pooling, before ``normalize``).
+    fit_texts : sequence of str, optional
+        Unlabelled texts the conditioning is fitted on (required with a conditioning).
     verify : bool
         Encode a few probe texts with sentence-transformers and check they equal layerscope's
         embeddings (to :data:`TOLERANCE`).
@@ -173,13 +181,22 @@ def export_layer(
         model = load_model(model, device="cpu")
     if model.modality != "text":
         raise LayerscopeError(f"export supports text models; {model.model_id} is a {model.modality} model")
-    ExtractConfig(pooling=pooling, final_norm=final_norm)  # validates both (one-line errors)
+    ExtractConfig(pooling=pooling, final_norm=final_norm, condition=condition)  # one-line errors
     (layer,) = resolve_layers([int(layer)], model.num_layers)
     if layer < 1:
         raise LayerscopeError("export needs at least one block: choose a layer >= 1 (layer 0 is the embeddings)")
     max_length = int(max_length or getattr(model, "configured_max_length", None) or 512)
     folder = writable_directory(out, "export folder")
     source = model if model.final_norm == final_norm else _with_final_norm(model, final_norm)
+
+    conditioner = None
+    if condition != "none":
+        if not fit_texts:
+            raise LayerscopeError(f"the conditioning '{condition}' is fitted on texts: give some (--fit-dataset)")
+        from layerscope.extract.conditioning import fit_conditioner
+
+        fitted = extract(source, list(fit_texts), pooling=pooling, layers=[layer], max_length=max_length, progress=False)
+        conditioner = fit_conditioner(np.asarray(fitted.pooled), condition)
 
     parameters = _save_truncated(model, layer, folder, final_norm)
     reference = np.asarray(extract(source, list(PROBE_TEXTS), pooling=pooling, layers=[layer], max_length=max_length,
@@ -189,14 +206,16 @@ def export_layer(
     if final_norm == "none" and model.adapter.final_norm is not None:
         index = _hidden_state_index(folder, reference, PROBE_TEXTS, pooling)
         output = ["hidden_states", index]
-    _write_sentence_transformer(folder, output, pooling, normalize, max_length, model.hidden_size)
+    affine = None if conditioner is None else conditioner.layer(0)
+    _write_sentence_transformer(folder, output, pooling, normalize, max_length, model.hidden_size, affine)
 
     difference = None
     if verify:
         from sentence_transformers import SentenceTransformer
 
         encoded = SentenceTransformer(str(folder), device="cpu").encode(list(PROBE_TEXTS), convert_to_numpy=True)
-        expected = reference / np.linalg.norm(reference, axis=1, keepdims=True) if normalize else reference
+        expected = reference if affine is None else reference @ affine[0] + affine[1]
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True) if normalize else expected
         difference = float(np.abs(encoded.astype(np.float64) - expected).max())
         if difference > TOLERANCE * max(1.0, float(np.abs(expected).max())):
             raise LayerscopeError(f"the exported model differs from layerscope's layer {layer} by {difference:.2e}")
@@ -204,7 +223,8 @@ def export_layer(
     record = {"source": model.describe(), "layer": layer, "num_layers": model.num_layers, "pooling": pooling,
               "final_norm": final_norm, "normalize": normalize, "max_length": max_length,
               "hidden_states_index": index, "parameters": parameters, "parameters_full": full,
-              "max_difference": difference}
+              "max_difference": difference,
+              "conditioning": None if conditioner is None else conditioner.describe()}
     from layerscope.atomic import atomic_write_json
 
     atomic_write_json(folder / "layerscope_export.json", record)
@@ -218,16 +238,20 @@ def _with_final_norm(model: Any, final_norm: str) -> Any:
 
 
 def _write_sentence_transformer(folder: Path, output: list[Any], pooling: str, normalize: bool, max_length: int,
-                                dimension: int) -> None:
+                                dimension: int, affine: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The sentence-transformers modules of the export, saved over the model folder."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers.base.modules import Dense, Normalize
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     transformer = Transformer(str(folder), max_seq_length=max_length, module_output_name="token_embeddings",
                               modality_config={"text": {"method": "forward", "method_output_name": output}})
     modules: list[nn.Module] = [transformer, Pooling(dimension, pooling_mode=_ST_POOLING[pooling])]
+    if affine is not None:  # the conditioning x -> x A + c as a linear layer (weight A^T), no activation
+        weight, bias = (torch.as_tensor(value, dtype=torch.float32) for value in affine)
+        modules.append(Dense(weight.shape[0], weight.shape[1], activation_function=nn.Identity(),
+                             init_weight=weight.T.contiguous(), init_bias=bias))
     if normalize:
         modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))

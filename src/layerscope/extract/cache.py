@@ -102,6 +102,21 @@ class EmbeddingCache:
         os.replace(self.folder / "pooled.partial.npy", self.complete_path)
         atomic_write_bytes(self.folder / "record.json", json.dumps(record, indent=1, default=str).encode())
         (self.folder / "done.npy").unlink(missing_ok=True)
+        for extra in self.folder.glob("*.partial.npy"):  # side arrays of the run, now in the record
+            extra.unlink(missing_ok=True)
+
+    def save_extra(self, name: str, array: np.ndarray) -> None:
+        """A side array of the partial run (e.g. per-text counts), saved atomically."""
+        atomic_save_npy(self.folder / f"{name}.partial.npy", array)
+
+    def load_extra(self, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """A side array saved by :meth:`save_extra`, if it is there with this shape."""
+        path = self.folder / f"{name}.partial.npy"
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return array if array.shape == shape else None
 
     # -- token hooks -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import torch
 
 from layerscope.errors import LayerscopeError
 from layerscope.extract.cache import EmbeddingCache, cache_key, texts_hash
-from layerscope.extract.pooling import check_pooling, pool
+from layerscope.extract.pooling import check_pooling, outlier_tokens, pool
 from layerscope.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -140,9 +140,10 @@ class _LayerCapture:
     """
 
     def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool,
-                 layers: Sequence[int] | None = None) -> None:
+                 layers: Sequence[int] | None = None, outlier_factor: float | None = None) -> None:
         from layerscope.models.adapters import block_output
 
+        self.outlier_factor = outlier_factor
         self.layers = list(range(model.num_layers + 1)) if layers is None else sorted(layers)
         self.slot = {layer: position for position, layer in enumerate(self.layers)}
         self.n_layers = len(self.layers)
@@ -158,6 +159,7 @@ class _LayerCapture:
         self.mask: torch.Tensor | None = None
         self.pooled: torch.Tensor | None = None  # (layers, batch, dim) float32
         self.buffer: torch.Tensor | None = None  # (layers, batch, tokens, dim) view of _storage
+        self.keep: torch.Tensor | None = None  # (layers, batch, tokens) bool: tokens pooled (outliers dropped)
         self._storage: torch.Tensor | None = None
         self.seen = [False] * self.n_layers
         blocks = model.blocks
@@ -198,9 +200,15 @@ class _LayerCapture:
             if self.keep_tokens:
                 self.buffer = self._tokens_buffer((self.n_layers, batch, tokens, dim), hidden)
         as_float = hidden if hidden.dtype == torch.float32 else hidden.float()  # pool low precision in fp32
+        mask = self.mask
+        if self.outlier_factor is not None:
+            if self.keep is None:
+                self.keep = torch.zeros(self.n_layers, batch, tokens, dtype=torch.bool, device=hidden.device)
+            mask = self.mask.to(hidden.device).bool() & ~outlier_tokens(as_float, self.mask, self.outlier_factor)
+            self.keep[index] = mask.to(self.keep.device)
         # with device_map="map" blocks live on several devices (pool moves the mask to the layer's):
         # everything is gathered on the first
-        self.pooled[index] = pool(as_float.unsqueeze(0), self.mask, self.pooling)[0].to(self.pooled.device)
+        self.pooled[index] = pool(as_float.unsqueeze(0), mask, self.pooling)[0].to(self.pooled.device)
         if self.buffer is not None:
             self.buffer[index].copy_(hidden)
         self.seen[index] = True
@@ -216,26 +224,28 @@ class _LayerCapture:
             storage = self._storage = torch.empty(needed, dtype=like.dtype, device=like.device)
         return storage[:needed].view(shape)
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pooled (layers, batch, dim) float32 and, if kept, token states (layers, batch, tokens, dim)."""
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Pooled (layers, batch, dim) float32, token states (layers, batch, tokens, dim) if kept, and
+        the tokens pooled (layers, batch, tokens) when outliers are dropped."""
         if not all(self.seen):
             missing = [i for i, seen in enumerate(self.seen) if not seen]
             raise RuntimeError(f"layers {missing} were not produced by the forward pass")
         assert self.pooled is not None and self.mask is not None
-        pooled, states, mask = self.pooled, self.buffer, self.mask
+        pooled, states, mask, keep = self.pooled, self.buffer, self.mask, self.keep
         self.end()
         if states is not None:
             # exact zeros after each prompt's tokens, written only where there is padding
             batch_index, token_index = torch.nonzero(mask == 0, as_tuple=True)
             if len(batch_index):
                 states[:, batch_index, token_index] = 0
-        return pooled, states
+        return pooled, states, keep
 
     def end(self) -> None:
         self.active = False
         self.mask = None
         self.pooled = None
         self.buffer = None
+        self.keep = None
 
     def release(self) -> None:
         """Drop every tensor (after an out-of-memory error)."""
@@ -306,6 +316,7 @@ def extract(
     token_hook: TokenHook | None = None,
     progress: bool = True,
     cache_dtype: str = "float32",
+    outlier_tokens: float | None = None,
 ) -> Extraction:
     """Pooled embeddings of every layer, shape (L+1, N, D), from one forward pass per batch.
 
@@ -338,6 +349,10 @@ def extract(
         Show a progress bar.
     cache_dtype : {"float32", "float16"}
         Storage precision of the pooled embeddings.
+    outlier_tokens : float, optional
+        Leave out of the pooling, at each layer, the tokens whose norm exceeds this many times the
+        median token norm of their prompt (attention sinks carrying massive activations); the token
+        hook gets the same selection (``keep=``), and ``record["outlier_tokens_dropped"]`` counts them.
     """
     pooling = check_pooling(pooling)
     if model.modality != "text":
@@ -367,6 +382,10 @@ def extract(
         "n_texts": len(kept_texts),
         "cache_dtype": cache_dtype,
     }
+    if outlier_tokens is not None:
+        if not outlier_tokens > 1:
+            raise LayerscopeError(f"outlier_tokens must be a factor > 1 of the median token norm, got {outlier_tokens}")
+        key_fields["outlier_tokens"] = float(outlier_tokens)
     key = cache_key(key_fields)
     record: dict[str, Any] = {
         **model.describe(),
@@ -379,6 +398,7 @@ def extract(
         "texts_sha256": key_fields["texts"],
         "cache_key": key,
         "cache_dtype": cache_dtype,
+        "outlier_tokens": outlier_tokens,
     }
 
     def tokenize() -> TokenizedTexts:
@@ -387,7 +407,8 @@ def extract(
         return tokenized
 
     return cached_or_run(model, tokenize, kept_texts, kept, selected, record, pooling=pooling, batch_size=batch_size,
-                         cache_dir=cache_dir, token_hook=token_hook, progress=progress, cache_dtype=cache_dtype)
+                         cache_dir=cache_dir, token_hook=token_hook, progress=progress, cache_dtype=cache_dtype,
+                         outlier_tokens=outlier_tokens)
 
 
 def check_cache_dtype(cache_dtype: str) -> None:
@@ -409,6 +430,7 @@ def cached_or_run(
     token_hook: TokenHook | None,
     progress: bool,
     cache_dtype: str,
+    outlier_tokens: float | None = None,
 ) -> Extraction:
     """The embeddings from the cache entry ``record["cache_key"]`` when it is complete (and any token
     hook's results were kept with it), else from the model, writing (or resuming) that entry.
@@ -439,7 +461,8 @@ def cached_or_run(
             return _selected(Extraction(pooled, layers, names, kept, saved, True), selected)
         inputs = make_inputs()
         output, record = _run(model, inputs, kept, pooling, batch_size, cache, token_hook, progress,
-                              np.dtype(cache_dtype), record, layers=stored, hook_key=hook_key)
+                              np.dtype(cache_dtype), record, layers=stored, hook_key=hook_key,
+                              outlier_factor=outlier_tokens)
     return _selected(Extraction(output, stored, names, kept, record, False), selected)
 
 
@@ -498,9 +521,14 @@ def _run(
     record: dict[str, Any],
     layers: Sequence[int] | None = None,
     hook_key: str | None = None,
+    outlier_factor: float | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The batch loop: forward, pool every layer (of ``layers``) into ``output``, feed the token hook,
-    checkpoint (the token hook's state with the embeddings, so a resumed run skips what it has seen)."""
+    checkpoint (the token hook's state with the embeddings, so a resumed run skips what it has seen).
+
+    With ``outlier_factor`` the tokens pooled leave out each layer's outlier tokens (see
+    :func:`~layerscope.extract.pooling.outlier_tokens`); the token hook gets the same selection as
+    ``keep=`` and the record counts the tokens dropped per layer."""
     start = time.perf_counter()
     n_layers = model.num_layers + 1 if layers is None else len(layers)
     dim = model.hidden_size
@@ -512,12 +540,17 @@ def _run(
             done &= cache.restore_hook(hook_key, token_hook, kept, partial=True) if hook else False
     else:
         output, done = np.empty((n_layers, len(kept), dim), dtype=np_dtype), np.zeros(len(kept), dtype=bool)
+    # tokens dropped per text and layer (kept with the checkpoints, so a resumed run counts them all)
+    dropped = None
+    if outlier_factor is not None:
+        dropped = cache.load_extra("dropped", (len(kept), n_layers)) if cache is not None else None
+        dropped = np.zeros((len(kept), n_layers), dtype=np.int32) if dropped is None else dropped
     todo = np.flatnonzero(~done)
     nonfinite = np.zeros(n_layers, dtype=np.int64)
     with_indices = token_hook is not None and _hook_takes_indices(token_hook)
     kept_tensor = torch.from_numpy(kept)
     last_save = time.monotonic()
-    runner = _BatchRunner(model, pooling, token_hook is not None, layers)
+    runner = _BatchRunner(model, pooling, token_hook is not None, layers, outlier_factor)
     bar = _progress_bar(len(kept), len(kept) - len(todo), progress, str(model.model_id))
     copies = _HostCopies()
     # Batches whose pooled copy to the host may still be in flight: on a GPU the last one is read
@@ -533,8 +566,14 @@ def _run(
         done[rows] = True
         bar.update(len(rows))
         if cache is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS:
-            cache.save_progress(output, done, hook)
+            save()
             last_save = time.monotonic()
+
+    def save() -> None:
+        assert cache is not None
+        if dropped is not None:
+            cache.save_extra("dropped", dropped)
+        cache.save_progress(output, done, hook)
 
     try:
         queue = _plan_batches(tokenized.lengths, todo, batch_size, model)
@@ -543,7 +582,7 @@ def _run(
             row_tensor = torch.from_numpy(rows)
             input_ids, mask = tokenized.batch(row_tensor)
             try:
-                pooled, states = runner(input_ids, mask)
+                pooled, states, keep = runner(input_ids, mask)
             except Exception as error:  # out of memory: halve the batch and go on
                 if not _is_out_of_memory(error):
                     raise
@@ -556,13 +595,17 @@ def _run(
                 queue[:0] = [rows[:half], rows[half:]]
                 continue
             pending.append((rows, copies.submit(pooled)))
+            if dropped is not None and keep is not None:
+                real = keep.new_ones(keep.shape[1:]) if mask is None else mask.to(keep.device).bool()
+                dropped[rows] = (real & ~keep).sum(dim=-1).T.cpu().numpy()  # (batch, layers)
             if token_hook is not None:
                 assert states is not None
                 lengths = mask.sum(1) if mask is not None else torch.full((len(rows),), states.shape[2])
+                extra = {"keep": keep} if keep is not None else {}
                 if with_indices:
-                    token_hook(states, lengths, kept_tensor[row_tensor])
+                    token_hook(states, lengths, kept_tensor[row_tensor], **extra)
                 else:
-                    token_hook(states, lengths)
+                    token_hook(states, lengths, **extra)
             del states
             while len(pending) > copies.lag:
                 store(*pending.pop(0))
@@ -573,7 +616,7 @@ def _run(
             with contextlib.suppress(Exception):  # a batch still in flight, unless the device failed
                 while pending:
                     store(*pending.pop(0))
-            cache.save_progress(output, done, hook)
+            save()
         raise
     finally:
         bar.close()
@@ -586,6 +629,9 @@ def _run(
         nonfinite_layers={int(layer): int(count) for layer, count in zip(layers or range(n_layers), nonfinite,
                                                                            strict=True) if count},
     )
+    if dropped is not None:
+        record["outlier_tokens_dropped"] = {int(layer): int(count) for layer, count
+                                            in zip(layers or range(n_layers), dropped.sum(axis=0), strict=True)}
     if record["nonfinite_layers"]:
         logger.warning(
             "non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)", record["nonfinite_layers"]
@@ -658,16 +704,16 @@ class _BatchRunner:
     """
 
     def __init__(self, model: LoadedModel, pooling: str, keep_tokens: bool,
-                 layers: Sequence[int] | None = None) -> None:
+                 layers: Sequence[int] | None = None, outlier_factor: float | None = None) -> None:
         self.model = model
-        self.capture = _LayerCapture(model, pooling, keep_tokens, layers)
+        self.capture = _LayerCapture(model, pooling, keep_tokens, layers, outlier_factor)
         self.device = model.device
         accepted = inspect.signature(model.model.forward).parameters
         self.extra = {"use_cache": False} if "use_cache" in accepted else {}
         self.vision = model.modality == "vision"
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """``input_ids`` (batch, tokens) and their mask, or for a vision model pixel values
         (batch, channels, height, width) and ``mask=None``."""
         # To a GPU, inputs go from pinned memory without waiting: a copy from pageable memory would
@@ -689,7 +735,7 @@ class _BatchRunner:
         except BaseException:
             self.capture.end()
             raise
-        return self.capture.result()  # (layers, batch, dim), (layers, batch, tokens, dim) or None
+        return self.capture.result()  # (layers, batch, dim), (layers, batch, tokens, dim) or None, keep or None
 
     def release(self) -> None:
         self.capture.release()

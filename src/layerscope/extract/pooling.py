@@ -49,3 +49,24 @@ def pool(states: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> tor
         index = torch.where(real, positions, mask.shape[1]).amin(1).clamp_max(mask.shape[1] - 1)
     batch = torch.arange(mask.shape[0], device=mask.device)
     return states[:, batch, index]
+
+
+def outlier_tokens(states: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:
+    """Tokens whose norm exceeds ``factor`` times the median token norm of their prompt (attention sinks).
+
+    Parameters
+    ----------
+    states : Tensor, shape (..., batch, tokens, dim)
+    mask : Tensor, shape (batch, tokens)
+        Real tokens (padding is never an outlier and does not count in the median).
+    factor : float
+        How many times the prompt's median norm a token must exceed (> 1).
+
+    Returns
+    -------
+    Tensor of bool, shape (..., batch, tokens)
+    """
+    norms = torch.linalg.vector_norm(states.float(), dim=-1)  # (..., batch, tokens)
+    real = mask.to(norms.device).bool().expand_as(norms)
+    median = torch.where(real, norms, torch.nan).nanmedian(dim=-1, keepdim=True).values
+    return real & (norms > factor * median)

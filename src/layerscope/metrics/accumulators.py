@@ -153,7 +153,7 @@ class _Chunk:
     states: Tensor  # (c, b, T, D) float64
     layers: slice
     prompts: slice
-    mask: Tensor  # (b, T) bool
+    mask: Tensor  # (b, T) bool, or (c, b, T) when outlier tokens were dropped per layer
     indices: Tensor  # (b,) CPU
 
 
@@ -174,7 +174,7 @@ class _TokenAccumulator:
         self.n_layers_: int | None = None
         self.hidden_size_: int | None = None
         self.seen_ = torch.zeros(self.n_texts, dtype=torch.bool)
-        self.lengths_ = torch.zeros(self.n_texts, dtype=torch.int64)
+        self.lengths_ = torch.zeros(1, self.n_texts, dtype=torch.int64)  # (layers, n_texts) once started
         self.nonfinite_: Tensor | None = None  # (layers, n_texts) bool
 
     def __call__(self, states: Tensor, lengths: Tensor, indices: Tensor) -> None:
@@ -187,6 +187,7 @@ class _TokenAccumulator:
         if self.n_layers_ is None:
             self.n_layers_, self.hidden_size_ = batch.n_layers, batch.hidden_size
             self.nonfinite_ = torch.zeros(batch.n_layers, self.n_texts, dtype=torch.bool)
+            self.lengths_ = torch.zeros(batch.n_layers, self.n_texts, dtype=torch.int64)
             self._allocate(batch.n_layers)
         elif (self.n_layers_, self.hidden_size_) != (batch.n_layers, batch.hidden_size):
             raise LayerscopeError(
@@ -196,7 +197,7 @@ class _TokenAccumulator:
         if int(batch.indices.max()) >= self.n_texts:
             raise LayerscopeError(f"prompt index {int(batch.indices.max())} out of range for n_texts={self.n_texts}")
         self.seen_[batch.indices] = True
-        self.lengths_[batch.indices] = batch.lengths.cpu()
+        self.lengths_[:, batch.indices] = batch.lengths.cpu()
         assert self.nonfinite_ is not None
         self.nonfinite_[:, batch.indices] = False
 
@@ -231,12 +232,13 @@ class _TokenAccumulator:
         self.reset()
         self.n_layers_, self.hidden_size_ = n_layers, hidden_size
         self.nonfinite_ = torch.zeros(n_layers, self.n_texts, dtype=torch.bool)
+        self.lengths_ = torch.zeros(n_layers, self.n_texts, dtype=torch.int64)
         self._allocate(n_layers)
         index = torch.as_tensor(positions)
         for name, target in self._arrays().items():
             target[..., index] = torch.from_numpy(state[f"array.{name}"])
         self.seen_[index] = torch.from_numpy(state["seen"])
-        self.lengths_[index] = torch.from_numpy(state["lengths"])
+        self.lengths_[:, index] = torch.from_numpy(state["lengths"])
         self.nonfinite_[:, index] = torch.from_numpy(state["nonfinite"])
 
     def _mark_nonfinite(self, chunk: _Chunk, nonfinite: Tensor) -> None:
@@ -427,7 +429,7 @@ class PrefixEntropyAccumulator(_TokenAccumulator):
         for i, t in enumerate(self.prefix_lengths):
             width = min(t, chunk.states.shape[-2])
             raw = F._prompt_entropies(
-                chunk.states[..., :width, :], chunk.mask[:, :width], self.alpha, self.tol, self.clamp_gram
+                chunk.states[..., :width, :], chunk.mask[..., :width], self.alpha, self.tol, self.clamp_gram
             )
             self.entropy_[i, chunk.layers, chunk.indices] = torch.where(n_real >= t, raw, math.nan).cpu()
 
@@ -447,6 +449,17 @@ class PrefixEntropyAccumulator(_TokenAccumulator):
         return PrefixEntropyValues(
             self.prefix_lengths, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped
         )
+
+
+def _compact(block: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each (layer, prompt)'s kept tokens to the front, in order, and zero the rest.
+
+    ``block`` (c, b, T, D), ``keep`` (c, b, T) bool -> the compacted block and its mask (c, b, T).
+    """
+    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)  # kept first, original order
+    compact = torch.gather(block, -2, order.unsqueeze(-1).expand_as(block))
+    mask = torch.arange(keep.shape[-1], device=keep.device) < keep.sum(dim=-1, keepdim=True)
+    return compact * mask.unsqueeze(-1), mask
 
 
 @dataclass
@@ -480,8 +493,13 @@ class TokenMetrics:
         if len(set(names)) != len(names):
             raise LayerscopeError(f"duplicate token metrics: {names}")
 
-    def __call__(self, states: Tensor, lengths: Tensor, indices: Tensor) -> None:
-        """Consume one batch: ``states`` (layers, B, T, D), ``lengths`` (B,), ``indices`` (B,)."""
+    def __call__(self, states: Tensor, lengths: Tensor, indices: Tensor, keep: Tensor | None = None) -> None:
+        """Consume one batch: ``states`` (layers, B, T, D), ``lengths`` (B,), ``indices`` (B,).
+
+        ``keep`` (layers, B, T) bool, optional: the tokens to measure at each layer (the extraction's
+        pooled tokens when it drops outlier tokens); the others are left out, the kept ones keep their
+        order (curvature steps from one kept token to the next).
+        """
         if not self._members:
             return
         if not isinstance(states, Tensor) or states.ndim != 4:
@@ -517,8 +535,13 @@ class TokenMetrics:
                 any_nonfinite = bool(nonfinite.any())
                 if any_nonfinite:  # zero them so the batched math stays finite; their values are NaN-ed
                     block = torch.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
-                chunk = _Chunk(block, layers, prompts, mask[prompts], indices[prompts])
+                chunk_mask = mask[prompts]
+                if keep is not None:
+                    block, chunk_mask = _compact(block, keep[layers, prompts].to(block.device) & chunk_mask)
+                chunk = _Chunk(block, layers, prompts, chunk_mask, indices[prompts])
                 for member in self._members:
+                    if keep is not None:
+                        member.lengths_[layers, chunk.indices] = chunk_mask.sum(dim=-1).cpu()
                     member._update(chunk)
                     if any_nonfinite:
                         member._mark_nonfinite(chunk, nonfinite.cpu())

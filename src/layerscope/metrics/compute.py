@@ -65,6 +65,8 @@ class Measurement:
         Which texts got views.
     record : dict
         How it was made: the extraction record, metrics, options, seed, forward passes, timings.
+    conditioner : Conditioner or None
+        The label-free conditioning fitted on the texts (see ``ExtractConfig.condition``), if any.
     """
 
     metrics: pd.DataFrame
@@ -72,6 +74,17 @@ class Measurement:
     extraction: Any
     plan: ViewPlan
     record: dict[str, Any] = field(default_factory=dict)
+    conditioner: Any = None
+
+    @property
+    def embeddings(self) -> Any:
+        """The extraction as the metrics saw it: conditioned when a conditioning was fitted."""
+        if self.conditioner is None:
+            return self.extraction
+        import dataclasses
+
+        conditioned = self.conditioner.apply(self.extraction.pooled).to(torch.float32).numpy()
+        return dataclasses.replace(self.extraction, pooled=conditioned)
 
 
 def measure(
@@ -169,10 +182,17 @@ def measure(
     pair_views, lidar_views = encode_planned(model, view_inputs, plan, seed, **common)
     timings["views_s"] = time.perf_counter() - start
 
-    # 4. metrics of every set, on the device of the model where it is a GPU
+    # 4. metrics of every set, on the device of the model where it is a GPU; a conditioning is fitted
+    # on all the texts' embeddings (no labels) and applied to them and to the views
     start = time.perf_counter()
+    from layerscope.extract.conditioning import fit_conditioner
+
+    conditioner = fit_conditioner(base.pooled, extraction.condition)
     device = _metrics_device(model, base.pooled)
     pooled = base.tensor(torch.float64).to(device)  # (layers, n_kept, d)
+    if conditioner is not None:
+        pooled, pair_views, lidar_views = (None if x is None else conditioner.apply(x)
+                                           for x in (pooled, pair_views, lidar_views))
     pair_views = None if pair_views is None else pair_views.to(device)
     lidar_views = None if lidar_views is None else lidar_views.to(device)
     frames = []
@@ -196,9 +216,11 @@ def measure(
         "seed": seed,
         "options": {name: dict(value) for name, value in chosen.items() if value},
         "n_forward_texts": len(base.texts) + plan.n_encoded,
+        "conditioning": None if conditioner is None else conditioner.describe(),
         **{key: round(value, 3) for key, value in timings.items()},
     }
-    return Measurement(table[[*METRIC_COLUMNS, "dataset"]], _prompt_frame(token_values), base, plan, record)
+    return Measurement(table[[*METRIC_COLUMNS, "dataset"]], _prompt_frame(token_values), base, plan, record,
+                       conditioner)
 
 
 def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:

@@ -200,11 +200,13 @@ def _check_normalization(normalization: str) -> str:
 
 
 def _lengths_mask(lengths: Tensor | None, n_prompts: int, n_tokens: int, device: torch.device) -> Tensor:
-    """(prompts,) lengths -> (prompts, tokens) bool mask of real tokens; None = all tokens real."""
+    """(..., prompts) lengths -> (..., prompts, tokens) bool mask of real tokens; None = all tokens real.
+
+    Lengths may differ per leading index (e.g. per layer, when outlier tokens were left out)."""
     if lengths is None:
         return torch.ones(n_prompts, n_tokens, dtype=torch.bool, device=device)
     lengths = torch.as_tensor(lengths, device=device)
-    if lengths.shape != (n_prompts,):
+    if lengths.ndim < 1 or lengths.shape[-1] != n_prompts:
         raise LayerscopeError(f"lengths must have shape ({n_prompts},), got {tuple(lengths.shape)}")
     if lengths.is_floating_point() or bool(((lengths < 0) | (lengths > n_tokens)).any()):
         raise LayerscopeError(f"lengths must be integers in [0, {n_tokens}]")

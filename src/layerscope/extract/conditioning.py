@@ -1,0 +1,121 @@
+"""Label-free conditioning of pooled embeddings: affine maps fitted per layer on unlabelled texts.
+
+Anisotropy (a few directions carrying most of the variance, e.g. after a massive-activation token)
+hides structure from cosine similarity and from the entropy metrics. These transforms, fitted on the
+embeddings of unlabelled texts, are known to repair it:
+
+``standardize``
+    Per-dimension z-scores: ``(x - mean) / std`` (constant dimensions only centred).
+``whiten[:rank]``
+    PCA whitening (BERT-whitening, Su et al. 2021): ``(x - mean) U diag(s)^(-1/2)`` on the top
+    ``rank`` principal directions (default: as many as the fitting texts allow, ``min(n - 1, d)``).
+``remove-top[:k]``
+    All-but-the-top (Mu & Viswanath 2018): centre, then remove the projections on the top ``k``
+    principal directions (default 1).
+
+Each is an affine map ``x -> x A + c``, one per layer, computed in float64 and applied with one
+batched matrix product; a sentence-transformers ``Dense`` module carries it into an exported model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from layerscope.config import parse_condition
+from layerscope.errors import LayerscopeError
+
+__all__ = ["Conditioner", "fit_conditioner"]
+
+#: Principal variances below this fraction of the largest are treated as zero (no whitening blow-up).
+_RELATIVE_FLOOR = 1e-10
+
+
+@dataclass(frozen=True)
+class Conditioner:
+    """A fitted conditioning: one affine map per layer.
+
+    Attributes
+    ----------
+    spec : str
+        The transform (``"whiten:64"``...).
+    weight : Tensor, shape (layers, d, k), float64
+    bias : Tensor, shape (layers, k), float64
+    n_fit : int
+        Texts it was fitted on.
+    """
+
+    spec: str
+    weight: Tensor
+    bias: Tensor
+    n_fit: int
+
+    @property
+    def dim(self) -> int:
+        """Output dimension ``k``."""
+        return int(self.weight.shape[-1])
+
+    def apply(self, embeddings: Tensor | np.ndarray) -> Tensor:
+        """``(layers, ..., d)`` embeddings -> ``(layers, ..., k)`` float64 (any leading axes after layers)."""
+        x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, Tensor) else embeddings)
+        x = x.to(torch.float64)
+        if x.shape[0] != self.weight.shape[0] or x.shape[-1] != self.weight.shape[1]:
+            raise LayerscopeError(f"conditioning fitted on {tuple(self.weight.shape[:2])} (layers, features) "
+                                  f"cannot apply to embeddings of shape {tuple(x.shape)}")
+        weight, bias = self.weight.to(x.device), self.bias.to(x.device)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (layers, m, d)
+        out = torch.baddbmm(bias.unsqueeze(1), flat, weight)  # (layers, m, k)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def layer(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(A (d, k), c (k,))`` of one layer (by position in the fitted stack), e.g. for an export."""
+        return self.weight[position].numpy(), self.bias[position].numpy()
+
+    def describe(self) -> dict[str, object]:
+        return {"condition": self.spec, "n_fit": self.n_fit, "dim": self.dim}
+
+
+def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str) -> Conditioner | None:
+    """Fit a conditioning per layer on unlabelled embeddings ``(layers, n, d)``; None for ``"none"``.
+
+    Parameters
+    ----------
+    embeddings : Tensor or ndarray, shape (layers, n, d)
+        Pooled embeddings of the fitting texts (no labels involved).
+    spec : str
+        ``none``, ``standardize``, ``whiten[:rank]`` or ``remove-top[:k]``.
+    """
+    name, count = parse_condition(spec)
+    if name == "none":
+        return None
+    x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, Tensor) else embeddings)
+    x = x.to(torch.float64)
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise LayerscopeError(f"conditioning needs embeddings (layers, n >= 2, d), got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise LayerscopeError("conditioning cannot be fitted on embeddings holding NaN or inf")
+    layers, n, d = x.shape
+    mean = x.mean(dim=1)  # (layers, d)
+    centered = x - mean.unsqueeze(1)
+    if name == "standardize":
+        std = centered.square().mean(dim=1).sqrt()  # (layers, d)
+        floor = _RELATIVE_FLOOR * std.amax(dim=-1, keepdim=True)
+        scale = torch.where(std > floor, 1.0 / torch.where(std > floor, std, 1.0), 1.0)
+        weight = torch.diag_embed(scale)  # (layers, d, d)
+    else:
+        covariance = centered.mT @ centered / n  # (layers, d, d)
+        variances, vectors = torch.linalg.eigh(covariance)  # ascending
+        variances, vectors = variances.flip(-1), vectors.flip(-1)  # largest first
+        if name == "whiten":
+            rank = min(count or d, n - 1, d)
+            top = variances[:, :rank].clamp_min(_RELATIVE_FLOOR * variances[:, :1])
+            weight = vectors[:, :, :rank] / top.sqrt().unsqueeze(1)  # (layers, d, rank)
+        else:  # remove-top
+            k = min(count or 1, d)
+            top = vectors[:, :, :k]
+            weight = torch.eye(d, dtype=torch.float64) - top @ top.mT  # (layers, d, d)
+    bias = -(mean.unsqueeze(1) @ weight).squeeze(1)  # (layers, k): the fitted mean maps to 0
+    return Conditioner(str(spec), weight, bias, n)

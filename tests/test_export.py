@@ -1,0 +1,81 @@
+"""Exporting a layer as a standalone embedding model (issue 12 point 4).
+
+The checks use texts the export never saw, and the tools a user would check us with:
+sentence-transformers' ``encode`` and transformers' ``AutoModel``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import layerscope as ls
+from layerscope.errors import LayerscopeError
+from layerscope.export import export_layer
+from layerscope.models.tiny import tiny_model
+from conftest import TEXT_FAMILIES
+
+TEXTS = ["Which layer of this model gives the best features for my task?",
+         "Short.",
+         "Exported models keep the embeddings and the first blocks; the later blocks and any head are dropped.",
+         "Padding to the longest text of a batch must not change anyone's embedding, in any family."]
+
+
+def encode(folder) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu").encode(TEXTS, batch_size=4, convert_to_numpy=True)
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+@pytest.mark.parametrize(("final_norm", "pooling"), [("none", "mean"), ("all", "last"), ("none", "first")])
+def test_sentence_transformers_encode_equals_layerscope_at_the_layer(family, final_norm, pooling, tmp_path):
+    from transformers import AutoModel
+
+    model = tiny_model(family, num_layers=4, final_norm=final_norm)
+    result = export_layer(model, 3, tmp_path, pooling=pooling, final_norm=final_norm, max_length=64)
+    expected = ls.extract(model, TEXTS, pooling=pooling, layers=[3], max_length=64, progress=False).pooled[0]
+    np.testing.assert_allclose(encode(tmp_path), expected, atol=1e-5, rtol=1e-4)
+    loaded = AutoModel.from_pretrained(str(tmp_path))
+    assert loaded.config.num_hidden_layers == 3
+    kept = sum(p.numel() for p in loaded.parameters())
+    assert kept == result.parameters < result.parameters_full
+    # what was dropped is exactly one block's parameters
+    block = sum(p.numel() for p in model.blocks[3].parameters())
+    assert result.parameters_full - result.parameters == block
+
+
+def test_normalize_and_conditioning_are_carried_as_modules(tmp_path):
+    from layerscope.extract.conditioning import fit_conditioner
+
+    model = tiny_model("llama", num_layers=4)
+    fit_texts = [f"an unlabelled text number {i} with {'more ' * (i % 5)}words" for i in range(30)]
+    export_layer(model, 2, tmp_path, condition="whiten:8", fit_texts=fit_texts, normalize=True, max_length=64)
+    fitted = ls.extract(model, fit_texts, layers=[2], max_length=64, progress=False).pooled
+    conditioner = fit_conditioner(fitted, "whiten:8")
+    raw = ls.extract(model, TEXTS, layers=[2], max_length=64, progress=False).pooled
+    expected = conditioner.apply(raw)[0].numpy()
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    encoded = encode(tmp_path)
+    assert encoded.shape == (len(TEXTS), 8)
+    np.testing.assert_allclose(encoded, expected, atol=1e-5)
+
+
+def test_export_refuses_what_it_cannot_carry(tmp_path):
+    model = tiny_model("llama", num_layers=2)
+    with pytest.raises(LayerscopeError, match="layer >= 1"):
+        export_layer(model, 0, tmp_path)
+    with pytest.raises(LayerscopeError, match="out of range"):
+        export_layer(model, 5, tmp_path)
+    with pytest.raises(LayerscopeError, match="fitted on texts"):
+        export_layer(model, 1, tmp_path, condition="whiten")
+    with pytest.raises(LayerscopeError, match="text models"):
+        export_layer(tiny_model("vit"), 1, tmp_path)
+
+
+def test_export_leaves_the_source_model_whole(tmp_path):
+    model = tiny_model("gpt2", num_layers=4)
+    before = ls.extract(model, TEXTS, progress=False).pooled
+    export_layer(model, 1, tmp_path, max_length=64)
+    assert len(model.blocks) == 4 and model.model.config.num_hidden_layers == 4
+    np.testing.assert_array_equal(ls.extract(model, TEXTS, progress=False).pooled, before)
