@@ -15,7 +15,6 @@ from layerscope.metrics.accumulators import (
     PrefixEntropyAccumulator,
     PromptEntropyAccumulator,
     TokenMetrics,
-    make,
 )
 
 LAYERS, DIM = 3, 10
@@ -235,9 +234,14 @@ def test_bad_batches_and_options_raise():
         PromptEntropyAccumulator(2, normalizations=("logn",))
     with pytest.raises(LayerscopeError, match="prefix lengths"):
         PrefixEntropyAccumulator(2, prefix_lengths=(1, 4))
+    from layerscope.metrics import get
+
     with pytest.raises(LayerscopeError, match="did you mean 'curvature'"):
-        make("curvatur", 3)
-    assert isinstance(make("curvature", 3, abs_cos=True), CurvatureAccumulator)
+        get("curvatur").make_accumulator(3)
+    built = get("curvature").make_accumulator(3, abs_cos=True)
+    assert isinstance(built, CurvatureAccumulator) and built.abs_cos is True
+    with pytest.raises(LayerscopeError, match="not a token metric"):
+        get("dime").make_accumulator(3)
 
 
 def test_states_are_not_modified():

@@ -41,7 +41,6 @@ __all__ = [
     "PromptEntropyAccumulator",
     "TokenMetricValues",
     "TokenMetrics",
-    "make",
 ]
 
 DEFAULT_CHUNK_BYTES = 8 * 2**20
@@ -638,14 +637,3 @@ def _chunk_bytes(device: torch.device) -> int:
     free, _ = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return max(DEFAULT_CHUNK_BYTES, int(GPU_CHUNK_FRACTION * (free + cached)))
-
-
-def make(name: str, n_texts: int, **options: Any) -> _TokenAccumulator:
-    """Deprecated: use ``layerscope.metrics.get(name).make_accumulator(n_texts, **options)``."""
-    import warnings
-
-    from layerscope.metrics.registry import get
-
-    warnings.warn("accumulators.make is deprecated; use metrics.get(name).make_accumulator(n_texts, ...)",
-                  DeprecationWarning, stacklevel=2)
-    return get(name).make_accumulator(n_texts, **options)
