@@ -14,7 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-TEXT_FAMILIES = ("llama", "qwen2", "gemma3", "gpt_neox", "gpt2", "bert", "mamba")
+from layerscope.models.families import families_under_test  # noqa: E402
+
+#: Every text family with a tiny model, from the one family table (layerscope.models.families).
+TEXT_FAMILIES = families_under_test("text")
 
 SAMPLE_TEXTS = [
     "Intermediate layers often make better embeddings.",

@@ -55,3 +55,84 @@ def test_show_load_bars_controls_transformers_bars_at_the_next_load(tmp_path, sh
     finally:
         show_load_bars(True)
         transformers_logging.enable_progress_bar()
+
+
+def _cli_many(*commands: list[str]) -> list[tuple[int, list[str]]]:
+    """Run several ``layerscope`` commands through ``main()`` in one fresh interpreter (one start-up).
+
+    Returns each command's exit status and its stderr lines.
+    """
+    marker = "=== next command ==="
+    script = ("import sys\nfrom layerscope.cli import main\n"
+              f"for args in {[list(c) for c in commands]!r}:\n"
+              "    sys.argv = ['layerscope', *args]\n"
+              "    try:\n        main()\n    except SystemExit as exit:\n        code = exit.code\n"
+              "    else:\n        code = 0\n"
+              f"    print(code, flush=True)\n    print({marker!r}, file=sys.stderr, flush=True)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    codes = [int(line) for line in result.stdout.split() if line.lstrip("-").isdigit()]
+    errors = [[line for line in part.strip().splitlines() if line.strip()] for part in result.stderr.split(marker)]
+    assert len(codes) == len(commands), result.stdout + result.stderr
+    return list(zip(codes, errors[: len(commands)], strict=True))
+
+
+def test_bad_task_files_are_one_line_with_status_2(tmp_path):
+    """Issue 12 point 2 through the real entry point: each bad file, exit 2 and one line naming it and the fix."""
+    import pandas as pd
+
+    files = {
+        "missing.csv": pd.DataFrame({"text": ["a", "b"], "labels": ["x", "y"]}),
+        "oneclass.csv": pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": "spam"}),
+        "small.csv": pd.DataFrame({"text": [f"t{i}" for i in range(25)], "label": ["a"] * 20 + ["b"] * 5}),
+        "blank.csv": pd.DataFrame({"text": ["", " "], "label": ["a", "b"]}),
+        "scores.tsv": pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "score": ["1", "high"]}),
+    }
+    for name, frame in files.items():
+        frame.to_csv(tmp_path / name, sep="\t" if name.endswith(".tsv") else ",", index=False)
+    (tmp_path / "binary.parquet").write_bytes(bytes(range(256)))
+    (tmp_path / "binary.csv").write_bytes(b"text,label\n\x00\x01\x02")
+    (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": \n', encoding="utf-8")
+    expected = {
+        "missing.csv": "no label column 'label' for classification; columns found: text, labels (nearest: 'labels'); "
+                       "name it with --label-column",
+        "oneclass.csv": "the label column 'label' holds one class only ('spam')",
+        "small.csv": "class 'b' has 5 rows; MTEB's classification protocol draws 8 per class to train on",
+        "blank.csv": "no rows left after removing 2 rows with an empty text of 2",
+        "scores.tsv": "score column 'score' is not numeric (row 2: 'high')",
+        "binary.parquet": "as parquet: ",
+        "binary.csv": "it looks binary (a NUL byte at byte 11)",
+        "broken.jsonl": "line 2 is not JSON",
+    }
+    # the model is never loaded: a bad file fails first (the model name does not even exist)
+    commands = [["evaluate", "--model", "not-a-model", "--tasks", str(tmp_path / name)] for name in expected]
+    commands.append(["analyze", "--model", "not-a-model", "--tasks", f"offline,{tmp_path / 'small.csv'}",
+                     "--out", str(tmp_path / "out")])
+    results = _cli_many(*commands)
+    for (code, lines), name in zip(results, [*expected, "small.csv"], strict=True):
+        assert code == 2, (name, lines)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / name) in lines[0], (name, lines)
+        assert expected[name] in lines[0], (name, lines)
+
+
+def test_evaluate_command_scores_a_task_file(tmp_path):
+    """``layerscope evaluate --tasks FILE`` end to end on a tiny model saved to a folder."""
+    import json
+
+    import pandas as pd
+
+    model = tiny_model("llama", num_layers=2)
+    model.model.save_pretrained(str(tmp_path / "model"))
+    model.tokenizer.save_pretrained(str(tmp_path / "model"))
+    words = {"animal": ["cat", "dog", "owl", "cow", "fox", "bee"], "vehicle": ["car", "bus", "van", "cab", "jet", "tram"]}
+    rows = [{"body": f"The {word} number {i}.", "topic": label} for label, nouns in words.items()
+            for i in range(3) for word in nouns]
+    pd.DataFrame(rows).to_csv(tmp_path / "tickets.csv", index=False)
+    result = _cli("evaluate", "--model", str(tmp_path / "model"), "--device", "cpu", "--tasks", str(tmp_path / "tickets.csv"),
+                  "--text-column", "body", "--label-column", "topic", "--clustering", "--no-cache", "--eval-workers", "1",
+                  "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert set(scores["task"]) == {"tickets", "tickets-clustering"} and set(scores["layer"]) == {0, 1, 2}
+    assert scores["main_score"].between(0, 1).all()
+    record = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert record["seed"] is None and record["task_seeds"] == {"tickets": 42, "tickets-clustering": 42}

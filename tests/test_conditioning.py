@@ -127,12 +127,12 @@ def test_token_metrics_leave_the_outlier_tokens_out_too(planted):
         with torch.no_grad():
             hidden = planted.model(**ids, output_hidden_states=True).hidden_states
         tokens = hidden[2][0, 1:].double().numpy()  # layer 2 without its outlier (the first token)
-        got = values.query("metric == 'prompt_entropy' and normalization == 'raw' and layer == 2 "
-                           "and prompt_index == @index")["value"].iloc[0]
+        at = (values["layer"] == 2) & (values["prompt_index"] == index)
+        got = values[at & (values["metric"] == "prompt_entropy") & (values["normalization"] == "raw")]["value"].iloc[0]
         assert got == pytest.approx(numpy_entropy(tokens), abs=1e-6)
         steps = np.diff(tokens, axis=0)
         cos = (steps[1:] * steps[:-1]).sum(1) / np.linalg.norm(steps[1:], axis=1) / np.linalg.norm(steps[:-1], axis=1)
-        curvature = values.query("metric == 'curvature' and layer == 2 and prompt_index == @index")["value"].iloc[0]
+        curvature = values[at & (values["metric"] == "curvature")]["value"].iloc[0]
         assert curvature == pytest.approx(float(np.arccos(np.clip(cos, -1, 1)).mean()), abs=1e-6)
     # the normalization uses the tokens kept: logN = raw / log(T - 1) at layer 2
     raw = values.query("metric == 'prompt_entropy' and normalization == 'raw' and layer == 2")

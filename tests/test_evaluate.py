@@ -381,3 +381,62 @@ def test_offline_suite_on_minilm_all_layers() -> None:
     averages = average_by_layer(frame)
     # all-MiniLM-L6-v2 is trained as a sentence embedder: its last layer beats the embedding layer
     assert averages["average"].iloc[-1] > averages["average"].iloc[0]
+
+
+def test_default_seed_is_mteb_own_and_equals_a_plain_mteb_run(model) -> None:
+    """Issue 12 (5b): by default each task keeps MTEB's seed (42), so a layer scores as ``mteb.evaluate`` does.
+
+    The plain run is MTEB alone on a fixed-embedding encoder (no layerscope reseeding); evaluate_layers
+    reads the same embeddings (``extraction=``). ``seed=`` still overrides, for that call only.
+    """
+    from layerscope.evaluate.encoder import LayerView
+    from layerscope.extract import extract
+
+    layer = 2
+    texts = task_module.RottenTomatoesClassification().texts()
+    extraction = extract(model, texts, layers=[layer], progress=False)
+    view = LayerView(list(extraction.texts), name="fixed-embeddings")
+    view.set_layer(layer, extraction.pooled[0])
+
+    def plain(seed: int | None = None) -> float:
+        task = task_module.RottenTomatoesClassification(**({} if seed is None else {"seed": seed}))
+        result = mteb.evaluate(view, task, cache=None, show_progress_bar=False, co2_tracker=False)
+        return main_score(result.task_results[0].scores)
+
+    task = task_module.RottenTomatoesClassification()
+    assert task.seed == 42
+    random.random()  # disturb the global RNGs: the evaluation reseeds (layer, task) itself
+    default = evaluate_layers(model, [task], layers=[layer], extraction=extraction, progress=False, eval_workers=1)
+    assert default["main_score"].iloc[0] == plain()
+    assert default.attrs["record"]["seed"] is None
+    assert default.attrs["record"]["task_seeds"] == {"RottenTomatoesClassification": 42}
+    override = evaluate_layers(model, [task], layers=[layer], seed=0, extraction=extraction, progress=False,
+                               eval_workers=1)
+    assert override["main_score"].iloc[0] == plain(seed=0) != plain()  # the seed moves the score
+    assert task.seed == 42  # the override applied to that call only
+    again = evaluate_layers(model, [task], layers=[layer], extraction=extraction, progress=False, eval_workers=1)
+    pd.testing.assert_frame_equal(again, default)
+    assert [t.seed for t in resolve("offline")] == [42] * len(task_module.OFFLINE_TASKS)
+    assert {t.seed for t in resolve("offline", seed=3)} == {3}
+
+
+def test_registry_groups_and_names() -> None:
+    from layerscope.evaluate.registry import create, groups, register_task, registry
+
+    assert groups()["offline"] == [cls.metadata.name for cls in task_module.OFFLINE_TASKS]
+    assert groups()["paper32"] == paper32()
+    assert registry()["LeeDocumentSTS"].local and not registry()["STS12"].local
+    assert isinstance(create("LeeDocumentSTS"), task_module.LeeDocumentSTS)
+    assert create("STS12", seed=5).seed == 5
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(lambda seed=None: TinySTS(), name="LeeDocumentSTS")
+    tiny = TinySTS(seed=1)
+    assert resolve([tiny])[0] is tiny  # instances pass through
+    from layerscope.evaluate import registry as registry_module
+
+    register_task(TinySTS, groups=("mine",))  # a new task: one registration, then every name path knows it
+    try:
+        tasks = resolve("mine, TinySTS")
+        assert [type(t) for t in tasks] == [TinySTS] and tasks[0].seed == 42
+    finally:
+        registry_module._REGISTRY.pop("TinySTS")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from layerscope.errors import LayerscopeError
+from layerscope.experiments import EXPERIMENTS
 from layerscope.models.tiny import tiny_model
 from layerscope.store import ResultsStore
 
@@ -31,8 +32,15 @@ PROMPTS = [
 ]
 
 
-def _png_ok(path: Path) -> bool:
-    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def _png_ok(path: Path, min_size: tuple[int, int] = (300, 200)) -> bool:
+    """The file decodes as a PNG image of at least ``min_size`` pixels (a real figure, not an empty canvas)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # decodes every pixel: a truncated file raises here
+        width, height = image.size
+        return image.format == "PNG" and width >= min_size[0] and height >= min_size[1] \
+            and image.convert("L").getextrema()[0] < 250  # something is drawn on the white page
 
 
 def _experiment_rows(out: Path, experiment: str) -> pd.DataFrame:
@@ -97,15 +105,71 @@ def test_train_tiny_options_reach_training_and_progression(monkeypatch, tmp_path
     assert seen["batch_size"] == 4 and seen["minutes"] == 1 and seen["progress"] is False
 
 
-def test_run_cli_writes_outputs_and_summary(llama, tmp_path):
-    from layerscope.experiments import run_cli
+def test_run_cli_writes_outputs_and_summary(llama, tmp_path, monkeypatch):
+    from layerscope import experiments
 
-    out = run_cli("extreme-prompts", model=llama, texts=PROMPTS, probabilities="0,1", perturbations="repetition",
-                  prefix_lengths="4,8", progress=False, out=tmp_path / "ep", limit=None)
+    returned = []
+
+    def keep(*args, **kwargs):
+        returned.append(run_experiment(*args, **kwargs))
+        return returned[-1]
+
+    run_experiment = experiments.run_experiment
+    monkeypatch.setattr(experiments, "run_experiment", keep)
+    out = experiments.run_cli("extreme-prompts", model=llama, texts=PROMPTS, probabilities="0,1",
+                              perturbations="repetition", prefix_lengths="4,8", progress=False, out=tmp_path / "ep",
+                              limit=None)
     assert out == tmp_path / "ep"
-    summary = json.loads((out / "extreme_prompts_summary.json").read_text())
-    assert set(summary["summary"]["prompt_entropy_maxEntropy"]["repetition"]) == {"p=0", "p=1"}
-    assert (out / "results.duckdb").is_file()
+    (result,) = returned
+    written = json.loads((out / "extreme_prompts_summary.json").read_text())
+    # the JSON holds the result's own summary, plots, runs and table columns
+    assert written["summary"] == json.loads(json.dumps(result.summary))
+    assert set(written["summary"]["prompt_entropy_maxEntropy"]["repetition"]) == {"p=0", "p=1"}
+    assert written["plots"] == [str(path) for path in result.plots] and len(result.plots) == 2
+    assert all(_png_ok(Path(path)) for path in written["plots"])
+    assert written["run_ids"] == result.run_ids
+    assert written["tables"] == {name: list(frame.columns) for name, frame in result.tables.items()}
+    assert written["options"]["probabilities"] == "0,1" and written["experiment"] == "extreme-prompts"
+    # ... and the summary's numbers are the stored ones: prompt entropy at p = 1, last layer (100 % depth)
+    with ResultsStore(out, read_only=True) as store:
+        assert list(store.runs()["run_id"]) == result.run_ids
+        assert set(store.runs()["status"]) == {"finished"}
+        rows = store.experiment_values(experiment="extreme_prompts")
+    last = rows[(rows["condition"] == "perturbation=repetition, p=1.0") & (rows["key"] == "prompt_entropy:maxEntropy")
+                & (rows["layer"] == llama.num_layers)]
+    assert written["summary"]["prompt_entropy_maxEntropy"]["repetition"]["p=1"]["100%"] == \
+        pytest.approx(round(float(last["value"].iloc[0]), 4))
+
+
+def test_cli_common_options_reach_the_experiment(tmp_path):
+    """layerscope experiment: the shared options (declared by the configs) reach the run's recorded configuration."""
+    from typer.testing import CliRunner
+
+    from layerscope.cli import app
+
+    folder = tmp_path / "model"
+    _save_checkpoint(tiny_model("gpt2", num_layers=2), folder)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["experiment", "bimodality", "-m", str(folder), "-d", str(texts), "--limit", "6",
+                                      "--max-length", "16", "--batch-size", "2", "--device", "cpu", "--dtype",
+                                      "float32", "--seed", "3", "--set", "bins=5", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with ResultsStore(out, read_only=True) as store:
+        (run_id,) = store.runs()["run_id"]
+        config = store.run_config(run_id)
+        assert len(store.prompt_values()) == 6 * 3  # 6 texts x 3 layers
+    assert config["kind"] == "experiment" and config["experiment"] == "bimodality"
+    assert config["model"]["model"] == str(folder) and config["model"]["device"] == "cpu"
+    assert config["model"]["dtype"] == "float32" and config["model_info"]["dtype"] == "float32"
+    assert config["extraction"] == {**config["extraction"], "max_length": 16, "batch_size": 2, "final_norm": "none"}
+    assert config["texts"] == {**config["texts"], "dataset": str(texts), "limit": 6, "seed": 3}
+    assert config["seed"] == 3 and config["options"]["bins"] == 5
+    # the recorded configuration reads back as the typed one
+    from layerscope.experiments.base import ExperimentConfig
+
+    assert ExperimentConfig.from_dict(config).to_dict() == config
 
 
 # ------------------------------------------------------------------------------------------ extreme prompts
@@ -183,7 +247,7 @@ def test_perturbations_keep_token_counts_and_special_tokens(llama, kind, p):
 
 
 def test_skip_first_tokens_measures_the_other_tokens():
-    from layerscope.experiments.common import SkipFirstTokens, token_hook
+    from layerscope.experiments.hooks import SkipFirstTokens, token_hook
     from layerscope.metrics import functional as F
 
     generator = torch.Generator().manual_seed(0)
@@ -213,7 +277,7 @@ def test_skip_tokens_agree_across_experiments():
                               skip_tokens=1, progress=False)["prompt_entropy"]
     table = sublayers(model, PROMPTS, skip_tokens=1, progress=False)["sublayers"]
     ours = table[(table["metric"] == "prompt_entropy") & (table["normalization"] == "maxEntropy")
-                 & table["sublayer"].isin(["embedding", "post_mlp_residual"])].sort_values("layer")
+                 & table["sublayer"].isin(["resid_pre", "resid_post"])].sort_values("layer")
     reference = extreme[extreme["normalization"] == "maxEntropy"].sort_values("layer")
     np.testing.assert_allclose(ours["value"].to_numpy(), reference["value"].to_numpy(), rtol=1e-6)
     full = extreme_prompts(model, PROMPTS, probabilities=(0,), perturbations="repetition", prefix_lengths=None,
@@ -239,41 +303,6 @@ def test_extreme_prompts_bad_input(llama):
 # ------------------------------------------------------------------------------------------ sublayers
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_neox", "gpt2", "bert"])
-def test_sublayer_points_match_the_block_structure(family):
-    from layerscope.experiments.sublayers import SublayerCapture
-
-    model = tiny_model(family, num_layers=2)
-    ids = torch.tensor([[5, 9, 17, 33, 8, 21], [7, 7, 40, 12, 3, 3]])
-    mask = torch.ones_like(ids)
-
-    def hook_count() -> int:
-        return sum(len(module._forward_hooks) + len(module._forward_pre_hooks) for module in model.model.modules())
-
-    before = hook_count()
-    with SublayerCapture(model) as capture, torch.inference_mode():
-        model.model(input_ids=ids, attention_mask=mask)
-        points = capture.collect()
-    assert hook_count() == before  # every hook is removed on exit
-    with torch.inference_mode():
-        hidden = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    L, shape = model.num_layers, (2, ids.shape[0], ids.shape[1], model.hidden_size)
-    assert points["embedding"].shape == (1, *shape[1:])
-    for name in ("attention_output", "post_attention_residual", "mlp_output", "post_mlp_residual"):
-        assert points[name].shape == shape
-    # the block outputs are the canonical layers (hidden_states[l] for l < L; the last is final-normed in HF)
-    torch.testing.assert_close(points["embedding"][0], hidden[0])
-    for layer in range(1, L):
-        torch.testing.assert_close(points["post_mlp_residual"][layer - 1], hidden[layer])
-    if family != "bert":  # pre-LN: the block output is the post-attention residual plus the MLP output
-        torch.testing.assert_close(points["post_mlp_residual"], points["post_attention_residual"] + points["mlp_output"])
-    inputs = torch.cat([points["embedding"], points["post_mlp_residual"][:-1]])
-    if family in ("llama", "gpt2", "gpt_neox"):  # ... and the residual is the block input plus attention
-        torch.testing.assert_close(points["post_attention_residual"], inputs + points["attention_output"])
-    if family == "gemma3":  # the sandwich norm's output is what is added
-        torch.testing.assert_close(points["post_attention_residual"], inputs + points["attention_output"])
-
-
 def test_sublayers_experiment(tmp_path):
     from layerscope.experiments.sublayers import SUBLAYER_POINTS, sublayers
     from layerscope.metrics.compute import compute_metrics
@@ -287,19 +316,21 @@ def test_sublayers_experiment(tmp_path):
     assert set(per_metric.index) == {("prompt_entropy", "maxEntropy"), ("prompt_entropy", "raw"),
                                      ("prompt_effective_rank", "raw"), ("dataset_entropy", "maxEntropy"),
                                      ("effective_rank", "raw")}
-    assert set(table["sublayer"]) == {"embedding", *SUBLAYER_POINTS}
+    assert SUBLAYER_POINTS == ("attn_out", "resid_mid", "mlp_out", "resid_post")
+    assert set(table["sublayer"]) == {"resid_pre", *SUBLAYER_POINTS}
+    assert set(table.loc[table["sublayer"] == "resid_pre", "layer"]) == {0}  # block 1's input only
     assert table["value"].notna().all()
-    # the post-MLP residual is the canonical residual stream: same prompt entropy as compute_metrics
+    # resid_post is the canonical residual stream: same prompt entropy as compute_metrics
     reference = compute_metrics(model, PROMPTS, metrics="prompt_entropy", progress=False)
     reference = reference[reference["normalization"] == "maxEntropy"].set_index("layer")["value"]
     ours = table[(table["metric"] == "prompt_entropy") & (table["normalization"] == "maxEntropy")]
-    residual = ours[ours["sublayer"].isin(["embedding", "post_mlp_residual"])].set_index("layer")["value"]
+    residual = ours[ours["sublayer"].isin(["resid_pre", "resid_post"])].set_index("layer")["value"]
     np.testing.assert_allclose(residual.sort_index().to_numpy(), reference.sort_index().to_numpy(), rtol=1e-6)
     # effective rank of a prompt's tokens is at least exp(its entropy) (SPEC section 4)
     ranks = table[table["metric"] == "prompt_effective_rank"]["value"].to_numpy()
     assert (ranks >= 1.0).all()
     rows = _experiment_rows(tmp_path, "sublayers")
-    assert set(rows["condition"]) == {"embedding", *SUBLAYER_POINTS}
+    assert set(rows["condition"]) == {"resid_pre", *SUBLAYER_POINTS}
     assert [path.name for path in result.plots] == ["sublayers.png"] and _png_ok(result.plots[0])
     assert result.summary["style"] == "gpt_neox"
 
@@ -449,7 +480,7 @@ def test_compare_finetune_different_depths_have_no_difference_table():
 
 
 def test_valley_shape():
-    from layerscope.experiments.common import valley
+    from layerscope.experiments.curves import valley
 
     found = valley([0.9, 0.6, 0.4, 0.5, 0.8])
     assert found["present"] and found["min_layer"] == 2 and found["min_depth_pct"] == 50.0
@@ -574,6 +605,137 @@ def test_train_tiny_then_progression(tmp_path):
     with ResultsStore(tmp_path, read_only=True) as store:
         assert {"train_loss", "val_loss"} <= set(store.experiment_values(experiment="train_tiny")["key"])
         assert not store.experiment_values(experiment="checkpoints").empty
+
+
+# ------------------------------------------------------------------------------------------ conformance
+
+
+@pytest.fixture(scope="module")
+def checkpoint_folder(tmp_path_factory) -> Path:
+    """Two saved tiny GPT-NeoX checkpoints, as a training run leaves them."""
+    folder = tmp_path_factory.mktemp("conformance-checkpoints")
+    for step, seed in ((0, 0), (8, 1)):
+        _save_checkpoint(tiny_model("gpt_neox", num_layers=2, seed=seed), folder / f"step{step}")
+    return folder
+
+
+def _conformance_options(name: str, llama, checkpoint_folder: Path) -> dict:
+    """Small options of each registered experiment: tiny models, 8 prompts, seconds each."""
+    few = {"texts": PROMPTS, "limit": None}
+    options = {
+        "checkpoints": {"model": str(checkpoint_folder), "metrics": "prompt_entropy,effective_rank", **few},
+        "train-tiny": {"minutes": 0.2, "max_steps": 4, "texts": PROMPTS * 8, "n_heldout": 8, "num_layers": 2,
+                       "hidden_size": 32, "num_heads": 4, "vocab_size": 300, "seq_len": 32, "batch_size": 8,
+                       "checkpoints": "0,2", "metrics": "prompt_entropy", "max_length": 32, "threads": 1},
+        "sizes": {"models": [llama, tiny_model("gpt2", num_layers=2)], "metrics": "prompt_entropy,effective_rank",
+                  **few},
+        "extreme-prompts": {"model": llama, "probabilities": "0,0.5", "prefix_lengths": "4,8", **few},
+        "compare-finetune": {"base": llama, "finetuned": tiny_model("llama", num_layers=3, seed=1),
+                             "prefix_lengths": "4,8", **few},
+        "sublayers": {"model": llama, **few},
+        "bimodality": {"model": llama, **few},
+        "vision": {"model": tiny_model("vit", num_layers=2), "dataset": "digits", "limit": 60, "view_images": 8,
+                   "n_views": 3},
+    }
+    if name not in options:
+        pytest.fail(f"experiment '{name}' has no conformance options: add a small, fast set here")
+    return options[name]
+
+
+def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
+    """The numeric and boolean columns of a table, as floats; timings (``*_s``) left out (they never repeat)."""
+    columns = [column for column in frame.columns
+               if (pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]))
+               and not str(column).endswith("_s")]
+    return frame[columns].astype(float)
+
+
+def _cells(tables: dict[str, pd.DataFrame]) -> set[tuple[int | None, float]]:
+    """Every numeric cell of the tables as (its row's layer, value), and as (None, value) for rows without one."""
+    cells: set[tuple[int | None, float]] = set()
+    for frame in tables.values():
+        numbers = _numeric(frame)
+        layers = frame["layer"].tolist() if "layer" in frame.columns else [None] * len(frame)
+        for column in numbers.columns:
+            for layer, value in zip(layers, numbers[column].tolist(), strict=True):
+                rounded = float(f"{value:.12g}")
+                cells.add((None, rounded))
+                if layer is not None:
+                    cells.add((int(layer), rounded))
+    return cells
+
+
+def _stored_values(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The store's runs, and every stored number with its run, table and layer."""
+    with ResultsStore(out, read_only=True) as store:
+        runs = store.runs()
+        parts = [store.experiment_values().assign(table="experiment_values"),
+                 store.metrics().assign(table="layer_metrics"),
+                 store.prompt_values().assign(table="prompt_values"),
+                 store.scores().rename(columns={"main_score": "value"}).assign(table="task_scores")]
+    values = pd.concat([part[["run_id", "table", "layer", "value"]] for part in parts], ignore_index=True)
+    return runs, values
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_experiment_keeps_the_common_contract(name, llama, checkpoint_folder, tmp_path):
+    """One contract for every registered experiment (like the metric conformance test)."""
+    from PIL import Image
+
+    from layerscope.experiments import ExperimentResult, get, run_experiment
+
+    experiment = get(name)
+    options = _conformance_options(name, llama, checkpoint_folder)
+    out = tmp_path / "out"
+    result = run_experiment(name, **options, out=out, progress=False)
+
+    # an ExperimentResult of non-empty tables, finite where numeric
+    assert isinstance(result, ExperimentResult) and result.experiment == experiment.key
+    assert result.tables and result.out == out
+    for table, frame in result.tables.items():
+        assert isinstance(frame, pd.DataFrame) and len(frame) > 0, table
+        numbers = _numeric(frame)
+        assert np.isfinite(numbers.to_numpy()).all(), f"{table}: {numbers.columns[~np.isfinite(numbers).all()]}"
+    # a summary that is strict JSON (no NaN)
+    assert json.loads(json.dumps(result.summary, allow_nan=False)) == json.loads(json.dumps(result.summary))
+
+    # its store runs exist, finished, and every stored number is a cell of its tables at the same layer
+    runs, stored = _stored_values(out)
+    assert result.run_ids and sorted(runs["run_id"]) == sorted(result.run_ids)
+    assert set(runs["status"]) == {"finished"}
+    for run_id in result.run_ids:
+        assert (stored["run_id"] == run_id).any(), f"run {run_id} stored no values"
+    assert np.isfinite(stored["value"].to_numpy(float)).all()
+    cells = _cells(result.tables)
+    untraced = [(row.table, row.layer, row.value) for row in stored.itertuples(index=False)
+                if (None if pd.isna(row.layer) else int(row.layer), float(f"{row.value:.12g}")) not in cells]
+    assert not untraced, f"{len(untraced)} stored values are in no table, e.g. {untraced[:3]}"
+
+    # its PNG files, in the output folder, decode to real figures
+    assert result.plots
+    keys = {item.key for item in EXPERIMENTS.values()}
+    for path in result.plots:
+        assert path.parent == out and any(path.stem == key or path.stem.startswith(f"{key}_") for key in keys), path
+        with Image.open(path) as image:
+            image.load()
+            assert image.format == "PNG" and image.size[0] >= 300 and image.size[1] >= 200, path.name
+            assert image.convert("L").getextrema()[0] < 100, f"{path.name} is blank"
+
+    # seeded: the same numbers again; the same configuration replaces its runs instead of adding some
+    again = run_experiment(name, **options, out=out, progress=False)
+    assert again.run_ids == result.run_ids and len(_stored_values(out)[0]) == len(runs)
+    assert list(again.tables) == list(result.tables)
+    for table, frame in result.tables.items():
+        assert list(again[table].columns) == list(frame.columns), table
+        np.testing.assert_allclose(_numeric(again[table]).to_numpy(), _numeric(frame).to_numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=table)
+
+    # a bad option value, or an option the experiment does not have: one line, before any work
+    for bad in ({"limit": 0}, {"colour": "red"}):
+        with pytest.raises(LayerscopeError) as error:
+            run_experiment(name, **{**options, **bad}, out=tmp_path / "bad", progress=False)
+        assert "\n" not in str(error.value) and next(iter(bad)) in str(error.value)
+    assert not (tmp_path / "bad" / "results.duckdb").exists()
 
 
 # ------------------------------------------------------------------------------------------ slow: SmolLM2

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import layerscope as ls
+from conftest import TEXT_FAMILIES
 from layerscope.errors import LayerscopeError
 from layerscope.export import export_layer
 from layerscope.models.tiny import tiny_model
-from conftest import TEXT_FAMILIES
 
 TEXTS = ["Which layer of this model gives the best features for my task?",
          "Short.",

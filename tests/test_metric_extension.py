@@ -64,7 +64,7 @@ def test_registered_metrics_are_computed_from_their_function(toys, tiny_llama):
     for index in used:
         ids = tiny_llama.tokenizer([TEXTS[index]], return_tensors="pt")["input_ids"]
         states = []
-        ls.extract(tiny_llama, [TEXTS[index]], progress=False, token_hook=lambda s, lengths: states.append(s.clone()))
+        ls.extract(tiny_llama, [TEXTS[index]], progress=False, token_hook=lambda s, lengths, *, kept=states: kept.append(s.clone()))
         tokens = states[0][:, 0, : ids.shape[1]].double().numpy()  # (layers, t, d)
         expected += np.linalg.norm(tokens - tokens.mean(1, keepdims=True), axis=-1).mean(-1) / len(used)
     np.testing.assert_allclose(spread["value"], expected, rtol=1e-6)

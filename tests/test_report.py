@@ -15,8 +15,7 @@ import pytest
 
 from layerscope.analysis import per_layer_table
 from layerscope.errors import LayerscopeError
-from layerscope.report import build_report, compare_runs, plots, write_examples
-from layerscope.report.html import load_run, summarize_run
+from layerscope.report import build_report, compare_runs, load_run, plots, summarize_run, write_examples
 from layerscope.store import ResultsStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

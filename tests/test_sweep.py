@@ -183,7 +183,10 @@ def test_analyze_job_writes_a_full_analysis_per_unit(models, tmp_path):
     with ResultsStore.in_directory(tmp_path / "sweep", read_only=True) as store:
         scores = store.scores()
     assert set(scores["task"]) == {"LeeDocumentSTS"} and set(scores["layer"]) == {0, 1, 2}
-    assert row["best_layer"] in (0, 1, 2)
+    # the unit's best layer is the stored scores' argmax (one task: its score is the average)
+    assert scores["main_score"].nunique() == 3  # no tie, so the argmax is one layer
+    assert row["best_layer"] == int(scores.loc[scores["main_score"].idxmax(), "layer"])
+    assert scores["run_id"].nunique() == 1  # one analysis run per unit
 
 
 def test_unknown_backend(models, dataset, tmp_path):

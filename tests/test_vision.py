@@ -240,9 +240,22 @@ def test_vision_experiment_end_to_end(vit, tmp_path):
     assert {"last layer", "best layer (labels)", "min dime"} <= set(result["selection"]["rule"])
     with ResultsStore.in_directory(tmp_path, read_only=True) as store:
         scores = store.scores()
-        assert set(scores["task"]) == {"linear probe (digits)"} and len(scores) == 4
-        assert len(store.metrics()) == len(metrics)
-    assert result.plots and all(path.is_file() for path in result.plots)
+        stored = store.metrics()
+        assert list(store.runs()["status"]) == ["finished"]
+    # the store holds the result's numbers: the probe accuracies as task scores, every metric value
+    assert set(scores["task"]) == {"linear probe (digits)"} and len(scores) == 4
+    np.testing.assert_allclose(scores.sort_values("layer")["main_score"], probe["accuracy"], rtol=1e-12)
+    key = ["metric", "normalization", "layer"]
+    assert len(stored) == len(metrics)
+    np.testing.assert_allclose(stored.sort_values(key)["value"], metrics.sort_values(key)["value"], rtol=1e-12)
+    # one PNG: metrics and probe accuracy by depth, a real figure
+    from PIL import Image
+
+    assert [path.name for path in result.plots] == ["vision_layers.png"]
+    with Image.open(result.plots[0]) as image:
+        image.load()
+        assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 300
+        assert image.convert("L").getextrema()[0] < 100  # lines and text are drawn
     assert build_report(tmp_path).is_file()
     with pytest.raises(ls.LayerscopeError, match="needs a vision model"):
         run_experiment("vision", model=tiny_model("llama"), out=tmp_path)

@@ -29,6 +29,7 @@ from layerscope.config import (
     Config,
     ExtractConfig,
     ModelConfig,
+    TaskFileConfig,
     TextConfig,
     ViewConfig,
     option,
@@ -169,7 +170,10 @@ OutOption = Annotated[Path | None, typer.Option(help="Output folder.")]
 EvalWorkersOption = Annotated[str, typer.Option("--eval-workers", help="Processes running the evaluators over "
                                                 "layers, or auto (one per CPU).")]
 LayersOption = Annotated[str, typer.Option(help="all | last | comma-separated layer indices.")]
-TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="offline | paper32 | comma-separated task names.")]
+TasksOption = Annotated[str, typer.Option("--tasks", "-t", help="offline | paper32 | task names | task files (.csv, "
+                                          ".tsv, .jsonl, .parquet), comma-separated.")]
+EvalSeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every evaluation (default: each MTEB task's "
+                                                    "own seed, 42, as a plain MTEB run).")]
 
 
 def output_folder(out: Path | None) -> Path | None:
@@ -436,22 +440,28 @@ def _evaluation_outputs(frame: Any, out: Path | None, title: str, paper: bool = 
 
 
 @app.command("evaluate")
-@configured(model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions)
+@configured(model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions, task_files=TaskFileConfig)
 def evaluate_command(
     model: ModelConfig,
     extraction: ExtractConfig,
     cache: CacheOptions,
+    task_files: TaskFileConfig,
     tasks: TasksOption = "offline",
     layers: LayersOption = "all",
-    seed: Annotated[int, typer.Option(help="Seed of the evaluations.")] = 0,
+    seed: EvalSeedOption = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")] = None,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
-    """Score every layer on downstream tasks with MTEB's evaluators (texts encoded once)."""
+    """Score every layer on downstream tasks with MTEB's evaluators (texts encoded once).
+
+    --tasks also takes labelled files: text + label (classification; --clustering adds clustering),
+    sentence1 + sentence2 + score (STS) or + 0/1 label (pair classification), query + positive
+    [+ negative] (reranking).
+    """
     from layerscope.evaluate import evaluate_layers, resolve
 
     folder = output_folder(out)
-    task_list = resolve(tasks, seed=seed)  # bad names fail before the model loads
+    task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before the model loads
     loaded = load(model, extraction)
     frame = evaluate_layers(loaded, task_list, layers=layers, seed=seed, cache_dir=cache.resolve(),
                             eval_workers=_workers(eval_workers), **extraction.extract_options())
@@ -467,7 +477,7 @@ def mteb_command(
     cache: CacheOptions,
     tasks: TasksOption = "paper32",
     layers: LayersOption = "all",
-    seed: Annotated[int, typer.Option(help="Seed of the evaluations.")] = 0,
+    seed: EvalSeedOption = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")] = None,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
@@ -490,7 +500,8 @@ def mteb_command(
 
 @app.command("analyze")
 @configured(model=ModelConfig, extraction=ExtractConfig, views=Group(ViewConfig, {"view_texts": 16, "lidar_texts": 3}),
-            dataset=Group(TextConfig, {"dataset": None}, optional=True), config=AnalysisConfig, cache=CacheOptions)
+            dataset=Group(TextConfig, {"dataset": None}, optional=True), config=AnalysisConfig, cache=CacheOptions,
+            task_files=TaskFileConfig)
 def analyze_command(
     config: AnalysisConfig,
     cache: CacheOptions,
@@ -498,14 +509,19 @@ def analyze_command(
     extraction: ExtractConfig,
     views: ViewConfig,
     dataset: TextConfig | None,
+    task_files: TaskFileConfig,
     out: Annotated[Path, typer.Option(help="Output folder: results.duckdb, plots, report.html.")] = Path("runs/analyze"),
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """The main job: every metric and every task score at every layer; which layer, and why."""
+    from layerscope.evaluate import resolve
     from layerscope.pipeline import run_analysis
 
     folder = output_folder(out)
-    result = run_analysis(config, out=folder, cache_dir=cache.resolve(), eval_workers=_workers(eval_workers))
+    # task names and task files are read and checked before the model loads
+    task_list = resolve(list(config.tasks), seed=config.eval_seed, files=task_files)
+    result = run_analysis(config, out=folder, tasks=task_list, cache_dir=cache.resolve(),
+                          eval_workers=_workers(eval_workers))
     print_analysis(result)
 
 
@@ -552,17 +568,24 @@ def export_command(
     layer: Annotated[int, typer.Option("--layer", "-l", help="The layer to keep (1..L; negative counts from the last).")],
     out: Annotated[Path, typer.Option(help="Folder of the exported model.")],
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize the embeddings (cosine-ready).")] = False,
+    fit_dataset: Annotated[str | None, typer.Option("--fit-dataset", help="Unlabelled texts (corpus, file) the "
+                                                    "--condition transform is fitted on.")] = None,
 ) -> None:
     """Write one layer as a smaller sentence-transformers / Hugging Face model (blocks after it dropped)."""
     import torch
 
     from layerscope.export import PROBE_TEXTS, encode_speed, export_layer
 
+    if extraction.outlier_tokens is not None:
+        raise LayerscopeError("an export cannot leave out outlier tokens (sentence-transformers pooling has no such "
+                              "step): export without --outlier-tokens")
+    fit_texts = _corpus_texts(TextConfig(fit_dataset))[0] if fit_dataset else None
     output_folder(out)
     loaded = load(model.replace(device="cpu") if model.device == "auto" else model, extraction)
     with err_console.status(f"exporting layer {layer} of {loaded.model_id}"):
         result = export_layer(loaded, layer, out, pooling=extraction.pooling, final_norm=extraction.final_norm,
-                              normalize=normalize, max_length=extraction.max_length)
+                              normalize=normalize, max_length=extraction.max_length, condition=extraction.condition,
+                              fit_texts=fit_texts)
     from transformers import AutoModel
 
     exported = AutoModel.from_pretrained(str(result.out)).eval()
@@ -671,26 +694,39 @@ def _experiment_help() -> str:
     lines = ["The paper's further experiments (SPEC section 7). NAME is one of:"]
     try:
         from layerscope.experiments import EXPERIMENTS
+        from layerscope.experiments.base import COMMON_OPTIONS
 
         for experiment in EXPERIMENTS.values():
-            options = ", ".join(f"{key}" for key in experiment.options())
-            lines.append(f"\b\n  {experiment.name}: {experiment.description} [options: {options}]")
+            own = ", ".join(key for key in experiment.options() if key not in COMMON_OPTIONS)
+            lines.append(f"\b\n  {experiment.name}: {experiment.description} [own options: {own or 'none'}]")
+        lines.append("\b\nEvery experiment also takes the common options (those it uses): "
+                     + ", ".join(key for key in COMMON_OPTIONS if key not in ("texts", "progress")) + ".")
     except Exception:  # the help text must never break the CLI
         pass
     lines.append("\b\nExperiment-specific options go as --set key=value (repeatable; lists as comma strings).")
     return "\n\n".join(lines)
 
 
+def _option_help(cls: type[Config], name: str) -> str:
+    """The help text a configuration declares for one of its fields (declared once, in layerscope.config)."""
+    return next(item.metadata["help"] for item in dataclasses.fields(cls) if item.name == name)
+
+
 @app.command("experiment", help=_experiment_help())
 def experiment_command(
     name: Annotated[str, typer.Argument(help="Experiment name (see above).")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (alias, hub id, folder).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Text source.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use a seeded random subset of this many texts.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=_option_help(ModelConfig, "model"))] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help=_option_help(TextConfig, "dataset")
+                                                + " Vision: an image source (digits, a folder, .npz).")] = None,
+    limit: Annotated[int | None, typer.Option(help=_option_help(TextConfig, "limit"))] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/experiments/NAME).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", help="Truncate prompts to this many tokens.")] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (e.g. Pythia's step64000).")] = None,
+    seed: Annotated[int | None, typer.Option(help=_option_help(TextConfig, "seed"))] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help=_option_help(ExtractConfig, "max_length"))] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help=_option_help(ExtractConfig, "batch_size"))] = None,
+    final_norm: Annotated[str | None, typer.Option("--final-norm", help=_option_help(ExtractConfig, "final_norm"))] = None,
+    revision: Annotated[str | None, typer.Option(help=_option_help(ModelConfig, "revision"))] = None,
+    device: Annotated[str | None, typer.Option(help=_option_help(ModelConfig, "device"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=_option_help(ModelConfig, "dtype"))] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="key=value option of the experiment.")] = None,
     report: Annotated[bool, typer.Option(help="Build report.html in the output folder.")] = True,
 ) -> None:
@@ -700,7 +736,9 @@ def experiment_command(
     experiment = get(name)  # unknown names fail with a suggestion before anything runs
     output_folder(out)
     options: dict[str, Any] = {"model": model, "dataset": dataset, "limit": limit, "out": out, "seed": seed,
-                               "max_length": max_length, "revision": revision}
+                               "max_length": max_length, "batch_size": None if batch_size is None else
+                               _parse_value(batch_size), "final_norm": final_norm, "revision": revision,
+                               "device": device, "dtype": dtype}
     options = {key: value for key, value in options.items() if value is not None and key in experiment.options()}
     for setting in settings or []:
         key, separator, value = setting.partition("=")

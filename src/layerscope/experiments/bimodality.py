@@ -35,17 +35,8 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.common import (
-    ExperimentResult,
-    as_model,
-    experiment_rows,
-    output_dir,
-    plot_file,
-    resolve_texts,
-    safe_plot,
-    texts_digest,
-    write_store,
-)
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, experiment_rows
+from layerscope.experiments.curves import rounded
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["BIMODAL_THRESHOLD", "bimodality", "bimodality_coefficient", "sample_moments", "two_group_split"]
@@ -187,91 +178,94 @@ def bimodality(
     ExperimentResult
         Tables ``coefficients`` (``layer, depth_pct, n, mean, std, skewness, excess_kurtosis,
         bimodality_coefficient, minor_share, ashman_d, above_threshold, bimodal, length_spearman``), ``per_prompt`` (``layer, depth_pct,
-        prompt_index, n_tokens, value``) and ``histograms`` (``layer, depth_pct, bin_left, bin_right,
-        count``). The summary lists the bimodal layers and the largest coefficient.
+        prompt_index, n_tokens, value``), ``histograms`` (``layer, depth_pct, bin_left, bin_right,
+        count``) and ``metrics`` (the metric's per-layer means in every normalization, as stored in
+        ``layer_metrics``). The summary lists the bimodal layers and the largest coefficient.
     """
-    from layerscope.config import ExtractConfig
     from layerscope.metrics.compute import measure
 
     if metric not in _METRICS:
         raise LayerscopeError(f"bimodality needs a per-prompt metric: one of {', '.join(_METRICS)}, got '{metric}'")
     if metric == "curvature":
         normalization = "raw"
-    loaded = as_model(model, revision, device, dtype, final_norm)
-    prompts, source = resolve_texts(texts, dataset, limit, seed)
-    measured = measure(loaded, prompts, metrics=[metric], progress=progress,
-                       extraction=ExtractConfig(max_length=max_length, batch_size=batch_size))
-    frame, values_long = measured.metrics, measured.prompt_values
+    setup = Setup.from_options(
+        EXPERIMENT, model=model, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
+        batch_size=batch_size, revision=revision, device=device, dtype=dtype, final_norm=final_norm, out=out,
+        progress=progress, options={"metric": metric, "normalization": normalization, "threshold": threshold,
+                                    "min_share": min_share, "bins": bins})
+    loaded = setup.load(model)
+    prompts, source, _ = setup.load_texts()
+    measured = measure(loaded, prompts, metrics=[metric], extraction=setup.extraction, seed=seed, progress=progress)
+    values_long = measured.prompt_values
     values_long = values_long[values_long["normalization"] == normalization]
     if values_long.empty:
         raise LayerscopeError(f"no per-prompt '{metric}' values with normalization '{normalization}'")
     num_layers = loaded.num_layers
-    n_texts = len(prompts)
-    matrix = np.full((num_layers + 1, n_texts), np.nan)
+    matrix = np.full((num_layers + 1, len(prompts)), np.nan)  # (layers, prompts); skipped prompts stay NaN
     matrix[values_long["layer"].to_numpy(int), values_long["prompt_index"].to_numpy(int)] = values_long["value"]
     token_counts = np.array([len(ids) for ids in loaded.tokenizer(
         [text if text.strip() else " " for text in prompts], truncation=True, max_length=max_length)["input_ids"]])
 
-    moments = sample_moments(matrix)
-    coefficient = bimodality_coefficient(matrix)
-    splits = pd.DataFrame([two_group_split(row) for row in matrix])
-    above = np.nan_to_num(coefficient, nan=0.0) > threshold
-    separated = (splits["minor_share"].fillna(0.0).to_numpy() >= min_share) & (
-        splits["ashman_d"].fillna(0.0).to_numpy() > 2.0)
-    layers = np.arange(num_layers + 1)
-    coefficients = pd.DataFrame({
-        "layer": layers, "depth_pct": 100.0 * layers / num_layers, "n": moments["n"], "mean": moments["mean"],
-        "std": moments["std"], "skewness": moments["skewness"], "excess_kurtosis": moments["excess_kurtosis"],
-        "bimodality_coefficient": coefficient, "minor_share": splits["minor_share"].to_numpy(),
-        "ashman_d": splits["ashman_d"].to_numpy(), "above_threshold": above, "bimodal": above & separated,
-        "length_spearman": _length_correlation(matrix, token_counts),
-    })
+    coefficients = _coefficients(matrix, token_counts, threshold, min_share)
     per_prompt = pd.DataFrame({
         "layer": values_long["layer"].to_numpy(int), "prompt_index": values_long["prompt_index"].to_numpy(int),
         "value": values_long["value"].to_numpy(float),
     })
     per_prompt.insert(1, "depth_pct", 100.0 * per_prompt["layer"] / num_layers)
     per_prompt.insert(3, "n_tokens", token_counts[per_prompt["prompt_index"].to_numpy()])
-    histograms = _histograms(matrix, num_layers, bins)
+    metrics_frame = measured.metrics.assign(dataset=source)
+    tables = {"coefficients": coefficients, "per_prompt": per_prompt, "histograms": _histograms(matrix, num_layers, bins),
+              "metrics": metrics_frame}
+    summary = {"model": str(loaded.model_id), "metric": metric, "normalization": normalization, "dataset": source,
+               **_summary(coefficients, threshold, min_share, token_counts)}
 
+    stored = coefficients.assign(bimodal=coefficients["bimodal"].astype(float),
+                                 above_threshold=coefficients["above_threshold"].astype(float))
+    rows = pd.concat(
+        [experiment_rows(stored.assign(key=key), EXPERIMENT, None, "key", value=key)
+         for key in ("bimodality_coefficient", "bimodal", "above_threshold", "minor_share", "ashman_d",
+                     "skewness", "excess_kurtosis", "mean", "std", "length_spearman")],
+        ignore_index=True,
+    ).assign(condition=f"{metric}:{normalization}")
+    # the store keeps each metric's per-prompt values in one normalization: the one examined here
+    prompt_values = values_long.drop(columns="normalization").assign(dataset=source)
+    setup.write(StoreRun(model=loaded, experiment_values=rows, metrics=metrics_frame, prompt_values=prompt_values))
+    return setup.finish(tables, summary, _plots)
+
+
+def _coefficients(matrix: np.ndarray, token_counts: np.ndarray, threshold: float, min_share: float) -> pd.DataFrame:
+    """Per layer: moments, Sarle's coefficient, the best two-group split and the flags (see the module docstring)."""
+    moments = sample_moments(matrix)
+    coefficient = bimodality_coefficient(matrix)
+    splits = pd.DataFrame([two_group_split(row) for row in matrix])
+    above = np.nan_to_num(coefficient, nan=0.0) > threshold
+    separated = (splits["minor_share"].fillna(0.0).to_numpy() >= min_share) & (
+        splits["ashman_d"].fillna(0.0).to_numpy() > 2.0)
+    layers = np.arange(matrix.shape[0])
+    return pd.DataFrame({
+        "layer": layers, "depth_pct": 100.0 * layers / (matrix.shape[0] - 1), "n": moments["n"],
+        "mean": moments["mean"], "std": moments["std"], "skewness": moments["skewness"],
+        "excess_kurtosis": moments["excess_kurtosis"], "bimodality_coefficient": coefficient,
+        "minor_share": splits["minor_share"].to_numpy(), "ashman_d": splits["ashman_d"].to_numpy(),
+        "above_threshold": above, "bimodal": above & separated,
+        "length_spearman": _length_correlation(matrix, token_counts),
+    })
+
+
+def _summary(coefficients: pd.DataFrame, threshold: float, min_share: float, token_counts: np.ndarray) -> dict[str, Any]:
     flagged = coefficients[coefficients["bimodal"]]
     best = coefficients.loc[coefficients["bimodality_coefficient"].fillna(-1).idxmax()]
-    summary: dict[str, Any] = {
-        "model": str(loaded.model_id), "metric": metric, "normalization": normalization, "n_prompts": int(best["n"]),
-        "threshold": round(threshold, 4), "dataset": source,
-        "min_share": min_share,
+    return {
+        "n_prompts": int(best["n"]), "threshold": round(threshold, 4), "min_share": min_share,
         "bimodal_layers": [int(layer) for layer in flagged["layer"]],
         "bimodal_depths_pct": [round(float(depth), 1) for depth in flagged["depth_pct"]],
         "above_threshold_layers": [int(layer) for layer in coefficients.loc[coefficients["above_threshold"], "layer"]],
-        "minor_share_by_layer": [None if not np.isfinite(v) else round(float(v), 4) for v in coefficients["minor_share"]],
-        "max_coefficient": round(float(best["bimodality_coefficient"]), 4),
+        "minor_share_by_layer": [rounded(float(value)) for value in coefficients["minor_share"]],
+        "max_coefficient": rounded(float(best["bimodality_coefficient"])),
         "max_coefficient_layer": int(best["layer"]),
-        "coefficient_by_layer": [None if not np.isfinite(v) else round(float(v), 4) for v in coefficient],
+        "coefficient_by_layer": [rounded(float(value)) for value in coefficients["bimodality_coefficient"]],
         "prompt_lengths": {"min": int(token_counts.min()), "max": int(token_counts.max())},
     }
-
-    directory = output_dir(out)
-    tables = {"coefficients": coefficients, "per_prompt": per_prompt, "histograms": histograms}
-    result = ExperimentResult(EXPERIMENT, tables, summary, directory)
-    if directory is not None:
-        config = {"experiment": EXPERIMENT, "model_id": str(loaded.model_id), "revision": loaded.revision,
-                  "data": source, "n_prompts": n_texts, "max_length": max_length, "metric": metric,
-                  "normalization": normalization, "threshold": threshold, "min_share": min_share, "seed": seed,
-                  "final_norm": loaded.final_norm}
-        stored = coefficients.assign(bimodal=coefficients["bimodal"].astype(float),
-                                     above_threshold=coefficients["above_threshold"].astype(float))
-        rows = pd.concat(
-            [experiment_rows(stored.assign(key=key), EXPERIMENT, None, "key", value=key)
-             for key in ("bimodality_coefficient", "bimodal", "above_threshold", "minor_share", "ashman_d",
-                         "skewness", "excess_kurtosis", "mean", "std", "length_spearman")],
-            ignore_index=True,
-        ).assign(condition=f"{metric}:{normalization}")
-        run_id = write_store(directory, config, model=loaded, data_source=source, data_hash=texts_digest(prompts),
-                             experiment_values=rows, metrics=frame.assign(dataset=source),
-                             prompt_values=per_prompt.assign(metric=metric, dataset=source))
-        result.run_ids.append(str(run_id))
-        _plots(result, per_prompt.assign(metric=metric), coefficients, threshold, num_layers)
-    return result
 
 
 def _length_correlation(matrix: np.ndarray, token_counts: np.ndarray) -> np.ndarray:
@@ -301,21 +295,23 @@ def _histograms(matrix: np.ndarray, num_layers: int, bins: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "depth_pct", "bin_left", "bin_right", "count"])
 
 
-def _plots(result: ExperimentResult, per_prompt: pd.DataFrame, coefficients: pd.DataFrame, threshold: float,
-           num_layers: int) -> None:
+def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
+    assert result.config is not None
+    coefficients, summary = result["coefficients"], result.summary
+    num_layers = int(coefficients["layer"].max())
     spread = np.linspace(0, num_layers, 5).round().astype(int).tolist()
     finite = coefficients.dropna(subset=["bimodality_coefficient"])
     if not finite.empty:
         spread.append(int(finite.loc[finite["bimodality_coefficient"].idxmax(), "layer"]))
-    small = sorted(set(spread))
-    metric = result.summary["metric"]
-    safe_plot(result.plots, plot_file(result.out, EXPERIMENT, "histograms"), plots.plot_prompt_histogram,
-              per_prompt, metric=metric, layers=small, last_layer=num_layers,
-              title=f"Per-prompt {metric.replace('_', ' ')} ({result.summary['normalization']}): {result.summary['model']}")
-    safe_plot(result.plots, plot_file(result.out, EXPERIMENT, "coefficient"), _coefficient_plot, coefficients,
-              threshold, result.summary["model"])
+    metric = summary["metric"]
+    return [
+        Plot("histograms", plots.plot_prompt_histogram, result["per_prompt"].assign(metric=metric), metric=metric,
+             layers=sorted(set(spread)), last_layer=num_layers,
+             title=f"Per-prompt {metric.replace('_', ' ')} ({summary['normalization']}): {summary['model']}"),
+        Plot("coefficient", _coefficient_plot, coefficients, result.config.options["threshold"], summary["model"]),
+    ]
 
 
 def _coefficient_plot(coefficients: pd.DataFrame, threshold: float, model: str, out: Path) -> Path:

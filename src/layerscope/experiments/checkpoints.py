@@ -8,7 +8,7 @@ takes all of them, ordered by the step number ending their names).
 Reported: every metric per layer per checkpoint (a line per checkpoint against depth %, and a
 heat map layer x checkpoint per metric); the shape of the prompt-entropy valley per checkpoint
 (lowest intermediate layer, and how far it lies below the lower of the two ends: see
-:func:`layerscope.experiments.common.valley`); and when each layer settles (the first checkpoint
+:func:`layerscope.experiments.curves.valley`); and when each layer settles (the first checkpoint
 from which its prompt entropy stays within ``settle_tolerance`` x (range of the final curve) of
 its final value). The paper reports, for Pythia, that the intermediate layers change most over
 training and that their prompt entropy drops (the mid-depth valley deepens), while early layers
@@ -18,6 +18,7 @@ settle early.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,17 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.common import (
+from layerscope.experiments.base import (
     DEFAULT_METRICS,
     ExperimentResult,
     ModelEntry,
-    main_rows,
-    metrics_over_models,
-    output_dir,
-    plot_file,
-    resolve_texts,
-    safe_plot,
+    Plot,
+    Setup,
+    measure_models,
+    metric_names,
     split_list,
-    step_of,
-    valley,
-    values_at_depths,
 )
+from layerscope.experiments.curves import main_normalization, main_rows, rounded, valley, values_at_depths
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["checkpoint_progression", "resolve_checkpoints"]
@@ -48,6 +45,14 @@ __all__ = ["checkpoint_progression", "resolve_checkpoints"]
 logger = logging.getLogger(__name__)
 
 EXPERIMENT = "checkpoints"
+#: The normalization of prompt entropy whose valley is followed (the registry's main one).
+MAIN = main_normalization("prompt_entropy")
+
+
+def step_of(label: str) -> int | None:
+    """Training step named by a checkpoint label (``step1000``, ``checkpoint-512``), or None."""
+    match = re.search(r"(\d+)$", str(label).rstrip("/"))
+    return int(match.group(1)) if match else None
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -148,49 +153,37 @@ def checkpoint_progression(
         name = str(model)
     if len(entries) < 2:
         logger.warning("only one checkpoint: there is no progression to show")
-    prompts, source = resolve_texts(texts, dataset, limit, seed)
-    directory = output_dir(out)
-    config = {"experiment": EXPERIMENT, "model_id": name, "data": source, "n_prompts": len(prompts),
-              "max_length": max_length, "metrics": split_list(metrics), "seed": seed}
-    frame, described, run_ids = metrics_over_models(
-        entries, prompts, experiment=EXPERIMENT, source=source, metrics=metrics, max_length=max_length,
-        batch_size=batch_size, progress=progress, out=directory, config=config, device=device, dtype=dtype,
-        final_norm=final_norm, condition="checkpoint",
-    )
+    setup = Setup.from_options(
+        EXPERIMENT, model=name, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
+        batch_size=batch_size, device=device, dtype=dtype, final_norm=final_norm, out=out, progress=progress,
+        options={"metrics": metric_names(metrics), "settle_tolerance": settle_tolerance})
+    setup.load_texts()
+    frame, described = measure_models(setup, entries, metrics, condition="checkpoint")
     frame["step"] = [step_of(label) for label in frame["checkpoint"]]
     frame = frame[["checkpoint", "step", "order", "layer", "depth_pct", "metric", "normalization", "value",
                    "n_used", "n_skipped"]]
     labels = [entry.label for entry in entries]
 
-    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == "maxEntropy")]
-    valley_rows = []
-    curves: dict[str, np.ndarray] = {}
-    for label in labels:
-        curve = entropy[entropy["checkpoint"] == label].sort_values("layer")["value"].to_numpy(float)
-        curves[label] = curve
-        valley_rows.append({"checkpoint": label, "step": step_of(label), **valley(curve)})
+    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == MAIN)]
+    curves = {label: entropy[entropy["checkpoint"] == label].sort_values("layer")["value"].to_numpy(float)
+              for label in labels}
+    valley_rows = [{"checkpoint": label, "step": step_of(label), **valley(curves[label])} for label in labels]
     valley_table = pd.DataFrame(valley_rows)
-    settling = _settling(curves, labels, settle_tolerance) if curves and len(next(iter(curves.values()))) else \
+    settling = _settling(curves, labels, settle_tolerance) if not entropy.empty else \
         pd.DataFrame(columns=["layer", "depth_pct", "settle_order", "settle_checkpoint", "settle_step"])
 
-    summary: dict[str, Any] = {"model": name, "checkpoints": labels, "n_prompts": len(prompts), "dataset": source,
-                               "num_layers": int(described[0]["num_layers"]) if described else None}
+    summary: dict[str, Any] = {"model": name, "checkpoints": labels, "n_prompts": len(setup.texts.texts),
+                               "dataset": setup.texts.source, "num_layers": int(described[0]["num_layers"])}
     if not entropy.empty:
-        summary["prompt_entropy_maxEntropy"] = values_at_depths(entropy, group="checkpoint")
+        summary[f"prompt_entropy_{MAIN}"] = values_at_depths(entropy, group="checkpoint")
         summary["valley"] = {row["checkpoint"]: {key: row[key] for key in
                                                  ("min_layer", "min_depth_pct", "min_value", "valley_depth",
                                                   "relative_depth", "present")}
                              for row in valley_rows}
         summary.update(_valley_trend(valley_table))
-        if not settling.empty:
-            summary["settle_order_by_layer"] = [int(v) for v in settling["settle_order"]]
-            summary["settling_spearman"] = _spearman(settling["layer"], settling["settle_order"])
-
-    tables = {"metrics": frame, "valley": valley_table, "settling": settling}
-    result = ExperimentResult(EXPERIMENT, tables, summary, directory, run_ids=run_ids)
-    if directory is not None:
-        _plots(result, frame, labels)
-    return result
+        summary["settle_order_by_layer"] = [int(v) for v in settling["settle_order"]]
+        summary["settling_spearman"] = _spearman(settling["layer"], settling["settle_order"])
+    return setup.finish({"metrics": frame, "valley": valley_table, "settling": settling}, summary, _plots)
 
 
 def _settling(curves: dict[str, np.ndarray], labels: list[str], tolerance: float) -> pd.DataFrame:
@@ -236,21 +229,21 @@ def _valley_trend(valley_table: pd.DataFrame) -> dict[str, Any]:
 
 
 def _float(value: Any) -> float | None:
-    value = float(value)
-    return None if not np.isfinite(value) else round(value, 4)
+    return rounded(float(value))
 
 
-def _plots(result: ExperimentResult, frame: pd.DataFrame, labels: list[str]) -> None:
+def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
-    main = main_rows(frame)
+    labels = result.summary["checkpoints"]
+    main = main_rows(result["metrics"])
     main = main.assign(metric=main["metric"] + " (" + main["normalization"] + ")")
-    safe_plot(result.plots, plot_file(result.out, EXPERIMENT, "metrics"), plots.plot_lines_by_condition,
-              main, "depth_pct", "value", "checkpoint", facet="metric", hue_order=labels, ordered=True,
-              ylabel="value", hue_label="checkpoint", title=f"Metrics by layer over training: {result.summary['model']}")
+    drawn = [Plot("metrics", plots.plot_lines_by_condition, main, "depth_pct", "value", "checkpoint", facet="metric",
+                  hue_order=labels, ordered=True, ylabel="value", hue_label="checkpoint",
+                  title=f"Metrics by layer over training: {result.summary['model']}")]
     for metric, rows in main.groupby("metric", sort=False):
         matrix = rows.pivot_table(index="layer", columns="checkpoint", values="value").reindex(columns=labels)
-        name = str(metric).split(" (")[0]
-        safe_plot(result.plots, plot_file(result.out, EXPERIMENT, f"heatmap_{name}"), plots.plot_heatmap, matrix,
-                  None, None, title=f"{metric}: layer x checkpoint", xlabel="checkpoint", ylabel="layer",
-                  colorbar_label=str(metric))
+        drawn.append(Plot(f"heatmap_{str(metric).split(' (')[0]}", plots.plot_heatmap, matrix, None, None,
+                          title=f"{metric}: layer x checkpoint", xlabel="checkpoint", ylabel="layer",
+                          colorbar_label=str(metric)))
+    return drawn

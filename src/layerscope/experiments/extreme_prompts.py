@@ -32,25 +32,20 @@ import pandas as pd
 import torch
 
 from layerscope.errors import LayerscopeError, unknown
-from layerscope.experiments.common import (
+from layerscope.experiments.base import (
     ExperimentResult,
-    as_model,
+    Plot,
+    Setup,
+    StoreRun,
     experiment_rows,
     float_list,
     int_list,
-    layer_frame,
     log2_ticks,
-    output_dir,
-    plot_file,
     progress_bar,
-    resolve_texts,
-    safe_plot,
     split_list,
-    texts_digest,
-    token_hook,
-    values_at_depths,
-    write_store,
 )
+from layerscope.experiments.curves import layer_frame, main_normalization, values_at_depths
+from layerscope.experiments.hooks import token_hook
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["DEFAULT_PROBABILITIES", "PERTURBATIONS", "extreme_prompts", "perturb_token_ids", "tokenize_prompts"]
@@ -60,6 +55,8 @@ logger = logging.getLogger(__name__)
 EXPERIMENT = "extreme_prompts"
 PERTURBATIONS = ("repetition", "randomness")
 DEFAULT_PROBABILITIES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+#: The normalization of prompt entropy that summaries and plots show (the registry's main one).
+MAIN = main_normalization("prompt_entropy")
 #: Depth bands (percent, inclusive) of the summary: early, middle and late layers.
 BANDS = {"early": (0.0, 25.0), "middle": (25.0, 75.0), "late": (75.0, 100.0)}
 
@@ -198,7 +195,7 @@ def extreme_prompts(
     skip_tokens : int, default 0
         Leave the first ``k`` tokens of every prompt out of the entropies (they still run through the
         model and may be perturbed): 1 removes the first token's massive activation (see
-        :class:`~layerscope.experiments.common.SkipFirstTokens`). Prefix lengths then count from
+        :class:`~layerscope.experiments.hooks.SkipFirstTokens`). Prefix lengths then count from
         token ``k``.
     batch_size : int or "auto"
         As in :func:`layerscope.extract`.
@@ -219,8 +216,6 @@ def extreme_prompts(
         (maxEntropy) per condition at 0/25/50/75/100 % depth and averaged over early (0-25 %),
         middle (25-75 %) and late (75-100 %) layers.
     """
-    from layerscope.extract import extract_token_ids
-
     kinds = split_list(perturbations)
     for kind in kinds:
         if kind not in PERTURBATIONS:
@@ -230,82 +225,93 @@ def extreme_prompts(
         raise LayerscopeError(f"probabilities must lie in [0, 1], got {chances}")
     if 0.0 not in chances:
         chances = [0.0, *chances]  # the unperturbed reference
-    loaded = as_model(model, revision, device, dtype, final_norm)
-    prompts, source = resolve_texts(texts, dataset, limit, seed)
-    token_ids, perturbable = tokenize_prompts(loaded, prompts, max_length)
+    if skip_tokens < 0:
+        raise LayerscopeError(f"skip_tokens must be >= 0, got {skip_tokens}")
+    automatic = isinstance(prefix_lengths, str) and prefix_lengths == "auto"
+    requested = [] if automatic else sorted({t for t in int_list(prefix_lengths or [], "prefix_lengths") if t >= 2})
+    setup = Setup.from_options(
+        EXPERIMENT, model=model, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
+        batch_size=batch_size, revision=revision, device=device, dtype=dtype, final_norm=final_norm, out=out,
+        progress=progress, options={"probabilities": chances, "perturbations": kinds, "skip_tokens": skip_tokens,
+                                    "prefix_lengths": "auto" if automatic else requested,
+                                    "length_buckets": length_buckets})
+    loaded = setup.load(model)
+    token_ids, perturbable = tokenize_prompts(loaded, setup.load_texts().texts, max_length)
     keep = [i for i, ids in enumerate(token_ids) if len(ids) > 0]
     if len(keep) < len(token_ids):
         logger.warning("skipped %d prompt(s) with no tokens", len(token_ids) - len(keep))
-        token_ids = [token_ids[i] for i in keep]
-        perturbable = [perturbable[i] for i in keep]
-        prompts = [prompts[i] for i in keep]
+        token_ids, perturbable = [token_ids[i] for i in keep], [perturbable[i] for i in keep]
     if not token_ids:
         raise LayerscopeError("no prompt has any token")
     lengths = [len(ids) for ids in token_ids]
-    if isinstance(prefix_lengths, str) and prefix_lengths == "auto":
-        prefixes = _auto_prefix_lengths([length - skip_tokens for length in lengths])
-    else:
-        prefixes = sorted({t for t in int_list(prefix_lengths or [], "prefix_lengths") if t >= 2})
-    vocab_size = min(len(loaded.tokenizer), int(getattr(loaded.model.config, "vocab_size", len(loaded.tokenizer))))
-    n = len(token_ids)
-    num_layers = loaded.num_layers
-    common = dict(batch_size=batch_size, progress=False)
+    prefixes = _auto_prefix_lengths([length - skip_tokens for length in lengths]) if automatic else requested
 
+    original, entropy = _measure_conditions(setup, loaded, token_ids, perturbable, kinds, chances, prefixes)
+    num_layers = loaded.num_layers
+    length = _length_table(original.get("prefix_entropy"), num_layers)
+    counted = np.maximum(np.asarray(lengths) - skip_tokens, 0)
+    buckets = _bucket_table(original["prompt_entropy"].per_prompt, counted, num_layers, length_buckets)
+    token_counts = pd.DataFrame({"prompt_index": np.arange(len(token_ids)), "n_tokens": lengths})
+    tables = {"prompt_entropy": entropy, "length": length, "length_buckets": buckets, "token_counts": token_counts}
+    summary = _summary(entropy, length, kinds)
+    summary.update(model=str(loaded.model_id), n_prompts=len(token_ids), mean_tokens=round(float(np.mean(lengths)), 1),
+                   tokens_kept=True, dataset=setup.texts.source, skip_tokens=skip_tokens)
+
+    rows = [experiment_rows(entropy, EXPERIMENT, ["perturbation", "p"], ["metric", "normalization"])]
+    if not length.empty:
+        rows.append(experiment_rows(length.assign(metric="prefix_entropy"), EXPERIMENT, "prefix_length",
+                                    ["metric", "normalization"]))
+    if not buckets.empty:
+        rows.append(experiment_rows(buckets.assign(metric="prompt_entropy_by_length"), EXPERIMENT, "bucket",
+                                    ["metric", "normalization"]))
+    setup.write(StoreRun({"prefix_lengths": prefixes, "n_prompts": len(token_ids)}, loaded,
+                         experiment_values=pd.concat(rows, ignore_index=True),
+                         metrics=layer_frame(original["prompt_entropy"], num_layers).assign(dataset=setup.texts.source)))
+    return setup.finish(tables, summary, _plots)
+
+
+def _measure_conditions(setup: Setup, loaded: LoadedModel, token_ids: list[list[int]], perturbable: list[list[bool]],
+                        kinds: list[str], chances: list[float], prefixes: list[int]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Prompt entropy of every (perturbation, p) condition, one pass each; p = 0 is measured once, with the
+    prefix entropies of the length sweep in the same pass.
+
+    Returns
+    -------
+    original : dict
+        The token metrics of the unperturbed prompts (``prompt_entropy``, ``prefix_entropy``).
+    entropy : pandas.DataFrame
+        ``perturbation, p, layer, depth_pct, metric, normalization, value, n_used, n_skipped``.
+    """
+    from layerscope.extract import extract_token_ids
+
+    seed, skip_tokens = setup.config.seed, int(setup.config.options["skip_tokens"])
+    vocab_size = min(len(loaded.tokenizer), int(getattr(loaded.model.config, "vocab_size", len(loaded.tokenizer))))
+    lengths = [len(ids) for ids in token_ids]
+    common = {"batch_size": setup.extraction.batch_size, "progress": False}
     conditions = [(kind, p) for kind in kinds for p in chances if p > 0]
-    frames: list[pd.DataFrame] = []
-    bar = progress_bar(None, progress, f"{EXPERIMENT} {loaded.model_id}", total=1 + len(conditions))
-    # the unperturbed prompts (p = 0), with the prefix entropies of the length sweep in the same pass
-    hook = token_hook(n, prefix_lengths=prefixes or None, skip_tokens=skip_tokens)
+    bar = progress_bar(None, setup.progress, f"{EXPERIMENT} {loaded.model_id}", total=1 + len(conditions))
+    hook = token_hook(len(token_ids), prefix_lengths=prefixes or None, skip_tokens=skip_tokens)
     extract_token_ids(loaded, token_ids, token_hook=hook, **common)
     bar.update(1)
-    measured = hook.compute()
-    original = layer_frame(measured["prompt_entropy"], num_layers)
+    original = hook.compute()
+    unperturbed = layer_frame(original["prompt_entropy"], loaded.num_layers)
+    frames = []
     for kind in kinds:
         if perturb_token_ids(token_ids, perturbable, kind, 0.0, vocab_size, seed) != token_ids:
             raise LayerscopeError(f"{kind} with p = 0 changed the prompts")  # the perturbations' contract
-        frames.append(original.assign(perturbation=kind, p=0.0))
+        frames.append(unperturbed.assign(perturbation=kind, p=0.0))
     for kind, p in conditions:
         perturbed = perturb_token_ids(token_ids, perturbable, kind, p, vocab_size, seed)
         if [len(ids) for ids in perturbed] != lengths:
             raise LayerscopeError(f"{kind} with p = {p} changed the token count of a prompt")
-        hook = token_hook(n, skip_tokens=skip_tokens)
+        hook = token_hook(len(token_ids), skip_tokens=skip_tokens)
         extract_token_ids(loaded, perturbed, token_hook=hook, **common)
-        frames.append(layer_frame(hook.compute()["prompt_entropy"], num_layers).assign(perturbation=kind, p=p))
+        frames.append(layer_frame(hook.compute()["prompt_entropy"], loaded.num_layers).assign(perturbation=kind, p=p))
         bar.update(1)
     bar.close()
     entropy = pd.concat(frames, ignore_index=True)
-    entropy = entropy[["perturbation", "p", "layer", "depth_pct", "metric", "normalization", "value", "n_used",
-                       "n_skipped"]]
-
-    length = _length_table(measured.get("prefix_entropy"), num_layers)
-    counted = np.maximum(np.asarray(lengths) - skip_tokens, 0)
-    buckets = _bucket_table(measured["prompt_entropy"].per_prompt, counted, num_layers, length_buckets)
-    token_counts = pd.DataFrame({"prompt_index": np.arange(n), "n_tokens": lengths})
-    tables = {"prompt_entropy": entropy, "length": length, "length_buckets": buckets, "token_counts": token_counts}
-    summary = _summary(entropy, length, kinds)
-    summary.update(model=str(loaded.model_id), n_prompts=n, mean_tokens=round(float(np.mean(lengths)), 1),
-                   tokens_kept=True, dataset=source, skip_tokens=skip_tokens)
-
-    directory = output_dir(out)
-    result = ExperimentResult(EXPERIMENT, tables, summary, directory)
-    if directory is not None:
-        config = {"experiment": EXPERIMENT, "model_id": str(loaded.model_id), "revision": loaded.revision,
-                  "data": source, "n_prompts": n, "max_length": max_length, "probabilities": chances,
-                  "perturbations": kinds, "prefix_lengths": prefixes, "seed": seed, "final_norm": loaded.final_norm,
-                  "skip_tokens": skip_tokens}
-        rows = [experiment_rows(entropy, EXPERIMENT, ["perturbation", "p"], ["metric", "normalization"])]
-        if not length.empty:
-            rows.append(experiment_rows(length.assign(metric="prefix_entropy"), EXPERIMENT, "prefix_length",
-                                        ["metric", "normalization"]))
-        if not buckets.empty:
-            rows.append(experiment_rows(buckets.assign(metric="prompt_entropy_by_length"), EXPERIMENT, "bucket",
-                                        ["metric", "normalization"]))
-        run_id = write_store(directory, config, model=loaded, data_source=source, data_hash=texts_digest(prompts),
-                             experiment_values=pd.concat(rows, ignore_index=True),
-                             metrics=original.assign(dataset=source))
-        result.run_ids.append(str(run_id))
-        _plots(result, entropy, length, num_layers)
-    return result
+    return original, entropy[["perturbation", "p", "layer", "depth_pct", "metric", "normalization", "value", "n_used",
+                              "n_skipped"]]
 
 
 def _length_table(prefix: Any, num_layers: int) -> pd.DataFrame:
@@ -340,14 +346,13 @@ def _bucket_table(per_prompt: dict[str, np.ndarray], lengths: np.ndarray, num_la
 
 
 def _summary(entropy: pd.DataFrame, length: pd.DataFrame, kinds: list[str]) -> dict[str, Any]:
-    main = entropy[entropy["normalization"] == "maxEntropy"]
-    summary: dict[str, Any] = {"prompt_entropy_maxEntropy": {}, "bands_maxEntropy": {}}
+    main = entropy[entropy["normalization"] == MAIN]
+    at_depths, bands = f"prompt_entropy_{MAIN}", f"bands_{MAIN}"
+    summary: dict[str, Any] = {at_depths: {}, bands: {}}
     for kind in kinds:
         part = main[main["perturbation"] == kind]
-        summary["prompt_entropy_maxEntropy"][kind] = {
-            f"p={p:g}": values_at_depths(rows) for p, rows in part.groupby("p")
-        }
-        summary["bands_maxEntropy"][kind] = {f"p={p:g}": _band_means(rows) for p, rows in part.groupby("p")}
+        summary[at_depths][kind] = {f"p={p:g}": values_at_depths(rows) for p, rows in part.groupby("p")}
+        summary[bands][kind] = {f"p={p:g}": _band_means(rows) for p, rows in part.groupby("p")}
     if not length.empty:
         summary["prefix_entropy"] = {
             normalization: {f"t={t}": values_at_depths(rows) for t, rows in part.groupby("prefix_length")}
@@ -356,23 +361,22 @@ def _summary(entropy: pd.DataFrame, length: pd.DataFrame, kinds: list[str]) -> d
     return summary
 
 
-def _plots(result: ExperimentResult, entropy: pd.DataFrame, length: pd.DataFrame, num_layers: int) -> None:
+def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
-    directory = result.out
-    main = entropy[entropy["normalization"] == "maxEntropy"]
-    safe_plot(result.plots, plot_file(directory, EXPERIMENT, "perturbations"), plots.plot_lines_by_condition,
-              main, "depth_pct", "value", "p", facet="perturbation", ordered=True,
-              ylabel="prompt entropy (maxEntropy)", hue_label="p (replaced)",
-              title=f"Prompt entropy under token perturbations: {result.summary['model']}")
+    entropy, length, model = result["prompt_entropy"], result["length"], result.summary["model"]
+    drawn = [Plot("perturbations", plots.plot_lines_by_condition, entropy[entropy["normalization"] == MAIN],
+                  "depth_pct", "value", "p", facet="perturbation", ordered=True,
+                  ylabel=f"prompt entropy ({MAIN})", hue_label="p (replaced)",
+                  title=f"Prompt entropy under token perturbations: {model}")]
     if length.empty:
-        return
+        return drawn
+    num_layers = int(entropy["layer"].max())
     layers = sorted(set(np.linspace(0, num_layers, 5).round().astype(int).tolist()))
     part = length[length["layer"].isin(layers)].copy()
     part["layer_label"] = [f"layer {layer} ({100 * layer / num_layers:.0f}%)" for layer in part["layer"]]
     order = [f"layer {layer} ({100 * layer / num_layers:.0f}%)" for layer in layers]
-    safe_plot(result.plots, plot_file(directory, EXPERIMENT, "length"), _length_plot, part, order,
-              f"Prompt entropy against prompt length: {result.summary['model']}")
+    return [*drawn, Plot("length", _length_plot, part, order, f"Prompt entropy against prompt length: {model}")]
 
 
 def _length_plot(data: pd.DataFrame, order: list[str], title: str, out: Path) -> Path:

@@ -25,27 +25,20 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.common import (
+from layerscope.experiments.base import (
     ExperimentResult,
-    as_model,
+    Plot,
+    Setup,
+    StoreRun,
     experiment_rows,
     int_list,
-    layer_frame,
     log2_ticks,
     model_label,
-    output_dir,
-    plot_file,
     progress_bar,
-    prompt_frame,
-    resolve_texts,
-    safe_plot,
     split_list,
-    spread_stats,
-    texts_digest,
-    token_hook,
-    values_at_depths,
-    write_store,
 )
+from layerscope.experiments.curves import layer_frame, prompt_frame, rounded, spread_stats, values_at_depths
+from layerscope.experiments.hooks import token_hook
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["compare_finetune"]
@@ -97,7 +90,7 @@ def compare_finetune(
         Normalization of the plotted values (``raw`` is always computed too).
     skip_tokens : int, default 0
         Leave the first ``k`` tokens of every prompt out of the entropies (see
-        :class:`~layerscope.experiments.common.SkipFirstTokens`).
+        :class:`~layerscope.experiments.hooks.SkipFirstTokens`).
     batch_size, out, progress, device, dtype, final_norm
         As in the other experiments; ``base_revision`` / ``finetuned_revision`` pick hub revisions.
 
@@ -116,50 +109,38 @@ def compare_finetune(
     names = split_list(labels) if labels is not None else []
     if names and len(names) != 2:
         raise LayerscopeError(f"labels must name the two models, got {names}")
-    prompts, source = resolve_texts(texts, dataset, limit, seed)
+    if skip_tokens < 0:
+        raise LayerscopeError(f"skip_tokens must be >= 0, got {skip_tokens}")
+    setup = Setup.from_options(
+        EXPERIMENT, model=[base, finetuned], texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
+        batch_size=batch_size, device=device, dtype=dtype, final_norm=final_norm, out=out, progress=progress,
+        options={"labels": names, "prefix_lengths": prefixes, "normalization": normalization,
+                 "skip_tokens": skip_tokens})
+    prompts = setup.load_texts().texts
     normalizations = tuple(dict.fromkeys((normalization, "raw")))
 
-    entropy_frames, prompt_frames, prefix_frames = [], [], []
-    described: dict[str, Any] = {}
-    run_inputs = []
-    depth_counts = []
+    entropy_frames, prompt_frames, prefix_frames, depth_counts, described = [], [], [], [], {}
     roles = (("base", base, base_revision), ("finetuned", finetuned, finetuned_revision))
     for position, (role, spec, revision) in enumerate(progress_bar(roles, progress, EXPERIMENT, total=2)):
-        loaded = as_model(spec, revision, device, dtype, final_norm)
+        loaded = setup.load(spec, revision)
         label = names[position] if names else f"{role}: {model_label(loaded)}"
-        hook = token_hook(len(prompts), normalizations=normalizations, prefix_lengths=prefixes,
-                          skip_tokens=skip_tokens)
-        from layerscope.extract import extract
-
-        extract(loaded, prompts, max_length=max_length, batch_size=batch_size, token_hook=hook, progress=progress)
-        values = hook.compute()
-        num_layers = loaded.num_layers
-        depth_counts.append(num_layers)
-        entropy = values["prompt_entropy"]
-        for name in normalizations:
-            stats = spread_stats(entropy.per_prompt[name])  # over prompts, per layer
-            layers = np.arange(num_layers + 1)
-            entropy_frames.append(pd.DataFrame({"model": label, "role": role, "layer": layers,
-                                                "depth_pct": 100.0 * layers / num_layers, "normalization": name,
-                                                **stats}))
-            prompt_frames.append(prompt_frame(entropy.per_prompt[name], num_layers, "prompt_entropy", name)
-                                 .assign(model=label, role=role))
-            prefix = values["prefix_entropy"].per_prompt[name]  # (prefixes, layers, n)
-            stats = spread_stats(prefix)
-            grid_t, grid_layer = np.meshgrid(prefixes, layers, indexing="ij")
-            prefix_frames.append(pd.DataFrame({
-                "model": label, "role": role, "prefix_length": grid_t.ravel(), "layer": grid_layer.ravel(),
-                "depth_pct": 100.0 * grid_layer.ravel() / num_layers, "normalization": name,
-                **{key: array.ravel() for key, array in stats.items()},
-            }))
-        described[role] = loaded.describe()
-        run_inputs.append((role, layer_frame(entropy, num_layers)))
+        values = _token_values(setup, loaded, prompts, normalizations, prefixes)
+        entropy, prompt, prefix = _role_tables(values, loaded.num_layers, normalizations, prefixes)
+        entropy_frames.append(entropy.assign(model=label, role=role))
+        prompt_frames.append(prompt.assign(model=label, role=role))
+        prefix_frames.append(prefix.assign(model=label, role=role))
+        depth_counts.append(loaded.num_layers)
+        described[role] = str(loaded.model_id)
+        setup.write(StoreRun({"role": role, "label": label}, loaded,
+                             experiment_values=_store_rows(entropy_frames[-1], prefix_frames[-1]),
+                             metrics=layer_frame(values["prompt_entropy"], loaded.num_layers)
+                             .assign(dataset=setup.texts.source)))
         del loaded  # a model loaded here is freed before the next one is loaded
 
-    entropy_table = pd.concat(entropy_frames, ignore_index=True)
+    entropy_table = _first(pd.concat(entropy_frames, ignore_index=True), ["model", "role"])
     per_prompt = pd.concat(prompt_frames, ignore_index=True)
     per_prompt = per_prompt[["model", "role", "layer", "depth_pct", "prompt_index", "normalization", "value"]]
-    prefix_table = pd.concat(prefix_frames, ignore_index=True)
+    prefix_table = _first(pd.concat(prefix_frames, ignore_index=True), ["model", "role"])
     difference = pd.DataFrame(columns=["layer", "depth_pct", "normalization", "difference"])
     if depth_counts[0] == depth_counts[1]:
         pivot = entropy_table.pivot_table(index=["layer", "depth_pct", "normalization"], columns="role",
@@ -169,36 +150,57 @@ def compare_finetune(
     tables = {"prompt_entropy": entropy_table, "per_prompt": per_prompt, "prefix_entropy": prefix_table,
               "difference": difference}
     summary = _summary(entropy_table, prefix_table, normalization)
-    summary.update(models={role: info["model_id"] for role, info in described.items()}, n_prompts=len(prompts),
-                   dataset=source, skip_tokens=skip_tokens)
+    summary.update(models=described, n_prompts=len(prompts), dataset=setup.texts.source, skip_tokens=skip_tokens)
+    return setup.finish(tables, summary, _plots)
 
-    directory = output_dir(out)
-    result = ExperimentResult(EXPERIMENT, tables, summary, directory)
-    if directory is not None:
-        config = {"experiment": EXPERIMENT, "base": described["base"]["model_id"],
-                  "finetuned": described["finetuned"]["model_id"], "data": source, "n_prompts": len(prompts),
-                  "max_length": max_length, "prefix_lengths": prefixes, "seed": seed, "skip_tokens": skip_tokens}
-        for role, metrics in run_inputs:
-            entropy_rows = entropy_table[entropy_table["role"] == role].assign(metric="prompt_entropy")
-            prefix_rows = prefix_table[prefix_table["role"] == role].assign(metric="prefix_entropy")
-            rows = pd.concat([
-                experiment_rows(entropy_rows.assign(key=entropy_rows["metric"] + ":" + entropy_rows["normalization"]
-                                                    + ":" + stat), EXPERIMENT, "model", "key", value=stat)
-                for stat in ("mean", "std")
-            ] + [
-                experiment_rows(prefix_rows.assign(key=prefix_rows["metric"] + ":" + prefix_rows["normalization"]
-                                                   + ":" + stat), EXPERIMENT, ["model", "prefix_length"], "key",
-                                value=stat)
-                for stat in ("mean", "std")
-            ], ignore_index=True)
-            info = described[role]
-            run_id = write_store(directory, {**config, "role": role, "model": info}, model_id=str(info["model_id"]),
-                                 revision=info["revision"], data_source=source,
-                                 data_hash=texts_digest(prompts), experiment_values=rows,
-                                 metrics=metrics.assign(dataset=source))
-            result.run_ids.append(str(run_id))
-        _plots(result, per_prompt, prefix_table, normalization)
-    return result
+
+def _first(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with ``columns`` moved to the front."""
+    return frame[[*columns, *(column for column in frame.columns if column not in columns)]]
+
+
+def _token_values(setup: Setup, loaded: LoadedModel, prompts: list[str], normalizations: tuple[str, ...],
+                  prefixes: list[int]) -> dict[str, Any]:
+    """Prompt and prefix entropy of every prompt at every layer of one model, from one pass."""
+    from layerscope.extract import extract
+
+    hook = token_hook(len(prompts), normalizations=normalizations, prefix_lengths=prefixes,
+                      skip_tokens=int(setup.config.options["skip_tokens"]))
+    extract(loaded, prompts, max_length=setup.extraction.max_length, batch_size=setup.extraction.batch_size,
+            token_hook=hook, progress=setup.progress)
+    return hook.compute()
+
+
+def _role_tables(values: dict[str, Any], num_layers: int, normalizations: tuple[str, ...],
+                 prefixes: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One model's prompt entropy spread per layer, its per-prompt values and its prefix entropy spread."""
+    layers = np.arange(num_layers + 1)
+    entropy_frames, prompt_frames, prefix_frames = [], [], []
+    for name in normalizations:
+        per_prompt = values["prompt_entropy"].per_prompt[name]  # (layers, n)
+        entropy_frames.append(pd.DataFrame({"layer": layers, "depth_pct": 100.0 * layers / num_layers,
+                                            "normalization": name, **spread_stats(per_prompt)}))
+        prompt_frames.append(prompt_frame(per_prompt, num_layers, "prompt_entropy", name))
+        stats = spread_stats(values["prefix_entropy"].per_prompt[name])  # over (prefixes, layers, n)
+        grid_t, grid_layer = np.meshgrid(prefixes, layers, indexing="ij")
+        prefix_frames.append(pd.DataFrame({
+            "prefix_length": grid_t.ravel(), "layer": grid_layer.ravel(),
+            "depth_pct": 100.0 * grid_layer.ravel() / num_layers, "normalization": name,
+            **{key: array.ravel() for key, array in stats.items()},
+        }))
+    return (pd.concat(entropy_frames, ignore_index=True), pd.concat(prompt_frames, ignore_index=True),
+            pd.concat(prefix_frames, ignore_index=True))
+
+
+def _store_rows(entropy: pd.DataFrame, prefix: pd.DataFrame) -> pd.DataFrame:
+    """``experiment_values`` rows of one model: mean and spread of prompt and prefix entropy."""
+    frames = []
+    for metric, table, condition in (("prompt_entropy", entropy, "model"),
+                                     ("prefix_entropy", prefix, ["model", "prefix_length"])):
+        for stat in ("mean", "std"):
+            keyed = table.assign(key=metric + ":" + table["normalization"] + ":" + stat)
+            frames.append(experiment_rows(keyed, EXPERIMENT, condition, "key", value=stat))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _summary(entropy: pd.DataFrame, prefix: pd.DataFrame, normalization: str) -> dict[str, Any]:
@@ -208,7 +210,7 @@ def _summary(entropy: pd.DataFrame, prefix: pd.DataFrame, normalization: str) ->
         "prompt_entropy_mean": values_at_depths(main, "mean", group="model"),
         "prompt_entropy_std": values_at_depths(main, "std", group="model"),
         "middle_layers_mean": {
-            str(model): round(float(rows.loc[(rows["depth_pct"] > 25) & (rows["depth_pct"] < 75), "mean"].mean()), 4)
+            str(model): rounded(float(rows.loc[(rows["depth_pct"] > 25) & (rows["depth_pct"] < 75), "mean"].mean()))
             for model, rows in main.groupby("model", sort=False)
         },
     }
@@ -219,32 +221,33 @@ def _summary(entropy: pd.DataFrame, prefix: pd.DataFrame, normalization: str) ->
         nearest = depths[np.argmin(np.abs(depths - 50.0))]
         chosen = rows[rows["depth_pct"] == nearest]
         summary["prefix_entropy_at_half_depth"][str(model)] = {
-            f"t={int(t)}": None if not np.isfinite(v) else round(float(v), 4)
+            f"t={int(t)}": rounded(float(v))
             for t, v in zip(chosen["prefix_length"], chosen["mean"], strict=True)
         }
     return summary
 
 
-def _plots(result: ExperimentResult, per_prompt: pd.DataFrame, prefix: pd.DataFrame, normalization: str) -> None:
+def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
-    directory = result.out
+    normalization = result.summary["normalization"]
+    per_prompt = result["per_prompt"]
     order = list(dict.fromkeys(per_prompt["model"]))
-    part = per_prompt[per_prompt["normalization"] == normalization]
-    safe_plot(result.plots, plot_file(directory, EXPERIMENT, "prompt_entropy"), plots.plot_lines_by_condition,
-              part, "depth_pct", "value", "model", hue_order=order, ordered=False, spread="std",
-              ylabel=f"prompt entropy ({normalization})", hue_label="model",
-              title="Prompt entropy per layer (mean +/- std over prompts)")
-    rows = prefix[prefix["normalization"] == normalization]
+    rows = result["prefix_entropy"]
+    rows = rows[rows["normalization"] == normalization]
     picked = []
     for _model, model_rows in rows.groupby("model", sort=False):
         depths = np.sort(model_rows["depth_pct"].unique())
         for target in PREFIX_DEPTHS:
             nearest = depths[np.argmin(np.abs(depths - target))]
             picked.append(model_rows[model_rows["depth_pct"] == nearest].assign(depth=int(target)))
-    data = pd.concat(picked, ignore_index=True)
-    safe_plot(result.plots, plot_file(directory, EXPERIMENT, "prefix_entropy"), _prefix_plot, data, order,
-              normalization)
+    return [
+        Plot("prompt_entropy", plots.plot_lines_by_condition, per_prompt[per_prompt["normalization"] == normalization],
+             "depth_pct", "value", "model", hue_order=order, ordered=False, spread="std",
+             ylabel=f"prompt entropy ({normalization})", hue_label="model",
+             title="Prompt entropy per layer (mean +/- std over prompts)"),
+        Plot("prefix_entropy", _prefix_plot, pd.concat(picked, ignore_index=True), order, normalization),
+    ]
 
 
 def _prefix_plot(data: pd.DataFrame, order: list[str], normalization: str, out: Path) -> Path:

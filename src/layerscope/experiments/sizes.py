@@ -17,21 +17,18 @@ from typing import Any
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.common import (
+from layerscope.experiments.base import (
     DEFAULT_METRICS,
     ExperimentResult,
     ModelEntry,
-    main_rows,
-    metrics_over_models,
+    Plot,
+    Setup,
+    measure_models,
+    metric_names,
     model_label,
-    output_dir,
-    plot_file,
-    resolve_texts,
-    safe_plot,
     split_list,
-    valley,
-    values_at_depths,
 )
+from layerscope.experiments.curves import main_normalization, main_rows, valley, values_at_depths
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["model_sizes"]
@@ -93,44 +90,41 @@ def model_sizes(
         entries.append(ModelEntry(names[index] if names else default, item))
     if len({entry.label for entry in entries}) != len(entries):
         raise LayerscopeError(f"model labels must be distinct, got {[entry.label for entry in entries]}")
-    prompts, source = resolve_texts(texts, dataset, limit, seed)
-    directory = output_dir(out)
-    config = {"experiment": EXPERIMENT, "data": source, "n_prompts": len(prompts), "max_length": max_length,
-              "metrics": split_list(metrics), "seed": seed}
-    frame, described, run_ids = metrics_over_models(
-        entries, prompts, experiment=EXPERIMENT, source=source, metrics=metrics, max_length=max_length,
-        batch_size=batch_size, progress=progress, out=directory, config=config, device=device, dtype=dtype,
-        final_norm=final_norm, condition="model",
-    )
+    setup = Setup.from_options(
+        EXPERIMENT, model=items, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
+        batch_size=batch_size, device=device, dtype=dtype, final_norm=final_norm, out=out, progress=progress,
+        options={"labels": names, "metrics": metric_names(metrics)})
+    setup.load_texts()
+    frame, described = measure_models(setup, entries, metrics, condition="model")
     info = {item["label"]: item for item in described}
     frame["parameters"] = [int(info[label]["parameters"]) for label in frame["model"]]
     frame["num_layers"] = [int(info[label]["num_layers"]) for label in frame["model"]]
     frame = frame[["model", "parameters", "num_layers", "layer", "depth_pct", "metric", "normalization", "value",
                    "n_used", "n_skipped"]]
     order = sorted(info, key=lambda label: info[label]["parameters"])
-    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == "maxEntropy")]
+    main = main_normalization("prompt_entropy")
+    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == main)]
     rows = []
     for label in order:
         curve = entropy[entropy["model"] == label].sort_values("layer")["value"].to_numpy(float)
         rows.append({"model": label, "model_id": info[label]["model_id"], "parameters": info[label]["parameters"],
                      "num_layers": info[label]["num_layers"], "hidden_size": info[label]["hidden_size"],
                      **{key: value for key, value in valley(curve).items() if key != "ends_min"}})
-    model_table = pd.DataFrame(rows)
-    summary: dict[str, Any] = {"models": order, "n_prompts": len(prompts), "dataset": source,
+    summary: dict[str, Any] = {"models": order, "n_prompts": len(setup.texts.texts), "dataset": setup.texts.source,
                                "parameters": {label: int(info[label]["parameters"]) for label in order}}
     if not entropy.empty:
-        summary["prompt_entropy_maxEntropy"] = values_at_depths(entropy, group="model")
+        summary[f"prompt_entropy_{main}"] = values_at_depths(entropy, group="model")
         summary["valley"] = {row["model"]: {key: row[key] for key in ("min_depth_pct", "min_value", "valley_depth",
                                                                       "present")} for row in rows}
-    result = ExperimentResult(EXPERIMENT, {"metrics": frame, "models": model_table}, summary, directory,
-                              run_ids=run_ids)
-    if directory is not None:
-        from layerscope.report import plots
+    return setup.finish({"metrics": frame, "models": pd.DataFrame(rows)}, summary, _plots)
 
-        main = main_rows(frame)
-        main = main.assign(metric=main["metric"] + " (" + main["normalization"] + ")")
-        safe_plot(result.plots, plot_file(directory, EXPERIMENT, "metrics"), plots.plot_lines_by_condition,
-                  main, "depth_pct", "value", "model", facet="metric", hue_order=order,
-                  ordered=len(order) > 2, ylabel="value", hue_label="model (by size)",
-                  title="Metrics by depth across model sizes")
-    return result
+
+def _plots(result: ExperimentResult) -> list[Plot]:
+    from layerscope.report import plots
+
+    order = result.summary["models"]
+    main = main_rows(result["metrics"])
+    main = main.assign(metric=main["metric"] + " (" + main["normalization"] + ")")
+    return [Plot("metrics", plots.plot_lines_by_condition, main, "depth_pct", "value", "model", facet="metric",
+                 hue_order=order, ordered=len(order) > 2, ylabel="value", hue_label="model (by size)",
+                 title="Metrics by depth across model sizes")]

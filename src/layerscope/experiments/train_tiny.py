@@ -31,16 +31,15 @@ import pandas as pd
 import torch
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.common import (
+from layerscope.experiments.base import (
     ExperimentResult,
+    Plot,
+    Setup,
+    StoreRun,
     experiment_rows,
     int_list,
-    output_dir,
-    plot_file,
     progress_bar,
-    safe_plot,
     texts_digest,
-    write_store,
 )
 
 __all__ = ["checkpoint_steps", "train_tiny", "train_tokenizer", "tiny_neox_config"]
@@ -207,8 +206,9 @@ def train_tiny(
     -------
     ExperimentResult
         Tables ``log`` (``step, elapsed_s, loss, learning_rate``) and ``checkpoints`` (``step, path,
-        train_loss, val_loss, tokens_seen, elapsed_s``); the summary has the step count, tokens,
-        losses and the paths of the checkpoint folder and the held-out texts.
+        train_loss, val_loss, tokens_seen, elapsed_s``; ``train_loss`` is the mean loss of the last 10
+        steps, at step 0 the initial model's loss on the first training windows); the summary has the
+        step count, tokens, losses and the paths of the checkpoint folder and the held-out texts.
     """
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -221,35 +221,27 @@ def train_tiny(
         torch.set_num_threads(previous_threads)
 
 
-def _train(
-    out: str | Path, minutes: float, texts: Sequence[str] | None, dataset: str, limit: int | None, n_heldout: int,
-    num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int | None, vocab_size: int, seq_len: int,
-    batch_size: int, learning_rate: float, warmup_steps: int, weight_decay: float, max_steps: int | None,
-    checkpoints: str | Sequence[int], seed: int, progress: bool,
-) -> ExperimentResult:
-    """The body of :func:`train_tiny`."""
-    from transformers import GPTNeoXForCausalLM
+def _prepare_data(corpus: Sequence[str], n_heldout: int, vocab_size: int, seq_len: int,
+                  seed: int) -> tuple[Any, list[str], list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold texts out, train the tokenizer on the others, and cut the token streams into windows.
 
-    if minutes <= 0 and not max_steps:
-        raise LayerscopeError("train_tiny needs a positive time budget (minutes) or max_steps")
-    directory = output_dir(out)
-    assert directory is not None
-    if texts is None:
-        from layerscope.data import load_texts
-
-        corpus, source = load_texts(dataset, limit=limit, seed=seed), str(dataset)
-    else:
-        corpus, source = [str(text) for text in texts][: limit or None], "texts given in code"
+    Returns
+    -------
+    tokenizer, training texts, held-out texts
+    train_ids : Tensor, shape (tokens,)
+        The training stream (documents joined by ``<|endoftext|>``).
+    validation : Tensor, shape (windows, seq_len)
+        Held-out windows (the validation loss).
+    first_windows : Tensor, shape (windows, seq_len)
+        The first training windows (the initial model's training loss, before any step).
+    """
     corpus = [text for text in corpus if text.strip()]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(corpus))
+    order = np.random.default_rng(seed).permutation(len(corpus))
     n_heldout = min(int(n_heldout), max(len(corpus) // 5, 1))
     heldout = [corpus[i] for i in sorted(order[:n_heldout])]
     training = [corpus[i] for i in sorted(order[n_heldout:])]
     if not training:
         raise LayerscopeError(f"too few texts to train on: {len(corpus)}")
-
-    started = time.perf_counter()
     tokenizer = train_tokenizer(training, vocab_size)
     eos = tokenizer.eos_token_id
 
@@ -263,6 +255,36 @@ def _train(
     n_windows = min(32, max(1, (len(heldout_ids) - 1) // seq_len))
     validation = heldout_ids[: n_windows * seq_len].reshape(n_windows, seq_len) if len(heldout_ids) >= seq_len \
         else heldout_ids[None, :]
+    n_first = min(n_windows, (len(train_ids) - 1) // seq_len)
+    return tokenizer, training, heldout, train_ids, validation, train_ids[: n_first * seq_len].reshape(n_first, seq_len)
+
+
+def _train(
+    out: str | Path, minutes: float, texts: Sequence[str] | None, dataset: str, limit: int | None, n_heldout: int,
+    num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int | None, vocab_size: int, seq_len: int,
+    batch_size: int, learning_rate: float, warmup_steps: int, weight_decay: float, max_steps: int | None,
+    checkpoints: str | Sequence[int], seed: int, progress: bool,
+) -> ExperimentResult:
+    """The body of :func:`train_tiny`."""
+    from transformers import GPTNeoXForCausalLM
+
+    if minutes <= 0 and not max_steps:
+        raise LayerscopeError("train_tiny needs a positive time budget (minutes) or max_steps")
+    architecture = {"family": "gpt_neox", "layers": num_layers, "hidden_size": hidden_size, "heads": num_heads,
+                    "seq_len": seq_len, "batch_size": batch_size}
+    setup = Setup.from_options(
+        EXPERIMENT, texts=texts, dataset=dataset, limit=limit, seed=seed, out=out, progress=progress, extracts=False,
+        options={**architecture, "vocab_size": vocab_size, "learning_rate": learning_rate, "minutes": minutes,
+                 "max_steps": max_steps, "n_heldout": n_heldout, "intermediate_size": intermediate_size,
+                 "warmup_steps": warmup_steps, "weight_decay": weight_decay,
+                 "checkpoints": checkpoints if isinstance(checkpoints, str) else [int(step) for step in checkpoints]})
+    directory = setup.out
+    assert directory is not None
+    corpus, source, _ = setup.load_texts()
+    started = time.perf_counter()
+    tokenizer, training, heldout, train_ids, validation, first_windows = _prepare_data(
+        corpus, n_heldout, vocab_size, seq_len, seed)
+    eos = tokenizer.eos_token_id
     tokenizer_s = time.perf_counter() - started
 
     with torch.random.fork_rng():
@@ -288,7 +310,7 @@ def _train(
     def save(step: int) -> None:
         recent = [row["loss"] for row in log_rows[-10:]]
         entry = {"step": step, "path": str(checkpoint_dir / f"step{step}"),
-                 "train_loss": float(np.mean(recent)) if recent else math.nan,
+                 "train_loss": float(np.mean(recent)) if recent else _validation_loss(model, first_windows),
                  "val_loss": _validation_loss(model, validation), "tokens_seen": step * batch_size * seq_len,
                  "elapsed_s": round(time.perf_counter() - loop_start, 2)}
         _save_checkpoint(model, tokenizer, Path(entry["path"]),
@@ -346,34 +368,26 @@ def _train(
         "final_train_loss": round(float(log["loss"].iloc[-10:].mean()), 4) if len(log) else None,
         "checkpoints": [int(value) for value in table["step"]],
         "checkpoint_dir": str(checkpoint_dir), "heldout": str(directory / HELDOUT_FILENAME),
-        "architecture": {"family": "gpt_neox", "layers": num_layers, "hidden_size": hidden_size, "heads": num_heads,
-                         "seq_len": seq_len, "batch_size": batch_size},
+        "architecture": architecture,
     }
     atomic_write_json(directory / f"{EXPERIMENT}.json", summary)
-    result = ExperimentResult(EXPERIMENT, {"log": log, "checkpoints": table}, summary, directory)
-    config = {"experiment": EXPERIMENT, "data": source, "data_hash": texts_digest(training), "seed": seed,
-              **summary["architecture"], "vocab_size": vocab_size, "learning_rate": learning_rate,
-              "minutes": minutes, "max_steps": max_steps}
     rows = pd.concat([
         experiment_rows(table.assign(condition="step" + table["step"].astype(str), key=key), EXPERIMENT, "condition",
                         "key", value=key, layer=None)
         for key in ("train_loss", "val_loss", "tokens_seen")
     ], ignore_index=True)
-    run_id = write_store(directory, config, model_id=str(checkpoint_dir), revision=f"step{step}", data_source=source,
-                         data_hash=texts_digest(training), experiment_values=rows)
-    result.run_ids.append(str(run_id))
-    _plot(result, log, table)
-    return result
+    setup.write(StoreRun({"steps": step}, model_id=str(checkpoint_dir), revision=f"step{step}",
+                         data_hash=texts_digest(training), experiment_values=rows))
+    return setup.finish({"log": log, "checkpoints": table}, summary, _plots)
 
 
-def _plot(result: ExperimentResult, log: pd.DataFrame, table: pd.DataFrame) -> None:
-
-    frames = [log.assign(split="training (per step)")[["step", "loss", "split"]]]
-    frames.append(table.rename(columns={"val_loss": "loss"}).assign(split="held-out (checkpoints)")[
-        ["step", "loss", "split"]])
-    data = pd.concat(frames, ignore_index=True)
-    safe_plot(result.plots, plot_file(result.out, EXPERIMENT, "loss"), _loss_plot, data,
-              f"Training loss, GPT-NeoX of {result.summary['parameters'] / 1e6:.2f}M parameters")
+def _plots(result: ExperimentResult) -> list[Plot]:
+    log, table = result["log"], result["checkpoints"]
+    data = pd.concat([log.assign(split="training (per step)")[["step", "loss", "split"]],
+                      table.rename(columns={"val_loss": "loss"}).assign(split="held-out (checkpoints)")[
+                          ["step", "loss", "split"]]], ignore_index=True)
+    return [Plot("loss", _loss_plot, data,
+                 f"Training loss, GPT-NeoX of {result.summary['parameters'] / 1e6:.2f}M parameters")]
 
 
 def _loss_plot(data: pd.DataFrame, title: str, out: Path) -> Path:
@@ -423,9 +437,16 @@ def train_tiny_progression(
         The training tables (``log``, ``checkpoints``) and the progression's tables prefixed with
         ``progression_``; the summary holds the progression's under ``"progression"``.
     """
+    from layerscope.config import ExtractConfig, TextConfig
     from layerscope.data import load_texts
     from layerscope.experiments.checkpoints import checkpoint_progression
+    from layerscope.metrics.registry import resolve
 
+    if progression:  # a bad option of the progression fails now, not after minutes of training
+        ExtractConfig(max_length=max_length, batch_size=eval_batch_size)
+        TextConfig(dataset=HELDOUT_FILENAME, limit=eval_limit)
+        if metrics is not None:
+            resolve(metrics)
     trained = train_tiny(out, progress=progress, **train_options)
     if not progression:
         return trained
@@ -437,4 +458,4 @@ def train_tiny_progression(
     tables = {**trained.tables, **{f"progression_{name}": table for name, table in followed.tables.items()}}
     summary = {**trained.summary, "progression": followed.summary}
     return ExperimentResult(EXPERIMENT, tables, summary, trained.out, trained.plots + followed.plots,
-                            trained.run_ids + followed.run_ids)
+                            trained.run_ids + followed.run_ids, trained.config)

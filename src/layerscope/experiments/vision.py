@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.common import ExperimentResult, as_model, output_dir, plot_file, safe_plot
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, metric_names
+from layerscope.experiments.curves import main_rows
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["vision"]
@@ -87,11 +88,19 @@ def vision(
         ``selection`` (Table-2-style rules scored by the probe) and ``correlations``.
     """
     from layerscope.analysis import correlate, selection_table
-    from layerscope.config import ExtractConfig, ViewConfig
+    from layerscope.config import ViewConfig
     from layerscope.evaluate.probe import linear_probe
     from layerscope.metrics.compute import measure
 
-    loaded = as_model(model, revision, device, dtype, final_norm)
+    if images is not None and labels is None:
+        raise LayerscopeError("images given without labels: the probe needs one label per image")
+    setup = Setup.from_options(
+        EXPERIMENT, model=model, texts=images, dataset=dataset, limit=limit, seed=seed, batch_size=batch_size,
+        pooling=pooling, revision=revision, device=device, dtype=dtype, final_norm=final_norm, out=out,
+        progress=progress, options={"metrics": metric_names(metrics), "n_views": n_views, "view_images": view_images,
+                                    "test_fraction": test_fraction})
+    views = ViewConfig(n_views, view_images, view_images)  # validated before the model loads
+    loaded = setup.load(model)
     if loaded.modality != "vision":
         raise LayerscopeError(f"the vision experiment needs a vision model; {loaded.model_id} is a {loaded.modality} model")
     if images is None:
@@ -100,20 +109,16 @@ def vision(
         data = load_images(dataset, limit=limit, seed=seed)
         images, labels, source = data.images, data.labels, data.source
     else:
-        if labels is None:
-            raise LayerscopeError("images given without labels: the probe needs one label per image")
         source = "images given in code"
     labels = np.asarray(labels)
 
     # one pass over the images (token metrics in its hook), then the views of a seeded subset
-    measured = measure(loaded, images, metrics=metrics, views=ViewConfig(n_views, view_images, view_images),
-                       extraction=ExtractConfig(pooling=pooling, batch_size=batch_size), seed=seed, progress=progress)
+    measured = measure(loaded, images, metrics=metrics, views=views, extraction=setup.extraction, seed=seed,
+                       progress=progress)
     base = measured.extraction
     if len(labels) != len(base.kept):
         raise LayerscopeError(f"{len(base.kept)} images but {len(labels)} labels")
     metrics_frame = measured.metrics.assign(dataset=source)
-    specs = measured.record["metrics"]
-
     probe = linear_probe(np.asarray(base.pooled), labels, test_fraction=test_fraction, seed=seed)
     probe.insert(1, "depth_pct", 100.0 * probe["layer"] / loaded.num_layers)
     task = f"linear probe ({dataset})"
@@ -131,28 +136,22 @@ def vision(
         "selection": {row.rule: {"layer": None if pd.isna(row.layer) else int(row.layer), "accuracy": round(row.average, 2)}
                       for row in selection.itertuples(index=False)},
     }
-    directory = output_dir(out)
+    # an ordinary analysis run (layer metrics + the probe as a task), so the report's selection and
+    # correlations apply
+    setup.write(StoreRun({"task_to_dataset": {task: source}, "n_images": len(base.kept)}, loaded, metrics=metrics_frame,
+                         scores=scores, data_source=source, data_hash=base.record.get("images_sha256")))
     tables = {"metrics": metrics_frame, "probe": probe, "selection": selection, "correlations": correlations}
-    result = ExperimentResult(EXPERIMENT, tables, summary, directory)
-    if directory is not None:
-        from layerscope.store import ResultsStore
+    return setup.finish(tables, summary, _plots)
 
-        config = {"command": "experiment vision", "experiment": EXPERIMENT, "model": loaded.describe(), "data": source,
-                  "n_images": len(base.kept), "metrics": specs, "n_views": n_views,
-                  "view_images": view_images, "test_fraction": test_fraction, "pooling": pooling, "seed": seed}
-        with ResultsStore.in_directory(directory) as store:
-            result.run_ids.append(store.write_run(
-                config, metrics=metrics_frame, scores=scores, model_id=str(loaded.model_id), revision=loaded.revision,
-                data_source=source, data_hash=base.record.get("images_sha256")))
-        from layerscope.report import plots
 
-        curves = pd.concat([
-            metrics_frame.assign(panel=metrics_frame["metric"] + " (" + metrics_frame["normalization"] + ")"),
-            probe.assign(panel="linear probe accuracy", value=probe["accuracy"], metric="probe"),
-        ], ignore_index=True)
-        main = curves[curves["normalization"].isin(["maxEntropy", "raw"]) | (curves["metric"] == "probe")]
-        main = main[~main["metric"].isin(["lidar"]) | (main["normalization"] == "maxEntropy")]
-        safe_plot(result.plots, plot_file(directory, EXPERIMENT, "layers"), plots.plot_lines_by_condition,
-                  main.assign(model=str(loaded.model_id)), "depth_pct", "value", "model", facet="panel",
-                  ylabel="value", title=f"{loaded.model_id}: metrics and linear-probe accuracy by depth")
-    return result
+def _plots(result: ExperimentResult) -> list[Plot]:
+    from layerscope.report import plots
+
+    probe, model = result["probe"], result.summary["model"]
+    metrics = main_rows(result["metrics"])
+    curves = pd.concat([
+        metrics.assign(panel=metrics["metric"] + " (" + metrics["normalization"] + ")"),
+        probe.assign(panel="linear probe accuracy", value=probe["accuracy"], metric="probe"),
+    ], ignore_index=True)
+    return [Plot("layers", plots.plot_lines_by_condition, curves.assign(model=model), "depth_pct", "value", "model",
+                 facet="panel", ylabel="value", title=f"{model}: metrics and linear-probe accuracy by depth")]

@@ -345,8 +345,8 @@ def extract(
         ``indices`` are the positions of the prompts in ``texts``. A token hook needs token states,
         so the model always runs (the cache is still written). ``states`` lives in a buffer that the
         next batch reuses: use it during the call and copy what must be kept.
-    progress : bool
-        Show a progress bar.
+    progress : bool or str
+        Show a progress bar (a string says what the pass counts, e.g. ``"16 views of 48 texts"``).
     cache_dtype : {"float32", "float16"}
         Storage precision of the pooled embeddings.
     outlier_tokens : float, optional
@@ -403,7 +403,10 @@ def extract(
 
     def tokenize() -> TokenizedTexts:
         tokenized = TokenizedTexts.from_texts(model, kept_texts, max_length)
-        record["n_at_max_length"] = int((tokenized.lengths >= max_length).sum())
+        record["n_at_max_length"] = cut = int((tokenized.lengths >= max_length).sum())
+        if cut:
+            logger.warning("%d of %d texts reached max_length = %d tokens and were cut there", cut, len(kept_texts),
+                           max_length)
         return tokenized
 
     return cached_or_run(model, tokenize, kept_texts, kept, selected, record, pooling=pooling, batch_size=batch_size,
@@ -611,12 +614,14 @@ def _run(
                 store(*pending.pop(0))
         while pending:
             store(*pending.pop(0))
-    except BaseException:
+    except BaseException as error:
         if cache is not None:  # Ctrl-C or a crash keeps every finished batch for the next run
             with contextlib.suppress(Exception):  # a batch still in flight, unless the device failed
                 while pending:
                     store(*pending.pop(0))
             save()
+            # what the CLI's one line says: how much a rerun will not redo
+            error.layerscope_kept = (int(done.sum()), len(done))  # type: ignore[attr-defined]
         raise
     finally:
         bar.close()
@@ -690,10 +695,12 @@ def _selected(extraction: Extraction, layers: list[int]) -> Extraction:
     return extraction
 
 
-def _progress_bar(total: int, initial: int, enabled: bool, name: str) -> Any:
+def _progress_bar(total: int, initial: int, progress: bool | str, name: str) -> Any:
+    """The bar of a pass; ``progress`` may be the words saying what it counts (e.g. "views")."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="text", desc=f"extract {name}", leave=False)
+    what = progress if isinstance(progress, str) else "texts"
+    return tqdm(total=total, initial=initial, disable=not progress, unit="text", desc=f"{name}: {what}", leave=False)
 
 
 class _BatchRunner:

@@ -154,9 +154,10 @@ def extract_images(
     batch_size: int | str = "auto",
     cache_dir: str | None = None,
     token_hook: Any = None,
-    progress: bool = True,
+    progress: bool | str = True,
     cache_dtype: str = "float32",
     prepared: bool = False,
+    outlier_tokens: float | None = None,
 ) -> Extraction:
     """Pooled embeddings of every layer of a vision model, shape (L+1, N, D), one pass per batch.
 
@@ -169,7 +170,7 @@ def extract_images(
         (e.g. crops of it), used as they are.
     pooling : {"mean", "first", "last"}
         ``mean`` over all tokens (patches and CLS, the default), ``first`` = the CLS token.
-    layers, batch_size, cache_dir, token_hook, progress, cache_dtype
+    layers, batch_size, cache_dir, token_hook, progress, cache_dtype, outlier_tokens
         As in :func:`layerscope.extract`; the token hook sees each image's patch tokens.
 
     Returns
@@ -191,6 +192,8 @@ def extract_images(
     key_fields = {"model_id": model.model_id, "revision": model.revision, "final_norm": model.final_norm,
                   "pooling": pooling, "dtype": str(model.dtype), "images": pixels_hash(pixels),
                   "n_texts": n_images, "cache_dtype": cache_dtype}
+    if outlier_tokens is not None:
+        key_fields["outlier_tokens"] = float(outlier_tokens)
     key = cache_key(key_fields)
     record: dict[str, Any] = {**model.describe(), "pooling": pooling, "batch_size": batch_size, "n_texts": n_images,
                               "n_kept": n_images, "n_skipped_empty": 0, "images_sha256": key_fields["images"],
@@ -198,4 +201,4 @@ def extract_images(
                               "input": "images"}
     return cached_or_run(model, lambda: ImageInputs(pixels, _tokens_per_image(model)), names, kept, selected, record,
                          pooling=pooling, batch_size=batch_size, cache_dir=cache_dir, token_hook=token_hook,
-                         progress=progress, cache_dtype=cache_dtype)
+                         progress=progress, cache_dtype=cache_dtype, outlier_tokens=outlier_tokens)

@@ -596,7 +596,7 @@ class PerPromptAccumulator(_TokenAccumulator):
                  max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         self.spec = spec
         self.metric = spec.name
-        self.options = dict(options)
+        self.metric_options = dict(options)
         super().__init__(n_texts, max_chunk_bytes)
 
     def _allocate(self, n_layers: int) -> None:
@@ -609,7 +609,7 @@ class PerPromptAccumulator(_TokenAccumulator):
         return {**super().options(), "function": f"{self.spec.function.__module__}.{self.spec.function.__qualname__}"}
 
     def _update(self, chunk: _Chunk) -> None:
-        values = self.spec.call(chunk.states, chunk.mask.sum(dim=-1), **self.options)  # label -> (c, b)
+        values = self.spec.call(chunk.states, chunk.mask.sum(dim=-1), **self.metric_options)  # label -> (c, b)
         for label, value in values.items():
             self.values_[label][chunk.layers, chunk.indices] = value.to(torch.float64).cpu()
 
@@ -617,7 +617,7 @@ class PerPromptAccumulator(_TokenAccumulator):
         """Per-layer means and per-prompt values of every reported label."""
         self._check_computable()
         raw = {label: self._mask_nonfinite(values) for label, values in self.values_.items()}
-        per_prompt = self.spec.normalize(raw, self.options.get("normalizations", ()), self.lengths_,
+        per_prompt = self.spec.normalize(raw, self.metric_options.get("normalizations", ()), self.lengths_,
                                          int(self.hidden_size_ or 0))
         means, n_used, n_skipped = {}, None, None
         for name, values in per_prompt.items():

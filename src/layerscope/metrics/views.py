@@ -183,12 +183,18 @@ def encode_planned(model: Any, inputs: Sequence[str] | torch.Tensor, plan: ViewP
     def pick(rows: np.ndarray) -> Any:
         return inputs[torch.as_tensor(rows)] if isinstance(inputs, torch.Tensor) else [inputs[i] for i in rows]
 
+    def options(n_views: int, n_texts: int) -> dict[str, Any]:  # the bar says what the pass counts
+        shown = extract_options.get("progress", True)
+        return {**extract_options, "progress": f"{n_views} views of {n_texts} texts" if shown else False}
+
     lidar_views = pair_views = None
     if len(plan.lidar_rows):
-        lidar_views, _ = encode_views(model, pick(plan.lidar_rows), plan.n_views, seed, **extract_options)
+        lidar_views, _ = encode_views(model, pick(plan.lidar_rows), plan.n_views, seed,
+                                      **options(plan.n_views, len(plan.lidar_rows)))
     parts = [lidar_views[:, :2]] if lidar_views is not None else []
     if len(plan.pair_only_rows):
-        parts.append(encode_views(model, pick(plan.pair_only_rows), 2, seed, **extract_options)[0])
+        parts.append(encode_views(model, pick(plan.pair_only_rows), 2, seed,
+                                  **options(2, len(plan.pair_only_rows)))[0])
     if parts:
         pair_views = torch.cat(parts, dim=2)
     return pair_views, lidar_views

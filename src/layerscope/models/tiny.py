@@ -12,21 +12,13 @@ from typing import Any
 import torch
 
 from layerscope.errors import unknown
+from layerscope.models.families import FAMILIES
 from layerscope.models.loading import LoadedModel, wrap_model
 
-_WIDTH = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4)
-_DECODER = dict(**_WIDTH, num_key_value_heads=2, max_position_embeddings=256)
-
-# family -> (config model_type, config kwargs); vocab size and layer count are filled in.
+#: family -> (config model_type, config kwargs) of every tested family; vocabulary size and layer
+#: count are filled in. Read from the family table (:mod:`layerscope.models.families`).
 TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama": ("llama", _DECODER),
-    "qwen2": ("qwen2", _DECODER),
-    "gemma3": ("gemma3_text", {**_DECODER, "head_dim": 8, "sliding_window": 8}),
-    "gpt_neox": ("gpt_neox", {**_WIDTH, "max_position_embeddings": 256}),
-    "gpt2": ("gpt2", {"n_embd": 32, "n_head": 4, "n_positions": 256}),
-    "bert": ("bert", {**_WIDTH, "max_position_embeddings": 256}),
-    "mamba": ("mamba", {"hidden_size": 32, "state_size": 8, "expand": 2, "conv_kernel": 4}),
-    "vit": ("vit", {**_WIDTH, "image_size": 28, "patch_size": 7, "num_channels": 1}),
+    name: (family.model_type, dict(family.tiny)) for name, family in FAMILIES.items() if family.tiny is not None
 }
 
 _CORPUS = (
@@ -65,13 +57,13 @@ def tiny_config(family: str, num_layers: int = 3) -> Any:
     if family not in TINY_CONFIGS:
         raise unknown("tiny model family", family, TINY_CONFIGS)
     model_type, kwargs = TINY_CONFIGS[family]
-    tokenizer = tiny_tokenizer()
     extra: dict[str, Any] = {}
-    if family != "vit":
+    if FAMILIES[family].modality == "text":
+        tokenizer = tiny_tokenizer()
         extra = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    layers_key = "n_layer" if family == "gpt2" else "num_hidden_layers"
-    return AutoConfig.for_model(model_type, **kwargs, **extra, **{layers_key: num_layers})
+    # every config class maps num_hidden_layers to its own name (GPT-2's n_layer)
+    return AutoConfig.for_model(model_type, **kwargs, **extra, num_hidden_layers=num_layers)
 
 
 def tiny_model(family: str = "llama", num_layers: int = 3, seed: int = 0, final_norm: str = "none") -> LoadedModel:
@@ -82,6 +74,6 @@ def tiny_model(family: str = "llama", num_layers: int = 3, seed: int = 0, final_
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModel.from_config(config)
-    tokenizer = None if family == "vit" else tiny_tokenizer()
+    tokenizer = tiny_tokenizer() if FAMILIES[family].modality == "text" else None
     return wrap_model(model, tokenizer, f"tiny-{family}", revision=f"seed{seed}", final_norm=final_norm,
                       source=f"random init from {config.model_type} config")

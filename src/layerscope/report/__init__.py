@@ -4,25 +4,19 @@
 >>> build_report("runs/p410")                     # runs/p410/report.html (+ plots/*.png)
 >>> compare_runs(["runs/p410", "runs/p160"], "runs/compare")          # runs/compare/compare.html
 
+Modules, one job each: :mod:`~layerscope.report.plots` (a package, one module per kind of plot),
+:mod:`~layerscope.report.elements` (HTML primitives), :mod:`~layerscope.report.sections` (the
+sections of a run report), :mod:`~layerscope.report.run_report` (one run's report and plots) and
+:mod:`~layerscope.report.comparison` (several runs). Runs are read back by
+:mod:`layerscope.store.runs` (``RunData`` and ``load_run`` are re-exported here).
+
 Importing this package does not import matplotlib; it is loaded when a figure is drawn.
 """
 
 from __future__ import annotations
 
-from layerscope.report.html import (
-    COMPARE_FILENAME,
-    EXAMPLES_FILENAME,
-    PLOTS_DIRNAME,
-    REPORT_FILENAME,
-    RunData,
-    RunSummary,
-    build_report,
-    compare_runs,
-    load_run,
-    summarize_run,
-    write_examples,
-    write_plots,
-)
+from layerscope.report import plots
+from layerscope.report.comparison import COMPARE_FILENAME, compare_runs
 from layerscope.report.plots import (
     plot_correlations,
     plot_heatmap,
@@ -33,6 +27,17 @@ from layerscope.report.plots import (
     plot_task_scores,
     save_figure,
 )
+from layerscope.report.run_report import (
+    EXAMPLES_FILENAME,
+    PLOTS_DIRNAME,
+    REPORT_FILENAME,
+    RunSummary,
+    build_report,
+    summarize_run,
+    write_examples,
+    write_plots,
+)
+from layerscope.store.runs import RunData, load_run
 
 __all__ = [
     "COMPARE_FILENAME",
@@ -51,6 +56,7 @@ __all__ = [
     "plot_prompt_histogram",
     "plot_run_overlay",
     "plot_task_scores",
+    "plots",
     "save_figure",
     "summarize_run",
     "write_examples",
