@@ -148,9 +148,25 @@ def test_metrics_on_conditioned_embeddings_equal_the_metrics_of_the_transformed_
     measured = ls.measure(tiny_llama, texts, metrics="dataset_entropy,dime", views=ViewConfig(n_views=2),
                           extraction=ExtractConfig(condition="whiten:8"), progress=False)
     assert measured.conditioner is not None and measured.conditioner.dim == 8
-    assert measured.record["conditioning"] == {"condition": "whiten:8", "n_fit": 12, "dim": 8}
+    assert measured.record["conditioning"] == {"condition": "whiten:8", "n_fit": 12, "dim": 8, "normalize": False}
     conditioned = measured.conditioner.apply(measured.extraction.pooled)
     expected = F.dataset_entropy(conditioned)
     got = measured.metrics.query("metric == 'dataset_entropy' and normalization == 'maxEntropy'").sort_values("layer")
     np.testing.assert_allclose(got["value"].to_numpy(), expected.numpy(), rtol=1e-9)
     np.testing.assert_allclose(measured.embeddings.pooled, conditioned.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_normalize_comes_last_and_reaches_the_embeddings_the_evaluation_sees(tiny_llama):
+    texts = [f"text {i} on {'normalization ' * (i % 3)}of embeddings" for i in range(8)]
+    plain = ls.measure(tiny_llama, texts, metrics="dataset_entropy,rankme", progress=False)
+    normed = ls.measure(tiny_llama, texts, metrics="dataset_entropy,rankme", progress=False,
+                        extraction=ExtractConfig(normalize=True))
+    pooled = plain.extraction.pooled.astype(np.float64)
+    unit = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+    np.testing.assert_allclose(normed.embeddings.pooled, unit, rtol=1e-6)
+    # the metrics are those of the unit rows (RankMe reads the rows as they are)
+    from layerscope.metrics import functional as F
+
+    got = normed.metrics.query("metric == 'rankme'").sort_values("layer")["value"].to_numpy()
+    np.testing.assert_allclose(got, F.effective_rank(torch.from_numpy(unit), normalize_rows=False).numpy(), rtol=1e-6)
+    assert not np.allclose(got, plain.metrics.query("metric == 'rankme'").sort_values("layer")["value"], rtol=1e-3)

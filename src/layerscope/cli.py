@@ -567,7 +567,6 @@ def export_command(
     extraction: ExtractConfig,
     layer: Annotated[int, typer.Option("--layer", "-l", help="The layer to keep (1..L; negative counts from the last).")],
     out: Annotated[Path, typer.Option(help="Folder of the exported model.")],
-    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize the embeddings (cosine-ready).")] = False,
     fit_dataset: Annotated[str | None, typer.Option("--fit-dataset", help="Unlabelled texts (corpus, file) the "
                                                     "--condition transform is fitted on.")] = None,
 ) -> None:
@@ -584,15 +583,17 @@ def export_command(
     loaded = load(model.replace(device="cpu") if model.device == "auto" else model, extraction)
     with err_console.status(f"exporting layer {layer} of {loaded.model_id}"):
         result = export_layer(loaded, layer, out, pooling=extraction.pooling, final_norm=extraction.final_norm,
-                              normalize=normalize, max_length=extraction.max_length, condition=extraction.condition,
+                              normalize=extraction.normalize, max_length=extraction.max_length,
+                              condition=extraction.condition,
                               fit_texts=fit_texts)
     from transformers import AutoModel
 
     exported = AutoModel.from_pretrained(str(result.out)).eval()
     texts = [f"{text} ({index})" for index in range(32) for text in PROBE_TEXTS]
     threads = torch.get_num_threads()
-    full_s = encode_speed(loaded.model, loaded.tokenizer, texts, max_length=extraction.max_length)
-    exported_s = encode_speed(exported, loaded.tokenizer, texts, max_length=extraction.max_length)
+    length = result.record["max_length"]
+    full_s = encode_speed(loaded.model, loaded.tokenizer, texts, max_length=length)
+    exported_s = encode_speed(exported, loaded.tokenizer, texts, max_length=length)
     console.print(f"layer {result.layer} of {result.num_layers} -> {result.out}: {result.parameters:,} of "
                   f"{result.parameters_full:,} parameters kept ({100 * result.parameters / result.parameters_full:.0f}%); "
                   f"checked against layerscope: max difference {result.max_difference:.1e}")

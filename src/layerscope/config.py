@@ -263,7 +263,8 @@ class ExtractConfig(Config):
     pooling: str = option("mean", "mean | last | first", label="Pooling")
     final_norm: str = option("none", "none (raw residual stream) | all (final norm on every layer)",
                              label="Final norm")
-    max_length: int = option(DEFAULT_MAX_LENGTH, "Truncate texts to this many tokens.", label="Max length (tokens)")
+    max_length: int | None = option(None, "Truncate texts to this many tokens (default: the model's own maximum "
+                                    "where it configures one, else 512).", label="Max length (tokens)")
     batch_size: int | str = option("auto", "Texts per batch, or auto.", label="Batch size")
     cache_dtype: str = option("float32", "Storage precision of cached embeddings: float32 | float16.",
                               label="Cache dtype")
@@ -273,11 +274,13 @@ class ExtractConfig(Config):
     condition: str = option("none", "Label-free transform of the pooled embeddings, fitted on the run's texts: "
                             "none | standardize | whiten[:rank] | remove-top[:k] (all-but-the-top).",
                             label="Conditioning")
+    normalize: bool = option(False, "L2-normalize each embedding last (as a sentence-transformers model's final "
+                             "Normalize module does; layers are taken before it).", label="L2-normalized")
 
     def validate(self) -> None:
         _one_of(self.pooling, POOLINGS, "pooling")
         _one_of(self.final_norm, FINAL_NORMS, "final norm")
-        _positive(self.max_length, "max_length")
+        _positive(self.max_length, "max_length", allow_none=True)
         if self.batch_size != "auto":
             _positive(self.batch_size, "batch_size (or 'auto')")
         _one_of(self.cache_dtype, CACHE_DTYPES, "cache dtype")

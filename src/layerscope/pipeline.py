@@ -142,7 +142,7 @@ def analyze(
     task_files: Any = None,
     pooling: str = "mean",
     final_norm: str = "none",
-    max_length: int = 512,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     cache_dir: str | None = None,
     device: str = "auto",

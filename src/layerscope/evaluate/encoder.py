@@ -164,7 +164,7 @@ class DirectLayerEncoder(TextEncoder):
         model: LoadedModel,
         layer: int,
         pooling: str = "mean",
-        max_length: int = 512,
+        max_length: int | None = None,
         batch_size: int | str = "auto",
     ) -> None:
         self.model = model

@@ -185,7 +185,9 @@ def export_layer(
     (layer,) = resolve_layers([int(layer)], model.num_layers)
     if layer < 1:
         raise LayerscopeError("export needs at least one block: choose a layer >= 1 (layer 0 is the embeddings)")
-    max_length = int(max_length or getattr(model, "configured_max_length", None) or 512)
+    from layerscope.extract.engine import resolve_max_length
+
+    max_length, _ = resolve_max_length(model, max_length)
     folder = writable_directory(out, "export folder")
     source = model if model.final_norm == final_norm else _with_final_norm(model, final_norm)
 
@@ -206,7 +208,7 @@ def export_layer(
     if final_norm == "none" and model.adapter.final_norm is not None:
         index = _hidden_state_index(folder, reference, PROBE_TEXTS, pooling)
         output = ["hidden_states", index]
-    affine = None if conditioner is None else conditioner.layer(0)
+    affine = None if conditioner is None else conditioner.layer(0)  # the export normalizes on its own
     _write_sentence_transformer(folder, output, pooling, normalize, max_length, model.hidden_size, affine)
 
     difference = None
@@ -258,7 +260,7 @@ def _write_sentence_transformer(folder: Path, output: list[Any], pooling: str, n
 
 
 def encode_speed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
-                 max_length: int = 512, repeats: int = 3) -> float:
+                 max_length: int | None = 512, repeats: int = 3) -> float:
     """Seconds (best of ``repeats``) a bare forward pass of ``model`` takes over ``texts``, in batches."""
     batches = [tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True, truncation=True,
                          max_length=max_length) for start in range(0, len(texts), batch_size)]

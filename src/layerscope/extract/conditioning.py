@@ -15,6 +15,8 @@ embeddings of unlabelled texts, are known to repair it:
 
 Each is an affine map ``x -> x A + c``, one per layer, computed in float64 and applied with one
 batched matrix product; a sentence-transformers ``Dense`` module carries it into an exported model.
+An optional L2 normalization of each embedding comes last (what a sentence-transformers model's final
+``Normalize`` module does; layerscope's layers are taken before it).
 """
 
 from __future__ import annotations
@@ -49,37 +51,44 @@ class Conditioner:
     """
 
     spec: str
-    weight: Tensor
-    bias: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
     n_fit: int
+    normalize: bool = False
 
     @property
-    def dim(self) -> int:
-        """Output dimension ``k``."""
-        return int(self.weight.shape[-1])
+    def dim(self) -> int | None:
+        """Output dimension ``k`` (None: unchanged)."""
+        return None if self.weight is None else int(self.weight.shape[-1])
 
     def apply(self, embeddings: Tensor | np.ndarray) -> Tensor:
         """``(layers, ..., d)`` embeddings -> ``(layers, ..., k)`` float64 (any leading axes after layers)."""
         x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, Tensor) else embeddings)
-        x = x.to(torch.float64)
-        if x.shape[0] != self.weight.shape[0] or x.shape[-1] != self.weight.shape[1]:
-            raise LayerscopeError(f"conditioning fitted on {tuple(self.weight.shape[:2])} (layers, features) "
-                                  f"cannot apply to embeddings of shape {tuple(x.shape)}")
-        weight, bias = self.weight.to(x.device), self.bias.to(x.device)
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (layers, m, d)
-        out = torch.baddbmm(bias.unsqueeze(1), flat, weight)  # (layers, m, k)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        out = x.to(torch.float64)
+        if self.weight is not None and self.bias is not None:
+            if x.shape[0] != self.weight.shape[0] or x.shape[-1] != self.weight.shape[1]:
+                raise LayerscopeError(f"conditioning fitted on {tuple(self.weight.shape[:2])} (layers, features) "
+                                      f"cannot apply to embeddings of shape {tuple(x.shape)}")
+            weight, bias = self.weight.to(out.device), self.bias.to(out.device)
+            flat = out.reshape(out.shape[0], -1, out.shape[-1])  # (layers, m, d)
+            out = torch.baddbmm(bias.unsqueeze(1), flat, weight).reshape(*x.shape[:-1], weight.shape[-1])
+        if self.normalize:
+            out = out / torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min(1e-300)
+        return out
 
-    def layer(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+    def layer(self, position: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(A (d, k), c (k,))`` of one layer (by position in the fitted stack), e.g. for an export."""
+        if self.weight is None or self.bias is None:
+            return None
         return self.weight[position].numpy(), self.bias[position].numpy()
 
     def describe(self) -> dict[str, object]:
-        return {"condition": self.spec, "n_fit": self.n_fit, "dim": self.dim}
+        return {"condition": self.spec, "n_fit": self.n_fit, "dim": self.dim, "normalize": self.normalize}
 
 
-def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str) -> Conditioner | None:
-    """Fit a conditioning per layer on unlabelled embeddings ``(layers, n, d)``; None for ``"none"``.
+def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool = False) -> Conditioner | None:
+    """Fit a conditioning per layer on unlabelled embeddings ``(layers, n, d)``; None when there is nothing
+    to do (``"none"`` without ``normalize``).
 
     Parameters
     ----------
@@ -87,10 +96,12 @@ def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str) -> Conditioner |
         Pooled embeddings of the fitting texts (no labels involved).
     spec : str
         ``none``, ``standardize``, ``whiten[:rank]`` or ``remove-top[:k]``.
+    normalize : bool
+        L2-normalize each embedding last.
     """
     name, count = parse_condition(spec)
     if name == "none":
-        return None
+        return Conditioner(str(spec), None, None, int(np.shape(embeddings)[1]), True) if normalize else None
     x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, Tensor) else embeddings)
     x = x.to(torch.float64)
     if x.ndim != 3 or x.shape[1] < 2:
@@ -118,4 +129,4 @@ def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str) -> Conditioner |
             top = vectors[:, :, :k]
             weight = torch.eye(d, dtype=torch.float64) - top @ top.mT  # (layers, d, d)
     bias = -(mean.unsqueeze(1) @ weight).squeeze(1)  # (layers, k): the fitted mean maps to 0
-    return Conditioner(str(spec), weight, bias, n)
+    return Conditioner(str(spec), weight, bias, n, normalize)

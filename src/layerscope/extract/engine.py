@@ -311,7 +311,7 @@ def extract(
     pooling: str = "mean",
     layers: str | int | Sequence[int] = "all",
     batch_size: int | str = "auto",
-    max_length: int = 512,
+    max_length: int | None = None,
     cache_dir: str | None = None,
     token_hook: TokenHook | None = None,
     progress: bool = True,
@@ -333,8 +333,9 @@ def extract(
     batch_size : int or "auto"
         ``"auto"`` packs length-sorted texts into batches under a token and memory budget. On out of
         memory a batch is halved and the run goes on.
-    max_length : int
-        Truncation length in tokens.
+    max_length : int, optional
+        Truncation length in tokens (default: the model's own maximum where it configures one, e.g. a
+        sentence-transformers model's ``max_seq_length``, else 512); the record says which.
     cache_dir : str, optional
         Folder of the embedding cache. Same model, revision, texts and options read it instead of the
         model; an interrupted run resumes from what it had written.
@@ -370,6 +371,7 @@ def extract(
         logger.warning("skipped %d empty text(s) of %d", n_skipped, len(texts))
     kept_texts = [texts[i] for i in kept]
     check_cache_dtype(cache_dtype)
+    max_length, max_length_source = resolve_max_length(model, max_length)
     selected = resolve_layers(layers, model.num_layers)
     key_fields = {
         "model_id": model.model_id,
@@ -391,6 +393,7 @@ def extract(
         **model.describe(),
         "pooling": pooling,
         "max_length": max_length,
+        "max_length_source": max_length_source,
         "batch_size": batch_size,
         "n_texts": len(texts),
         "n_kept": len(kept),
@@ -412,6 +415,18 @@ def extract(
     return cached_or_run(model, tokenize, kept_texts, kept, selected, record, pooling=pooling, batch_size=batch_size,
                          cache_dir=cache_dir, token_hook=token_hook, progress=progress, cache_dtype=cache_dtype,
                          outlier_tokens=outlier_tokens)
+
+
+def resolve_max_length(model: LoadedModel, max_length: int | None) -> tuple[int, str]:
+    """The truncation length and where it came from: given, the model's own, or the default 512."""
+    from layerscope.config import DEFAULT_MAX_LENGTH
+
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise LayerscopeError(f"max_length must be an integer >= 1, got {max_length!r}")
+        return max_length, "given"
+    own = getattr(model, "max_length", None)
+    return (own, "model") if own else (DEFAULT_MAX_LENGTH, "default")
 
 
 def check_cache_dtype(cache_dtype: str) -> None:

@@ -78,7 +78,7 @@ class Measurement:
 
     @property
     def embeddings(self) -> Any:
-        """The extraction as the metrics saw it: conditioned when a conditioning was fitted."""
+        """The extraction as the metrics saw it: conditioned (and normalized) when asked to."""
         if self.conditioner is None:
             return self.extraction
         import dataclasses
@@ -187,7 +187,7 @@ def measure(
     start = time.perf_counter()
     from layerscope.extract.conditioning import fit_conditioner
 
-    conditioner = fit_conditioner(base.pooled, extraction.condition)
+    conditioner = fit_conditioner(base.pooled, extraction.condition, extraction.normalize)
     device = _metrics_device(model, base.pooled)
     pooled = base.tensor(torch.float64).to(device)  # (layers, n_kept, d)
     if conditioner is not None:
@@ -242,7 +242,7 @@ def compute_metrics(
     n_views: int = 16,
     seed: int = 0,
     pooling: str = "mean",
-    max_length: int = 512,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     cache_dir: str | None = None,
     progress: bool = True,

@@ -56,6 +56,9 @@ class LoadedModel:
         truncated-model MTEB runs measured); ``"none"`` is the raw residual stream.
     adapter : Adapter
         Where blocks and final norm live.
+    max_length : int or None
+        The model's own maximum sequence length, where it configures one (a sentence-transformers
+        model's ``max_seq_length``); extraction truncates there unless told otherwise.
     """
 
     model: nn.Module
@@ -65,6 +68,7 @@ class LoadedModel:
     final_norm: str = "none"
     adapter: Adapter = field(default=None)  # type: ignore[assignment]
     source: str = ""
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.final_norm not in FINAL_NORM_OPTIONS:
@@ -121,6 +125,7 @@ class LoadedModel:
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "final_norm": self.final_norm,
+            "max_length": self.max_length,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
@@ -216,6 +221,7 @@ def load_model(
             model, tokenizer = _from_hub(name_or_path, revision, torch_dtype, trust_remote_code, device_map)
             loaded = wrap_model(model, tokenizer, name_or_path, revision, source="huggingface hub")
     loaded.final_norm = final_norm
+    loaded.max_length = configured_max_length(loaded)
     loaded.__post_init__()
     if device_map is None and loaded.device != torch_device:
         loaded.model.to(torch_device)
@@ -327,3 +333,23 @@ def _load_gguf_cached(folder: Path, gguf_file: str, key: str, dtype: torch.dtype
     except OSError as error:  # a read-only cache dir costs speed, not correctness
         logger.warning("could not cache the dequantized model in %s: %s", target, error)
     return model, tokenizer
+
+
+def configured_max_length(model: LoadedModel) -> int | None:
+    """The model's own maximum sequence length: a sentence-transformers ``max_seq_length`` saved
+    beside its weights (``sentence_bert_config.json``), or None where it configures none."""
+    from transformers.utils import cached_file
+
+    source = getattr(model.model.config, "_name_or_path", "") or model.model_id
+    try:
+        path = cached_file(source, "sentence_bert_config.json", _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, local_files_only=Path(source).exists())
+    except (OSError, ValueError):
+        return None
+    if not path:
+        return None
+    try:
+        value = json.loads(Path(path).read_text()).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
