@@ -201,16 +201,23 @@ def _workers(value: str) -> int | str:
     return "auto" if value == "auto" else resolve_workers(value, 1 << 30)
 
 
-def _corpus_texts(texts: TextConfig) -> tuple[list[str], TextConfig]:
-    """The texts of a source; a bundled corpus without --limit gets the default subset (said so)."""
+def _corpus_rows(texts: TextConfig) -> tuple[Any, TextConfig]:
+    """The texts of a source with their row ids; a bundled corpus without --limit gets the default
+    subset (said so)."""
     from layerscope.data import bundled
 
     if texts.limit is None and texts.dataset in bundled.names():
         texts = texts.replace(limit=DEFAULT_CORPUS_LIMIT)
-    loaded = texts.load()
-    err_console.print(f"{len(loaded)} texts from {texts.dataset}"
+    rows = texts.rows()
+    err_console.print(f"{len(rows.texts)} texts from {texts.dataset}"
                       + (f" (seeded subset of --limit {texts.limit})" if texts.limit else ""), highlight=False)
-    return loaded, texts
+    return rows, texts
+
+
+def _corpus_texts(texts: TextConfig) -> tuple[list[str], TextConfig]:
+    """The texts of a source (see :func:`_corpus_rows`)."""
+    rows, texts = _corpus_rows(texts)
+    return rows.texts, texts
 
 
 # ------------------------------------------------------------------------------------------ listings
@@ -299,12 +306,12 @@ def extract_command(
 
     folder = output_folder(out)
     assert folder is not None
-    loaded_texts, texts = _corpus_texts(texts)
+    rows, texts = _corpus_rows(texts)
     loaded = load(model, extraction)
-    result = extract(loaded, loaded_texts, cache_dir=cache.resolve(), **extraction.extract_options())
+    result = extract(loaded, rows.texts, cache_dir=cache.resolve(), **extraction.extract_options())
     atomic_save_npy(folder / "embeddings.npy", np.asarray(result.pooled))
     record = {**result.record, "texts": texts.to_dict(), "layers": result.layers,
-              "row_ids": [int(i) for i in result.kept]}
+              "row_ids": [rows.ids[int(i)] for i in result.kept]}  # each embedding's row in the source
     write_json(folder / "record.json", record)
     table = Table(title=f"{loaded.model_id}: {len(result.texts)} texts from {texts.dataset}, {extraction.pooling} pooling")
     for column_name in ("layer", "depth %", "mean norm", "anisotropy (mean cos)"):
@@ -600,6 +607,34 @@ def export_command(
     console.print(f"encode time of {len(texts)} texts, {threads} threads: full model {full_s:.3f} s, exported "
                   f"{exported_s:.3f} s ({full_s / exported_s:.2f}x faster)")
     console.print(f"use it: SentenceTransformer({str(result.out)!r}).encode(texts)")
+
+
+@app.command("embed")
+@configured(model=ModelConfig, texts=Group(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+            cache=CacheOptions)
+def embed_command(
+    model: ModelConfig,
+    texts: TextConfig,
+    extraction: ExtractConfig,
+    cache: CacheOptions,
+    layer: Annotated[int, typer.Option("--layer", "-l", help="The layer (0..L; negative counts from the last).")],
+    out: Annotated[Path, typer.Option(help="Output file: .parquet (id, embedding) or .npy (structured id, embedding).")],
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Texts per extraction (memory bound; each chunk "
+                                            "is cached, so a rerun resumes).")] = 4096,
+) -> None:
+    """Embeddings of one layer for the texts of a file, each row with its text's id in the file."""
+    from layerscope.export.embed import embed_layer
+
+    if chunk_size < 1:
+        raise LayerscopeError(f"--chunk-size must be a positive number of texts, got {chunk_size}")
+    rows = texts.rows()
+    err_console.print(f"{len(rows.texts)} texts from {texts.dataset}", highlight=False)
+    loaded = load(model, extraction)
+    result = embed_layer(loaded, rows, layer, out, extraction=extraction, cache_dir=cache.resolve(),
+                         chunk_size=chunk_size)
+    console.print(f"layer {result.layer} of {loaded.num_layers}: {result.n_written} embeddings of dimension "
+                  f"{result.dim} -> {result.out}" + (f"; {result.n_skipped} empty texts skipped" if result.n_skipped
+                                                     else ""))
 
 
 # ------------------------------------------------------------------------------------------ report, compare, sweep

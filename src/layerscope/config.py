@@ -243,6 +243,8 @@ class TextConfig(Config):
     column: str | None = option(None, "Text column of table files and HF datasets.", label="Text column")
     limit: int | None = option(None, "Use a seeded random subset of this many texts.", label="Text limit")
     seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
+    id_column: str | None = option(None, "Column of a table file whose values identify its rows in outputs "
+                                   "(default: the row's position in the file, from 0).", label="Id column")
 
     def validate(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -251,9 +253,13 @@ class TextConfig(Config):
 
     def load(self) -> list[str]:
         """The texts."""
-        from layerscope.data import load_texts
+        return self.rows().texts
 
-        return load_texts(self.dataset, limit=self.limit, seed=self.seed, column=self.column)
+    def rows(self) -> Any:
+        """The texts with the id of each one's row in the source (:class:`layerscope.data.Rows`)."""
+        from layerscope.data import load_rows
+
+        return load_rows(self.dataset, limit=self.limit, seed=self.seed, column=self.column, id_column=self.id_column)
 
 
 @dataclass(frozen=True)

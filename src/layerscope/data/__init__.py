@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +18,7 @@ from layerscope.data import bundled, files, hub
 from layerscope.data.bundled import CorpusInfo, available, lee_similarities, load_labelled
 from layerscope.errors import LayerscopeError, suggest
 
-__all__ = ["CorpusInfo", "available", "lee_similarities", "load_labelled", "load_texts", "subset"]
+__all__ = ["CorpusInfo", "Rows", "available", "lee_similarities", "load_labelled", "load_rows", "load_texts", "subset"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,22 @@ def subset(count: int, limit: int | None, seed: int = 0) -> np.ndarray:
 
 
 def load_texts(source: str | Path, limit: int | None = None, seed: int = 0, column: str | None = None) -> list[str]:
-    """Load texts from a bundled corpus, a user file, or a Hugging Face dataset.
+    """Load texts from a bundled corpus, a user file, or a Hugging Face dataset (see :func:`load_rows`)."""
+    return load_rows(source, limit=limit, seed=seed, column=column).texts
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Texts and the id of each one's row in its source (file row or line, corpus or dataset row)."""
+
+    texts: list[str]
+    ids: list[Any]
+    source: str
+
+
+def load_rows(source: str | Path, limit: int | None = None, seed: int = 0, column: str | None = None,
+              id_column: str | None = None) -> Rows:
+    """Load texts from a bundled corpus, a user file, or a Hugging Face dataset, with their row ids.
 
     Parameters
     ----------
@@ -63,11 +80,13 @@ def load_texts(source: str | Path, limit: int | None = None, seed: int = 0, colu
         Seed of the subset.
     column : str, optional
         Column holding the texts in table files and hub datasets (default ``text``).
+    id_column : str, optional
+        Column of a table file holding each row's id (default: the row's position, from 0).
 
     Returns
     -------
-    list of str
-        The texts.
+    Rows
+        The texts and their row ids (a subset keeps each text's own id).
 
     Raises
     ------
@@ -79,10 +98,11 @@ def load_texts(source: str | Path, limit: int | None = None, seed: int = 0, colu
     bundled_names = bundled.names()
     if not name.strip():
         raise LayerscopeError("no text source given; use a bundled corpus (" + ", ".join(bundled_names) + "), a file or a hub dataset")
+    ids: list[Any] | None = None
     if name in bundled_names:
         texts = load_labelled(name)["text"].tolist()
     elif isinstance(source, Path) or files.looks_like_file(name):
-        texts = files.read_texts(name, column=column)
+        texts, ids = files.read_rows(name, column=column, id_column=id_column)
     else:
         close = suggest(name, bundled_names) if name not in hub.ALIASES else ""
         if close and "/" not in name:
@@ -96,8 +116,9 @@ def load_texts(source: str | Path, limit: int | None = None, seed: int = 0, colu
         texts = hub.load_hub_texts(name, column=column)
     if not texts:
         raise LayerscopeError(f"no texts in '{name}'")
+    ids = list(range(len(texts))) if ids is None else ids
     keep = subset(len(texts), limit, seed)
     if len(keep) < len(texts):
-        texts = [texts[i] for i in keep]
+        texts, ids = [texts[i] for i in keep], [ids[i] for i in keep]
     logger.info("loaded %d texts from %s", len(texts), name)
-    return texts
+    return Rows(texts, ids, name)

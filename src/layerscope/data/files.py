@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -125,7 +126,12 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def read_texts(path: str | Path, column: str | None = None) -> list[str]:
-    """Read texts from a user file.
+    """Read texts from a user file (see :func:`read_rows`, which also gives each text's row id)."""
+    return read_rows(path, column)[0]
+
+
+def read_rows(path: str | Path, column: str | None = None, id_column: str | None = None) -> tuple[list[str], list[Any]]:
+    """Read texts from a user file, with the id of each text's row.
 
     Parameters
     ----------
@@ -135,11 +141,16 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
     column : str, optional
         Table column holding the texts. Default: ``text`` if present, else an error that lists
         the columns. Ignored for ``.txt``.
+    id_column : str, optional
+        Table column holding each row's id (default: the row's position among the file's data rows,
+        from 0; for ``.txt`` the line number, from 0).
 
     Returns
     -------
-    list of str
-        Texts in file order; missing values in the column are dropped.
+    texts : list of str
+        Texts in file order; blank lines and missing values in the column are dropped.
+    ids : list
+        The id of each text's row, so results can be joined back to the file.
 
     Raises
     ------
@@ -152,10 +163,12 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as error:
             raise LayerscopeError(f"cannot read {path}: not UTF-8 text (byte {error.start})") from None
-        texts = [line for line in lines if line.strip()]
-        if len(texts) < len(lines):
-            logger.info("%s: dropped %d blank lines", path, len(lines) - len(texts))
-        return texts
+        if id_column is not None:
+            raise LayerscopeError(f"{path} is a text file: it has no columns (no --id-column); its ids are line numbers")
+        ids = [number for number, line in enumerate(lines) if line.strip()]
+        if len(ids) < len(lines):
+            logger.info("%s: dropped %d blank lines", path, len(lines) - len(ids))
+        return [lines[number] for number in ids], ids
 
     table = read_table(path, SUFFIXES)
     if column is None:
@@ -166,5 +179,10 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
     elif column not in table.columns:
         columns = ", ".join(map(str, table.columns)) or "none"
         raise LayerscopeError(f"{path} has no column '{column}' (columns: {columns})")
+    if id_column is not None and id_column not in table.columns:
+        columns = ", ".join(map(str, table.columns)) or "none"
+        raise LayerscopeError(f"{path} has no id column '{id_column}' (columns: {columns})")
+    table = table.reset_index(drop=True)
     values = table[column].dropna()
-    return [value if isinstance(value, str) else str(value) for value in values]
+    ids = table.loc[values.index, id_column].tolist() if id_column is not None else values.index.tolist()
+    return [value if isinstance(value, str) else str(value) for value in values], ids
