@@ -10,13 +10,20 @@ plus the models of any layerscope run folders given as arguments (``results.duck
     rule's, x 100) over the models with its bootstrap interval over tasks, and the wins against the
     last layer; a fixed rule is scored as it is, a family is chosen leave-one-model-out (the rule
     with the best mean regret on the other models, scored on the held-out one);
-(c) the selector the protocol picks from all its candidates (chosen on all models: what a new model
-    would get), and the held-out record of that choice: per model, leave-one-model-out and
-    leave-one-family-out.
+(c) the protocol's selector, the default label-free rule of ``analyze``: among the rule families that
+    give one layer for every task (the last layer included), the family is picked by an inner
+    held-out loop on the training models, then that family's best rule; the outer loop scores the
+    whole procedure on the held-out model (nested cross-validation), leave-one-model-out and
+    leave-one-family-out; the rule it picks on all the models is what a new model gets;
+(d) that rule on models the protocol never saw (``--unseen`` run folders: scored only, never chosen on),
+    beside the last layer and the paper's min-DiME.
 
-The last line is ``regret: <mean leave-one-model-out regret of the protocol's choice>``.
+``--write-record FILE`` writes the rule and its record as JSON (``analyze`` quotes it:
+``src/layerscope/analysis/label_free_record.json``). The last line is
+``regret: <mean leave-one-model-out regret of the protocol's selector>``.
 
-Run: ``.venv/bin/python benchmarks/bench_selection.py [RUN_FOLDER ...]`` (``--help`` for options).
+Run: ``.venv/bin/python benchmarks/bench_selection.py [RUN_FOLDER ...] [--unseen RUN_FOLDER ...]``
+(``--help`` for options).
 """
 
 from __future__ import annotations
@@ -31,7 +38,16 @@ from pathlib import Path
 import pandas as pd
 
 from layerscope.analysis import format_table, load_authors_results
-from layerscope.analysis.protocol import ProtocolResult, default_candidates, rules_of_family, run_protocol
+from layerscope.analysis.choice import rule_spec
+from layerscope.analysis.protocol import (
+    ProtocolResult,
+    default_candidates,
+    evaluate_selector,
+    nested_chooser,
+    one_layer_families,
+    rules_of_family,
+    run_protocol,
+)
 from layerscope.analysis.rules import (
     LastLayer,
     MetricRule,
@@ -56,7 +72,8 @@ ISSUE_TABLE: dict[str, tuple[float, str]] = {
 
 
 #: Column heads of the per-model table, in the order of the table's rows.
-SHORT_LABELS = ("last", "min dime/task", "min infonce/task", "depth LOMO", "rank-late LOMO", "protocol LOMO")
+SHORT_LABELS = ("last", "min dime/task", "min infonce/task", "depth LOMO", "rank-late LOMO", "any rule LOMO",
+                "protocol LOMO")
 
 
 def default_fixture() -> Path | None:
@@ -81,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default 0.95)")
     parser.add_argument("--verbose", action="store_true", help="log which models are used and why")
+    parser.add_argument("--unseen", nargs="*", type=Path, default=[],
+                        help="run folders scored with the protocol's rule only (never chosen on)")
+    parser.add_argument("--write-record", type=Path, default=None, help="write the rule and its record as JSON")
     return parser.parse_args(argv)
 
 
@@ -134,16 +154,11 @@ def print_per_model(result: ProtocolResult, short: dict[str, str]) -> None:
     print(format_table(wide.reset_index(), decimals=2))
 
 
-def print_protocol(result: ProtocolResult) -> None:
-    rule = result.selector
-    top = result.ranking.iloc[0]
-    print(f"(c) the protocol's selector (best mean regret on all {int(top['n_models'])} models, of "
-          f"{len(result.ranking)} candidates): {rule.name}")
-    print(f"    family {rule.family}; params {rule.params_json()}")
-    print(f"    in-sample: mean regret {top['mean_regret']:.2f}, wins vs last {int(top['wins'])} of {int(top['n_models'])}")
-    print("    next best in-sample:")
-    for _, row in result.ranking.iloc[1:6].iterrows():
-        print(f"      {row['mean_regret']:.2f}  {row['rule']}")
+def print_protocol(result: ProtocolResult, rule: object, families: dict[str, tuple]) -> None:
+    print(f"(c) the protocol's selector: a family picked by an inner held-out loop among "
+          f"{', '.join(f'{name} ({len(rules)})' for name, rules in families.items())}, then its best rule")
+    print(f"    on all {int(result.ranking['n_models'].iloc[0])} models it picks: {rule.name}  "
+          f"(--select-by {rule_spec(rule)})")
     frame = result.per_model[result.per_model["selector"] == result.label]
     for scheme, title in (("model", "leave-one-model-out"), ("family", "leave-one-family-out")):
         part = frame[frame["scheme"] == scheme]
@@ -151,13 +166,56 @@ def print_protocol(result: ProtocolResult) -> None:
             print(f"    {title}: not run (a single family)")
             continue
         shown = part[["model", "family", "rule", "regret", "regret_low", "regret_high", "gain_vs_last", "win"]]
-        print(f"    {title}: the rule chosen on the training models, scored on the held-out one")
+        print(f"    {title}: the procedure run on the training models, its rule scored on the held-out one")
         print(format_table(shown.reset_index(drop=True), decimals=2))
         row = result.summary[(result.summary["selector"] == result.label) & (result.summary["scheme"] == scheme)].iloc[0]
         print(
             f"    {title}: mean held-out regret {row['mean_regret']:.2f} {interval(row)}, "
             f"gain vs last {row['mean_gain_vs_last']:+.2f}, wins vs last {row['wins']} of {row['n_models']}"
         )
+
+
+def score_unseen(rule: object, folders: list[Path], n_boot: int, seed: int, confidence: float) -> pd.DataFrame:
+    """The protocol's rule, the last layer and the paper's min-DiME on models never used to choose."""
+    models = [model for folder in folders for model in run_models(folder)]
+    if not models:
+        return pd.DataFrame()
+    frames = []
+    for label, selector in (("protocol's rule", rule), ("last layer", LastLayer()),
+                            ("min dime per task", MetricRule("dime", "min", texts="task"))):
+        per_model, _ = evaluate_selector(selector, models, label=label, n_boot=n_boot, seed=seed,
+                                         confidence=confidence)
+        frames.append(per_model)
+    return pd.concat(frames, ignore_index=True)
+
+
+def record(rule: object, result: ProtocolResult, unseen: pd.DataFrame, argv: list[str]) -> dict:
+    """What analyze quotes about its default rule: the rule, and how it did on models it was not chosen on."""
+    import datetime
+
+    def rows(frame: pd.DataFrame) -> list[dict]:
+        columns = ["model", "family", "rule", "layer", "depth_pct", "average", "oracle", "last", "regret",
+                   "gain_vs_last", "win"]
+        return [{key: (None if pd.isna(value) else value.item() if hasattr(value, "item") else value)
+                 for key, value in row.items()} for row in frame[columns].to_dict("records")]
+
+    held = {}
+    for scheme in ("model", "family"):
+        row = result.summary[(result.summary["selector"] == result.label) & (result.summary["scheme"] == scheme)]
+        if row.empty:
+            continue
+        part = result.per_model[(result.per_model["selector"] == result.label) & (result.per_model["scheme"] == scheme)]
+        held[scheme] = {"mean_regret": round(float(row["mean_regret"].iloc[0]), 3), "wins": int(row["wins"].iloc[0]),
+                        "n_models": int(row["n_models"].iloc[0]), "per_model": rows(part)}
+    mine = unseen[unseen["selector"] == "protocol's rule"] if not unseen.empty else unseen
+    return {
+        "rule": rule_spec(rule), "name": rule.name, "held_out": held,
+        "unseen": {"mean_regret": None if mine.empty else round(float(mine["regret"].mean()), 3),
+                   "wins": None if mine.empty else int(mine["win"].sum()),
+                   "n_models": len(mine), "per_model": [] if mine.empty else rows(mine)},
+        "command": "python benchmarks/bench_selection.py " + " ".join(argv),
+        "date": datetime.date.today().isoformat(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,13 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(pd.DataFrame([model.describe() for model in models]).drop(columns=["metrics", "source"])))
 
     candidates = default_candidates()
+    families = one_layer_families(candidates)
+    one_layer = tuple(rule for rules in families.values() for rule in rules)
     labels = {
         "last layer": "fixed",
         "min dime per task (the paper's)": "fixed",
         "min infonce per task": "fixed",
         "best fixed depth, picked on the other models": "family",
         "rank-average in a late-depth window, picked on the other models": "family",
-        "any candidate rule (the protocol), picked on the other models": "family",
+        "any of the 325 candidate rules, picked on the other models": "family",
+        "the protocol: a family by an inner held-out loop, then its best rule": "family",
     }
     selectors = {
         "last layer": LastLayer(),
@@ -204,9 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         "rank-average in a late-depth window, picked on the other models": rules_of_family(
             candidates, "rank_aggregate", predicate=late_window
         ),
+        "any of the 325 candidate rules, picked on the other models": candidates,
     }
-    result = run_protocol(models, candidates, selectors=selectors, n_boot=args.n_boot, seed=args.seed,
-                          confidence=args.confidence, label=list(labels)[-1])  # fmt: skip
+    chooser = nested_chooser(families)
+    result = run_protocol(models, one_layer, selectors=selectors, chooser=chooser, n_boot=args.n_boot,
+                          seed=args.seed, confidence=args.confidence, label=list(labels)[-1])  # fmt: skip
+    rule = chooser(one_layer, models)
 
     print()
     print(f"(b) issue 13's table on {len(models)} models: regret = oracle best single layer - rule (x 100), "
@@ -220,7 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         picks = chosen.loc[chosen["selector"] == label, ["model", "rule"]]
         print(f"    {label}: " + "; ".join(f"{model} <- {rule}" for model, rule in picks.itertuples(index=False)))
     print()
-    print_protocol(result)
+    print_protocol(result, rule, families)
+    unseen = score_unseen(rule, list(args.unseen), args.n_boot, args.seed, args.confidence)
+    if not unseen.empty:
+        print()
+        print(f"(d) on models the protocol never saw ({', '.join(str(folder) for folder in args.unseen)}): regret and "
+              "gain vs the last layer (x 100)")
+        wide = unseen.pivot(index="model", columns="selector", values="regret")
+        gain = unseen[unseen["selector"] == "protocol's rule"].set_index("model")[["layer", "gain_vs_last", "win"]]
+        table = wide.join(gain).reset_index()
+        print(format_table(table, decimals=2))
+        mine = unseen[unseen["selector"] == "protocol's rule"]
+        print(f"    protocol's rule: mean regret {mine['regret'].mean():.2f}, gain vs last "
+              f"{mine['gain_vs_last'].mean():+.2f}, wins vs last {int(mine['win'].sum())} of {len(mine)}")
+    if args.write_record is not None:
+        import json
+
+        args.write_record.write_text(json.dumps(record(rule, result, unseen, list(argv or sys.argv[1:])), indent=1) + "\n")
+        print(f"record -> {args.write_record}")
     print()
     print(f"{len(models)} models, {len(candidates)} candidate rules, {time.perf_counter() - started:.1f} s")
     print(f"regret: {result.held_out_regret('model'):.2f}")

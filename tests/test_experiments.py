@@ -86,6 +86,28 @@ def test_run_cli_rejects_unknown_options(llama, tmp_path):
         run_cli("compare-finetune", finetuned=llama, out=tmp_path)
 
 
+def test_common_options_are_declared_once(llama):
+    """The shared options are one TypedDict; each experiment takes its subset with its own defaults, listed
+    by its signature, and a direct call with an option it lacks is a one-line error before any work."""
+    import inspect
+
+    from layerscope.experiments import get
+    from layerscope.experiments.base import COMMON_DEFAULTS, COMMON_OPTIONS, CommonOptions
+    from layerscope.experiments.bimodality import bimodality
+
+    assert list(COMMON_DEFAULTS) == list(CommonOptions.__annotations__)
+    assert COMMON_OPTIONS == ("model", "texts", "dataset", "limit", "seed", "max_length", "batch_size", "out",
+                              "progress", "revision", "device", "dtype", "final_norm")
+    assert inspect.signature(bimodality).parameters["limit"].default == 128
+    assert get("bimodality").options()["max_length"] == 128 and get("extreme-prompts").options()["limit"] == 64
+    assert get("sublayers").options()["batch_size"] == 16 and "final_norm" not in get("sublayers").options()
+    assert get("vision").options()["dataset"] == "digits" and "max_length" not in get("vision").options()
+    assert all("revision" not in get(name).options() for name in ("checkpoints", "sizes", "compare-finetune"))
+    with pytest.raises(LayerscopeError, match="no option.*colour") as error:
+        bimodality(llama, PROMPTS, colour="red", progress=False)
+    assert "\n" not in str(error.value)
+
+
 def test_train_tiny_options_reach_training_and_progression(monkeypatch, tmp_path):
     import inspect
 

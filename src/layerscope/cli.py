@@ -28,7 +28,9 @@ from layerscope.config import (
     AnalysisConfig,
     Config,
     ExtractConfig,
+    IntervalConfig,
     ModelConfig,
+    SelectConfig,
     TaskFileConfig,
     TextConfig,
     ViewConfig,
@@ -52,6 +54,8 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 DEFAULT_DATASET = "rotten-tomatoes"
 #: Texts of a bundled corpus used by extract and metrics unless --limit says otherwise.
 DEFAULT_CORPUS_LIMIT = 256
+# What the Ctrl-C line of main() needs: the embedding cache in use, and the interrupt raised
+_SESSION: dict[str, Any] = {"cache": None, "interrupt": None}
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -64,9 +68,26 @@ class CacheOptions(Config):
     cache_dir: str | None = option(None, "Embedding cache folder (default: $LAYERSCOPE_CACHE or the user cache).")
     no_cache: bool = option(False, "Do not read or write the embedding cache.")
 
+    def usable(self) -> CacheOptions:
+        """These options, or no cache if the folder cannot be written: that costs speed, not the run
+        (one warning line, before any work; :func:`configured` checks every command's cache so)."""
+        from layerscope.atomic import writable_directory
+
+        if self.no_cache:
+            return self
+        try:
+            writable_directory(self.cache_dir or default_cache_dir(), "cache folder")
+        except LayerscopeError as error:
+            err_console.print(f"warning: {error} (running without the embedding cache)", highlight=False,
+                              soft_wrap=True)
+            return self.replace(no_cache=True)
+        return self
+
     def resolve(self) -> str | None:
         """The cache folder to use, or None."""
-        return None if self.no_cache else (self.cache_dir or default_cache_dir())
+        folder = None if self.no_cache else (self.cache_dir or default_cache_dir())
+        _SESSION["cache"] = folder
+        return folder
 
 
 def default_cache_dir() -> str:
@@ -129,6 +150,24 @@ class Group:
     optional: bool = False
 
 
+def _flag(cls: type[Config], name: str) -> str:
+    """The command-line flag of a configuration field (``limit`` -> ``--limit``)."""
+    item = next(item for item in dataclasses.fields(cls) if item.name == name)
+    return item.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def _reject_unused(cls: type[Config], first: str, values: dict[str, Any], added: dict[str, inspect.Parameter],
+                   shared: set[str]) -> None:
+    """An optional group left out (no ``--dataset``) takes none of its other options: say so, not ignore them."""
+    for item in dataclasses.fields(cls):
+        name = item.name
+        if name == first or name not in added or name in shared:
+            continue
+        if values[name] != added[name].default:
+            raise LayerscopeError(f"{_flag(cls, name)} needs {_flag(cls, first)}: without it, {_flag(cls, name)} "
+                                  "would be ignored")
+
+
 def configured(**groups: type[Config] | Group) -> Callable[[Callable[..., Any]], Any]:
     """Give a command the options of configuration classes, and call it with the built configurations.
 
@@ -142,9 +181,12 @@ def configured(**groups: type[Config] | Group) -> Callable[[Callable[..., Any]],
     def decorate(command: Callable[..., Any]) -> Any:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name not in groups]
         added: dict[str, inspect.Parameter] = {}
+        owners: dict[str, int] = {}
         for spec in specs.values():
             for parameter in _config_options(spec.cls, spec.defaults):
                 added.setdefault(parameter.name, parameter)
+                owners[parameter.name] = owners.get(parameter.name, 0) + 1
+        shared = {name for name, count in owners.items() if count > 1}  # e.g. seed: used by another group too
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
@@ -156,7 +198,15 @@ def configured(**groups: type[Config] | Group) -> Callable[[Callable[..., Any]],
                           for item in fields if item.name in added}
                 kwargs.update({item.name: built[item.name] for item in fields if item.name in built})
                 missing = spec.optional and kwargs.get(fields[0].name) is None
+                if missing:
+                    _reject_unused(spec.cls, fields[0].name, values, added, shared)
                 built[group] = None if missing else spec.cls(**kwargs)
+                if isinstance(built[group], CacheOptions):
+                    built[group] = built[group].usable()
+                if isinstance(built[group], ModelConfig):  # a device or a path that cannot work: before the texts
+                    from layerscope.models.loading import check_source
+
+                    check_source(built[group].model, built[group].device)
             return command(**{p.name: values[p.name] for p in own}, **built)
 
         wrapper.__signature__ = inspect.Signature([*own, *added.values()])  # type: ignore[attr-defined]
@@ -352,7 +402,8 @@ def print_layer_table(frame: Any, title: str, marks: dict[int, str] | None = Non
         cells = [str(int(record["layer"])), f"{record['depth_pct']:.0f}"]
         for column in columns:
             value = record[column]
-            cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}")
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            cells.append("-" if missing else value if isinstance(value, str) else f"{value:.4g}")
         if marks:
             cells.append(marks.get(int(record["layer"]), ""))
         style = "bold green" if marks and int(record["layer"]) in marks else None
@@ -508,7 +559,7 @@ def mteb_command(
 @app.command("analyze")
 @configured(model=ModelConfig, extraction=ExtractConfig, views=Group(ViewConfig, {"view_texts": 16, "lidar_texts": 3}),
             dataset=Group(TextConfig, {"dataset": None}, optional=True), config=AnalysisConfig, cache=CacheOptions,
-            task_files=TaskFileConfig)
+            task_files=TaskFileConfig, intervals=Group(IntervalConfig, {"bootstrap": 0}))
 def analyze_command(
     config: AnalysisConfig,
     cache: CacheOptions,
@@ -517,18 +568,22 @@ def analyze_command(
     views: ViewConfig,
     dataset: TextConfig | None,
     task_files: TaskFileConfig,
+    intervals: IntervalConfig,
     out: Annotated[Path, typer.Option(help="Output folder: results.duckdb, plots, report.html.")] = Path("runs/analyze"),
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """The main job: every metric and every task score at every layer; which layer, and why."""
     from layerscope.evaluate import resolve
     from layerscope.pipeline import run_analysis
+    from layerscope.store import ResultsStore
 
     folder = output_folder(out)
+    assert folder is not None
     # task names and task files are read and checked before the model loads
     task_list = resolve(list(config.tasks), seed=config.eval_seed, files=task_files)
+    ResultsStore.in_directory(folder).close()  # another process writing this --out fails now, not after loading
     result = run_analysis(config, out=folder, tasks=task_list, cache_dir=cache.resolve(),
-                          eval_workers=_workers(eval_workers))
+                          eval_workers=_workers(eval_workers), intervals=intervals)
     print_analysis(result)
 
 
@@ -542,9 +597,21 @@ def print_analysis(result: Any) -> None:
         marks[summary.best_layer] = "<- best (labels)" + (" = no labels" if summary.best_layer == summary.chosen_layer
                                                          else "")
     model = result.record["model"]
-    print_layer_table(summary.per_layer, f"{model['model_id']}: {model['num_layers'] + 1} layers, "
+    per_layer, interval_note = summary.per_layer, ""
+    if summary.intervals is not None and "avg_score" in per_layer.columns:
+        from layerscope.evaluate.uncertainty import interval_text
+
+        attrs = summary.intervals.attrs
+        intervals = summary.intervals.set_index("layer")
+        column = [interval_text(intervals.loc[layer, "low"], intervals.loc[layer, "high"])
+                  if layer in intervals.index else None for layer in per_layer["layer"]]
+        per_layer = per_layer.copy()
+        per_layer.insert(per_layer.columns.get_loc("avg_score") + 1, "interval", column)
+        interval_note = (f"; {100 * attrs['confidence']:g}% interval from {attrs['n_resamples']} bootstrap resamples "
+                         "of each task's evaluation examples")
+    print_layer_table(per_layer, f"{model['model_id']}: {model['num_layers'] + 1} layers, "
                       f"{result.record['n_kept']} texts, {result.scores['task'].nunique()} tasks "
-                      "(metrics on all task texts; avg score x 100)", marks)
+                      f"(metrics on all task texts; avg score x 100{interval_note})", marks)
     table = Table(title="Layer choice per task (Table 2 of the paper): average task score x 100", title_justify="left")
     for column in ("rule", "layer", "depth %", "average", "vs last"):
         table.add_column(column, justify="right" if column != "rule" else "left")
@@ -557,11 +624,172 @@ def print_analysis(result: Any) -> None:
     if best is not None and last_score is not None:
         console.print(f"best layer with labels: {best} ({summary.score_at(best):.1f}), "
                       f"last layer {last} ({last_score:.1f}): {summary.score_at(best) - last_score:+.1f} points")
+    if summary.verdict is not None:
+        console.print(f"with intervals: {summary.verdict.describe()}", highlight=False)
     if chosen is not None and last_score is not None:
         console.print(f"chosen without labels ({result.chosen_by} on all texts): layer {chosen} "
                       f"({summary.score_at(chosen):.1f}, {summary.score_at(chosen) - last_score:+.1f} vs last)")
     console.print(f"results: {result.out / 'results.duckdb'}" + (f"; report: {result.report}" if result.report else "")
                   + f"; {result.record['timings'].get('total_s', 0):.0f} s")
+
+
+# ------------------------------------------------------------------------------------------ select
+
+
+@app.command("select")
+@configured(model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions, task_files=TaskFileConfig,
+            choice=SelectConfig)
+def select_command(
+    model: ModelConfig,
+    extraction: ExtractConfig,
+    cache: CacheOptions,
+    task_files: TaskFileConfig,
+    choice: SelectConfig,
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Task files (.csv, .tsv, .jsonl, .parquet) and task "
+                                       "names, comma-separated.")],
+    layers: LayersOption = "all",
+    seed: EvalSeedOption = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (select.json, layers.csv, task_scores.csv, "
+                                             "scores.csv, few_labels.csv, cv_scores.csv, resamples.npz).")] = None,
+    eval_workers: EvalWorkersOption = "auto",
+) -> None:
+    """Choose a layer with labels: every layer's score with a bootstrap interval, best vs last beyond the noise.
+
+    The interval resamples each task's evaluation examples (test examples, pairs, texts or queries)
+    and scores every resample at every layer with MTEB's evaluator from the cached embeddings.
+    --labels-per-class K also chooses the layer by cross-validation on K labelled examples per class
+    of each classification task and reports how that choice scores on the test set.
+    """
+    from layerscope.evaluate import resolve
+    from layerscope.evaluate.select import check_choice, select_layer_with_labels
+
+    folder = output_folder(out)
+    task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before the model loads
+    check_choice(task_list, bootstrap=choice.bootstrap, labels_per_class=choice.labels_per_class)
+    loaded = load(model, extraction)
+    result = select_layer_with_labels(
+        loaded, task_list, bootstrap=choice.bootstrap, confidence=choice.confidence,
+        labels_per_class=choice.labels_per_class, resample_seed=choice.resample_seed, seed=seed, layers=layers,
+        cache_dir=cache.resolve(), eval_workers=_workers(eval_workers), **extraction.extract_options())
+    print_choice(result, f"{loaded.model_id}: {len(task_list)} task{'s' if len(task_list) != 1 else ''}, "
+                 f"{extraction.pooling} pooling")
+    if folder is not None:
+        write_choice(result, folder, {"model": model.to_dict(), "extraction": extraction.to_dict(),
+                                      "task_files": task_files.to_dict(), "select": choice.to_dict(),
+                                      "tasks": tasks, "layers": layers, "seed": seed})
+
+
+def _units_text(units: dict[str, str]) -> str:
+    kinds = sorted(set(units.values()))
+    return f"the {kinds[0]}" if len(kinds) == 1 else "each task's evaluation examples"
+
+
+def print_choice(result: Any, title: str) -> None:
+    """The per-layer table of :func:`layerscope.evaluate.select.select_layer_with_labels`, the verdict, the few-label choice."""
+    from layerscope.evaluate.uncertainty import interval_text
+
+    layers = result.layers
+    bootstrapped = result.verdict is not None
+    marks: dict[int, list[str]] = {result.best_layer: ["best"]}
+    marks.setdefault(result.last_layer, []).append("last")
+    few = result.few_labels
+    if few is not None:
+        chosen = int(few["chosen_layer"].iloc[-1])
+        marks.setdefault(chosen, []).append(f"chosen from {result.record['labels_per_class']} labels/class")
+    if bootstrapped:
+        level = f"{100 * layers.attrs['confidence']:g}%"
+        title += (f"; score = MTEB main score x 100 (task average), {level} intervals from "
+                  f"{layers.attrs['n_resamples']} bootstrap resamples of {_units_text(layers.attrs['units'])}")
+    table = Table(title=title, title_justify="left")
+    headers = ["layer", "depth %", "score"]
+    if bootstrapped:
+        headers += [f"{level} interval", "vs last", f"{level} interval (paired)", "<= last"]
+    for header in headers:
+        table.add_column(header, justify="right")
+    table.add_column("", justify="left")
+    for row in layers.itertuples(index=False):
+        cells = [str(int(row.layer)), f"{row.depth_pct:.0f}", f"{row.score:.1f}"]
+        if bootstrapped:
+            last = int(row.layer) == result.last_layer
+            cells += [interval_text(row.low, row.high), "" if last else f"{row.vs_last:+.1f}",
+                      "" if last else interval_text(row.vs_last_low, row.vs_last_high, signed=True),
+                      "" if last else f"{100 * row.not_above_last:.0f}%"]
+        layer_marks = marks.get(int(row.layer), [])
+        table.add_row(*cells, ", ".join(layer_marks), style="bold green" if "best" in layer_marks else None)
+    console.print(table)
+    if bootstrapped:
+        console.print(result.verdict.describe() + " (beyond the noise = the interval of the paired difference lies "
+                      "above 0; '<= last' is the share of resamples where a layer does not beat the last)",
+                      highlight=False)
+    else:
+        console.print(f"best layer {result.best_layer}, last layer {result.last_layer} (no intervals: --bootstrap 0)",
+                      highlight=False)
+    if len(set(result.task_scores["task"])) > 1:
+        _print_task_table(result, bootstrapped)
+    if few is not None:
+        _print_few_labels(result)
+    for note_text in result.notes:
+        console.print(f"note: {note_text}", highlight=False)
+    console.print(f"{result.record['seconds']['total']:.0f} s (bootstrap {result.record['seconds']['bootstrap']:.0f} s)",
+                  highlight=False)
+
+
+def _print_task_table(result: Any, bootstrapped: bool) -> None:
+    from layerscope.evaluate.uncertainty import interval_text
+
+    frame = result.task_scores
+    tasks = list(dict.fromkeys(frame["task"]))
+    table = Table(title="Per task: score x 100" + (" [interval]" if bootstrapped else ""), title_justify="left")
+    table.add_column("layer", justify="right")
+    for task in tasks:
+        table.add_column(task, justify="right", overflow="fold")
+    for layer, rows in frame.groupby("layer", sort=True):
+        by_task = rows.set_index("task")
+        table.add_row(str(int(layer)), *(f"{by_task.loc[task, 'score']:.1f}" + (
+            f" {interval_text(by_task.loc[task, 'low'], by_task.loc[task, 'high'])}" if bootstrapped else "")
+            for task in tasks))
+    console.print(table)
+
+
+def _print_few_labels(result: Any) -> None:
+    few = result.few_labels
+    k = result.record["labels_per_class"]
+    table = Table(title=f"Layer chosen from {k} labelled examples per class (cross-validated, seed "
+                  f"{result.record['resample_seed']}), scored on the test set (MTEB, x 100)", title_justify="left")
+    for header in ("task", "labelled", "chosen layer", "CV accuracy", "test score", "best layer", "best score",
+                   "last score", "regret", "vs last"):
+        table.add_column(header, justify="left" if header == "task" else "right")
+    for row in few.itertuples(index=False):
+        table.add_row(str(row.task), str(row.n_labelled), str(row.chosen_layer), f"{row.cv_accuracy:.1f}",
+                      f"{row.score:.1f}", str(row.best_layer), f"{row.best_score:.1f}", f"{row.last_score:.1f}",
+                      f"{row.regret:.1f}", f"{row.vs_last:+.1f}")
+    console.print(table)
+    console.print("regret = best layer's test score - chosen layer's; the 'average' row chooses one layer for every "
+                  "task from the mean CV accuracy", highlight=False)
+
+
+def write_choice(result: Any, folder: Path, config: dict[str, Any]) -> None:
+    """Everything of a ``select`` run under ``folder``, enough to rerun and check it."""
+    import io
+
+    import numpy as np
+
+    from layerscope.atomic import atomic_write_bytes
+
+    write_json(folder / "select.json", {**result.to_dict(), "config": config})
+    tables = {"layers.csv": result.layers, "task_scores.csv": result.task_scores, "scores.csv": result.scores,
+              "few_labels.csv": result.few_labels, "cv_scores.csv": result.cv_scores}
+    for name, frame in tables.items():
+        if frame is not None:
+            atomic_write_bytes(folder / name, frame.to_csv(index=False).encode())
+    if result.resamples:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **result.resamples)
+        atomic_write_bytes(folder / "resamples.npz", buffer.getvalue())
+    console.print(f"results -> {folder} (select.json, layers.csv, task_scores.csv, scores.csv"
+                  + (", few_labels.csv, cv_scores.csv" if result.few_labels is not None else "")
+                  + (", resamples.npz" if result.resamples else "") + ")", highlight=False)
+
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -820,19 +1048,68 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C as Python raises it, remembered: typer turns it into a bare exit status 130, and the one
+    line of :func:`main` reads what the extraction engine attached to it (``layerscope_kept``)."""
+    error = KeyboardInterrupt()
+    _SESSION["interrupt"] = error
+    raise error
+
+
+def _kept(error: BaseException | None) -> tuple[int, int] | None:
+    """(texts kept, texts of the pass) that an interrupted extraction left in the cache, if it says."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        kept = getattr(error, "layerscope_kept", None)
+        if kept is not None:
+            return int(kept[0]), int(kept[1])
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _interrupted_line(what: str, error: BaseException | None) -> str:
+    """The one line of an interrupted run: what a rerun will not redo."""
+    kept = _kept(error)
+    if kept is not None:
+        count = kept[0]
+        return f"{what}; {count} text{'' if count == 1 else 's'} kept in the cache, rerun to resume"
+    if _SESSION["cache"] is not None:  # stopped between passes: every finished pass is in the cache
+        return f"{what}; finished passes are kept in the cache, rerun to resume"
+    return f"{what}; nothing was kept (no embedding cache in use), a rerun starts again"
+
+
+def _command_path() -> str:
+    """``layerscope COMMAND`` from the command line (for errors click raises without a context)."""
+    names = {command.name or command.callback.__name__.removesuffix("_command").replace("_", "-")
+             for command in app.registered_commands if command.callback is not None}
+    words = [word for word in sys.argv[1:] if not word.startswith("-")]
+    return "layerscope" + (f" {words[0]}" if words and words[0] in names else "")
+
+
 def _usage_error(error: BaseException) -> str:
     """Click's one-line message of a usage error, with the help hint."""
     context = getattr(error, "ctx", None)
-    hint = f" (try '{context.command_path} --help')" if context is not None else ""
+    path = context.command_path if context is not None else _command_path()
     message = error.format_message() if hasattr(error, "format_message") else str(error)
-    return " ".join(message.split()) + hint
+    return " ".join(message.split()) + f" (try '{path} --help')"
+
+
+def _usage_error_classes() -> tuple[type[BaseException], ...]:
+    """Click's usage errors as typer raises them: its vendored copy (typer >= 0.29) or click itself (before)."""
+    import contextlib
+    import importlib
+
+    classes: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError):
+            classes.append(importlib.import_module(module).ClickException)
+    return tuple(classes)
 
 
 def main() -> None:
     """Entry point: user errors print one line (no traceback) and exit with status 2; Ctrl-C exits 130,
     SIGTERM 143, after a one-line note of what was kept."""
-    from typer._click import exceptions as typer_click  # typer 0.29 raises its own copy of click's errors
-
     logging.basicConfig(level=os.environ.get("LAYERSCOPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     for name in ("transformers", "huggingface_hub", "datasets", "mteb"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -843,26 +1120,32 @@ def main() -> None:
     from layerscope.models.loading import show_load_bars
 
     show_load_bars(False)
+    _SESSION.update(cache=None, interrupt=None)
     signal.signal(signal.SIGTERM, _terminate)
-    interrupted = "interrupted: finished batches are kept in the embedding cache and the store; rerun to resume"
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _interrupt)
+    usage_errors = _usage_error_classes()
     try:
         result = app(standalone_mode=False)
     except LayerscopeError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt, typer.Abort):
-        err_console.print(interrupted, highlight=False, soft_wrap=True)
+    except (KeyboardInterrupt, typer.Abort) as error:
+        err_console.print(_interrupted_line("interrupted", error), highlight=False, soft_wrap=True)
         sys.exit(130)
-    except Terminated:
-        err_console.print(interrupted.replace("interrupted", "terminated", 1), highlight=False, soft_wrap=True)
+    except Terminated as error:
+        err_console.print(_interrupted_line("terminated", error), highlight=False, soft_wrap=True)
         sys.exit(143)
-    except (typer_click.ClickException, typer.Exit) as error:
-        if isinstance(error, typer.Exit):
-            sys.exit(error.exit_code)
+    except typer.Exit as error:
+        sys.exit(error.exit_code)
+    except usage_errors as error:
         err_console.print(f"[bold red]error:[/] {_usage_error(error)}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
+    if result == 130:  # typer turns Ctrl-C into a returned status 130
+        err_console.print(_interrupted_line("interrupted", _SESSION["interrupt"]), highlight=False, soft_wrap=True)
+        sys.exit(130)
     if isinstance(result, int) and result:  # click returns an exit code instead of raising in places
-        sys.exit(130 if result == 130 else result)
+        sys.exit(result)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ options are declared here and nowhere else.
 - :class:`MetricsConfig`: the label-free metrics of one text source (``compute_metrics``, sweeps).
 - :class:`AnalysisConfig`: the main job (``analyze``): metrics, task scores and the layer choice.
 - :class:`TaskFileConfig`: how labelled task files become MTEB tasks (columns, split, clustering).
+- :class:`IntervalConfig`: bootstrap intervals on per-layer task scores (``analyze --bootstrap``).
+- :class:`SelectConfig`: the layer choice of ``select`` (intervals, choice from K labels per class).
 
 Importing this module is cheap (no torch, no transformers): the CLI builds its options from it.
 """
@@ -38,8 +40,10 @@ __all__ = [
     "AnalysisConfig",
     "Config",
     "ExtractConfig",
+    "IntervalConfig",
     "MetricsConfig",
     "ModelConfig",
+    "SelectConfig",
     "TaskFileConfig",
     "TextConfig",
     "ViewConfig",
@@ -456,3 +460,52 @@ class TaskFileConfig(Config):
             value = getattr(self, item.name)
             if item.name.endswith("_column") and value is not None and (not isinstance(value, str) or not value.strip()):
                 raise LayerscopeError(f"{item.name} must be a column name, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------ layer choice
+
+
+def _confidence(value: Any) -> float:
+    try:  # the command line hands the level over as text
+        level = float(value)
+    except (TypeError, ValueError):
+        level = float("nan")
+    if isinstance(value, bool) or not 0 < level < 1:
+        raise LayerscopeError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {value!r}")
+    return level
+
+
+@dataclass(frozen=True)
+class IntervalConfig(Config):
+    """Bootstrap intervals on per-layer task scores (:mod:`layerscope.evaluate.uncertainty`).
+
+    Each task's evaluation examples are resampled ``bootstrap`` times and MTEB's evaluator scores
+    every resample at every layer from the cached embeddings; 0 turns the intervals off.
+    """
+
+    bootstrap: int = option(100, "Bootstrap resamples of each task's evaluation examples, scored by MTEB's evaluator "
+                            "at every layer (0: no intervals).", label="Bootstrap resamples")
+    confidence: float = option(0.95, "Confidence level of the intervals.", label="Confidence level")
+    resample_seed: int = option(0, "Seed of the bootstrap resamples (and of select's --labels-per-class draws).",
+                                label="Resample seed")
+
+    def validate(self) -> None:
+        if self.bootstrap != 0:
+            _positive(self.bootstrap, "bootstrap (resamples; 0 turns the intervals off)", minimum=2)
+        object.__setattr__(self, "confidence", _confidence(self.confidence))
+        if isinstance(self.resample_seed, bool) or not isinstance(self.resample_seed, int):
+            raise LayerscopeError(f"resample_seed must be an integer, got {self.resample_seed!r}")
+
+
+@dataclass(frozen=True)
+class SelectConfig(IntervalConfig):
+    """The layer choice of ``select``: intervals, and optionally a choice from K labels per class."""
+
+    labels_per_class: int | None = option(None, "Choose the layer from K labelled examples per class of each "
+                                          "classification task (cross-validated at every layer) and report how "
+                                          "the choice scores on the test set, e.g. 8, 16, 32.",
+                                          label="Labels per class")
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self.labels_per_class, "labels_per_class", minimum=2, allow_none=True)

@@ -6,7 +6,8 @@
    optional extra text source, as named sets of one list;
 2. :func:`~layerscope.metrics.compute.measure`: one pass over every text (token metrics on the fly,
    pooled embeddings to the cache), the planned views once, every metric per set and on all texts;
-3. :func:`~layerscope.evaluate.evaluate_layers`: MTEB's evaluators on every layer, reading that pass;
+3. :func:`~layerscope.evaluate.evaluate_layers`: MTEB's evaluators on every layer, reading that pass
+   (and, with ``bootstrap``, on resamples of every task's evaluation examples: score intervals);
 4. the store, through a run that is marked finished or failed;
 5. :func:`~layerscope.analysis.summarize`: best layer, label-free layer, selection table,
    correlations (the same function the report uses);
@@ -26,7 +27,14 @@ import pandas as pd
 
 from layerscope import __version__
 from layerscope.analysis.summary import ALL_TEXTS, Summary
-from layerscope.config import AnalysisConfig, ExtractConfig, ModelConfig, TextConfig, ViewConfig
+from layerscope.config import (
+    AnalysisConfig,
+    ExtractConfig,
+    IntervalConfig,
+    ModelConfig,
+    TextConfig,
+    ViewConfig,
+)
 from layerscope.errors import LayerscopeError
 
 __all__ = ["ALL_TASKS", "AnalysisResult", "TaskTexts", "analyze", "run_analysis", "task_texts"]
@@ -152,6 +160,9 @@ def analyze(
     report: bool = True,
     loaded_model: Any = None,
     eval_workers: int | str = "auto",
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    resample_seed: int = 0,
 ) -> AnalysisResult:
     """Run the main analysis and write ``results.duckdb``, plots and ``report.html`` to ``out``.
 
@@ -191,9 +202,14 @@ def analyze(
         Write plots and ``report.html``.
     eval_workers : int or "auto"
         Processes running MTEB's evaluators over the layers (see :func:`layerscope.evaluate_layers`).
+    bootstrap, confidence, resample_seed : int, float, int
+        Score intervals: resamples of each task's evaluation examples scored by MTEB at every layer
+        (0, the default: none; each resample costs one evaluation per layer and task), their level
+        and seed (:class:`layerscope.config.IntervalConfig`).
     """
     from layerscope.evaluate.registry import resolve as resolve_tasks
 
+    intervals = IntervalConfig(bootstrap, confidence, resample_seed)  # bad values fail before anything heavy
     task_list = resolve_tasks(tasks, seed=eval_seed, files=task_files)  # bad names and files fail before anything heavy
     config = AnalysisConfig(
         model=ModelConfig(model if loaded_model is None else str(loaded_model.model_id),
@@ -210,7 +226,7 @@ def analyze(
         eval_seed=eval_seed,
     )
     return run_analysis(config, out=out, tasks=task_list, loaded_model=loaded_model, cache_dir=cache_dir,
-                        progress=progress, report=report, eval_workers=eval_workers)
+                        progress=progress, report=report, eval_workers=eval_workers, intervals=intervals)
 
 
 def run_analysis(
@@ -223,8 +239,10 @@ def run_analysis(
     progress: bool = True,
     report: bool = True,
     eval_workers: int | str = "auto",
+    intervals: IntervalConfig | None = None,
 ) -> AnalysisResult:
-    """:func:`analyze` from a configuration (``tasks``: its task objects, if already built)."""
+    """:func:`analyze` from a configuration (``tasks``: its task objects, if already built; ``intervals``:
+    bootstrap score intervals, none by default)."""
     from layerscope.evaluate import evaluate_layers
     from layerscope.evaluate.registry import resolve as resolve_tasks
     from layerscope.metrics.compute import measure
@@ -234,6 +252,11 @@ def run_analysis(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task_list = list(tasks) if tasks is not None else resolve_tasks(list(config.tasks), seed=config.eval_seed)
+    bootstrap = intervals is not None and intervals.bootstrap > 0
+    if bootstrap:
+        from layerscope.evaluate.uncertainty import check_bootstrap_tasks
+
+        check_bootstrap_tasks(task_list)  # an unsupported task type fails before the model loads
     model = loaded_model or config.model.load(config.extraction.final_norm)
     step = time.perf_counter()
     texts = task_texts(task_list, config.eval_seed, config.dataset)
@@ -250,6 +273,16 @@ def run_analysis(
         scores = evaluate_layers(model, task_list, seed=config.eval_seed, extraction=measured.embeddings,
                                  eval_workers=eval_workers, progress=progress)
         timings["evaluate_s"] = time.perf_counter() - step
+        if bootstrap:
+            from layerscope.evaluate.uncertainty import bootstrap_layers
+
+            assert intervals is not None
+            step = time.perf_counter()
+            scores = bootstrap_layers(scores, measured.embeddings, task_list, n_resamples=intervals.bootstrap,
+                                      confidence=intervals.confidence, resample_seed=intervals.resample_seed,
+                                      seed=config.eval_seed, name=f"layerscope/{model.model_id}",
+                                      revision=model.revision, progress=progress, eval_workers=eval_workers)
+            timings["bootstrap_s"] = time.perf_counter() - step
         run.write_metrics(measured.metrics)
         run.write_scores(scores)
         run.write_prompt_values(main_prompt_values(measured.prompt_values))
@@ -267,6 +300,7 @@ def run_analysis(
         "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
         "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
         "n_forward_texts": measured.record["n_forward_texts"],
+        "intervals": intervals.to_dict() if bootstrap and intervals is not None else None,
         "extraction": {k: v for k, v in measured.extraction.record.items()
                        if isinstance(v, (int, float, str, bool, type(None)))},
     }

@@ -579,3 +579,64 @@ def run_protocol(
         selector=ranking.attrs["rules"][0],
         label=label,
     )
+
+
+# ------------------------------------------------------------------------------------------ nested choice
+
+
+def one_layer_families(candidates: Sequence[SelectionRule] | None = None) -> dict[str, tuple[SelectionRule, ...]]:
+    """The candidate rules that give one layer for every task, grouped by family (``last layer`` included).
+
+    A default label-free choice must name one layer (the card of a run, an export), so per-task rules
+    are left out.
+    """
+    candidates = tuple(candidates) if candidates is not None else default_candidates()
+    families: dict[str, list[SelectionRule]] = {}
+    for rule in candidates:
+        if getattr(rule, "texts", "all") == "all":
+            families.setdefault(rule.family, []).append(rule)
+    return {family: tuple(rules) for family, rules in families.items()}
+
+
+def nested_chooser(families: Mapping[str, Sequence[SelectionRule]], *, scheme: str = "model",
+                   scorer: RuleScorer | None = None) -> Chooser:
+    """A chooser that first picks a family by an inner held-out loop, then the family's best rule.
+
+    On the training models it hands it, the chooser scores each family leave-one-out (``scheme``)
+    exactly as :func:`evaluate_selector` would, keeps the family with the lowest held-out mean regret
+    (ties: more wins, then the family's order), and returns that family's best rule on all the
+    training models. Choosing among few, differently shaped families this way guards against the
+    overfitting of choosing among hundreds of rules at once; given to :func:`evaluate_selector` with
+    the union of the families as candidates, the outer loop then measures the whole procedure on
+    models it never saw (nested cross-validation).
+    """
+    scorer = scorer or RuleScorer()
+    ordered = {name: tuple(rules) for name, rules in families.items()}
+
+    def choose(candidates: Sequence[SelectionRule], training: Sequence[ModelData]) -> SelectionRule:
+        allowed = set(candidates)
+        pools = {name: tuple(rule for rule in rules if rule in allowed) for name, rules in ordered.items()}
+        pools = {name: rules for name, rules in pools.items() if rules}
+        if len(training) < 2 or len(pools) == 1:
+            best_family = next(iter(pools))
+        else:
+            inner = [(name, *_inner_record(rules, training, scheme, scorer)) for name, rules in pools.items()]
+            best_family = min(inner, key=lambda item: (round(item[1] / _TOLERANCE), -item[2]))[0]
+        return choose_rule(pools[best_family], training, scorer=scorer)
+
+    return choose
+
+
+def _inner_record(rules: Sequence[SelectionRule], training: Sequence[ModelData], scheme: str,
+                  scorer: RuleScorer) -> tuple[float, int]:
+    """Held-out mean regret and wins of choosing among ``rules`` on ``training`` (no bootstrap)."""
+    if len(rules) == 1:
+        scores = [scorer(rules[0], model) for model in training]
+    else:
+        try:
+            splits = folds(training, scheme)
+        except LayerscopeError:  # a single family: leave one model out instead
+            splits = folds(training, "model")
+        scores = [scorer(choose_rule(rules, rest, scorer=scorer), model)
+                  for _, held_out, rest in splits for model in held_out]
+    return float(np.mean([score.regret for score in scores])), int(sum(score.win for score in scores))

@@ -54,7 +54,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -579,8 +579,13 @@ class _MetricBased(SelectionRule):
     """Shared machinery of the metric rules: text sources, per-source decisions, fallbacks.
 
     Subclasses implement :meth:`_metric_keys` and :meth:`_decide`, which sees each metric as an
-    array over the candidate layers (rows: ``model.layers``) and text sources (columns).
+    array over the candidate layers (rows: ``model.layers``) and text sources (columns), and
+    validate their own fields before calling this ``__post_init__``.
     """
+
+    def __post_init__(self) -> None:
+        _check_choice("texts", self._texts(), _TEXTS)
+        _check_choice("fallback", self._fallback(), _FALLBACKS)
 
     def _metric_keys(self) -> list[tuple[str, str | None]]:
         raise NotImplementedError
@@ -678,7 +683,39 @@ def _normalization_suffix(normalization: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class MetricRule(_MetricBased):
+class _OneMetric(_MetricBased):
+    """The metric rules that read one metric, in one normalization."""
+
+    if TYPE_CHECKING:  # fields of the subclasses (declared there: each keeps its own field order)
+        metric: str
+        normalization: str | None
+
+    def metrics_used(self) -> tuple[str, ...]:
+        return (self.metric,)
+
+    def _metric_keys(self) -> list[tuple[str, str | None]]:
+        return [(self.metric, self.normalization)]
+
+
+@dataclass(frozen=True)
+class _BestOfMetric(_OneMetric):
+    """The rules that take the layer where one metric is best, in a direction."""
+
+    if TYPE_CHECKING:
+        direction: str | None
+
+    def __post_init__(self) -> None:
+        _check_choice("direction", self.direction, (*_DIRECTIONS, None))
+        super().__post_init__()
+
+    @property
+    def resolved_direction(self) -> str:
+        """``direction``, or the metric's registered one."""
+        return self.direction or _default_direction(self.metric)
+
+
+@dataclass(frozen=True)
+class MetricRule(_BestOfMetric):
     """The layer where one metric is best: per task on its own texts, or once on all texts.
 
     Parameters
@@ -704,19 +741,9 @@ class MetricRule(_MetricBased):
     normalization: str | None = None
     fallback: str = "last"
 
-    def __post_init__(self) -> None:
-        _check_choice("direction", self.direction, (*_DIRECTIONS, None))
-        _check_choice("texts", self.texts, _TEXTS)
-        _check_choice("fallback", self.fallback, _FALLBACKS)
-
     @property
     def family(self) -> str:  # type: ignore[override]
         return "metric_per_task" if self.texts == "task" else "metric_all_texts"
-
-    @property
-    def resolved_direction(self) -> str:
-        """``direction``, or the metric's registered one."""
-        return self.direction or _default_direction(self.metric)
 
     @property
     def name(self) -> str:
@@ -725,18 +752,12 @@ class MetricRule(_MetricBased):
             f"{_source_suffix(self.texts, self.fallback)}"
         )
 
-    def metrics_used(self) -> tuple[str, ...]:
-        return (self.metric,)
-
-    def _metric_keys(self) -> list[tuple[str, str | None]]:
-        return [(self.metric, self.normalization)]
-
     def _decide(self, model: ModelData, columns: Sequence[str], arrays: list[np.ndarray]) -> np.ndarray:
         return _best_in(model, arrays[0], self.resolved_direction)
 
 
 @dataclass(frozen=True)
-class WindowMetricRule(_MetricBased):
+class WindowMetricRule(_BestOfMetric):
     """The layer where one metric is best among the layers in a depth window.
 
     Candidates are the scored layers with ``lo <= layer / L <= hi``. If the window holds no scored
@@ -770,14 +791,7 @@ class WindowMetricRule(_MetricBased):
 
     def __post_init__(self) -> None:
         _check_window(self.lo, self.hi)
-        _check_choice("direction", self.direction, (*_DIRECTIONS, None))
-        _check_choice("texts", self.texts, _TEXTS)
-        _check_choice("fallback", self.fallback, _FALLBACKS)
-
-    @property
-    def resolved_direction(self) -> str:
-        """``direction``, or the metric's registered one."""
-        return self.direction or _default_direction(self.metric)
+        super().__post_init__()
 
     @property
     def name(self) -> str:
@@ -785,12 +799,6 @@ class WindowMetricRule(_MetricBased):
             f"{self.resolved_direction} {self.metric}{_normalization_suffix(self.normalization)} in depth "
             f"{100 * self.lo:g}-{_percent(self.hi)}{_source_suffix(self.texts, self.fallback)}"
         )
-
-    def metrics_used(self) -> tuple[str, ...]:
-        return (self.metric,)
-
-    def _metric_keys(self) -> list[tuple[str, str | None]]:
-        return [(self.metric, self.normalization)]
 
     def _decide(self, model: ModelData, columns: Sequence[str], arrays: list[np.ndarray]) -> np.ndarray:
         mask = model.window_mask(self.lo, self.hi)
@@ -841,8 +849,7 @@ class RankAggregateRule(_MetricBased):
             for direction in self.directions:
                 _check_choice("direction", direction, _DIRECTIONS)
         _check_window(self.lo, self.hi)
-        _check_choice("texts", self.texts, _TEXTS)
-        _check_choice("fallback", self.fallback, _FALLBACKS)
+        super().__post_init__()
 
     @property
     def resolved_directions(self) -> tuple[str, ...]:
@@ -883,7 +890,7 @@ def _valley(profile: pd.Series) -> tuple[int, float, int, float]:
 
 
 @dataclass(frozen=True)
-class _ValleyBased(_MetricBased):
+class _ValleyBased(_OneMetric):
     metric: str = "prompt_entropy"
     fraction: float = 0.5
     texts: str = "all"
@@ -892,14 +899,7 @@ class _ValleyBased(_MetricBased):
 
     def __post_init__(self) -> None:
         _check_fraction("fraction", self.fraction)
-        _check_choice("texts", self.texts, _TEXTS)
-        _check_choice("fallback", self.fallback, _FALLBACKS)
-
-    def metrics_used(self) -> tuple[str, ...]:
-        return (self.metric,)
-
-    def _metric_keys(self) -> list[tuple[str, str | None]]:
-        return [(self.metric, self.normalization)]
+        super().__post_init__()
 
     def _target(self, profile: pd.Series, model: ModelData) -> float:
         raise NotImplementedError
@@ -962,12 +962,10 @@ class ValleyRecoveryRule(_ValleyBased):
 
     Parameters
     ----------
-    metric : str, default "prompt_entropy"
-        The metric whose valley anchors the rule.
     fraction : float, default 0.5
         Share of the rise from the valley to the last layer's value, in [0, 1].
-    texts, normalization, fallback
-        As in :class:`MetricRule` (default ``texts="all"``).
+    metric, texts, normalization, fallback
+        As in :class:`ValleyFractionRule`.
     """
 
     family: ClassVar[str] = "valley_recovery"

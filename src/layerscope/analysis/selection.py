@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -416,16 +417,8 @@ def selection_table(
     metrics_df: pd.DataFrame | None,
     scores_df: pd.DataFrame,
     *,
-    metrics: Iterable[str] | None = None,
-    normalization: str | Mapping[str, str] | None = None,
-    directions: Mapping[str, bool] | None = None,
-    both_directions: bool = False,
-    task_to_dataset: Mapping[str, str] | None = None,
-    fallback_dataset: str | None = None,
-    depths: Sequence[float] = DEPTH_BASELINES,
-    coverage: str = "layers",
-    last_layer: int | None = None,
     by_task_type: bool = True,
+    **options: Any,
 ) -> pd.DataFrame:
     """Table 2 of the paper: average task score (x 100) of every layer-selection rule.
 
@@ -435,10 +428,11 @@ def selection_table(
         Long per-layer metrics of one model.
     scores_df : pandas.DataFrame
         Per-layer task scores of the same model.
-    metrics, normalization, directions, both_directions, task_to_dataset, fallback_dataset, depths, coverage, last_layer
-        As in :func:`select_layers`.
     by_task_type : bool, default True
         Add one column per task type (mean over that type's tasks, x 100).
+    **options
+        The options of :func:`select_layers`, which chooses the layers: ``metrics, normalization,
+        directions, both_directions, task_to_dataset, fallback_dataset, depths, coverage, last_layer``.
 
     Returns
     -------
@@ -454,19 +448,7 @@ def selection_table(
     >>> table = selection_table(metrics, scores, task_to_dataset=mapping)    # doctest: +SKIP
     >>> print(format_table(table))                                           # doctest: +SKIP
     """
-    chosen = select_layers(
-        metrics_df,
-        scores_df,
-        metrics=metrics,
-        normalization=normalization,
-        directions=directions,
-        both_directions=both_directions,
-        task_to_dataset=task_to_dataset,
-        fallback_dataset=fallback_dataset,
-        depths=depths,
-        coverage=coverage,
-        last_layer=last_layer,
-    )
+    chosen = select_layers(metrics_df, scores_df, **options)
     grid_facts = chosen.attrs.pop("score_grid", {})  # pandas deep-copies attrs into every group below
     rows: list[dict[str, object]] = []
     task_types = sorted(chosen["task_type"].unique()) if by_task_type else []

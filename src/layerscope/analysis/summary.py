@@ -4,6 +4,10 @@
 the best layer with labels, the layer chosen without labels, the Table-2-style selection table and
 the metric-score correlations. ``analyze`` and the report both call it, so they cannot disagree.
 
+Scores whose rows carry bootstrap resamples (``analyze --bootstrap N``, ``select``) also give each
+layer's task-averaged score an interval and say whether the best layer beats the last beyond the noise
+(:mod:`layerscope.evaluate.uncertainty`).
+
 Metrics computed on several text sets (``analyze``: each task's own texts, plus all texts together
 under :data:`ALL_TEXTS`) are summarised per layer and used for the headline label-free choice on the
 all-texts set; the selection table and the per-task correlations use each task's own set.
@@ -22,6 +26,7 @@ from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
 from layerscope.analysis.selection import metric_directions, select_layer, selection_table
 from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
 from layerscope.errors import LayerscopeError
+from layerscope.evaluate.uncertainty import BestVersusLast, best_versus_last, has_bootstrap, layer_intervals
 from layerscope.metrics.registry import metric_label
 
 __all__ = ["ALL_TEXTS", "Summary", "reference_metrics", "summarize"]
@@ -52,6 +57,11 @@ class Summary:
         :func:`~layerscope.analysis.selection_table` (needs scores).
     correlations : pandas.DataFrame or None
         :func:`~layerscope.analysis.correlate` (needs metrics and scores).
+    intervals : pandas.DataFrame or None
+        With bootstrapped scores: per layer the task-averaged score with its interval and its paired
+        difference from the last layer (:func:`~layerscope.evaluate.uncertainty.layer_intervals`).
+    verdict : BestVersusLast or None
+        With bootstrapped scores: whether the best layer beats the last beyond the noise.
     notes : list of str
         Things the reader should know (incomplete coverage, analyses that could not run).
     """
@@ -64,6 +74,8 @@ class Summary:
     chosen_higher_is_better: bool | None = None
     selection: pd.DataFrame | None = None
     correlations: pd.DataFrame | None = None
+    intervals: pd.DataFrame | None = None
+    verdict: BestVersusLast | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -177,6 +189,13 @@ def summarize(
                 summary.chosen_metric, summary.chosen_higher_is_better = metric, higher
             except (LayerscopeError, KeyError, ValueError) as error:
                 summary.notes.append(f"No label-free choice: {error}")
+
+    if scores is not None and has_bootstrap(scores):
+        try:
+            summary.intervals = layer_intervals(scores)
+            summary.verdict = best_versus_last(summary.intervals)
+        except LayerscopeError as error:
+            summary.notes.append(f"No score intervals: {error}")
 
     if scores is not None:
         mapping = dict(task_to_dataset) if isinstance(task_to_dataset, Mapping) else None

@@ -14,7 +14,7 @@ import importlib.util
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,20 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CorpusInfo:
+class _Described:
+    """What describes a bundled corpus, both in its registry entry and in its :class:`CorpusInfo`."""
+
+    name: str
+    description: str
+    size: int
+    labels: str
+    source: str
+    license: str
+    package: str
+
+
+@dataclass(frozen=True)
+class CorpusInfo(_Described):
     """Description of a bundled corpus, as listed by ``layerscope datasets``.
 
     Attributes
@@ -55,13 +68,6 @@ class CorpusInfo:
         BibTeX of the original data set, or "".
     """
 
-    name: str
-    description: str
-    size: int
-    labels: str
-    source: str
-    license: str
-    package: str
     installed: bool
     version: str = ""
     reference: str = ""
@@ -69,14 +75,7 @@ class CorpusInfo:
 
 
 @dataclass(frozen=True)
-class _Corpus:
-    name: str
-    description: str
-    size: int
-    labels: str
-    source: str
-    license: str
-    package: str
+class _Corpus(_Described):
     module: str  # importable name used only to locate the package folder
     files: tuple[str, ...]  # paths relative to the module folder that must exist
     parse: Callable[[Path], pd.DataFrame]
@@ -365,19 +364,8 @@ def _folder(corpus: _Corpus) -> Path | None:
 
 
 def _info(corpus: _Corpus) -> CorpusInfo:
-    return CorpusInfo(
-        name=corpus.name,
-        description=corpus.description,
-        size=corpus.size,
-        labels=corpus.labels,
-        source=corpus.source,
-        license=corpus.license,
-        package=corpus.package,
-        installed=_folder(corpus) is not None,
-        version=corpus.version,
-        reference=corpus.reference,
-        citation=corpus.citation,
-    )
+    described = {item.name: getattr(corpus, item.name) for item in fields(CorpusInfo) if item.name != "installed"}
+    return CorpusInfo(**described, installed=_folder(corpus) is not None)
 
 
 def available() -> list[CorpusInfo]:

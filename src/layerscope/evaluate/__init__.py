@@ -9,7 +9,10 @@ models). Submodules, one job each:
 - :mod:`~layerscope.evaluate.task_files`: a user's labelled files as MTEB tasks;
 - :mod:`~layerscope.evaluate.sampling`: seeded samples and dataset layouts shared by those;
 - :mod:`~layerscope.evaluate.encoder`: MTEB encoders over cached embeddings;
-- :mod:`~layerscope.evaluate.runner`: :func:`evaluate_layers`, :func:`run_mteb`.
+- :mod:`~layerscope.evaluate.runner`: :func:`evaluate_layers`, :func:`run_mteb`;
+- :mod:`~layerscope.evaluate.uncertainty`: bootstrap intervals of per-layer scores (MTEB on resamples);
+- :mod:`~layerscope.evaluate.few_labels`: a layer chosen by cross-validation on K labels per class;
+- :mod:`~layerscope.evaluate.select`: :func:`select_layer_with_labels` (``layerscope select``).
 
 (:mod:`~layerscope.evaluate.tasks` re-exports the former single module's names; deprecated.)
 """
@@ -33,8 +36,9 @@ _HUB_TASKS = ("hub_task", "paper32")
 _REGISTRY = ("register_task", "resolve")
 _TASK_FILES = ("read_task_file", "task_file")
 _PROBE = ("linear_probe",)
+_SELECT = ("LayerChoice", "select_layer_with_labels")
 
-__all__ = sorted(_RUNNER + _OFFLINE + _HUB_TASKS + _REGISTRY + _TASK_FILES + _PROBE)
+__all__ = sorted(_RUNNER + _OFFLINE + _HUB_TASKS + _REGISTRY + _TASK_FILES + _PROBE + _SELECT)
 
 
 def __getattr__(name: str) -> Any:
@@ -42,7 +46,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     for module, names in (("runner", _RUNNER), ("offline", _OFFLINE), ("hub_tasks", _HUB_TASKS), ("registry", _REGISTRY),
-                          ("task_files", _TASK_FILES), ("probe", _PROBE)):
+                          ("task_files", _TASK_FILES), ("probe", _PROBE), ("select", _SELECT)):
         if name in names:
             return getattr(importlib.import_module(f"layerscope.evaluate.{module}"), name)
     raise AttributeError(f"module 'layerscope.evaluate' has no attribute '{name}'")

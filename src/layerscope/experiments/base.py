@@ -3,10 +3,13 @@
 An experiment module keeps what is its own (its conditions, its measurement, its tables and its
 plots); the steps they all take are here:
 
-1. :meth:`Setup.from_options` turns the options every experiment takes (model, texts, extraction,
-   output) into typed configurations of :mod:`layerscope.config`, validated once: a bad value is a
-   one-line :class:`~layerscope.errors.LayerscopeError` before anything loads. The configuration
-   (an :class:`ExperimentConfig`) is recorded with every run the experiment writes.
+1. An experiment function declares its own options in its signature and takes the options every
+   experiment shares (:class:`CommonOptions`: text source, extraction, loading, output) as
+   ``**common``, through :func:`common_options`. :meth:`Setup.from_options` turns them into typed
+   configurations of :mod:`layerscope.config`, validated once: a bad value (or an option the
+   experiment does not have) is a one-line :class:`~layerscope.errors.LayerscopeError` before
+   anything loads. The configuration (an :class:`ExperimentConfig`) is recorded with every run the
+   experiment writes.
 2. :meth:`Setup.load` and :meth:`Setup.load_texts` give the model(s) and the texts.
 3. The experiment measures and builds its tables and summary.
 4. :meth:`Setup.write` stores each run as it is ready (the store's own tables: ``experiment_values``
@@ -22,33 +25,32 @@ checkpoints) on the same texts, one model in memory at a time.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import pandas as pd
 
 from layerscope.config import DEFAULT_MAX_LENGTH, Config, ExtractConfig, ModelConfig, TextConfig, option
-from layerscope.errors import LayerscopeError
+from layerscope.errors import LayerscopeError, unknown
 from layerscope.models.loading import LoadedModel
 
-__all__ = ["COMMON_OPTIONS", "DEFAULT_DATASET", "DEFAULT_METRICS", "ExperimentConfig", "ExperimentResult",
-           "ModelEntry", "Plot", "Setup", "StoreRun", "Texts", "experiment_rows", "float_list", "int_list",
-           "log2_ticks", "measure_models", "metric_names", "model_label", "progress_bar", "split_list"]
+__all__ = ["COMMON_DEFAULTS", "COMMON_OPTIONS", "DEFAULT_DATASET", "DEFAULT_METRICS", "CommonOptions",
+           "ExperimentConfig", "ExperimentResult", "ModelEntry", "Plot", "Setup", "StoreRun", "Texts",
+           "common_options", "experiment_rows", "float_list", "int_list", "log2_ticks", "measure_models",
+           "metric_names", "model_label", "progress_bar", "split_list"]
 
 logger = logging.getLogger(__name__)
 
 #: Bundled corpus used when an experiment is given neither texts nor a dataset: news articles, long
 #: enough that prompts reach ``max_length`` (prefix sweeps need long prompts).
 DEFAULT_DATASET = "bbc"
-#: Keyword options every experiment built on :class:`Setup` shares (the CLI offers them once).
-COMMON_OPTIONS = ("model", "texts", "dataset", "limit", "seed", "max_length", "batch_size", "out", "progress",
-                  "revision", "device", "dtype", "final_norm")
-
 
 # ------------------------------------------------------------------------------------------ result
 
@@ -132,6 +134,122 @@ def model_label(model: LoadedModel) -> str:
     name = str(model.model_id).rstrip("/").split("/")[-1]
     # a hub revision (Pythia's step64000) tells checkpoints apart; bundled and local models need none
     return f"{name}@{model.revision}" if model.revision and model.source == "huggingface hub" else name
+
+
+# ------------------------------------------------------------------------------------------ common options
+
+
+class CommonOptions(TypedDict, total=False):
+    """The options the experiments share, beside ``model`` and ``texts`` (their first, positional, arguments).
+
+    An experiment function takes them as ``**common`` (see :func:`common_options`): each takes those
+    it uses, with the defaults of :data:`COMMON_DEFAULTS` unless it declares its own, and its
+    signature (``help``, ``inspect.signature``, :meth:`~layerscope.experiments.Experiment.options`)
+    lists them with its defaults. :meth:`Setup.from_options` validates them (one-line errors). The
+    CLI offers them once for every experiment (``layerscope experiment --help``).
+
+    Attributes
+    ----------
+    dataset : str, optional
+        Text source read when no texts are given in code: a bundled corpus, a file or a hub data set
+        (default :data:`DEFAULT_DATASET`; see :class:`~layerscope.config.TextConfig`).
+    limit : int or None
+        A seeded random subset of this many texts of ``dataset``, or the first ``limit`` texts given
+        in code; None: all of them.
+    seed : int
+        Seed of the subset, perturbations, views and probes.
+    max_length : int
+        Truncate prompts to this many tokens.
+    batch_size : int or "auto"
+        Prompts per forward pass.
+    out : str or Path, optional
+        Output directory, created: ``results.duckdb`` and the PNG files (None: nothing is written).
+    progress : bool
+        Progress bars.
+    revision : str, optional
+        Hub revision of the model.
+    device, dtype : str, optional
+        Where and in which precision named models load (see :class:`~layerscope.config.ModelConfig`).
+    final_norm : {"none", "all"}
+        Whether the model's final norm is applied to every layer (see
+        :class:`~layerscope.config.ExtractConfig`).
+    """
+
+    dataset: str | None
+    limit: int | None
+    seed: int
+    max_length: int
+    batch_size: int | str
+    out: str | Path | None
+    progress: bool
+    revision: str | None
+    device: str | None
+    dtype: str | None
+    final_norm: str
+
+
+#: Defaults of the common options (an experiment may declare its own, see :func:`common_options`).
+COMMON_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "dataset": None, "limit": 64, "seed": 0, "max_length": 128, "batch_size": "auto", "out": None, "progress": True,
+    "revision": None, "device": None, "dtype": None, "final_norm": "none",
+})
+#: Keyword options every experiment built on :class:`Setup` shares (the CLI offers them once).
+COMMON_OPTIONS = ("model", "texts", *COMMON_DEFAULTS)
+
+
+def common_options(
+    *, without: Iterable[str] = (), **defaults: Any
+) -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
+    """Declare that an experiment function takes the common options (:class:`CommonOptions`) as ``**common``.
+
+    The function receives every common option it takes in ``common``, defaults filled in, and passes
+    them on to :meth:`Setup.from_options`. An option that is neither its own nor a common one it
+    takes is a one-line :class:`~layerscope.errors.LayerscopeError`. Its signature lists the common
+    options after its own ones, with their defaults.
+
+    Parameters
+    ----------
+    without : iterable of str
+        Common options the experiment does not take (e.g. ``revision`` where it has revisions of its
+        own).
+    **defaults
+        The experiment's own defaults of common options (e.g. ``limit=128``).
+
+    Examples
+    --------
+    >>> @common_options(limit=128)                                                      # doctest: +SKIP
+    ... def my_experiment(model, texts=None, *, bins=20, **common: Unpack[CommonOptions]) -> ExperimentResult:
+    ...     setup = Setup.from_options("my_experiment", model=model, texts=texts, options={"bins": bins}, **common)
+    """
+    without = tuple(without)
+    for name in (*without, *defaults):
+        if name not in COMMON_DEFAULTS:
+            raise unknown("common option", name, COMMON_DEFAULTS)
+    taken = {name: defaults.get(name, default) for name, default in COMMON_DEFAULTS.items() if name not in without}
+    types = {name: getattr(kind, "__forward_arg__", kind) for name, kind in CommonOptions.__annotations__.items()}
+
+    def decorate(function: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
+        signature = inspect.signature(function)
+        own = [parameter for parameter in signature.parameters.values() if parameter.kind != parameter.VAR_KEYWORD]
+        names = {parameter.name for parameter in own}
+        if names & set(taken):
+            raise ValueError(f"{function.__name__}: own option(s) {sorted(names & set(taken))} are common options")
+        accepted = ", ".join(sorted(names | set(taken)))
+
+        @functools.wraps(function)
+        def experiment(*args: Any, **options: Any) -> ExperimentResult:
+            extra = sorted(set(options) - names - set(taken))
+            if extra:
+                raise LayerscopeError(f"{function.__name__} has no option(s) {', '.join(extra)}; options: {accepted}")
+            return function(*args, **{**taken, **options})
+
+        common = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=types[name])
+                  for name, default in taken.items()]
+        experiment.__signature__ = signature.replace(parameters=[*own, *common])  # type: ignore[attr-defined]
+        experiment.common_options = MappingProxyType(taken)  # type: ignore[attr-defined]
+        return experiment
+
+    return decorate
 
 
 # ------------------------------------------------------------------------------------------ configuration

@@ -29,15 +29,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, experiment_rows
+from layerscope.experiments.base import (
+    ExperimentResult,
+    Plot,
+    Setup,
+    StoreRun,
+    common_options,
+    experiment_rows,
+)
 from layerscope.experiments.curves import rounded
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
 
 __all__ = ["BIMODAL_THRESHOLD", "bimodality", "bimodality_coefficient", "sample_moments", "two_group_split"]
 
@@ -130,26 +142,17 @@ def two_group_split(values: np.ndarray) -> dict[str, float]:
             "ashman_d": float(np.sqrt(2.0) * gap / spread) if spread > 0 else float("inf")}
 
 
+@common_options(limit=128)
 def bimodality(
     model: str | LoadedModel = "smollm2-135m",
     texts: Sequence[str] | None = None,
     *,
-    dataset: str | None = None,
-    limit: int | None = 128,
-    seed: int = 0,
-    max_length: int = 128,
     metric: str = "prompt_entropy",
     normalization: str = "maxEntropy",
     threshold: float = BIMODAL_THRESHOLD,
     min_share: float = 0.1,
     bins: int = 20,
-    batch_size: int | str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
-    revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    final_norm: str = "none",
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Per-prompt metric histograms per layer and the layers whose distribution looks bimodal.
 
@@ -157,8 +160,8 @@ def bimodality(
     ----------
     model : str or LoadedModel
         Alias, hub id or path, or a loaded model.
-    texts, dataset, limit, seed, max_length
-        The prompts (default: 128 BBC news articles truncated to 128 tokens).
+    texts : sequence of str, optional
+        The prompts (default: 128 texts of ``dataset``, BBC news articles, truncated to 128 tokens).
     metric : {"prompt_entropy", "curvature"}
         Token-level metric whose per-prompt values are examined.
     normalization : str, default "maxEntropy"
@@ -170,8 +173,9 @@ def bimodality(
         module docstring); a lone outlier prompt is not a second mode.
     bins : int, default 20
         Histogram bins per layer (table ``histograms``).
-    batch_size, out, progress, revision, device, dtype, final_norm
-        As in the other experiments.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`); here
+        ``limit`` defaults to 128.
 
     Returns
     -------
@@ -189,13 +193,13 @@ def bimodality(
     if metric == "curvature":
         normalization = "raw"
     setup = Setup.from_options(
-        EXPERIMENT, model=model, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
-        batch_size=batch_size, revision=revision, device=device, dtype=dtype, final_norm=final_norm, out=out,
-        progress=progress, options={"metric": metric, "normalization": normalization, "threshold": threshold,
-                                    "min_share": min_share, "bins": bins})
+        EXPERIMENT, model=model, texts=texts, options={"metric": metric, "normalization": normalization,
+                                                       "threshold": threshold, "min_share": min_share, "bins": bins},
+        **common)
     loaded = setup.load(model)
     prompts, source, _ = setup.load_texts()
-    measured = measure(loaded, prompts, metrics=[metric], extraction=setup.extraction, seed=seed, progress=progress)
+    measured = measure(loaded, prompts, metrics=[metric], extraction=setup.extraction, seed=setup.config.seed,
+                       progress=setup.progress)
     values_long = measured.prompt_values
     values_long = values_long[values_long["normalization"] == normalization]
     if values_long.empty:
@@ -204,7 +208,8 @@ def bimodality(
     matrix = np.full((num_layers + 1, len(prompts)), np.nan)  # (layers, prompts); skipped prompts stay NaN
     matrix[values_long["layer"].to_numpy(int), values_long["prompt_index"].to_numpy(int)] = values_long["value"]
     token_counts = np.array([len(ids) for ids in loaded.tokenizer(
-        [text if text.strip() else " " for text in prompts], truncation=True, max_length=max_length)["input_ids"]])
+        [text if text.strip() else " " for text in prompts], truncation=True,
+        max_length=setup.extraction.max_length)["input_ids"]])
 
     coefficients = _coefficients(matrix, token_counts, threshold, min_share)
     per_prompt = pd.DataFrame({

@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,12 +33,18 @@ from layerscope.experiments.base import (
     ModelEntry,
     Plot,
     Setup,
+    common_options,
     measure_models,
     metric_names,
     split_list,
 )
 from layerscope.experiments.curves import main_normalization, main_rows, rounded, valley, values_at_depths
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
 
 __all__ = ["checkpoint_progression", "resolve_checkpoints"]
 
@@ -100,23 +106,15 @@ def resolve_checkpoints(model: str, revisions: Sequence[str] | str | None = None
     return entries
 
 
+@common_options(without=("revision",))
 def checkpoint_progression(
     model: str | Sequence[LoadedModel],
     revisions: Sequence[str] | str | None = None,
     texts: Sequence[str] | None = None,
     *,
-    dataset: str | None = None,
-    limit: int | None = 64,
-    seed: int = 0,
-    max_length: int = 128,
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     settle_tolerance: float = 0.1,
-    batch_size: int | str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
-    device: str | None = None,
-    dtype: str | None = None,
-    final_norm: str = "none",
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Per-layer metrics of one model at several training checkpoints.
 
@@ -127,15 +125,16 @@ def checkpoint_progression(
         training order (their ``revision`` is the label).
     revisions : sequence of str or comma string, optional
         Checkpoints (see :func:`resolve_checkpoints`).
-    texts, dataset, limit, seed, max_length
-        The prompts (default: 64 BBC news articles truncated to 128 tokens).
+    texts : sequence of str, optional
+        The prompts (default: 64 texts of ``dataset``, BBC news articles, truncated to 128 tokens).
     metrics : str or sequence of str
         Registered metrics (default: prompt entropy, dataset entropy, curvature, effective rank).
     settle_tolerance : float, default 0.1
         A layer has settled once its prompt entropy stays within this fraction of the final curve's
         range (max - min over layers) of its final value.
-    batch_size, out, progress, device, dtype, final_norm
-        As in the other experiments.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`) but
+        ``revision`` (see ``revisions``).
 
     Returns
     -------
@@ -154,9 +153,8 @@ def checkpoint_progression(
     if len(entries) < 2:
         logger.warning("only one checkpoint: there is no progression to show")
     setup = Setup.from_options(
-        EXPERIMENT, model=name, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
-        batch_size=batch_size, device=device, dtype=dtype, final_norm=final_norm, out=out, progress=progress,
-        options={"metrics": metric_names(metrics), "settle_tolerance": settle_tolerance})
+        EXPERIMENT, model=name, texts=texts, options={"metrics": metric_names(metrics),
+                                                      "settle_tolerance": settle_tolerance}, **common)
     setup.load_texts()
     frame, described = measure_models(setup, entries, metrics, condition="checkpoint")
     frame["step"] = [step_of(label) for label in frame["checkpoint"]]

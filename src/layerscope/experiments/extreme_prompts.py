@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from layerscope.experiments.base import (
     Plot,
     Setup,
     StoreRun,
+    common_options,
     experiment_rows,
     float_list,
     int_list,
@@ -47,6 +48,11 @@ from layerscope.experiments.base import (
 from layerscope.experiments.curves import layer_frame, main_normalization, values_at_depths
 from layerscope.experiments.hooks import token_hook
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
 
 __all__ = ["DEFAULT_PROBABILITIES", "PERTURBATIONS", "extreme_prompts", "perturb_token_ids", "tokenize_prompts"]
 
@@ -146,26 +152,17 @@ def _band_means(frame: pd.DataFrame) -> dict[str, float | None]:
     return out
 
 
+@common_options()
 def extreme_prompts(
     model: str | LoadedModel = "smollm2-135m",
     texts: Sequence[str] | None = None,
     *,
-    dataset: str | None = None,
-    limit: int | None = 64,
-    seed: int = 0,
-    max_length: int = 128,
     probabilities: Sequence[float] | str = DEFAULT_PROBABILITIES,
     perturbations: Sequence[str] | str = PERTURBATIONS,
     prefix_lengths: Sequence[int] | str | None = "auto",
     length_buckets: int = 4,
     skip_tokens: int = 0,
-    batch_size: int | str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
-    revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    final_norm: str = "none",
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Prompt entropy per layer under token repetition and randomness, and against prompt length.
 
@@ -174,15 +171,7 @@ def extreme_prompts(
     model : str or LoadedModel
         Alias, hub id or path, or a loaded model.
     texts : sequence of str, optional
-        Prompts; default a seeded subset of ``dataset``.
-    dataset : str, optional
-        Text source when ``texts`` is not given (default: the bundled BBC news corpus).
-    limit : int, optional, default 64
-        Number of prompts.
-    seed : int
-        Seed of the subset and of the perturbations.
-    max_length : int, default 128
-        Truncation length in tokens.
+        Prompts; default a seeded subset of ``dataset`` (64 BBC news articles, truncated to 128 tokens).
     probabilities : sequence of float or comma string, default (0, 0.1, 0.25, 0.5, 0.75, 1)
         Replacement probabilities ``p``.
     perturbations : sequence of str or comma string, default ("repetition", "randomness")
@@ -197,14 +186,9 @@ def extreme_prompts(
         model and may be perturbed): 1 removes the first token's massive activation (see
         :class:`~layerscope.experiments.hooks.SkipFirstTokens`). Prefix lengths then count from
         token ``k``.
-    batch_size : int or "auto"
-        As in :func:`layerscope.extract`.
-    out : str or Path, optional
-        Output directory: ``results.duckdb`` and ``extreme_prompts_*.png``.
-    progress : bool
-        Progress bars.
-    revision, device, dtype, final_norm
-        Passed to :func:`layerscope.load_model` when ``model`` is a name.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`);
+        ``seed`` seeds the perturbations too.
 
     Returns
     -------
@@ -230,13 +214,13 @@ def extreme_prompts(
     automatic = isinstance(prefix_lengths, str) and prefix_lengths == "auto"
     requested = [] if automatic else sorted({t for t in int_list(prefix_lengths or [], "prefix_lengths") if t >= 2})
     setup = Setup.from_options(
-        EXPERIMENT, model=model, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
-        batch_size=batch_size, revision=revision, device=device, dtype=dtype, final_norm=final_norm, out=out,
-        progress=progress, options={"probabilities": chances, "perturbations": kinds, "skip_tokens": skip_tokens,
-                                    "prefix_lengths": "auto" if automatic else requested,
-                                    "length_buckets": length_buckets})
+        EXPERIMENT, model=model, texts=texts, options={"probabilities": chances, "perturbations": kinds,
+                                                       "skip_tokens": skip_tokens,
+                                                       "prefix_lengths": "auto" if automatic else requested,
+                                                       "length_buckets": length_buckets},
+        **common)
     loaded = setup.load(model)
-    token_ids, perturbable = tokenize_prompts(loaded, setup.load_texts().texts, max_length)
+    token_ids, perturbable = tokenize_prompts(loaded, setup.load_texts().texts, setup.extraction.max_length)
     keep = [i for i, ids in enumerate(token_ids) if len(ids) > 0]
     if len(keep) < len(token_ids):
         logger.warning("skipped %d prompt(s) with no tokens", len(token_ids) - len(keep))

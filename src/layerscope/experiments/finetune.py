@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from layerscope.experiments.base import (
     Plot,
     Setup,
     StoreRun,
+    common_options,
     experiment_rows,
     int_list,
     log2_ticks,
@@ -41,6 +42,11 @@ from layerscope.experiments.curves import layer_frame, prompt_frame, rounded, sp
 from layerscope.experiments.hooks import token_hook
 from layerscope.models.loading import LoadedModel
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
+
 __all__ = ["compare_finetune"]
 
 logger = logging.getLogger(__name__)
@@ -51,27 +57,19 @@ DEFAULT_PREFIX_LENGTHS = (4, 8, 16, 32, 64, 128)  # t = 2 is always 0: two cente
 PREFIX_DEPTHS = (25.0, 50.0, 75.0, 100.0)
 
 
+@common_options(without=("revision",))
 def compare_finetune(
     base: str | LoadedModel,
     finetuned: str | LoadedModel,
     texts: Sequence[str] | None = None,
     *,
     labels: Sequence[str] | str | None = None,
-    dataset: str | None = None,
-    limit: int | None = 64,
-    seed: int = 0,
-    max_length: int = 128,
     prefix_lengths: Sequence[int] | str = DEFAULT_PREFIX_LENGTHS,
     normalization: str = "maxEntropy",
     skip_tokens: int = 0,
-    batch_size: int | str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
     base_revision: str | None = None,
     finetuned_revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    final_norm: str = "none",
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Prompt entropy per layer and prefix entropy per token position of a base and a finetuned model.
 
@@ -80,8 +78,8 @@ def compare_finetune(
     base, finetuned : str or LoadedModel
         The two models (aliases, hub ids, paths, or loaded models). A name is loaded only when its
         turn comes, so two large models are never in memory at once.
-    texts, dataset, limit, seed, max_length
-        The prompts (default: 64 BBC news articles truncated to 128 tokens).
+    texts : sequence of str, optional
+        The prompts (default: 64 texts of ``dataset``, BBC news articles, truncated to 128 tokens).
     labels : two str, optional
         Legend names (default: ``"base: <name>"`` and ``"finetuned: <name>"``).
     prefix_lengths : sequence of int or comma string
@@ -91,8 +89,11 @@ def compare_finetune(
     skip_tokens : int, default 0
         Leave the first ``k`` tokens of every prompt out of the entropies (see
         :class:`~layerscope.experiments.hooks.SkipFirstTokens`).
-    batch_size, out, progress, device, dtype, final_norm
-        As in the other experiments; ``base_revision`` / ``finetuned_revision`` pick hub revisions.
+    base_revision, finetuned_revision : str, optional
+        Hub revisions of the two models.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`) but
+        ``revision`` (see ``base_revision`` and ``finetuned_revision``).
 
     Returns
     -------
@@ -112,16 +113,15 @@ def compare_finetune(
     if skip_tokens < 0:
         raise LayerscopeError(f"skip_tokens must be >= 0, got {skip_tokens}")
     setup = Setup.from_options(
-        EXPERIMENT, model=[base, finetuned], texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
-        batch_size=batch_size, device=device, dtype=dtype, final_norm=final_norm, out=out, progress=progress,
-        options={"labels": names, "prefix_lengths": prefixes, "normalization": normalization,
-                 "skip_tokens": skip_tokens})
+        EXPERIMENT, model=[base, finetuned], texts=texts, options={"labels": names, "prefix_lengths": prefixes,
+                                                                   "normalization": normalization,
+                                                                   "skip_tokens": skip_tokens}, **common)
     prompts = setup.load_texts().texts
     normalizations = tuple(dict.fromkeys((normalization, "raw")))
 
     entropy_frames, prompt_frames, prefix_frames, depth_counts, described = [], [], [], [], {}
     roles = (("base", base, base_revision), ("finetuned", finetuned, finetuned_revision))
-    for position, (role, spec, revision) in enumerate(progress_bar(roles, progress, EXPERIMENT, total=2)):
+    for position, (role, spec, revision) in enumerate(progress_bar(roles, setup.progress, EXPERIMENT, total=2)):
         loaded = setup.load(spec, revision)
         label = names[position] if names else f"{role}: {model_label(loaded)}"
         values = _token_values(setup, loaded, prompts, normalizations, prefixes)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -23,6 +22,7 @@ from layerscope.experiments.base import (
     ModelEntry,
     Plot,
     Setup,
+    common_options,
     measure_models,
     metric_names,
     model_label,
@@ -31,6 +31,11 @@ from layerscope.experiments.base import (
 from layerscope.experiments.curves import main_normalization, main_rows, valley, values_at_depths
 from layerscope.models.loading import LoadedModel
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
+
 __all__ = ["model_sizes"]
 
 logger = logging.getLogger(__name__)
@@ -38,22 +43,14 @@ logger = logging.getLogger(__name__)
 EXPERIMENT = "sizes"
 
 
+@common_options(without=("revision",))
 def model_sizes(
     models: Sequence[str | LoadedModel] | str,
     texts: Sequence[str] | None = None,
     *,
     labels: Sequence[str] | str | None = None,
-    dataset: str | None = None,
-    limit: int | None = 64,
-    seed: int = 0,
-    max_length: int = 128,
     metrics: str | Sequence[str] = DEFAULT_METRICS,
-    batch_size: int | str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
-    device: str | None = None,
-    dtype: str | None = None,
-    final_norm: str = "none",
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Per-layer metrics of several models on the same texts, compared on depth %.
 
@@ -61,14 +58,15 @@ def model_sizes(
     ----------
     models : sequence of str or LoadedModel, or comma string
         The models (aliases, hub ids, folders, or loaded models).
-    texts, dataset, limit, seed, max_length
-        The prompts (default: 64 BBC news articles truncated to 128 tokens).
+    texts : sequence of str, optional
+        The prompts (default: 64 texts of ``dataset``, BBC news articles, truncated to 128 tokens).
     labels : sequence of str or comma string, optional
         Legend names (default: the model names).
     metrics : str or sequence of str
         Registered metrics (default: prompt entropy, dataset entropy, curvature, effective rank).
-    batch_size, out, progress, device, dtype, final_norm
-        As in the other experiments.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`) but
+        ``revision`` (each model loads at its default revision).
 
     Returns
     -------
@@ -91,9 +89,7 @@ def model_sizes(
     if len({entry.label for entry in entries}) != len(entries):
         raise LayerscopeError(f"model labels must be distinct, got {[entry.label for entry in entries]}")
     setup = Setup.from_options(
-        EXPERIMENT, model=items, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
-        batch_size=batch_size, device=device, dtype=dtype, final_norm=final_norm, out=out, progress=progress,
-        options={"labels": names, "metrics": metric_names(metrics)})
+        EXPERIMENT, model=items, texts=texts, options={"labels": names, "metrics": metric_names(metrics)}, **common)
     setup.load_texts()
     frame, described = measure_models(setup, entries, metrics, condition="model")
     info = {item["label"]: item for item in described}

@@ -26,18 +26,29 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, experiment_rows
+from layerscope.experiments.base import (
+    ExperimentResult,
+    Plot,
+    Setup,
+    StoreRun,
+    common_options,
+    experiment_rows,
+)
 from layerscope.experiments.curves import main_normalization, values_at_depths
 from layerscope.models.adapters import HOOK_POINTS, BlockPointCapture
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
 
 __all__ = ["REFERENCE_POINT", "SUBLAYER_POINTS", "sublayers"]
 
@@ -109,21 +120,13 @@ class _SublayerMetrics:
                 self.rank[name][:, rows[b]] = F.effective_rank(tokens).cpu().numpy()
 
 
+@common_options(batch_size=16, without=("final_norm",))
 def sublayers(
     model: str | LoadedModel = "smollm2-135m",
     texts: Sequence[str] | None = None,
     *,
-    dataset: str | None = None,
-    limit: int | None = 64,
-    seed: int = 0,
-    max_length: int = 128,
     skip_tokens: int = 0,
-    batch_size: int | str = 16,
-    out: str | Path | None = None,
-    progress: bool = True,
-    revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Entropy and effective rank after each transformer sub-layer, from one forward pass per batch.
 
@@ -132,20 +135,15 @@ def sublayers(
     model : str or LoadedModel
         A model of a family whose block points the adapters know (Llama, Qwen, Mistral, Gemma,
         GPT-NeoX, GPT-2, BERT-style; see :mod:`layerscope.models.families`).
-    texts, dataset, limit, seed, max_length
-        The prompts (as in :func:`layerscope.experiments.extreme_prompts.extreme_prompts`).
+    texts : sequence of str, optional
+        The prompts (default: 64 texts of ``dataset``, BBC news articles, truncated to 128 tokens).
     skip_tokens : int, default 0
         Leave the first ``k`` tokens of every prompt out of every metric (1: without the first token's
         massive activation, see :class:`~layerscope.experiments.hooks.SkipFirstTokens`).
-    batch_size : int or "auto", default 16
-        Texts per forward pass; the hooks keep 5 points per block, so batches are smaller than for a
-        plain extraction.
-    out : str or Path, optional
-        Output directory (``results.duckdb``, ``sublayers.png``).
-    progress : bool
-        Progress bar of the forward passes.
-    revision, device, dtype
-        Passed to :func:`layerscope.load_model`. The final norm is never applied here.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`) but
+        ``final_norm``: the final norm is never applied here. ``batch_size`` defaults to 16: the hooks
+        keep 5 points per block, so batches are smaller than for a plain extraction.
 
     Returns
     -------
@@ -160,10 +158,7 @@ def sublayers(
 
     if skip_tokens < 0:
         raise LayerscopeError(f"skip_tokens must be >= 0, got {skip_tokens}")
-    setup = Setup.from_options(
-        EXPERIMENT, model=model, texts=texts, dataset=dataset, limit=limit, seed=seed, max_length=max_length,
-        batch_size=batch_size, revision=revision, device=device, dtype=dtype, out=out, progress=progress,
-        options={"skip_tokens": skip_tokens})
+    setup = Setup.from_options(EXPERIMENT, model=model, texts=texts, options={"skip_tokens": skip_tokens}, **common)
     loaded = setup.load(model, final_norm="none")
     if loaded.final_norm != "none":
         logger.warning("sub-layer points are raw states: the model's final_norm='%s' is not applied to them",
@@ -172,8 +167,8 @@ def sublayers(
     prompts = setup.load_texts().texts
     hook_metrics = _SublayerMetrics(capture, len(prompts), loaded.hidden_size, int(skip_tokens))
     with capture:
-        extraction = extract(loaded, prompts, layers="last", batch_size=batch_size, max_length=max_length,
-                             token_hook=hook_metrics, progress=progress)
+        extraction = extract(loaded, prompts, layers="last", batch_size=setup.extraction.batch_size,
+                             max_length=setup.extraction.max_length, token_hook=hook_metrics, progress=setup.progress)
     table = _table(hook_metrics, extraction.kept, capture.num_layers)
     summary: dict[str, Any] = {"model": str(loaded.model_id), "style": capture.points.name,
                                "n_prompts": len(extraction.kept), "dataset": setup.texts.source,

@@ -17,16 +17,20 @@ images come from :func:`layerscope.data.images.load_images` (default: scikit-lea
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, metric_names
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, common_options, metric_names
 from layerscope.experiments.curves import main_rows
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from layerscope.experiments.base import CommonOptions
 
 __all__ = ["vision"]
 
@@ -36,26 +40,18 @@ EXPERIMENT = "vision"
 DEFAULT_METRICS = "prompt_entropy,dataset_entropy,effective_rank,infonce,dime,lidar"
 
 
+@common_options(dataset="digits", limit=512, without=("max_length",))
 def vision(
     model: str | LoadedModel,
     images: Any = None,
     labels: Any = None,
     *,
-    dataset: str = "digits",
-    limit: int | None = 512,
-    seed: int = 0,
     metrics: str = DEFAULT_METRICS,
     n_views: int = 16,
     view_images: int = 64,
     test_fraction: float = 0.3,
     pooling: str = "mean",
-    batch_size: int | str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
-    revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    final_norm: str = "none",
+    **common: Unpack[CommonOptions],
 ) -> ExperimentResult:
     """Per-layer metrics and linear-probe accuracy of a vision transformer.
 
@@ -66,10 +62,6 @@ def vision(
     images, labels : optional
         Images (see :func:`layerscope.extract.prepare_images`) and their integer labels; otherwise
         ``dataset`` is loaded.
-    dataset : str, default "digits"
-        Source for :func:`layerscope.data.images.load_images`.
-    limit : int, optional
-        Images used (a seeded subset).
     metrics : str
         Metrics computed on all images (the invariance metrics on ``view_images`` of them).
     n_views : int
@@ -80,6 +72,11 @@ def vision(
         Held-out share of the probe's stratified split.
     pooling : {"mean", "first"}
         Mean over patch and CLS tokens (default), or the CLS token.
+    **common
+        The options every experiment takes (:class:`~layerscope.experiments.base.CommonOptions`) but
+        ``max_length``. Here ``dataset`` is an image source for
+        :func:`layerscope.data.images.load_images` (default ``"digits"``) and ``limit`` counts images
+        (default 512, a seeded subset).
 
     Returns
     -------
@@ -95,10 +92,10 @@ def vision(
     if images is not None and labels is None:
         raise LayerscopeError("images given without labels: the probe needs one label per image")
     setup = Setup.from_options(
-        EXPERIMENT, model=model, texts=images, dataset=dataset, limit=limit, seed=seed, batch_size=batch_size,
-        pooling=pooling, revision=revision, device=device, dtype=dtype, final_norm=final_norm, out=out,
-        progress=progress, options={"metrics": metric_names(metrics), "n_views": n_views, "view_images": view_images,
-                                    "test_fraction": test_fraction})
+        EXPERIMENT, model=model, texts=images, pooling=pooling, options={
+            "metrics": metric_names(metrics), "n_views": n_views, "view_images": view_images,
+            "test_fraction": test_fraction}, **common)
+    dataset, seed = common["dataset"], setup.config.seed
     views = ViewConfig(n_views, view_images, view_images)  # validated before the model loads
     loaded = setup.load(model)
     if loaded.modality != "vision":
@@ -106,7 +103,7 @@ def vision(
     if images is None:
         from layerscope.data.images import load_images
 
-        data = load_images(dataset, limit=limit, seed=seed)
+        data = load_images(dataset, limit=setup.text_source.limit, seed=seed)
         images, labels, source = data.images, data.labels, data.source
     else:
         source = "images given in code"
@@ -114,7 +111,7 @@ def vision(
 
     # one pass over the images (token metrics in its hook), then the views of a seeded subset
     measured = measure(loaded, images, metrics=metrics, views=views, extraction=setup.extraction, seed=seed,
-                       progress=progress)
+                       progress=setup.progress)
     base = measured.extraction
     if len(labels) != len(base.kept):
         raise LayerscopeError(f"{len(base.kept)} images but {len(labels)} labels")

@@ -270,8 +270,48 @@ class _TokenAccumulator:
         if self.n_layers_ is None:
             raise LayerscopeError(f"{self.metric}: no batch was accumulated")
 
+    def _summaries(self, per_prompt: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], Any, Any]:
+        """Means of each normalization's per-prompt values, and the (shared) counts of used and skipped prompts."""
+        means, n_used, n_skipped = {}, None, None
+        for name, values in per_prompt.items():
+            means[name], n_used, n_skipped = _summarize(values, self.seen_)
+        return means, n_used, n_skipped
 
-class PromptEntropyAccumulator(_TokenAccumulator):
+    def _values(self, per_prompt: dict[str, Tensor]) -> TokenMetricValues:
+        """The :class:`TokenMetricValues` of per-prompt values (normalization -> (layers, n_texts))."""
+        means, n_used, n_skipped = self._summaries(per_prompt)
+        assert self.nonfinite_ is not None
+        return TokenMetricValues(
+            self.metric, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped,
+            (self.nonfinite_ & self.seen_).sum(dim=-1).numpy(),
+        )
+
+
+class _EntropyAccumulator(_TokenAccumulator):
+    """Shared options and memory estimate of the matrix-entropy accumulators."""
+
+    def __init__(self, n_texts: int, alpha: float, normalizations: Sequence[str], tol: float, clamp_gram: bool,
+                 max_chunk_bytes: int) -> None:
+        self.alpha = F._check_alpha(alpha)
+        self.normalizations = tuple(F._check_normalization(name) for name in normalizations)
+        self.tol = tol
+        self.clamp_gram = clamp_gram
+        super().__init__(n_texts, max_chunk_bytes)
+
+    def _arrays(self) -> dict[str, Tensor]:
+        return {"entropy": self.entropy_}
+
+    def _bytes_per_prompt(self, n_tokens: int, hidden_size: int) -> int:
+        side = min(n_tokens, hidden_size)
+        return 8 * (3 * n_tokens * hidden_size + 3 * side * side)
+
+    def _normalized(self, lengths: Tensor) -> dict[str, Tensor]:
+        """The accumulated raw entropies (non-finite states NaN) in every normalization, prompt lengths ``lengths``."""
+        raw = self._mask_nonfinite(self.entropy_)
+        return {name: F.normalize_entropy(raw, name, lengths, int(self.hidden_size_ or 0)) for name in self.normalizations}
+
+
+class PromptEntropyAccumulator(_EntropyAccumulator):
     """Prompt entropy per layer and prompt, accumulated batch by batch.
 
     Parameters
@@ -303,42 +343,19 @@ class PromptEntropyAccumulator(_TokenAccumulator):
         clamp_gram: bool = False,
         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
-        self.alpha = F._check_alpha(alpha)
-        self.normalizations = tuple(F._check_normalization(name) for name in normalizations)
-        self.tol = tol
-        self.clamp_gram = clamp_gram
-        super().__init__(n_texts, max_chunk_bytes)
+        super().__init__(n_texts, alpha, normalizations, tol, clamp_gram, max_chunk_bytes)
 
     def _allocate(self, n_layers: int) -> None:
         self.entropy_ = self._nan_array(n_layers, self.n_texts)  # raw entropies (layers, n_texts)
-
-    def _arrays(self) -> dict[str, Tensor]:
-        return {"entropy": self.entropy_}
 
     def _update(self, chunk: _Chunk) -> None:
         raw = F._prompt_entropies(chunk.states, chunk.mask, self.alpha, self.tol, self.clamp_gram)  # (c, b)
         self.entropy_[chunk.layers, chunk.indices] = raw.cpu()
 
-    def _bytes_per_prompt(self, n_tokens: int, hidden_size: int) -> int:
-        side = min(n_tokens, hidden_size)
-        return 8 * (3 * n_tokens * hidden_size + 3 * side * side)
-
     def compute(self) -> TokenMetricValues:
         """Per-layer means and per-prompt values for every requested normalization."""
         self._check_computable()
-        raw = self._mask_nonfinite(self.entropy_)
-        per_prompt = {
-            name: F.normalize_entropy(raw, name, self.lengths_, int(self.hidden_size_ or 0))
-            for name in self.normalizations
-        }
-        means, n_used, n_skipped = {}, None, None
-        for name, values in per_prompt.items():
-            means[name], n_used, n_skipped = _summarize(values, self.seen_)
-        assert self.nonfinite_ is not None
-        return TokenMetricValues(
-            self.metric, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped,
-            (self.nonfinite_ & self.seen_).sum(dim=-1).numpy(),
-        )
+        return self._values(self._normalized(self.lengths_))
 
 
 class CurvatureAccumulator(_TokenAccumulator):
@@ -370,16 +387,10 @@ class CurvatureAccumulator(_TokenAccumulator):
     def compute(self) -> TokenMetricValues:
         """Per-layer means and per-prompt values (normalization ``raw``)."""
         self._check_computable()
-        values = self._mask_nonfinite(self.curvature_)
-        mean, n_used, n_skipped = _summarize(values, self.seen_)
-        assert self.nonfinite_ is not None
-        return TokenMetricValues(
-            self.metric, {"raw": mean}, {"raw": values.numpy()}, n_used, n_skipped,
-            (self.nonfinite_ & self.seen_).sum(dim=-1).numpy(),
-        )
+        return self._values({"raw": self._mask_nonfinite(self.curvature_)})
 
 
-class PrefixEntropyAccumulator(_TokenAccumulator):
+class PrefixEntropyAccumulator(_EntropyAccumulator):
     """Entropy of the first ``t`` tokens of each prompt, for each ``t`` in ``prefix_lengths`` (SPEC 7.5).
 
     A prompt shorter than ``t`` is skipped at ``t``, so each point of the curve is an entropy over
@@ -411,17 +422,10 @@ class PrefixEntropyAccumulator(_TokenAccumulator):
         self.prefix_lengths = tuple(int(t) for t in prefix_lengths)
         if not self.prefix_lengths or min(self.prefix_lengths) < 2:
             raise LayerscopeError(f"prefix lengths must be a non-empty list of integers >= 2, got {prefix_lengths}")
-        self.alpha = F._check_alpha(alpha)
-        self.normalizations = tuple(F._check_normalization(name) for name in normalizations)
-        self.tol = tol
-        self.clamp_gram = clamp_gram
-        super().__init__(n_texts, max_chunk_bytes)
+        super().__init__(n_texts, alpha, normalizations, tol, clamp_gram, max_chunk_bytes)
 
     def _allocate(self, n_layers: int) -> None:
         self.entropy_ = torch.full((len(self.prefix_lengths), n_layers, self.n_texts), math.nan, dtype=torch.float64)
-
-    def _arrays(self) -> dict[str, Tensor]:
-        return {"entropy": self.entropy_}
 
     def _update(self, chunk: _Chunk) -> None:
         n_real = chunk.mask.sum(dim=-1)
@@ -432,19 +436,11 @@ class PrefixEntropyAccumulator(_TokenAccumulator):
             )
             self.entropy_[i, chunk.layers, chunk.indices] = torch.where(n_real >= t, raw, math.nan).cpu()
 
-    def _bytes_per_prompt(self, n_tokens: int, hidden_size: int) -> int:
-        side = min(n_tokens, hidden_size)
-        return 8 * (3 * n_tokens * hidden_size + 3 * side * side)
-
     def compute(self) -> PrefixEntropyValues:
         """Means (n_prefixes, layers) and per-prompt values (n_prefixes, layers, n_texts)."""
         self._check_computable()
-        raw = self._mask_nonfinite(self.entropy_)
-        t = torch.tensor(self.prefix_lengths, dtype=torch.float64)[:, None, None]
-        per_prompt = {name: F.normalize_entropy(raw, name, t, int(self.hidden_size_ or 0)) for name in self.normalizations}
-        means, n_used, n_skipped = {}, None, None
-        for name, values in per_prompt.items():
-            means[name], n_used, n_skipped = _summarize(values, self.seen_)
+        per_prompt = self._normalized(torch.tensor(self.prefix_lengths, dtype=torch.float64)[:, None, None])
+        means, n_used, n_skipped = self._summaries(per_prompt)
         return PrefixEntropyValues(
             self.prefix_lengths, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped
         )
@@ -617,16 +613,8 @@ class PerPromptAccumulator(_TokenAccumulator):
         """Per-layer means and per-prompt values of every reported label."""
         self._check_computable()
         raw = {label: self._mask_nonfinite(values) for label, values in self.values_.items()}
-        per_prompt = self.spec.normalize(raw, self.metric_options.get("normalizations", ()), self.lengths_,
-                                         int(self.hidden_size_ or 0))
-        means, n_used, n_skipped = {}, None, None
-        for name, values in per_prompt.items():
-            means[name], n_used, n_skipped = _summarize(values, self.seen_)
-        assert self.nonfinite_ is not None
-        return TokenMetricValues(
-            self.metric, means, {k: v.numpy() for k, v in per_prompt.items()}, n_used, n_skipped,
-            (self.nonfinite_ & self.seen_).sum(dim=-1).numpy(),
-        )
+        return self._values(self.spec.normalize(raw, self.metric_options.get("normalizations", ()), self.lengths_,
+                                                int(self.hidden_size_ or 0)))
 
 
 def _chunk_bytes(device: torch.device) -> int:

@@ -153,7 +153,47 @@ def wrap_model(
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LayerscopeError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or map") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise LayerscopeError("this torch build has no CUDA; use --device cpu")
+        raise LayerscopeError("torch sees no CUDA device (no GPU, or CUDA_VISIBLE_DEVICES hides it); use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise LayerscopeError(f"no CUDA device {resolved.index}: torch sees {torch.cuda.device_count()} "
+                              f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return resolved
+
+
+def check_source(name_or_path: str, device: str | torch.device | None = None) -> None:
+    """Fail in one line, before any work, on a device this torch cannot use or a local path that is no model.
+
+    :func:`load_model` checks the same; the CLI calls this first, before it reads the texts.
+    """
+    if str(device) != "map":
+        _resolve_device(device)
+    if name_or_path not in BUNDLED:
+        path = Path(name_or_path).expanduser()
+        reason = _not_a_model(path) if path.exists() else None
+        if reason is not None:
+            raise LayerscopeError(reason)
+
+
+def _not_a_model(path: Path) -> str | None:
+    """Why a local path is not something :func:`load_model` can read, or None if it may be one."""
+    if path.is_file():
+        if path.suffix != ".gguf":
+            return f"{path} is a file, not a model: give a model folder (with config.json) or a .gguf file"
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                return f"{path} is not a GGUF model: it does not start with the GGUF magic bytes"
+        return None
+    if path.is_dir() and not (path / "config.json").is_file():
+        what = "an empty folder" if not any(path.iterdir()) else "a folder without config.json"
+        return f"{path} is {what}, not a model: give a Hugging Face model folder, a .gguf file or a hub id"
+    return None
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -211,11 +251,19 @@ def load_model(
         loaded = _load_bundled(name_or_path, torch_dtype)
     else:
         path = Path(name_or_path).expanduser()
-        if path.is_file() and path.suffix == ".gguf":
-            model, tokenizer = _load_gguf_cached(path.parent, path.name, f"gguf-{path.stem}", torch_dtype)
+        check_source(name_or_path)
+        if path.is_file():
+            try:
+                model, tokenizer = _load_gguf_cached(path.parent, path.name, f"gguf-{path.stem}", torch_dtype)
+            except (OSError, ValueError, KeyError) as error:
+                raise LayerscopeError(f"cannot load the GGUF model {path}: {_first_line(error)}") from None
             loaded = wrap_model(model, tokenizer, str(path), revision, source=f"GGUF file {path}")
         elif path.exists():
-            model, tokenizer = _from_pretrained(str(path), None, torch_dtype, trust_remote_code, device_map=device_map)
+            try:
+                model, tokenizer = _from_pretrained(str(path), None, torch_dtype, trust_remote_code,
+                                                    device_map=device_map)
+            except (OSError, ValueError, KeyError) as error:
+                raise LayerscopeError(f"cannot load the model in {path}: {_first_line(error)}") from None
             loaded = wrap_model(model, tokenizer, str(path), revision, source=f"local folder {path}")
         else:
             model, tokenizer = _from_hub(name_or_path, revision, torch_dtype, trust_remote_code, device_map)
@@ -227,6 +275,11 @@ def load_model(
         loaded.model.to(torch_device)
     logger.info("loaded %s in %.1f s", name_or_path, time.perf_counter() - start)
     return loaded
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load_tokenizer(source: str, **kwargs: Any) -> Any:

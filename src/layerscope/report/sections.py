@@ -248,6 +248,16 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
     ]
     if "avg_score" in frame.columns:
         columns.append(("avg_score", "avg score\n(x100)", formatter(1)))
+    intervals = summary.intervals
+    if intervals is not None and "avg_score" in frame.columns:
+        from layerscope.evaluate.uncertainty import interval_text
+
+        bounds = intervals.set_index("layer")
+        frame = frame.assign(score_interval=[
+            interval_text(bounds.loc[layer, "low"], bounds.loc[layer, "high"]) if layer in bounds.index else None
+            for layer in frame["layer"]])
+        columns.append(("score_interval", f"{100 * intervals.attrs['confidence']:g}% interval\n(bootstrap)",
+                        lambda value: "" if is_missing(value) else escape(value)))
     for metric in metric_columns:
         norm = default_normalization(run.metrics, metric)
         arrow = {True: " \u2191", False: " \u2193"}.get(directions.get(metric), "")
@@ -277,6 +287,14 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
     captions = []
     if grid:
         captions.append(f"Average score over {grid.get('n_tasks')} tasks.")
+    if intervals is not None and "avg_score" in frame.columns:
+        captions.append(
+            f"Intervals: {intervals.attrs['n_resamples']} bootstrap resamples of each task's evaluation examples "
+            f"(seed {intervals.attrs['resample_seed']}), each scored by MTEB's evaluator at every layer; the same "
+            "resamples at every layer (paired), percentile intervals re-centred on the score.")
+    if summary.verdict is not None:
+        verdict = summary.verdict.describe()
+        captions.append(verdict[0].upper() + verdict[1:] + ".")
     if metric_columns:
         captions.append(f"Metrics in their default normalization (entropies: maxEntropy), {_metric_texts(run)}.")
     body += f'<p class="caption">{escape(" ".join(captions))}</p>'

@@ -49,7 +49,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -62,56 +62,38 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "results.duckdb"
 SCHEMA_VERSION = 1
 
-# table -> ((column, SQL type, required in an input frame), ...); run_id is always first and set by the store
-_DATA_TABLES: dict[str, tuple[tuple[str, str, bool], ...]] = {
-    "layer_metrics": (
-        ("layer", "INTEGER", True),
-        ("depth_pct", "DOUBLE", False),
-        ("metric", "VARCHAR", True),
-        ("normalization", "VARCHAR", False),
-        ("value", "DOUBLE", True),
-        ("n_used", "BIGINT", False),
-        ("n_skipped", "BIGINT", False),
-        ("dataset", "VARCHAR", False),
-    ),
-    "task_scores": (
-        ("layer", "INTEGER", True),
-        ("depth_pct", "DOUBLE", False),
-        ("task", "VARCHAR", True),
-        ("task_type", "VARCHAR", False),
-        ("main_score", "DOUBLE", True),
-        ("scores", "VARCHAR", False),
-    ),
-    "prompt_values": (
-        ("layer", "INTEGER", True),
-        ("prompt_index", "BIGINT", True),
-        ("metric", "VARCHAR", True),
-        ("value", "DOUBLE", True),
-        ("dataset", "VARCHAR", False),
-    ),
-    "experiment_values": (
-        ("experiment", "VARCHAR", True),
-        ("condition", "VARCHAR", False),
-        ("layer", "INTEGER", False),
-        ("key", "VARCHAR", True),
-        ("value", "DOUBLE", True),
-    ),
+class _Table(NamedTuple):
+    """A data table: its columns after ``run_id`` (always first, set by the store), in order, and those an
+    input frame must have."""
+
+    columns: tuple[str, ...]
+    required: tuple[str, ...]
+
+
+_DATA_TABLES: dict[str, _Table] = {
+    "layer_metrics": _Table(("layer", "depth_pct", "metric", "normalization", "value", "n_used", "n_skipped", "dataset"),
+                            required=("layer", "metric", "value")),
+    "task_scores": _Table(("layer", "depth_pct", "task", "task_type", "main_score", "scores"),
+                          required=("layer", "task", "main_score")),
+    "prompt_values": _Table(("layer", "prompt_index", "metric", "value", "dataset"),
+                            required=("layer", "prompt_index", "metric", "value")),
+    "experiment_values": _Table(("experiment", "condition", "layer", "key", "value"),
+                                required=("experiment", "key", "value")),
 }
 
-_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("run_id", "VARCHAR"),
-    ("config", "VARCHAR"),
-    ("layerscope_version", "VARCHAR"),
-    ("model_id", "VARCHAR"),
-    ("revision", "VARCHAR"),
-    ("data_source", "VARCHAR"),
-    ("data_hash", "VARCHAR"),
-    ("status", "VARCHAR"),
-    ("created_at", "TIMESTAMP"),
-    ("finished_at", "TIMESTAMP"),
-    ("skipped", "VARCHAR"),
-    ("error", "VARCHAR"),
-)
+_RUN_COLUMNS: tuple[str, ...] = ("run_id", "config", "layerscope_version", "model_id", "revision", "data_source",
+                                 "data_hash", "status", "created_at", "finished_at", "skipped", "error")
+
+#: SQL type of a column, the same in every table: VARCHAR unless listed here.
+_COLUMN_TYPES: dict[str, str] = {
+    "layer": "INTEGER", "depth_pct": "DOUBLE", "value": "DOUBLE", "main_score": "DOUBLE", "n_used": "BIGINT",
+    "n_skipped": "BIGINT", "prompt_index": "BIGINT", "created_at": "TIMESTAMP", "finished_at": "TIMESTAMP",
+}
+
+
+def _sql_type(column: str) -> str:
+    return _COLUMN_TYPES.get(column, "VARCHAR")
+
 
 _ALL_TABLES = ("runs", *_DATA_TABLES)
 _RUN_STATUSES = ("running", "finished", "failed")
@@ -143,6 +125,20 @@ def run_id_for(config: Mapping[str, Any]) -> str:
 def _utc_now() -> datetime:
     """Current UTC time as a naive datetime (stored in ``TIMESTAMP`` columns, documented as UTC)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _open_error(path: Path, error: Exception, read_only: bool) -> LayerscopeError:
+    """Why a database would not open, in one line; for DuckDB's lock (one writing process per file):
+    who holds it and what to do."""
+    text = _first_line(error)
+    if "could not set lock" not in text.lower() and "conflicting lock" not in text.lower():
+        return LayerscopeError(f"cannot open results database {path}: {text}")
+    import re
+
+    holder = re.search(r"\(PID (\d+)\)", str(error))
+    who = "another layerscope process" + (f" (PID {holder.group(1)})" if holder else "")
+    advice = "wait for it to finish" + ("" if read_only else " or use another --out")
+    return LayerscopeError(f"cannot open results database {path}: {who} is writing it; {advice}")
 
 
 def _first_line(error: BaseException) -> str:
@@ -238,10 +234,7 @@ class ResultsStore:
         try:
             self._connection: Any = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as error:
-            raise LayerscopeError(
-                f"cannot open results database {self.path}: {_first_line(error)} "
-                "(DuckDB allows one writing process per file; close other layerscope processes using it)"
-            ) from error
+            raise _open_error(self.path, error, read_only) from error
         self._in_transaction = False
         if not read_only:
             self._create_schema()
@@ -283,10 +276,9 @@ class ResultsStore:
     def _create_schema(self) -> None:
         with self.transaction() as connection:
             connection.execute("CREATE TABLE IF NOT EXISTS layerscope_meta (key VARCHAR, value VARCHAR)")
-            columns = ", ".join(f"{name} {sql_type}" for name, sql_type in _RUN_COLUMNS)
-            connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
-            for table, spec in _DATA_TABLES.items():
-                columns = ", ".join(["run_id VARCHAR", *(f"{name} {sql_type}" for name, sql_type, _ in spec)])
+            for table, names in (("runs", _RUN_COLUMNS),
+                                 *((table, ("run_id", *spec.columns)) for table, spec in _DATA_TABLES.items())):
+                columns = ", ".join(f"{name} {_sql_type(name)}" for name in names)
                 connection.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
             found = connection.execute(
                 "SELECT value FROM layerscope_meta WHERE key = 'schema_version'"
@@ -485,10 +477,10 @@ class ResultsStore:
         spec = _DATA_TABLES[table]
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"expected a pandas DataFrame for {table}, got {type(frame).__name__}")
-        missing = [name for name, _, required in spec if required and name not in frame.columns]
+        missing = [name for name in spec.required if name not in frame.columns]
         if missing:
             raise LayerscopeError(f"cannot store {table}: missing column(s) {', '.join(missing)}")
-        known = {name for name, _, _ in spec} | {"run_id"}
+        known = {*spec.columns, "run_id"}
         extra = [str(column) for column in frame.columns if column not in known]
         if extra:
             logger.warning("%s: ignoring column(s) the store does not keep: %s", table, ", ".join(extra))
@@ -500,12 +492,12 @@ class ResultsStore:
                 )
             )
         select = ", ".join(
-            f'CAST({_INPUT_VIEW}."{name}" AS {sql_type})'
+            f'CAST({_INPUT_VIEW}."{name}" AS {_sql_type(name)})'
             if name in frame.columns
-            else f"CAST(NULL AS {sql_type})"
-            for name, sql_type, _ in spec
+            else f"CAST(NULL AS {_sql_type(name)})"
+            for name in spec.columns
         )
-        columns = ", ".join(["run_id", *(name for name, _, _ in spec)])
+        columns = ", ".join(["run_id", *spec.columns])
         with self.transaction() as connection:
             self._require_run(connection, run_id)
             if replace:
@@ -769,10 +761,8 @@ def _merge_one(store: ResultsStore, alias: str, on_conflict: str, source_path: P
         return []
 
     placeholders = ", ".join("?" for _ in chosen)
-    target_columns = {"runs": [name for name, _ in _RUN_COLUMNS]}
-    target_columns.update(
-        {table: ["run_id", *(name for name, _, _ in spec)] for table, spec in _DATA_TABLES.items()}
-    )
+    target_columns = {"runs": list(_RUN_COLUMNS)}
+    target_columns.update({table: ["run_id", *spec.columns] for table, spec in _DATA_TABLES.items()})
     with store.transaction():
         for table in _ALL_TABLES:
             connection.execute(f"DELETE FROM {table} WHERE run_id IN ({placeholders})", chosen)

@@ -152,10 +152,8 @@ def run_overlay_figure(
         Columns to draw (default: every metric column of any run, then ``avg_score``).
     labels : Mapping of str to str, optional
         Panel title per column (default: :func:`metric_label`; ``avg_score``: "Average task score").
-    title : str, optional
-        Figure title.
-    n_columns : int, optional
-        Panels per row (default: 2 for 2 or 4 panels, else 3).
+    title, n_columns
+        As in :func:`metric_curves_figure`.
 
     Returns
     -------

@@ -1,0 +1,198 @@
+"""A layer chosen from a few labels: K labelled examples per class, cross-validated at every layer.
+
+For a classification task (a text + label file, or a built-in classification task), K examples of
+each class are drawn from its training pool (seeded), and every layer's cached embeddings of those
+examples are scored by stratified k-fold cross-validation of MTEB's own classifier for the task
+(``task.evaluator_model``, a logistic regression with ``max_iter=100``), accuracy being MTEB's main
+classification score. The chosen layer is the one with the best mean cross-validated accuracy (ties:
+the shallowest, the smaller and faster model); :func:`~layerscope.evaluate.select.select_layer_with_labels`
+then reports how it scores on the task's test set (MTEB's evaluator) against the best and the last
+layer.
+
+Draws: for the training pool of task ``T`` (subset ``S``), classes in sorted order, class ``c`` keeps the
+first ``min(K, n_c)`` of ``rng.permutation(n_c)`` (its rows in pool order), with
+``rng = numpy.random.default_rng([seed, zlib.crc32(f"{T}/{S}".encode())])``. Folds:
+``StratifiedKFold(n_splits=min(5, smallest class drawn), shuffle=True, random_state=seed)``; the
+classifier gets ``random_state=seed``. The same seed gives the same draws, folds and choice.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from layerscope.errors import LayerscopeError
+
+if TYPE_CHECKING:
+    from mteb.abstasks import AbsTask
+
+__all__ = [
+    "MAX_FOLDS",
+    "LabelDraw",
+    "choose_layer",
+    "cross_validated_accuracy",
+    "draw_per_class",
+    "draw_labels",
+    "is_classification",
+]
+
+#: Folds of the cross-validation (fewer when a class has fewer labelled examples).
+MAX_FOLDS = 5
+
+
+def is_classification(task: AbsTask) -> bool:
+    """Whether the few-label choice applies: a single-label MTEB classification task with a training pool."""
+    from mteb.abstasks.classification import AbsTaskClassification
+    from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
+    from mteb.abstasks.regression import AbsTaskRegression
+
+    # multilabel and regression tasks are MTEB subclasses of classification, without single labels
+    return isinstance(task, AbsTaskClassification) and not isinstance(task, (AbsTaskMultilabelClassification,
+                                                                            AbsTaskRegression))
+
+
+def draw_per_class(labels: Sequence[Any], labels_per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``labels_per_class`` rows of every class (all rows of smaller classes), sorted.
+
+    Classes are visited in sorted order; class ``c`` keeps the first ``min(K, n_c)`` entries of
+    ``rng.permutation(n_c)`` over its rows in their given order.
+    """
+    values = np.asarray(list(labels))
+    chosen = []
+    for label in sorted(set(values.tolist())):
+        rows = np.flatnonzero(values == label)
+        chosen.append(rows[rng.permutation(len(rows))[:labels_per_class]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+
+
+@dataclass
+class LabelDraw:
+    """The K-per-class draw of one training pool (a task's subset).
+
+    Attributes
+    ----------
+    task, subset : str
+        Where it comes from.
+    texts : list of str
+        The drawn texts, in pool order.
+    labels : numpy.ndarray
+        Their labels.
+    rows : numpy.ndarray
+        Their rows in the training pool.
+    per_class : dict
+        Class -> examples drawn (fewer than K where the pool has fewer).
+    pool_size : int
+        Rows of the training pool.
+    """
+
+    task: str
+    subset: str
+    texts: list[str]
+    labels: np.ndarray
+    rows: np.ndarray
+    per_class: dict[str, int] = field(default_factory=dict)
+    pool_size: int = 0
+
+
+def draw_labels(task: AbsTask, labels_per_class: int, seed: int) -> list[LabelDraw]:
+    """K labelled examples per class from each training pool of a loaded classification task.
+
+    Parameters
+    ----------
+    task : AbsTask
+        A single-label classification task whose data is loaded.
+    labels_per_class : int
+        K.
+    seed : int
+        Seed of the draws (see the module's docstring).
+
+    Returns
+    -------
+    list of LabelDraw
+        One per subset the task evaluates.
+
+    Raises
+    ------
+    LayerscopeError
+        A class with fewer than 2 training examples (cross-validation needs 2 per class).
+    """
+    name = task.metadata.name
+    subsets = list(task.hf_subsets) if task.hf_subsets is not None else ["default"]
+    draws = []
+    for subset in subsets:
+        container = task.dataset if subset not in task.dataset and subset == "default" else task.dataset[subset]
+        pool = container[task.train_split]
+        texts = list(pool[task.input_column_name])
+        labels = np.asarray(list(pool[task.label_column_name]))
+        rng = np.random.default_rng([int(seed), zlib.crc32(f"{name}/{subset}".encode())])
+        rows = draw_per_class(labels, labels_per_class, rng)
+        drawn = labels[rows]
+        classes, counts = np.unique(drawn, return_counts=True)
+        if counts.min() < 2:
+            small = classes[int(np.argmin(counts))]
+            raise LayerscopeError(f"task {name}: class '{small}' has {int(counts.min())} training example; the "
+                                  "few-label choice cross-validates on 2 or more per class: add training rows")
+        draws.append(LabelDraw(name, subset, [texts[i] for i in rows], drawn, rows,
+                               {str(c): int(n) for c, n in zip(classes, counts, strict=True)}, len(texts)))
+    return draws
+
+
+def cross_validated_accuracy(embeddings: np.ndarray, labels: Sequence[Any], *, seed: int,
+                             estimator: Any = None, max_folds: int = MAX_FOLDS) -> np.ndarray:
+    """Mean stratified k-fold accuracy of a classifier on each layer's embeddings of the same examples.
+
+    Parameters
+    ----------
+    embeddings : numpy.ndarray
+        ``(layers, n, dim)`` embeddings of the labelled examples.
+    labels : sequence
+        ``n`` labels (2 or more per class).
+    seed : int
+        Seed of the folds (shuffled) and of the classifier's ``random_state``.
+    estimator : sklearn estimator, optional
+        The classifier (cloned per fit); default MTEB's, ``LogisticRegression(max_iter=100)``.
+    max_folds : int
+        Folds, fewer when the smallest class has fewer examples.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(layers,)`` mean accuracy over the folds; the folds are the same at every layer.
+    """
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    labels = np.asarray(list(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        raise LayerscopeError("cross-validation needs two or more classes with two or more examples each")
+    folds = list(StratifiedKFold(n_splits=int(min(max_folds, counts.min())), shuffle=True,
+                                 random_state=seed).split(np.zeros(len(labels)), labels))
+    model = clone(estimator if estimator is not None else LogisticRegression(max_iter=100))
+    if "random_state" in model.get_params():
+        model.set_params(random_state=seed)
+    accuracy = np.zeros(len(embeddings))
+    # small problems: one BLAS thread is faster, and the classifier warns on every layer that stops early
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        for position, vectors in enumerate(np.asarray(embeddings)):
+            hits = [np.mean(clone(model).fit(vectors[train], labels[train]).predict(vectors[test]) == labels[test])
+                    for train, test in folds]
+            accuracy[position] = float(np.mean(hits))
+    return accuracy
+
+
+def choose_layer(cv_scores: Sequence[float], layers: Sequence[int]) -> int:
+    """The layer with the best cross-validated score; ties go to the shallowest (the cheaper model)."""
+    scores = np.asarray(cv_scores, dtype=float)
+    if not len(scores) or not np.isfinite(scores).any():
+        raise LayerscopeError("no cross-validated score to choose a layer from")
+    return int(np.asarray(layers)[int(np.nanargmax(scores))])

@@ -1,0 +1,332 @@
+"""Choose a layer with labels, and say how sure the choice is (``layerscope select``).
+
+:func:`select_layer_with_labels` scores every layer on the user's tasks (task files or built-in
+tasks) with MTEB's evaluators from one encoding pass, then:
+
+- **intervals** (``bootstrap`` resamples, :mod:`~layerscope.evaluate.uncertainty`): per layer the
+  task-averaged score with its interval over the evaluation examples, the best layer, the last layer,
+  and whether the best beats the last beyond the noise (the interval of their paired difference lies
+  above 0);
+- **a few-label choice** (``labels_per_class`` K, :mod:`~layerscope.evaluate.few_labels`): per
+  classification task the layer chosen by cross-validation on K labelled training examples per class,
+  and how it scores on the test set against the best and the last layer (its regret); the K examples
+  are encoded in the same pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from layerscope.errors import LayerscopeError
+from layerscope.evaluate.uncertainty import BestVersusLast
+
+if TYPE_CHECKING:
+    from mteb.abstasks import AbsTask
+
+    from layerscope.config import TaskFileConfig
+    from layerscope.evaluate.few_labels import LabelDraw
+    from layerscope.extract import Extraction
+    from layerscope.models import LoadedModel
+
+__all__ = ["AVERAGE", "LayerChoice", "check_choice", "few_label_choice", "select_layer_with_labels"]
+
+logger = logging.getLogger(__name__)
+
+#: The ``task`` of rows that average over the tasks.
+AVERAGE = "average"
+
+
+@dataclass
+class LayerChoice:
+    """What :func:`select_layer_with_labels` found.
+
+    Attributes
+    ----------
+    scores : pandas.DataFrame
+        :func:`~layerscope.evaluate.evaluate_layers`'s frame; with a bootstrap, each row's ``scores`` JSON
+        also holds its resampled main scores (``"bootstrap"``).
+    layers : pandas.DataFrame
+        One row per layer: ``layer, depth_pct, score`` (task average x 100) and, with a bootstrap,
+        ``low, high, vs_last, vs_last_low, vs_last_high, not_above_last``
+        (:func:`~layerscope.evaluate.uncertainty.layer_intervals`).
+    task_scores : pandas.DataFrame
+        One row per (layer, task): ``score`` x 100 and, with a bootstrap, ``low, high``.
+    best_layer, last_layer : int
+        The layer with the best task-averaged score (the first, if tied) and the last layer scored.
+    verdict : BestVersusLast or None
+        Best against last on the paired resamples (None without a bootstrap).
+    few_labels : pandas.DataFrame or None
+        With ``labels_per_class``: one row per classification task, then one ``average`` row over them:
+        ``task, chosen_layer, cv_accuracy, score, best_layer, best_score, last_score, regret, vs_last,
+        n_labelled`` (scores x 100; ``regret`` = best - chosen, ``vs_last`` = chosen - last).
+    cv_scores : pandas.DataFrame or None
+        Cross-validated accuracy (x 100) of every layer: ``task, layer, cv_accuracy``.
+    notes : list of str
+        What the reader should know (e.g. classes with fewer than K training examples).
+    record : dict
+        Settings, seeds, counts and timings: everything needed to rerun it.
+    resamples : dict of str to numpy.ndarray
+        The bootstrap draws, ``(B, n_units)`` indices per evaluation part
+        (:func:`~layerscope.evaluate.uncertainty.bootstrap_draws`); empty without a bootstrap.
+    """
+
+    scores: pd.DataFrame
+    layers: pd.DataFrame
+    task_scores: pd.DataFrame
+    best_layer: int
+    last_layer: int
+    verdict: BestVersusLast | None = None
+    few_labels: pd.DataFrame | None = None
+    cv_scores: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    resamples: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values of everything but the raw scores frame."""
+        def rows(frame: pd.DataFrame | None) -> list[dict[str, Any]] | None:
+            return None if frame is None else frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+        return {
+            "best_layer": self.best_layer, "last_layer": self.last_layer,
+            "verdict": None if self.verdict is None else self.verdict.to_dict(),
+            "layers": rows(self.layers), "task_scores": rows(self.task_scores),
+            "few_labels": rows(self.few_labels), "cv_scores": rows(self.cv_scores),
+            "notes": list(self.notes), "record": self.record,
+        }
+
+
+def check_choice(tasks: Sequence[AbsTask], *, bootstrap: int = 100, labels_per_class: int | None = None,
+                 confidence: float = 0.95, resample_seed: int = 0) -> None:
+    """The one-line errors of a layer choice, before any model is loaded.
+
+    Bad option values, a task the bootstrap cannot resample, and ``labels_per_class`` without any
+    classification task among ``tasks``.
+    """
+    from layerscope.config import SelectConfig
+    from layerscope.evaluate.few_labels import is_classification
+    from layerscope.evaluate.uncertainty import check_bootstrap_tasks
+
+    SelectConfig(bootstrap=bootstrap, confidence=confidence, resample_seed=resample_seed,
+                 labels_per_class=labels_per_class)
+    if bootstrap:
+        check_bootstrap_tasks(tasks)
+    if labels_per_class is not None and not any(is_classification(task) for task in tasks):
+        kinds = ", ".join(f"{task.metadata.name} ({task.metadata.type})" for task in tasks[:3])
+        raise LayerscopeError(f"--labels-per-class needs a classification task (a text + label file or a built-in "
+                              f"classification task); the tasks are {kinds}{' ...' if len(tasks) > 3 else ''}")
+
+
+def select_layer_with_labels(
+    model: LoadedModel | str,
+    tasks: str | AbsTask | Iterable[str | AbsTask],
+    *,
+    bootstrap: int = 100,
+    confidence: float = 0.95,
+    labels_per_class: int | None = None,
+    resample_seed: int = 0,
+    seed: int | None = None,
+    layers: str | int | Sequence[int] = "all",
+    task_files: TaskFileConfig | Mapping[str, Any] | None = None,
+    pooling: str = "mean",
+    max_length: int | None = None,
+    batch_size: int | str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = True,
+    eval_workers: int | str = "auto",
+    **extract_options: Any,
+) -> LayerChoice:
+    """Score every layer on labelled tasks, with intervals, and optionally choose it from K labels per class.
+
+    Parameters
+    ----------
+    model : LoadedModel or str
+        A loaded model, or a name for :func:`layerscope.load_model`.
+    tasks : str, AbsTask or iterable
+        Task files (``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``), task names or MTEB task instances, in
+        any mix (:func:`~layerscope.evaluate.registry.resolve`).
+    bootstrap : int
+        Resamples of each task's evaluation examples (0: no intervals). Each costs one MTEB evaluation
+        per layer and task (no forward pass).
+    confidence : float
+        Level of the intervals.
+    labels_per_class : int, optional
+        K: choose the layer by cross-validation on K labelled training examples per class of each
+        classification task. Tasks of other types are scored and bootstrapped but take no part in the
+        few-label choice; with no classification task at all it is an error.
+    resample_seed : int
+        Seed of the bootstrap resamples and of the K-per-class draws and folds.
+    seed : int, optional
+        Seed of MTEB's evaluations (default: each task's own, MTEB's 42).
+    layers : "all", int or list of int
+        Layers to score; the last layer is always added (it is the baseline).
+    task_files : TaskFileConfig or mapping, optional
+        How task files are read (columns, split, clustering).
+    pooling, max_length, batch_size, cache_dir, progress, **extract_options
+        As for :func:`layerscope.extract`.
+    eval_workers : int or "auto"
+        Processes running the evaluators (see :func:`~layerscope.evaluate.evaluate_layers`).
+
+    Returns
+    -------
+    LayerChoice
+    """
+    from layerscope.evaluate.few_labels import draw_labels, is_classification
+    from layerscope.evaluate.registry import resolve
+    from layerscope.evaluate.runner import _load, collect_texts, evaluate_layers
+    from layerscope.evaluate.uncertainty import (
+        best_versus_last,
+        bootstrap_draws,
+        bootstrap_layers,
+        layer_intervals,
+        task_intervals,
+    )
+    from layerscope.extract import extract, resolve_layers
+
+    started = time.perf_counter()
+    task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before the model loads
+    check_choice(task_list, bootstrap=bootstrap, labels_per_class=labels_per_class, confidence=confidence,
+                 resample_seed=resample_seed)
+    classification = [task for task in task_list if is_classification(task)]
+    _load(task_list)
+    draws: list[LabelDraw] = []
+    if labels_per_class is not None:
+        draws = [draw for task in classification for draw in draw_labels(task, labels_per_class, resample_seed)]
+    if isinstance(model, str):
+        from layerscope.models import load_model
+
+        model = load_model(model)
+    wanted = sorted(set(resolve_layers(layers, model.num_layers)) | {model.num_layers})
+    texts = collect_texts(task_list, seed)
+    known = set(texts)  # the drawn examples MTEB's own draws did not ask for are encoded in the same pass
+    texts += [text for text in dict.fromkeys(t for draw in draws for t in draw.texts) if text not in known]
+    extraction = extract(model, texts, pooling=pooling, layers=wanted, batch_size=batch_size, max_length=max_length,
+                         cache_dir=cache_dir, progress=progress, **extract_options)
+    encoded = time.perf_counter()
+    scores = evaluate_layers(model, task_list, layers=wanted, seed=seed, extraction=extraction, progress=progress,
+                             eval_workers=eval_workers)
+    evaluated = time.perf_counter()
+    notes: list[str] = []
+    verdict = None
+    if bootstrap:
+        name = f"layerscope/{model.model_id}"
+        scores = bootstrap_layers(scores, extraction, task_list, n_resamples=bootstrap, confidence=confidence,
+                                  resample_seed=resample_seed, seed=seed, name=name, revision=model.revision,
+                                  progress=progress, eval_workers=eval_workers)
+        per_layer = layer_intervals(scores)
+        per_task = task_intervals(scores)
+        verdict = best_versus_last(per_layer)
+    else:
+        per_task = scores[["layer", "task"]].assign(score=scores["main_score"] * 100)
+        per_layer = (scores.groupby(["layer", "depth_pct"], as_index=False)["main_score"].mean()
+                     .rename(columns={"main_score": "score"}).assign(score=lambda f: f["score"] * 100))
+    bootstrapped = time.perf_counter()
+    few, cv = None, None
+    if draws:
+        estimators = {task.metadata.name: task.evaluator_model for task in classification}  # MTEB's classifier
+        few, cv, few_notes = few_label_choice(extraction, draws, scores, seed=resample_seed, estimators=estimators)
+        notes += few_notes
+        other = [task.metadata.name for task in task_list if not is_classification(task)]
+        if other:
+            notes.append(f"the few-label choice covers the classification tasks only (not {', '.join(other)})")
+    best = int(per_layer.loc[per_layer["score"].idxmax(), "layer"])
+    record = {
+        "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
+        "tasks": {task.metadata.name: {"type": task.metadata.type, "seed": int(task.seed if seed is None else seed)}
+                  for task in task_list},
+        "layers": wanted, "seed": seed, "bootstrap": bootstrap, "confidence": confidence,
+        "resample_seed": resample_seed, "labels_per_class": labels_per_class,
+        "extraction": {key: value for key, value in extraction.record.items()
+                       if isinstance(value, (int, float, str, bool, type(None)))},
+        "evaluation": scores.attrs.get("record", {}).get("task_seeds"),
+        "bootstrap_record": {key: value for key, value in scores.attrs.get("bootstrap", {}).items()},
+        "draws": [{"task": draw.task, "subset": draw.subset, "rows": draw.rows.tolist(), "per_class": draw.per_class,
+                   "pool_size": draw.pool_size} for draw in draws],
+        "seconds": {"encode": encoded - started, "evaluate": evaluated - encoded,
+                    "bootstrap": bootstrapped - evaluated, "total": time.perf_counter() - started},
+    }
+    resamples = ({key: index for task in task_list for key, index in bootstrap_draws(task, bootstrap, resample_seed).items()}
+                 if bootstrap else {})
+    return LayerChoice(scores, per_layer.reset_index(drop=True), per_task.reset_index(drop=True), best,
+                       int(per_layer["layer"].iloc[-1]), verdict, few, cv, notes, record, resamples)
+
+
+def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores: pd.DataFrame, *, seed: int,
+                     estimators: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The layer each task's K-per-class draw chooses by cross-validation, and its test score against the best and last.
+
+    Parameters
+    ----------
+    extraction : Extraction
+        Embeddings holding every drawn text at the layers of ``scores``.
+    draws : sequence of LabelDraw
+        :func:`~layerscope.evaluate.few_labels.draw_labels` of the classification tasks.
+    scores : pandas.DataFrame
+        :func:`~layerscope.evaluate.evaluate_layers`'s frame (test scores of every layer).
+    seed : int
+        Seed of the folds and the classifier.
+    estimators : mapping, optional
+        Task -> its classifier (MTEB's ``task.evaluator_model``); default a logistic regression with
+        MTEB's settings (:func:`~layerscope.evaluate.few_labels.cross_validated_accuracy`).
+
+    Returns
+    -------
+    few_labels : pandas.DataFrame
+        Per task, then the ``average`` row: the layer chosen by the mean cross-validated accuracy over
+        the tasks, scored by the tasks' average test score (see :class:`LayerChoice`).
+    cv_scores : pandas.DataFrame
+        ``task, layer, cv_accuracy`` (x 100).
+    notes : list of str
+        Classes drawn short of K, drawn texts without an embedding (empty texts).
+    """
+    from layerscope.evaluate.few_labels import cross_validated_accuracy
+
+    layers = sorted(int(layer) for layer in scores["layer"].unique())
+    positions = [extraction.layers.index(layer) for layer in layers]
+    row_of = {text: row for row, text in enumerate(extraction.texts)}
+    test = scores.pivot(index="layer", columns="task", values="main_score").loc[layers] * 100
+    notes: list[str] = []
+    cv_rows, by_task = [], {}
+    for task in dict.fromkeys(draw.task for draw in draws):
+        per_subset = []
+        n_labelled = 0
+        for draw in (d for d in draws if d.task == task):
+            keep = np.array([text in row_of for text in draw.texts], dtype=bool)
+            if not keep.all():
+                notes.append(f"{task}: {int((~keep).sum())} drawn texts have no embedding (empty) and were left out")
+            short = {label: count for label, count in draw.per_class.items() if count < max(draw.per_class.values())}
+            if short:
+                notes.append(f"{task}: fewer training examples than asked in class(es) "
+                             + ", ".join(f"'{label}' ({count})" for label, count in short.items()) + ": all used")
+            rows = np.array([row_of[text] for text, kept in zip(draw.texts, keep, strict=True) if kept])
+            vectors = np.asarray(extraction.pooled)[np.ix_(positions, rows)]  # (layers, n, dim)
+            per_subset.append(cross_validated_accuracy(vectors, draw.labels[keep], seed=seed,
+                                                       estimator=(estimators or {}).get(task)))
+            n_labelled += int(keep.sum())
+        accuracy = np.mean(per_subset, axis=0) * 100
+        cv_rows += [{"task": task, "layer": layer, "cv_accuracy": value} for layer, value in zip(layers, accuracy,
+                                                                                               strict=True)]
+        by_task[task] = (accuracy, n_labelled)
+    rows = [_comparison(task, accuracy, test[task], layers, n) for task, (accuracy, n) in by_task.items()]
+    mean_cv = np.mean([accuracy for accuracy, _ in by_task.values()], axis=0)
+    rows.append(_comparison(AVERAGE, mean_cv, test[list(by_task)].mean(axis=1), layers,
+                            sum(n for _, n in by_task.values())))
+    return pd.DataFrame(rows), pd.DataFrame(cv_rows), notes
+
+
+def _comparison(task: str, cv_accuracy: np.ndarray, test: pd.Series, layers: list[int], n_labelled: int) -> dict[str, Any]:
+    from layerscope.evaluate.few_labels import choose_layer
+
+    chosen = choose_layer(cv_accuracy, layers)
+    best = int(test.idxmax())
+    score, best_score, last_score = float(test.loc[chosen]), float(test.loc[best]), float(test.loc[layers[-1]])
+    return {"task": task, "chosen_layer": chosen, "cv_accuracy": float(cv_accuracy[layers.index(chosen)]),
+            "score": score, "best_layer": best, "best_score": best_score, "last_score": last_score,
+            "regret": best_score - score, "vs_last": score - last_score, "n_labelled": n_labelled}

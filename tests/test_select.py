@@ -1,0 +1,413 @@
+"""A layer choice with its uncertainty (issue 12 point 3): bootstrap intervals and the few-label choice.
+
+The bootstrap's resampled scores are compared with ``mteb.evaluate`` run on resamples built here by
+hand (MTEB's own task classes, the documented draws), for a classification and an STS task file at
+two layers of a tiny model; the interval logic is checked on planted resamples; the few-label choice
+is deterministic under its seed and equal to a scikit-learn cross-validation written here; bad
+options get one line and exit 2 through the real entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+mteb = pytest.importorskip("mteb")
+
+from datasets import Dataset, DatasetDict  # noqa: E402
+from mteb.abstasks.classification import AbsTaskClassification  # noqa: E402
+from mteb.abstasks.sts import AbsTaskSTS  # noqa: E402
+from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
+from mteb.models.abs_encoder import AbsEncoder  # noqa: E402
+
+from layerscope.errors import LayerscopeError  # noqa: E402
+from layerscope.evaluate import evaluate_layers, resolve  # noqa: E402
+from layerscope.evaluate.encoder import batch_texts, model_meta  # noqa: E402
+from layerscope.evaluate.runner import _load, collect_texts  # noqa: E402
+from layerscope.evaluate.select import select_layer_with_labels  # noqa: E402
+from layerscope.evaluate.uncertainty import (  # noqa: E402
+    attach_bootstrap,
+    best_versus_last,
+    bootstrap_draws,
+    bootstrap_layers,
+    layer_intervals,
+    task_intervals,
+)
+from layerscope.extract import extract  # noqa: E402
+from layerscope.models.tiny import tiny_model  # noqa: E402
+
+N_RESAMPLES = 8
+RESAMPLE_SEED = 5
+SPLIT = {"split_column": "split"}
+NOUNS = {
+    "animal": ["cat", "dog", "horse", "parrot", "wolf", "rabbit"],
+    "vehicle": ["train", "car", "bus", "truck", "plane", "ferry"],
+    "food": ["bread", "soup", "mango", "cake", "rice", "cheese"],
+}
+PLACES = ["in the morning", "near the river", "after lunch"]
+
+
+def _topics() -> pd.DataFrame:
+    """18 rows per class (6 nouns x 3 places): the first 12 train, the last 6 test, classes interleaved."""
+    rows = []
+    for i in range(18):
+        for label, nouns in NOUNS.items():
+            noun, place = nouns[i % 6], PLACES[i // 6]
+            rows.append({"text": f"The {noun} was seen {place}.", "label": label, "split": "train" if i < 12 else "test"})
+    return pd.DataFrame(rows)
+
+
+def _similarity() -> pd.DataFrame:
+    first = ["The cat sleeps.", "A dog barks.", "The train is late.", "Fresh bread.", "A red car.", "Soup is hot.",
+             "The owl hunts.", "A bus stops.", "Cake for dessert.", "The wolf runs.", "Rice is cooked.", "A jet lands."]
+    second = ["A kitten naps.", "The car honks.", "The bus is late.", "Warm bread.", "A blue truck.", "A cold drink.",
+              "The wolf howls.", "A ferry departs.", "Mango for lunch.", "A fox runs.", "The rice boils.", "A cab stops."]
+    scores = [4.6, 0.8, 3.9, 4.2, 3.1, 1.4, 2.6, 2.9, 2.2, 3.5, 4.0, 1.9]
+    return pd.DataFrame({"sentence1": first, "sentence2": second, "score": scores})
+
+
+# ------------------------------------------------------------------------------------------ by hand
+
+
+def _meta(name: str, type_: str, main: str) -> TaskMetadata:
+    return TaskMetadata(name=name, description="built by hand", reference=None, dataset={"path": "NA", "revision": "NA"},
+                        type=type_, category="t2t", eval_splits=["test"], eval_langs=["eng-Latn"], main_score=main,
+                        date=None, domains=[], task_subtypes=[], license=None, annotations_creators=None, dialect=[],
+                        sample_creation="created", bibtex_citation="", modalities=["text"])
+
+
+class HandClassification(AbsTaskClassification):
+    metadata = _meta("HandClassification", "Classification", "accuracy")
+
+    def __init__(self, test_rows: np.ndarray) -> None:
+        super().__init__()
+        rows = _topics()
+        names = sorted(NOUNS)
+        train, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"].iloc[test_rows]
+        self.dataset = DatasetDict({
+            "train": Dataset.from_dict({"text": train["text"].tolist(), "label": [names.index(x) for x in train["label"]]}),
+            "test": Dataset.from_dict({"text": test["text"].tolist(), "label": [names.index(x) for x in test["label"]]}),
+        })
+        self.data_loaded = True
+
+
+class HandSTS(AbsTaskSTS):
+    metadata = _meta("HandSTS", "STS", "cosine_spearman")
+
+    def __init__(self, pairs: np.ndarray) -> None:
+        super().__init__()
+        rows = _similarity()
+        self.min_score, self.max_score = rows["score"].min(), rows["score"].max()
+        rows = rows.iloc[pairs]
+        self.dataset = DatasetDict({"test": Dataset.from_dict({"sentence1": rows["sentence1"].tolist(),
+                                                               "sentence2": rows["sentence2"].tolist(),
+                                                               "score": rows["score"].tolist()})})
+        self.data_loaded = True
+
+
+class FixedEncoder(AbsEncoder):
+    """MTEB's encoder protocol over one layer of fixed embeddings, looked up by text."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+        self.row = {text: i for i, text in enumerate(texts)}
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.mteb_model_meta = model_meta("fixed-embeddings", None, self.vectors.shape[1])
+
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
+        return self.vectors[[self.row[text] for text in batch_texts(inputs)]]
+
+
+def _draws(key: str, n_units: int) -> np.ndarray:
+    """The documented draws of one evaluation part, written out here."""
+    return np.random.default_rng([RESAMPLE_SEED, zlib.crc32(key.encode())]).integers(0, n_units, size=(N_RESAMPLES, n_units))
+
+
+def _main_score(encoder: FixedEncoder, task) -> float:
+    """A plain ``mteb.evaluate``, its main score averaged over the test split's subsets."""
+    from layerscope.evaluate.runner import main_score
+
+    return main_score(mteb.evaluate(encoder, task, cache=None, show_progress_bar=False,
+                                    co2_tracker=False).task_results[0].scores)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("select")
+    _topics().to_csv(root / "topics.csv", index=False)
+    _similarity().to_csv(root / "similarity.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(model, files):
+    """Tasks, their embeddings, the point scores and the bootstrap of both task files at every layer."""
+    tasks = resolve([files / "topics.csv", files / "similarity.csv"], files=SPLIT)
+    _load(tasks)
+    extraction = extract(model, collect_texts(tasks), progress=False)
+    scores = evaluate_layers(model, tasks, extraction=extraction, progress=False, eval_workers=1)
+    boot = bootstrap_layers(scores, extraction, tasks, n_resamples=N_RESAMPLES, resample_seed=RESAMPLE_SEED,
+                            progress=False, eval_workers=1)
+    return tasks, extraction, scores, boot
+
+
+def _resampled(boot: pd.DataFrame, layer: int, task: str) -> list[float]:
+    row = boot[(boot["layer"] == layer) & (boot["task"] == task)].iloc[0]
+    return json.loads(row["scores"])["bootstrap"]["main_scores"]
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.parametrize("kind", ["classification", "sts"])
+def test_bootstrap_equals_mteb_on_hand_made_resamples(run, model, kind) -> None:
+    tasks, extraction, scores, boot = run
+    if kind == "classification":
+        name, n_units, hand = "topics", 18, HandClassification
+    else:
+        name, n_units, hand = "similarity", 12, HandSTS
+    draws = _draws(f"{name}/default/test/0", n_units)
+    assert np.array_equal(bootstrap_draws(next(t for t in tasks if t.metadata.name == name), N_RESAMPLES,
+                                          RESAMPLE_SEED)[f"{name}/default/test/0"], draws)
+    intervals = task_intervals(boot).set_index(["layer", "task"])
+    for layer in (1, model.num_layers):  # an inner layer and the last one
+        position = extraction.layers.index(layer)
+        encoder = FixedEncoder(list(extraction.texts), extraction.pooled[position])
+        reference = [_main_score(encoder, hand(rows)) for rows in draws]
+        assert _resampled(boot, layer, name) == pytest.approx(reference, abs=1e-12)
+        # the interval: percentiles of the resamples re-centred on the point estimate (their median moved onto it)
+        point = 100 * scores.set_index(["layer", "task"]).loc[(layer, name), "main_score"]
+        centred = 100 * np.array(reference) - np.median(100 * np.array(reference)) + point
+        low, high = np.quantile(centred, [0.025, 0.975])
+        assert intervals.loc[(layer, name), "score"] == pytest.approx(point)
+        assert intervals.loc[(layer, name), ["low", "high"]].tolist() == pytest.approx([low, high])
+    # the resamples differ from each other and between layers: the comparison is not between constants
+    assert len(set(_resampled(boot, 1, name))) > 1
+
+
+def test_point_scores_are_kept_and_intervals_contain_them(run) -> None:
+    _, _, scores, boot = run
+    assert boot["main_score"].tolist() == scores["main_score"].tolist()
+    assert [json.loads(s)["test"] for s in boot["scores"]] == [json.loads(s)["test"] for s in scores["scores"]]
+    per_task = task_intervals(boot)
+    assert (per_task["low"] <= per_task["score"] + 1e-9).all() and (per_task["score"] <= per_task["high"] + 1e-9).all()
+    per_layer = layer_intervals(boot)
+    assert (per_layer["low"] <= per_layer["score"] + 1e-9).all() and (per_layer["score"] <= per_layer["high"] + 1e-9).all()
+    assert per_layer["score"].tolist() == pytest.approx(
+        (scores.groupby("layer")["main_score"].mean() * 100).tolist())
+    last = per_layer.iloc[-1]
+    assert (last["vs_last"], last["vs_last_low"], last["vs_last_high"]) == (0, 0, 0)
+    assert per_layer.attrs["n_resamples"] == N_RESAMPLES and per_layer.attrs["units"] == {
+        "topics": "test examples", "similarity": "pairs"}
+    # another resample seed draws other resamples
+    assert not np.array_equal(bootstrap_draws(run[0][0], N_RESAMPLES, RESAMPLE_SEED + 1)["topics/default/test/0"],
+                              _draws("topics/default/test/0", 18))
+
+
+def _planted(points: dict[int, float], resampled: dict[int, np.ndarray]) -> pd.DataFrame:
+    """A scores frame of one task whose rows carry the given resamples."""
+    frame = pd.DataFrame({"layer": list(points), "depth_pct": [25.0 * layer for layer in points], "task": "t",
+                          "task_type": "STS", "main_score": list(points.values()), "scores": "{}"})
+    return attach_bootstrap(frame, {(layer, "t"): values for layer, values in resampled.items()}, units={"t": "pairs"},
+                            n_units={"t": 50}, resample_seed=0, confidence=0.95)
+
+
+def test_paired_difference_on_planted_layers() -> None:
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.05, size=200)  # noise common to every layer (easy or hard examples drawn)
+    # layer 2 is better than the others by 0.03 on every resample; the layers' own intervals overlap widely
+    points = {0: 0.5, 1: 0.5, 2: 0.53, 3: 0.5, 4: 0.5}
+    resampled = {layer: point + shared + rng.normal(0, 0.002, size=200) for layer, point in points.items()}
+    intervals = layer_intervals(_planted(points, resampled))
+    verdict = best_versus_last(intervals)
+    assert (verdict.best_layer, verdict.last_layer) == (2, 4)
+    assert verdict.best_low < verdict.last_high  # unpaired, the intervals overlap
+    assert verdict.beyond_noise and verdict.low > 0 and verdict.not_above == 0.0
+    assert verdict.difference == pytest.approx(3.0)
+    assert "beyond the noise" in verdict.describe() and "excludes 0" in verdict.describe()
+    # equal layers: the best one is the best by chance, within the noise
+    points = {layer: 0.5 + (0.001 if layer == 1 else 0.0) for layer in range(5)}
+    resampled = {layer: 0.5 + shared + rng.normal(0, 0.01, size=200) for layer in points}
+    verdict = best_versus_last(layer_intervals(_planted(points, resampled)))
+    assert verdict.best_layer == 1 and not verdict.beyond_noise and verdict.low < 0 < verdict.high
+    assert 0.2 < verdict.not_above < 0.8 and "within the noise" in verdict.describe()
+    # the last layer best: said so
+    points = {0: 0.4, 1: 0.6}
+    verdict = best_versus_last(layer_intervals(_planted(points, {0: 0.4 + shared, 1: 0.6 + shared})))
+    assert verdict.best_layer == verdict.last_layer == 1 and "is the best layer" in verdict.describe()
+
+
+def test_bootstrap_refuses_what_it_cannot_resample(run) -> None:
+    from mteb.abstasks.regression import AbsTaskRegression
+
+    from layerscope.evaluate.uncertainty import check_bootstrap_tasks
+
+    class Regression(AbsTaskRegression):
+        metadata = _meta("SomeRegression", "Regression", "kendalltau")
+
+    with pytest.raises(LayerscopeError, match="no bootstrap interval for task SomeRegression"):
+        check_bootstrap_tasks([*run[0], Regression()])
+    with pytest.raises(LayerscopeError, match="carry no bootstrap resamples"):
+        layer_intervals(run[2])
+
+
+# ------------------------------------------------------------------------------------------ few labels
+
+
+def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, np.ndarray]:
+    """The few-label choice written with scikit-learn directly."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    rows = _topics()
+    train = rows[rows["split"] == "train"].reset_index(drop=True)
+    labels = np.array([sorted(NOUNS).index(label) for label in train["label"]])
+    rng = np.random.default_rng([seed, zlib.crc32(b"topics/default")])
+    drawn = np.sort(np.concatenate([np.flatnonzero(labels == c)[rng.permutation(int((labels == c).sum()))[:labels_per_class]]
+                                    for c in range(3)]))
+    vectors = extract(model, train["text"].iloc[drawn].tolist(), progress=False).pooled  # (layers, n, dim)
+    y = labels[drawn]
+    folds = StratifiedKFold(n_splits=min(5, labels_per_class), shuffle=True, random_state=seed)
+    accuracy = []
+    for layer_vectors in vectors:
+        hits = []
+        for fit_rows, test_rows in folds.split(layer_vectors, y):
+            classifier = LogisticRegression(max_iter=100, random_state=seed).fit(layer_vectors[fit_rows], y[fit_rows])
+            hits.append(np.mean(classifier.predict(layer_vectors[test_rows]) == y[test_rows]))
+        accuracy.append(np.mean(hits))
+    return int(np.argmax(accuracy)), 100 * np.array(accuracy)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_labels_per_class_is_deterministic_and_equals_scikit_learn(model, files) -> None:
+    def choose(seed: int):
+        return select_layer_with_labels(model, files / "topics.csv", bootstrap=0, labels_per_class=4,
+                                        resample_seed=seed, task_files=SPLIT, progress=False, eval_workers=1)
+
+    first, again, other = choose(3), choose(3), choose(4)
+    pd.testing.assert_frame_equal(first.few_labels, again.few_labels)
+    pd.testing.assert_frame_equal(first.cv_scores, again.cv_scores)
+    assert first.record["draws"] == again.record["draws"]
+    assert first.record["draws"][0]["rows"] != other.record["draws"][0]["rows"]  # another seed draws others
+    assert first.record["draws"][0]["per_class"] == {"0": 4, "1": 4, "2": 4}
+    chosen, accuracy = _reference_cv(model, files, 4, 3)
+    assert first.cv_scores["cv_accuracy"].tolist() == pytest.approx(accuracy.tolist())
+    row = first.few_labels.iloc[0]
+    assert row["task"] == "topics" and row["chosen_layer"] == chosen and row["n_labelled"] == 12
+    test = first.layers.set_index("layer")["score"]  # one task: the layers' scores are its test scores
+    assert row["score"] == pytest.approx(test[chosen]) and row["best_score"] == pytest.approx(test.max())
+    assert row["last_score"] == pytest.approx(test.iloc[-1])
+    assert row["regret"] == pytest.approx(test.max() - test[chosen]) and row["regret"] >= 0
+    assert first.few_labels.iloc[-1]["task"] == "average"
+
+
+def test_labels_per_class_needs_a_classification_task(model, files) -> None:
+    with pytest.raises(LayerscopeError, match="--labels-per-class needs a classification task"):
+        select_layer_with_labels(model, files / "similarity.csv", labels_per_class=8, progress=False)
+    # with a classification task among others, the others are scored but left out of the choice (said so)
+    result = select_layer_with_labels(model, [files / "topics.csv", files / "similarity.csv"], bootstrap=0,
+                                      labels_per_class=4, task_files=SPLIT, progress=False, eval_workers=1)
+    assert result.few_labels["task"].tolist() == ["topics", "average"]
+    assert any("classification tasks only (not similarity)" in note for note in result.notes)
+
+
+# ------------------------------------------------------------------------------------------ analyze
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_analyze_carries_intervals_to_the_store_and_the_report(model, files, tmp_path, capsys) -> None:
+    from layerscope.pipeline import analyze
+    from layerscope.report.run_report import summarize_run
+    from layerscope.store.runs import load_run
+
+    result = analyze(loaded_model=model, tasks=[str(files / "similarity.csv")], metrics="dime", select_by="dime",
+                     out=tmp_path, n_views=2, view_texts=4, lidar_texts=2, progress=False, eval_workers=1,
+                     bootstrap=4, resample_seed=1)
+    intervals = result.summary.intervals
+    assert intervals is not None and intervals.attrs["n_resamples"] == 4 and result.summary.verdict is not None
+    stored = summarize_run(load_run(tmp_path), uncertainty=False)
+    pd.testing.assert_frame_equal(stored.intervals, intervals)
+    html = (tmp_path / "report.html").read_text()
+    assert "95% interval" in html and "4 bootstrap resamples" in html
+    assert result.record["intervals"] == {"bootstrap": 4, "confidence": 0.95, "resample_seed": 1}
+    from layerscope.cli import print_analysis
+
+    print_analysis(result)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "interval" in printed and "95% interval from 4 bootstrap resamples" in printed
+    assert "with intervals: " + result.summary.verdict.describe() in printed
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def _cli_many(*commands: list[str]) -> list[tuple[int, list[str], str]]:
+    """Run several ``layerscope`` commands through ``main()`` in one fresh interpreter: (status, stderr lines, stdout)."""
+    marker = "=== next command ==="
+    script = ("import sys\nfrom layerscope.cli import main\n"
+              f"for args in {[list(c) for c in commands]!r}:\n"
+              "    sys.argv = ['layerscope', *args]\n"
+              "    try:\n        main()\n    except SystemExit as exit:\n        code = exit.code\n"
+              "    else:\n        code = 0\n"
+              f"    print('status', code, flush=True)\n    print({marker!r}, flush=True)\n"
+              f"    print({marker!r}, file=sys.stderr, flush=True)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    outs = result.stdout.split(marker)
+    codes = [int(part.split("status")[-1].split()[0]) for part in outs[: len(commands)]]
+    errors = [[line for line in part.strip().splitlines() if line.strip()] for part in result.stderr.split(marker)]
+    assert len(codes) == len(commands), result.stdout + result.stderr
+    return list(zip(codes, errors[: len(commands)], outs[: len(commands)], strict=True))
+
+
+def test_bad_options_get_one_line_and_status_2(files) -> None:
+    topics, similarity = str(files / "topics.csv"), str(files / "similarity.csv")
+    expected = {
+        ("--tasks", similarity, "--labels-per-class", "8"): "--labels-per-class needs a classification task",
+        ("--tasks", topics, "--bootstrap", "1"): "bootstrap (resamples; 0 turns the intervals off) must be an integer >= 2",
+        ("--tasks", topics, "--confidence", "1.5"): "confidence must be a number between 0 and 1",
+        ("--tasks", topics, "--labels-per-class", "1"): "labels_per_class must be an integer >= 2",
+        ("--tasks", topics, "--bootstrap", "many"): "Invalid value for '--bootstrap'",
+        ("--bootstrap", "10",): "Missing option '--tasks'",
+    }
+    # the model is never loaded (its name does not even exist): the options fail first
+    results = _cli_many(*(["select", "--model", "not-a-model", *args] for args in expected))
+    for (code, lines, _), (args, message) in zip(results, expected.items(), strict=True):
+        assert code == 2, (args, lines)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_select_command_end_to_end(files, tmp_path) -> None:
+    """``layerscope select`` on a tiny model saved to a folder: the table, the verdict, the files."""
+    saved = tiny_model("llama", num_layers=2)
+    saved.model.save_pretrained(str(tmp_path / "model"))
+    saved.tokenizer.save_pretrained(str(tmp_path / "model"))
+    [(code, lines, out)] = _cli_many(["select", "--model", str(tmp_path / "model"), "--device", "cpu", "--tasks",
+                                      str(files / "topics.csv"), "--split-column", "split", "--bootstrap", "3",
+                                      "--labels-per-class", "4", "--no-cache", "--eval-workers", "1",
+                                      "--out", str(tmp_path / "out")])
+    assert code == 0, lines
+    assert "95% intervals from 3 bootstrap resamples of the test examples" in " ".join(out.split())
+    assert "of the last layer 2" in out or "beats the last layer" in out or "is the best layer" in out
+    assert "Layer chosen from 4 labelled examples per class" in " ".join(out.split())
+    saved_choice = json.loads((tmp_path / "out" / "select.json").read_text())
+    assert saved_choice["last_layer"] == 2 and saved_choice["verdict"]["n_resamples"] == 3
+    assert saved_choice["record"]["resample_seed"] == 0 and saved_choice["config"]["select"]["labels_per_class"] == 4
+    assert [row["layer"] for row in saved_choice["layers"]] == [0, 1, 2]
+    with np.load(tmp_path / "out" / "resamples.npz") as resamples:
+        assert resamples["topics/default/test/0"].shape == (3, 18)
+    assert set(pd.read_csv(tmp_path / "out" / "few_labels.csv")["task"]) == {"topics", "average"}
