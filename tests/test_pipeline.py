@@ -21,7 +21,7 @@ def tiny_run(tmp_path_factory):
     handle = model.model.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     try:
-        result = analyze(loaded_model=model, tasks=tasks, out=out, n_views=4, view_texts=16, lidar_texts=8,
+        result = analyze(loaded_model=model, tasks=tasks, out=out, n_views=4, view_texts=16, lidar_texts=8, select_by="dime",
                          max_length=64, progress=False)
     finally:
         handle.remove()
@@ -69,6 +69,7 @@ def test_selection_table_and_chosen_layers(tiny_run):
 def test_rerun_replaces_rows_instead_of_duplicating(tiny_run):
     result, model, out, _ = tiny_run
     again = analyze(loaded_model=model, tasks=["LeeDocumentSTS", "DebatePartyClassification"], out=out, n_views=4,
+                    select_by="dime",
                     view_texts=16, lidar_texts=8, max_length=64, progress=False, report=False)
     assert again.run_id == result.run_id
     with ResultsStore.in_directory(out, read_only=True) as store:
@@ -79,3 +80,21 @@ def test_rerun_replaces_rows_instead_of_duplicating(tiny_run):
 def test_bad_select_by_fails_before_running(tmp_path):
     with pytest.raises(ls.LayerscopeError, match="did you mean 'dime'"):
         analyze(model="smollm2-135m", select_by="dimee", out=tmp_path)
+
+
+def test_select_by_takes_rules_and_the_default_is_the_recorded_one(tiny_run):
+    from layerscope.analysis import summarize
+    from layerscope.analysis.choice import default_rule, held_out_record, rule_spec
+
+    result, model, _, _ = tiny_run
+    on_all = result.metrics[result.metrics["dataset"] == ALL_TASKS]
+    depth = summarize(result.metrics, result.scores, select_by="depth:0.75")
+    assert depth.chosen_layer == round(0.75 * model.num_layers) and depth.chosen_label == "depth 75%"
+    rank = summarize(result.metrics, result.scores, select_by="rank:dime+infonce")
+    dime = on_all.query("metric == 'dime' and normalization == 'maxEntropy'").set_index("layer")["value"].rank()
+    infonce = on_all.query("metric == 'infonce' and normalization == 'raw'").set_index("layer")["value"].rank()
+    total = dime + infonce
+    assert rank.chosen_layer == int(total[total == total.min()].index.min())
+    auto = summarize(result.metrics, result.scores)
+    record = held_out_record()
+    assert auto.chosen_rule == rule_spec(default_rule()) == (record["rule"] if record else "dime")

@@ -627,8 +627,13 @@ def print_analysis(result: Any) -> None:
     if summary.verdict is not None:
         console.print(f"with intervals: {summary.verdict.describe()}", highlight=False)
     if chosen is not None and last_score is not None:
-        console.print(f"chosen without labels ({result.chosen_by} on all texts): layer {chosen} "
+        where = " on all texts" if summary.chosen_uses_metrics else ""
+        console.print(f"chosen without labels ({summary.chosen_label}{where}): layer {chosen} "
                       f"({summary.score_at(chosen):.1f}, {summary.score_at(chosen) - last_score:+.1f} vs last)")
+        loses = summary.label_free_loses()
+        if loses is not None:
+            console.print(f"on this model the label-free choice trails the last layer by {loses:.1f} points: "
+                          "use a few labels instead (layerscope select --labels-per-class 8)")
     console.print(f"results: {result.out / 'results.duckdb'}" + (f"; report: {result.report}" if result.report else "")
                   + f"; {result.record['timings'].get('total_s', 0):.0f} s")
 

@@ -375,14 +375,14 @@ class AnalysisConfig(Config):
                                     "names.", label="Tasks", short="-t")
     metrics: tuple[str, ...] = option(("all",), "all, or a comma list of metrics.", label="Metrics")
     dataset: TextConfig | None = None
-    select_by: str = option("dime", "Metric that picks the layer without labels.", label="Label-free choice by")
+    select_by: str = option("auto", "Rule that picks the layer without labels: auto (the rule chosen on the paper "
+                            "authors' models, held out), a metric (dime, max:lidar), depth:0.75, dime@0.5-0.9, "
+                            "rank:infonce+lidar, last.", label="Label-free choice by")
     seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
     eval_seed: int | None = option(None, "Seed of the evaluations (default: each MTEB task's own seed, 42, as a plain "
                                    "MTEB run).", label="Evaluation seed")
 
     def validate(self) -> None:
-        from layerscope.metrics.registry import get
-
         metrics = _metric_names(self.metrics)
         object.__setattr__(self, "metrics", metrics)
         tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
@@ -390,9 +390,13 @@ class AnalysisConfig(Config):
         if not tasks:
             raise LayerscopeError("no tasks selected; use 'offline', 'paper32' or task names")
         object.__setattr__(self, "tasks", tasks)
-        select_by = get(self.select_by).name  # unknown names suggest the nearest
-        if select_by not in metrics:
-            raise LayerscopeError(f"--select-by {select_by} is not among the metrics computed "
+        from layerscope.analysis.choice import parse_rule, rule_spec
+
+        rule = parse_rule(self.select_by)  # unknown metrics suggest the nearest; "auto" is the default rule
+        select_by = rule_spec(rule)
+        absent = [metric for metric in rule.metrics_used() if metric not in metrics]
+        if absent:
+            raise LayerscopeError(f"--select-by {' and '.join(absent)} is not among the metrics computed "
                                   f"({', '.join(metrics)}): add it to --metrics")
         object.__setattr__(self, "select_by", select_by)
 

@@ -85,8 +85,8 @@ class AnalysisResult:
 
     @property
     def chosen_by(self) -> str:
-        """The metric of the label-free choice."""
-        return self.summary.chosen_metric or self.config.select_by
+        """The label-free rule: its metric when it is one metric's extreme, else its ``--select-by`` text."""
+        return self.summary.chosen_metric or self.summary.chosen_rule or self.config.select_by
 
 
 @dataclass
@@ -144,7 +144,7 @@ def analyze(
     n_views: int = 16,
     view_texts: int | None = 16,
     lidar_texts: int | None = 3,
-    select_by: str = "dime",
+    select_by: str = "auto",
     seed: int = 0,
     eval_seed: int | None = None,
     task_files: Any = None,
@@ -188,7 +188,10 @@ def analyze(
         inside the other); the defaults keep the offline suite on SmolLM2 under 10 minutes on 2 CPU
         cores. Raise them for steadier per-task invariance metrics.
     select_by : str
-        The metric whose minimum (or maximum, per the registry) picks the label-free layer.
+        The rule that picks the label-free layer (see :mod:`layerscope.analysis.choice`): ``auto`` (the
+        default: the rule the held-out protocol chose on the paper authors' models), a metric
+        (``dime``: its registered direction; ``max:lidar``), ``depth:0.75``, ``dime@0.5-0.9``,
+        ``rank:infonce+lidar``, ``last``.
     seed : int
         Seed of text subsets and views.
     eval_seed : int, optional

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
-from layerscope.analysis.selection import metric_directions, select_layer, selection_table
+from layerscope.analysis.selection import selection_table
 from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.uncertainty import BestVersusLast, best_versus_last, has_bootstrap, layer_intervals
@@ -49,10 +49,12 @@ class Summary:
         The model's last layer L.
     best_layer : int or None
         Layer with the best task-averaged score (labels).
-    chosen_layer, chosen_metric : int or None, str or None
-        Label-free choice and the metric it optimises (on the all-texts set).
-    chosen_higher_is_better : bool or None
-        Direction used for the choice.
+    chosen_layer : int or None
+        The label-free choice (a rule of :mod:`layerscope.analysis.choice` on the all-texts set).
+    chosen_metric, chosen_higher_is_better : str or None, bool or None
+        The metric and direction, when the rule is one metric's extreme.
+    chosen_rule, chosen_name : str or None
+        The rule as ``--select-by`` text, and its name (rules other than one metric's extreme).
     selection : pandas.DataFrame or None
         :func:`~layerscope.analysis.selection_table` (needs scores).
     correlations : pandas.DataFrame or None
@@ -77,13 +79,23 @@ class Summary:
     intervals: pd.DataFrame | None = None
     verdict: BestVersusLast | None = None
     notes: list[str] = field(default_factory=list)
+    chosen_rule: str | None = None
+    chosen_name: str | None = None
+    chosen_uses_metrics: bool = True
 
     @property
     def chosen_label(self) -> str | None:
-        """E.g. ``"min DiME"``."""
+        """E.g. ``"min DiME"``, ``"depth 75%"``."""
         if self.chosen_metric is None:
-            return None
+            return self.chosen_name
         return f"{'max' if self.chosen_higher_is_better else 'min'} {metric_label(self.chosen_metric)}"
+
+    def label_free_loses(self) -> float | None:
+        """Points by which the label-free layer trails the last layer on the task average (None: it does not)."""
+        chosen, last = self.score_at(self.chosen_layer), self.score_at(self.last_layer)
+        if chosen is None or last is None or chosen >= last:
+            return None
+        return last - chosen
 
     def score_at(self, layer: int | None) -> float | None:
         """Task-averaged score (x 100) at ``layer``, if known."""
@@ -140,8 +152,9 @@ def summarize(
     scores : pandas.DataFrame or None
         Per-layer task scores.
     select_by : str, optional
-        Metric of the headline label-free choice (default: ``analyze``'s default if the run has it,
-        else the first registered metric it has).
+        The rule of the headline label-free choice (``--select-by`` text, see
+        :mod:`layerscope.analysis.choice`; default ``auto``). When the run lacks its metrics, the
+        first registered metric it has decides instead (with a note).
     task_to_dataset : mapping, optional
         Task -> the metric ``dataset`` computed on its texts (default: the task's name).
     all_texts : str
@@ -170,25 +183,7 @@ def summarize(
     if scores is not None and "avg_score" in table.columns and table["avg_score"].notna().any():
         summary.best_layer = int(table.loc[table["avg_score"].idxmax(), "layer"])
 
-    if reference is not None:
-        present = sorted(reference["metric"].dropna().astype(str).unique())
-        metric = select_by if select_by in present else _default_select_by(present)
-        if select_by is not None and select_by not in present:
-            summary.notes.append(f"The run did not compute '{select_by}': the headline label-free choice uses "
-                                 f"{metric} instead.")
-        if metric is not None:
-            higher = metric_directions([metric], strict=False).get(metric, False)
-            try:
-                if source is None:  # sets without an all-texts one: the per-layer mean over the sets
-                    column = table[["layer", metric]].dropna()
-                    position = column[metric].idxmax() if higher else column[metric].idxmin()
-                    summary.chosen_layer = int(column.loc[position, "layer"])
-                else:
-                    summary.chosen_layer = select_layer(reference, by=metric, higher_is_better=higher,
-                                                        dataset=source)
-                summary.chosen_metric, summary.chosen_higher_is_better = metric, higher
-            except (LayerscopeError, KeyError, ValueError) as error:
-                summary.notes.append(f"No label-free choice: {error}")
+    _choose(summary, reference, scores, select_by)
 
     if scores is not None and has_bootstrap(scores):
         try:
@@ -206,6 +201,42 @@ def summarize(
         if metrics is not None:
             summary.correlations = _correlations(metrics, scores, mapping, correlation_methods, summary.notes)
     return summary
+
+
+def _choose(summary: Summary, reference: pd.DataFrame | None, scores: pd.DataFrame | None,
+            select_by: str | None) -> None:
+    """The headline label-free choice: the ``select_by`` rule (default: ``auto``) on the all-texts metrics."""
+    from layerscope.analysis.choice import AUTO, choose_layer, parse_rule, rule_spec
+    from layerscope.analysis.rules import MetricRule
+
+    try:
+        rule = parse_rule(select_by or AUTO)
+    except LayerscopeError as error:
+        summary.notes.append(f"No label-free choice: {error}")
+        return
+    present = set() if reference is None else set(reference["metric"].dropna().astype(str))
+    missing = [metric for metric in rule.metrics_used() if metric not in present]
+    if missing and reference is not None:
+        fallback = _default_select_by(sorted(present))
+        summary.notes.append(f"The run did not compute {', '.join(missing)}: the headline label-free choice uses "
+                             f"{fallback} instead of {rule.name}.")
+        if fallback is None:
+            return
+        rule = parse_rule(fallback)
+    frame = reference
+    if frame is None or rule.metrics_used() == ():  # depth rules need only the layers (scores will do)
+        frame = frame if frame is not None else scores.assign(metric="(layers)", value=0.0)
+    summary.chosen_layer = choose_layer(frame, rule, last_layer=summary.last_layer)
+    if summary.chosen_layer is None:
+        summary.notes.append(f"No label-free choice: {rule.name} found no layer with its metrics.")
+        return
+    summary.chosen_rule = rule_spec(rule)
+    summary.chosen_uses_metrics = bool(rule.metrics_used())
+    if isinstance(rule, MetricRule):
+        summary.chosen_metric = rule.metric
+        summary.chosen_higher_is_better = rule.resolved_direction == "max"
+    else:
+        summary.chosen_name = rule.name.removesuffix(" on all texts")
 
 
 def _correlations(metrics: pd.DataFrame, scores: pd.DataFrame, mapping: dict[str, str] | None,

@@ -79,15 +79,19 @@ def summarize_run(run: RunData, *, select_by: str | None = None, uncertainty: bo
     run : RunData
         From :func:`~layerscope.store.load_run`.
     select_by : str, optional
-        Metric of the headline label-free choice (default: the run's configured one).
+        Rule of the headline label-free choice (``--select-by`` text; default: the run's configured one).
     uncertainty : bool, default True
         Add the permutation p-values and intervals over tasks of
         :func:`layerscope.analysis.correlation_uncertainty` to ``summary.correlations``.
     """
     present = set(run.metrics["metric"].astype(str)) if not run.metrics.empty else set()
-    if select_by is not None and select_by not in present:
-        raise LayerscopeError(f"cannot choose a layer by '{select_by}': the run has no such metric "
-                              f"(it has {', '.join(sorted(present)) or 'no metrics'})")
+    if select_by is not None:
+        from layerscope.analysis.choice import parse_rule
+
+        absent = [metric for metric in parse_rule(select_by).metrics_used() if metric not in present]
+        if absent:
+            raise LayerscopeError(f"cannot choose a layer by '{select_by}': the run has no such metric "
+                                  f"(it has {', '.join(sorted(present)) or 'no metrics'})")
     mapping = _task_mapping(run)
     summary = summarize(
         run.metrics if not run.metrics.empty else None,

@@ -88,7 +88,9 @@ def headline_label(run: RunData, summary: Summary) -> str | None:
 
     Table 2's metric rules choose per task, so the headline says where its own metric came from.
     """
-    return None if summary.chosen_label is None else f"{summary.chosen_label} {_metric_texts(run)}"
+    if summary.chosen_label is None:
+        return None
+    return f"{summary.chosen_label} {_metric_texts(run)}" if summary.chosen_uses_metrics else summary.chosen_label
 
 
 def texts_used(run: RunData) -> tuple[int | None, pd.DataFrame]:
@@ -153,6 +155,7 @@ def summary_section(run: RunData, summary: Summary) -> Section:
 
     body = _lead(summary, _metric_texts(run)) + (f'<div class="cards">{"".join(cards)}</div>' if cards else "")
     body += _scale_caption(run, summary)
+    body += _label_free_record(run, summary)
     body += _two_answers(run, summary)
     if per_layer is None:
         body += note("Nothing to summarise: the run has no metrics and no task scores.")
@@ -180,11 +183,39 @@ def _lead(summary: Summary, metric_texts: str) -> str:
                 f"An intermediate layer ({summary.best_layer}, {summary.depth_of(summary.best_layer):.0f}% depth) "
                 f"beats the last layer by {best_score - last_score:.1f} points on the task average."
             )
-    if summary.chosen_layer is not None:
+    if summary.chosen_layer is not None and summary.chosen_metric is not None:
         direction = "highest" if summary.chosen_higher_is_better else "lowest"
-        sentences.append(f"Without labels, the layer where {metric_label(summary.chosen_metric or '')} "
+        sentences.append(f"Without labels, the layer where {metric_label(summary.chosen_metric)} "
                          f"{metric_texts} is {direction} is layer {summary.chosen_layer}.")
+    elif summary.chosen_layer is not None:
+        sentences.append(f"Without labels, the rule {summary.chosen_label} picks layer {summary.chosen_layer}.")
+    loses = summary.label_free_loses()
+    if loses is not None:
+        sentences.append(f"On this model that label-free choice trails the last layer by {loses:.1f} points: "
+                         "use a few labels instead (layerscope select --labels-per-class 8).")
     return f'<p class="lead">{escape(" ".join(sentences))}</p>' if sentences else ""
+
+
+def _label_free_record(run: RunData, summary: Summary) -> str:
+    """Where the default label-free rule comes from and how it did on models it was not chosen on."""
+    from layerscope.analysis.choice import held_out_record
+
+    record = held_out_record()
+    if record is None or summary.chosen_rule != record.get("rule"):
+        return ""
+    parts = [f"The label-free rule ({record['name']}) is layerscope's default: the held-out protocol picked it on "
+             "the paper authors' stored results"]
+    model_held = record.get("held_out", {}).get("model")
+    if model_held:
+        parts.append(f"(leave-one-model-out, the procedure that picked it lost {model_held['mean_regret']:.1f} points "
+                     f"to the best layer on average and beat the last layer on {model_held['wins']} of "
+                     f"{model_held['n_models']} models)")
+    unseen = record.get("unseen", {})
+    if unseen.get("n_models"):
+        parts.append(f"; on {unseen['n_models']} models it never saw it beat the last layer on {unseen['wins']} "
+                     f"(mean regret {unseen['mean_regret']:.1f})")
+    return f'<p class="caption">{escape(" ".join(parts))}. Numbers from: {escape(record["command"])}.</p>'
+
 
 
 def _scale_caption(run: RunData, summary: Summary) -> str:
