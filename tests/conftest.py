@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("MTEB_CACHE", tempfile.mkdtemp(prefix="layerscope-mteb-"))
+if "MTEB_CACHE" not in os.environ:
+    os.environ["MTEB_CACHE"] = tempfile.mkdtemp(prefix="layerscope-mteb-")
+    atexit.register(shutil.rmtree, os.environ["MTEB_CACHE"], ignore_errors=True)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -61,6 +61,32 @@ def test_normalize_and_conditioning_are_carried_as_modules(tmp_path):
     np.testing.assert_allclose(encoded, expected, atol=1e-5)
 
 
+def test_export_finds_its_layer_when_activations_are_massive(tmp_path):
+    """SmolLM2's attention sink makes pooled values of about 1,800 in a few dimensions; two float32
+    forward passes (batched and alone) then differ by ~5e-4 in small dimensions too (measured at its
+    layer 28), so the layer is matched relative to the largest value, not element by element."""
+    import torch
+
+    from layerscope.export import PROBE_TEXTS, _hidden_state_index
+
+    model = tiny_model("llama", num_layers=4)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1e5  # one massive dimension in every token
+    result = export_layer(model, 3, tmp_path, max_length=64)
+    expected = ls.extract(model, TEXTS, layers=[3], max_length=64, progress=False).pooled[0]
+    scale = float(np.abs(expected).max())
+    assert scale > 1e3
+    assert float(np.abs(encode(tmp_path) - expected).max()) <= 1e-5 * scale
+    reference = np.asarray(ls.extract(model, list(PROBE_TEXTS), layers=[3], max_length=64, progress=False).pooled[0],
+                           dtype=np.float64)
+    small = int(np.argmin(np.abs(reference[0])))
+    reference[0, small] += 2.7e-7 * scale  # the relative noise measured on SmolLM2
+    assert _hidden_state_index(tmp_path, reference, PROBE_TEXTS, "mean") == result.record["hidden_states_index"] == 3
+    reference[0, small] += 1e-3 * scale  # another layer's values are not taken for this one
+    with pytest.raises(LayerscopeError, match="cannot find layerscope's layer"):
+        _hidden_state_index(tmp_path, reference, PROBE_TEXTS, "mean")
+
+
 def test_export_refuses_what_it_cannot_carry(tmp_path):
     model = tiny_model("llama", num_layers=2)
     with pytest.raises(LayerscopeError, match="layer >= 1"):

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -217,6 +217,7 @@ def configured(**groups: type[Config] | Group) -> Callable[[Callable[..., Any]],
 
 
 OutOption = Annotated[Path | None, typer.Option(help="Output folder.")]
+ScoresOutOption = Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")]
 EvalWorkersOption = Annotated[str, typer.Option("--eval-workers", help="Processes running the evaluators over "
                                                 "layers, or auto (one per CPU).")]
 LayersOption = Annotated[str, typer.Option(help="all | last | comma-separated layer indices.")]
@@ -273,18 +274,24 @@ def _corpus_texts(texts: TextConfig) -> tuple[list[str], TextConfig]:
 # ------------------------------------------------------------------------------------------ listings
 
 
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], **column_options: Any) -> None:
+    """Print a table of ``rows`` under ``columns``; ``column_options`` (e.g. ``overflow``) apply to every column."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, **column_options)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 @app.command("models")
 def models_command() -> None:
     """List the bundled offline models and whether their packages are installed."""
     from layerscope.models import BUNDLED
 
-    table = Table(title="Bundled models (offline)")
-    for column in ("alias", "model", "layers", "width", "installed", "package", "license"):
-        table.add_column(column)
-    for bundled in BUNDLED.values():
-        table.add_row(bundled.alias, bundled.hub_id, str(bundled.layers), str(bundled.hidden_size),
-                      "yes" if bundled.installed() else "no", bundled.pip, bundled.license)
-    console.print(table)
+    print_table("Bundled models (offline)", ("alias", "model", "layers", "width", "installed", "package", "license"),
+                ((bundled.alias, bundled.hub_id, str(bundled.layers), str(bundled.hidden_size),
+                  "yes" if bundled.installed() else "no", bundled.pip, bundled.license) for bundled in BUNDLED.values()))
     console.print("Any Hugging Face id or local folder also works where the hub is reachable.")
 
 
@@ -293,13 +300,9 @@ def datasets_command() -> None:
     """List the bundled text corpora (read from installed packages, no network)."""
     from layerscope.data import available
 
-    table = Table(title="Bundled corpora")
-    for column in ("name", "texts", "labels", "installed", "description", "source"):
-        table.add_column(column, overflow="fold")
-    for info in available():
-        table.add_row(info.name, str(info.size), info.labels, "yes" if info.installed else "no",
-                      info.description, info.source)
-    console.print(table)
+    print_table("Bundled corpora", ("name", "texts", "labels", "installed", "description", "source"),
+                ((info.name, str(info.size), info.labels, "yes" if info.installed else "no", info.description,
+                  info.source) for info in available()), overflow="fold")
     console.print("Also: files (.txt one text per line; .jsonl/.csv/.parquet with --column) and HF datasets online.")
 
 
@@ -308,12 +311,10 @@ def tasks_command() -> None:
     """List the offline downstream tasks (bundled data, no network) and the paper's 32 hub tasks."""
     from layerscope.evaluate.tasks import describe_offline, paper32
 
-    table = Table(title="Offline task suite (MTEB task classes over bundled data)")
-    for column in ("task", "type", "texts", "main score", "source", "license"):
-        table.add_column(column, overflow="fold")
-    for info in describe_offline():
-        table.add_row(info.name, info.type, str(info.n_texts), info.main_score, info.source, info.license)
-    console.print(table)
+    print_table("Offline task suite (MTEB task classes over bundled data)",
+                ("task", "type", "texts", "main score", "source", "license"),
+                ((info.name, info.type, str(info.n_texts), info.main_score, info.source, info.license)
+                 for info in describe_offline()), overflow="fold")
     console.print("paper32 (MTEB hub tasks, need the network): " + ", ".join(paper32()))
 
 
@@ -415,13 +416,9 @@ def print_metric_list() -> None:
     """The registry as a table (``layerscope metrics --list``)."""
     from layerscope.metrics import available
 
-    table = Table(title="Metrics")
-    for name in ("name", "column", "reads", "views", "select", "random", "description"):
-        table.add_column(name, overflow="fold")
-    for spec in available():
-        table.add_row(spec.name, spec.short, spec.inputs, str(spec.n_views), "max" if spec.higher_is_better else "min",
-                      "yes" if spec.random else "no", spec.description)
-    console.print(table)
+    print_table("Metrics", ("name", "column", "reads", "views", "select", "random", "description"),
+                ((spec.name, spec.short, spec.inputs, str(spec.n_views), "max" if spec.higher_is_better else "min",
+                  "yes" if spec.random else "no", spec.description) for spec in available()), overflow="fold")
 
 
 @app.command("metrics")
@@ -507,7 +504,7 @@ def evaluate_command(
     tasks: TasksOption = "offline",
     layers: LayersOption = "all",
     seed: EvalSeedOption = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")] = None,
+    out: ScoresOutOption = None,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """Score every layer on downstream tasks with MTEB's evaluators (texts encoded once).
@@ -536,7 +533,7 @@ def mteb_command(
     tasks: TasksOption = "paper32",
     layers: LayersOption = "all",
     seed: EvalSeedOption = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (scores.csv, layers.csv, record.json).")] = None,
+    out: ScoresOutOption = None,
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:
     """Score every layer on real MTEB tasks from the hub (default: the paper's 32; needs the network)."""
@@ -921,14 +918,11 @@ def sweep_command(
     root = out or spec.out
     units = spec.units()
     if dry_run:
-        table = Table(title=f"{sweep_file}: {len(units)} units of job '{spec.job}' -> {root}")
-        for column in ("unit", "model", "revision", "dataset", "status"):
-            table.add_column(column)
-        for unit in units:
-            status = unit_status(unit, root)
-            table.add_row(unit.unit_id, unit.model, unit.revision or "-", unit.dataset or "-",
-                          status["status"] if status else "to run")
-        console.print(table)
+        statuses = [unit_status(unit, root) for unit in units]
+        print_table(f"{sweep_file}: {len(units)} units of job '{spec.job}' -> {root}",
+                    ("unit", "model", "revision", "dataset", "status"),
+                    ((unit.unit_id, unit.model, unit.revision or "-", unit.dataset or "-",
+                      status["status"] if status else "to run") for unit, status in zip(units, statuses, strict=True)))
         return
     output_folder(root)
 
@@ -939,13 +933,11 @@ def sweep_command(
 
     result = run_sweep(spec, backend=backend, out=root, resume=not no_resume, address=address,
                        cpus_per_unit=cpus_per_unit, gpus_per_unit=gpus_per_unit, num_cpus=num_cpus, on_unit=announce)
-    table = Table(title=f"sweep {sweep_file} ({backend}): {len(result.units)} units")
-    for column in ("unit", "status", "seconds", "best layer", "label-free layer", "error"):
-        table.add_column(column, overflow="fold")
-    for row in result.units.itertuples(index=False):
-        table.add_row(row.label, row.status, "-" if row.seconds is None or row.seconds != row.seconds else f"{row.seconds:.0f}",
-                      _cell(row.best_layer), _cell(row.chosen_layer), row.error or "")
-    console.print(table)
+    print_table(f"sweep {sweep_file} ({backend}): {len(result.units)} units",
+                ("unit", "status", "seconds", "best layer", "label-free layer", "error"),
+                ((row.label, row.status, "-" if row.seconds is None or row.seconds != row.seconds else f"{row.seconds:.0f}",
+                  _cell(row.best_layer), _cell(row.chosen_layer), row.error or "")
+                 for row in result.units.itertuples(index=False)), overflow="fold")
     console.print(f"results: {result.out / 'results.duckdb'} ({len(result.merged_runs)} runs)"
                   + (f"; comparison: {result.compare}" if result.compare else ""))
     if len(result.failed):

@@ -696,6 +696,11 @@ class _OneMetric(_MetricBased):
     def _metric_keys(self) -> list[tuple[str, str | None]]:
         return [(self.metric, self.normalization)]
 
+    def _described(self, before: str, after: str = "") -> str:
+        """A rule's name: ``before``, the metric with its normalization, ``after``, then the text source."""
+        return (f"{before}{self.metric}{_normalization_suffix(self.normalization)}{after}"
+                f"{_source_suffix(self._texts(), self._fallback())}")
+
 
 @dataclass(frozen=True)
 class _BestOfMetric(_OneMetric):
@@ -747,10 +752,7 @@ class MetricRule(_BestOfMetric):
 
     @property
     def name(self) -> str:
-        return (
-            f"{self.resolved_direction} {self.metric}{_normalization_suffix(self.normalization)}"
-            f"{_source_suffix(self.texts, self.fallback)}"
-        )
+        return self._described(f"{self.resolved_direction} ")
 
     def _decide(self, model: ModelData, columns: Sequence[str], arrays: list[np.ndarray]) -> np.ndarray:
         return _best_in(model, arrays[0], self.resolved_direction)
@@ -795,10 +797,7 @@ class WindowMetricRule(_BestOfMetric):
 
     @property
     def name(self) -> str:
-        return (
-            f"{self.resolved_direction} {self.metric}{_normalization_suffix(self.normalization)} in depth "
-            f"{100 * self.lo:g}-{_percent(self.hi)}{_source_suffix(self.texts, self.fallback)}"
-        )
+        return self._described(f"{self.resolved_direction} ", f" in depth {100 * self.lo:g}-{_percent(self.hi)}")
 
     def _decide(self, model: ModelData, columns: Sequence[str], arrays: list[np.ndarray]) -> np.ndarray:
         mask = model.window_mask(self.lo, self.hi)
@@ -941,10 +940,7 @@ class ValleyFractionRule(_ValleyBased):
 
     @property
     def name(self) -> str:
-        return (
-            f"{_percent(self.fraction)} from the {self.metric}{_normalization_suffix(self.normalization)} valley "
-            f"to the last layer{_source_suffix(self.texts, self.fallback)}"
-        )
+        return self._described(f"{_percent(self.fraction)} from the ", " valley to the last layer")
 
     def _target(self, profile: pd.Series, model: ModelData) -> float:
         valley, _, _, _ = _valley(profile)
@@ -972,10 +968,7 @@ class ValleyRecoveryRule(_ValleyBased):
 
     @property
     def name(self) -> str:
-        return (
-            f"first layer after the {self.metric}{_normalization_suffix(self.normalization)} valley recovering "
-            f"{_percent(self.fraction)}{_source_suffix(self.texts, self.fallback)}"
-        )
+        return self._described("first layer after the ", f" valley recovering {_percent(self.fraction)}")
 
     def _target(self, profile: pd.Series, model: ModelData) -> float:
         valley, low, deepest, high = _valley(profile)
@@ -1181,15 +1174,10 @@ def authors_models(
 
     Parameters
     ----------
-    authors : AuthorsResults or path, optional
-        Loaded results, or a directory for :func:`layerscope.analysis.load_authors_results`
-        (default ``$LAYERSCOPE_AUTHORS_RESULTS``).
-    revision : str, default "main"
-        Checkpoint revision.
+    authors, revision, min_layer_fraction
+        As in :func:`authors_coverage`.
     models : iterable of str, optional
         Only these models (each must qualify).
-    min_layer_fraction : float, default 0.5
-        Least share of layers 0..L with every task.
     families : Mapping of str to str, optional
         Model -> family overrides.
 

@@ -22,8 +22,8 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from layerscope.errors import LayerscopeError
 from layerscope.evaluate.encoder import LayerView, TextRecorder
 from layerscope.evaluate.hub_tasks import PAPER32
 from layerscope.evaluate.registry import is_offline, resolve
+from layerscope.evaluate.uncertainty import scores_json
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
@@ -172,17 +173,6 @@ def main_score(scores: dict[str, list[dict[str, Any]]], split: str = "test") -> 
         split = next(iter(scores))
     values = [float(entry["main_score"]) for entry in scores[split]]
     return float(np.mean(values)) if values else float("nan")
-
-
-def _json(scores: dict[str, Any]) -> str:
-    def default(value: Any) -> Any:
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        return str(value)
-
-    return json.dumps(scores, default=default, sort_keys=True)
 
 
 def collect_texts(tasks: Sequence[AbsTask], seed: int | None = None) -> list[str]:
@@ -344,6 +334,8 @@ def _jsonable(value: Any) -> bool:
 
 # What forked evaluation workers inherit from the parent (set just before the pool starts).
 _WORKER_STATE: dict[str, Any] = {}
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 def resolve_workers(workers: int | str | None, n_layers: int) -> int:
@@ -372,7 +364,7 @@ def _score_layer(position: int) -> list[dict[str, Any]]:
     for task in tasks:
         scores = run_task(view, task, seed)
         rows.append({"layer": layer, "depth_pct": 100.0 * layer / num_layers, "task": task.metadata.name,
-                     "task_type": task.metadata.type, "main_score": main_score(scores), "scores": _json(scores)})
+                     "task_type": task.metadata.type, "main_score": main_score(scores), "scores": scores_json(scores)})
     return rows
 
 
@@ -385,42 +377,73 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def _score_layers(
-    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int | None, progress: bool,
-    workers: int = 1,
-) -> pd.DataFrame:
-    """MTEB's evaluators on every layer: in turn, or spread over forked worker processes.
+def fork_map(function: Callable[[_Item], _Result], items: Iterable[_Item], workers: int,
+             on_done: Callable[[], None] | None = None) -> dict[_Item, _Result]:
+    """``function`` of every item: in turn in this process, or spread over forked worker processes.
 
-    Every (layer, task) evaluation is reseeded, so the scores do not depend on the number of
-    workers or on which worker ran a layer. Workers are forked (they share the embeddings and the
-    loaded tasks copy-on-write); where fork is unavailable the layers run in this process.
+    Workers are forked, so they share what the parent prepared (module state such as
+    ``_WORKER_STATE``) copy-on-write; each uses one thread and leaves Ctrl-C to the parent, which
+    cancels the items not yet started when anything fails. Where fork is unavailable, or with one
+    worker, the items run in this process.
+
+    Parameters
+    ----------
+    function : callable
+        Called with one item (a module-level function, so workers can run it).
+    items : iterable
+        Distinct hashable items.
+    workers : int
+        Processes (see :func:`resolve_workers`); 1 runs here.
+    on_done : callable, optional
+        Called after each finished item (e.g. a progress bar's update).
+
+    Returns
+    -------
+    dict
+        Item -> result, in the order the items finished.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    results: dict[_Item, _Result] = {}
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {pool.submit(function, item): item for item in items}
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    if on_done is not None:
+                        on_done()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    else:
+        for item in items:
+            results[item] = function(item)
+            if on_done is not None:
+                on_done()
+    return results
+
+
+def _score_layers(
+    model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int | None, progress: bool,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """MTEB's evaluators on every layer: in turn, or spread over forked worker processes (:func:`fork_map`).
+
+    Every (layer, task) evaluation is reseeded, so the scores do not depend on the number of
+    workers or on which worker ran a layer. The workers share the embeddings and the loaded tasks
+    copy-on-write.
+    """
     positions = range(len(extraction.layers))
     _WORKER_STATE.clear()
     _WORKER_STATE.update(extraction=extraction, tasks=tasks, seed=seed, num_layers=model.num_layers,
                          name=f"layerscope/{model.model_id}", revision=model.revision)
     bar = tqdm(total=len(positions), desc="evaluating layers", unit="layer", disable=not progress)
-    results: dict[int, list[dict[str, Any]]] = {}
     try:
-        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-                futures = {pool.submit(_score_layer, position): position for position in positions}
-                try:
-                    for future in as_completed(futures):
-                        results[futures[future]] = future.result()
-                        bar.update(1)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-        else:
-            for position in positions:
-                results[position] = _score_layer(position)
-                bar.update(1)
+        results = fork_map(_score_layer, positions, workers, lambda: bar.update(1))
     finally:
         bar.close()
         _WORKER_STATE.clear()

@@ -51,7 +51,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,7 @@ __all__ = [
     "resample_indices",
     "resampled_tasks",
     "resampling_unit",
+    "scores_json",
     "task_intervals",
 ]
 
@@ -363,39 +364,6 @@ def _classification_resamples(view: Any, task: AbsTask, draws: dict[tuple[str, s
     return values
 
 
-def _worker_init() -> None:
-    import signal
-
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker (no OpenMP pool inherited across the fork)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
-def _run_units(units: list[tuple[int, int]], workers: int, on_done: Callable[[], None]) -> dict[tuple[int, int], list[float]]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    results: dict[tuple[int, int], list[float]] = {}
-    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = {pool.submit(_evaluate_unit, unit): unit for unit in units}
-            try:
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    on_done()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    else:
-        for unit in units:
-            results[unit] = _evaluate_unit(unit)
-            on_done()
-    return results
-
-
 def bootstrap_layers(
     scores: pd.DataFrame,
     extraction: Extraction,
@@ -445,7 +413,7 @@ def bootstrap_layers(
     """
     from tqdm.auto import tqdm
 
-    from layerscope.evaluate.runner import own_seeds_kept, resolve_workers
+    from layerscope.evaluate.runner import fork_map, own_seeds_kept, resolve_workers
 
     _check_settings(n_resamples, confidence)
     started = time.perf_counter()
@@ -473,7 +441,7 @@ def bootstrap_layers(
                f"x {_count(len(layers), 'layer')}", unit="eval", disable=not progress)
     try:
         with own_seeds_kept(tasks):
-            results = _run_units(work, workers, lambda: bar.update(n_resamples))
+            results = fork_map(_evaluate_unit, work, workers, lambda: bar.update(n_resamples))
     finally:
         bar.close()
         _STATE.clear()
@@ -512,12 +480,18 @@ def attach_bootstrap(scores: pd.DataFrame, resampled: dict[tuple[int, str], Sequ
         data[BOOTSTRAP_KEY] = {"main_scores": values, "n_resamples": len(values), "unit": units[str(row["task"])],
                                "n_units": n_units[str(row["task"])], "resample_seed": int(resample_seed),
                                "confidence": float(confidence)}
-        return json.dumps(data, sort_keys=True, default=_plain)
+        return scores_json(data)
 
     out = scores.copy()
     out["scores"] = [entry(row) for _, row in scores.iterrows()]
     out.attrs.update(scores.attrs)
     return out
+
+
+def scores_json(data: Mapping[str, Any]) -> str:
+    """A row's ``scores`` JSON (MTEB's scores, the bootstrap record): keys sorted, numpy values as numbers
+    and lists, anything else not JSON as its string."""
+    return json.dumps(data, sort_keys=True, default=_plain)
 
 
 def _plain(value: Any) -> Any:
