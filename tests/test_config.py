@@ -62,7 +62,7 @@ def test_values_are_normalized_once():
     (lambda: ModelConfig("smollm2-135m", dtype="fp8"), "unknown dtype 'fp8'"),
     (lambda: ModelConfig("smollm2-135m", device="tpu"), "unknown device 'tpu'"),
     (lambda: MetricsConfig(metrics="dimee"), "did you mean 'dime'"),
-    (lambda: AnalysisConfig(metrics="lidar,infonce"), "--select-by dime is not among the metrics computed"),
+    (lambda: AnalysisConfig(metrics="lidar,infonce", select_by="dime"), "--select-by dime is not among the metrics computed"),
     (lambda: AnalysisConfig(select_by="dimee"), "did you mean 'dime'"),
     (lambda: AnalysisConfig(tasks=""), "no tasks selected"),
     (lambda: ExtractConfig.from_dict({"poling": "mean"}), "unknown ExtractConfig option 'poling' (did you mean 'pooling'?)"),

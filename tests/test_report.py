@@ -353,9 +353,13 @@ def test_report_holds_the_per_layer_table_of_the_store(run_dir: Path) -> None:
         assert shown == [f"{value:.3f}" for value in table[metric]]
     score_column = [i for i, header in enumerate(headers) if header.startswith("avg score")][0]
     assert [cells[score_column] for _, cells in body] == [f"{value:.1f}" for value in table["avg_score"]]
-    # the best layer with labels and the label-free choice (min DiME) are the highlighted rows
+    # the best layer with labels and the label-free choice (the default rule, the run recording none)
+    # are the highlighted rows
+    from layerscope.analysis.choice import choose_layer, default_rule
+
     best = int(table.loc[table["avg_score"].idxmax(), "layer"])
-    chosen = int(table.loc[table["dime"].idxmin(), "layer"])
+    with ResultsStore.in_directory(run_dir, read_only=True) as store:
+        chosen = choose_layer(store.metrics(run_id), default_rule(), last_layer=int(table["layer"].max()))
     assert [int(cells[0]) for css, cells in body if "best" in css.split()] == [best]
     assert [int(cells[0]) for css, cells in body if "chosen" in css.split()] == [chosen]
     assert "best with labels" in page and "min DiME" in page
@@ -468,7 +472,7 @@ def test_report_examples_show_per_prompt_entropy(run_dir: Path) -> None:
     summary = summarize_run(load_run(run_dir))
     values = synthetic_frames()["prompt_values"]
     expected = values[(values["layer"] == summary.chosen_layer) & (values["prompt_index"] == 0)]["value"].iloc[0]
-    assert f"prompt entropy {expected:.3f} at layer {summary.chosen_layer} (min DiME" in page
+    assert f"prompt entropy {expected:.3f} at layer {summary.chosen_layer} ({summary.chosen_label}" in page
 
 
 def test_report_lists_experiments_with_their_plots(tmp_path: Path) -> None:

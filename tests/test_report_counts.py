@@ -38,7 +38,7 @@ def analysis_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "analysis"
     frames = synthetic_frames()
     config = AnalysisConfig(tasks=tuple(TASKS), metrics=("prompt_entropy", "dataset_entropy", "dime", "curvature"),
-                            dataset=TextConfig("rotten-tomatoes", limit=200))
+                            dataset=TextConfig("rotten-tomatoes", limit=200), select_by="dime")
     with ResultsStore.in_directory(directory) as store:
         store.write_run(config.to_dict(), metrics=per_task_metrics(frames["metrics"]), scores=frames["scores"],
                         prompt_values=frames["prompt_values"], model_id="org/model", revision="main",

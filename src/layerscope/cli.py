@@ -833,7 +833,8 @@ def export_command(
     exported_s = encode_speed(exported, loaded.tokenizer, texts, max_length=length)
     console.print(f"layer {result.layer} of {result.num_layers} -> {result.out}: {result.parameters:,} of "
                   f"{result.parameters_full:,} parameters kept ({100 * result.parameters / result.parameters_full:.0f}%); "
-                  f"checked against layerscope: max difference {result.max_difference:.1e}")
+                  f"checked against layerscope: max difference {result.max_difference:.1e} "
+                  f"(largest value {result.record['largest_value']:,.1f})")
     console.print(f"encode time of {len(texts)} texts, {threads} threads: full model {full_s:.3f} s, exported "
                   f"{exported_s:.3f} s ({full_s / exported_s:.2f}x faster)")
     console.print(f"use it: SentenceTransformer({str(result.out)!r}).encode(texts)")

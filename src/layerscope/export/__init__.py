@@ -219,7 +219,7 @@ def export_layer(
     affine = None if conditioner is None else conditioner.layer(0)  # the export normalizes on its own
     _write_sentence_transformer(folder, output, pooling, normalize, max_length, model.hidden_size, affine)
 
-    difference = None
+    difference = largest = None
     if verify:
         from sentence_transformers import SentenceTransformer
 
@@ -227,13 +227,14 @@ def export_layer(
         expected = reference if affine is None else reference @ affine[0] + affine[1]
         expected = expected / np.linalg.norm(expected, axis=1, keepdims=True) if normalize else expected
         difference = float(np.abs(encoded.astype(np.float64) - expected).max())
+        largest = float(np.abs(expected).max())
         if difference > _allowed(expected):
             raise LayerscopeError(f"the exported model differs from layerscope's layer {layer} by {difference:.2e}")
     full = sum(p.numel() for p in model.model.parameters())
     record = {"source": model.describe(), "layer": layer, "num_layers": model.num_layers, "pooling": pooling,
               "final_norm": final_norm, "normalize": normalize, "max_length": max_length,
               "hidden_states_index": index, "parameters": parameters, "parameters_full": full,
-              "max_difference": difference,
+              "max_difference": difference, "largest_value": largest,
               "conditioning": None if conditioner is None else conditioner.describe()}
     from layerscope.atomic import atomic_write_json
 
