@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
-from layerscope.analysis.selection import selection_table
+from layerscope.analysis.selection import DEPTH_BASELINES, selection_table
 from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.uncertainty import BestVersusLast, best_versus_last, has_bootstrap, layer_intervals
@@ -195,7 +195,8 @@ def summarize(
     if scores is not None:
         mapping = dict(task_to_dataset) if isinstance(task_to_dataset, Mapping) else None
         try:
-            summary.selection = selection_table(metrics, scores, task_to_dataset=mapping)
+            summary.selection = selection_table(metrics, scores, task_to_dataset=mapping,
+                                                depths=_table_depths(summary.chosen_rule))
         except LayerscopeError as error:
             summary.notes.append(f"Selection table not available: {error}")
         if metrics is not None:
@@ -237,6 +238,17 @@ def _choose(summary: Summary, reference: pd.DataFrame | None, scores: pd.DataFra
         summary.chosen_higher_is_better = rule.resolved_direction == "max"
     else:
         summary.chosen_name = rule.name.removesuffix(" on all texts")
+
+
+def _table_depths(chosen_rule: str | None) -> tuple[float, ...]:
+    """Table 2's depth baselines, plus the headline's own depth when the label-free choice is a depth rule."""
+    from layerscope.analysis.choice import parse_rule
+    from layerscope.analysis.rules import FixedDepth
+
+    rule = parse_rule(chosen_rule) if chosen_rule else None
+    if isinstance(rule, FixedDepth) and rule.fraction not in DEPTH_BASELINES:
+        return tuple(sorted((*DEPTH_BASELINES, rule.fraction)))
+    return DEPTH_BASELINES
 
 
 def _correlations(metrics: pd.DataFrame, scores: pd.DataFrame, mapping: dict[str, str] | None,
