@@ -448,6 +448,19 @@ def test_report_of_a_scores_only_run(tmp_path: Path) -> None:
     assert page.count('src="data:image/png;base64,') == 1
 
 
+def test_a_depth_headline_is_one_row_of_table_2(tmp_path: Path) -> None:
+    directory = tmp_path / "depth"
+    write_synthetic_run(directory, config_extra={"select_by": "depth:0.75"})
+    page = read(build_report(directory))
+    summary = summarize_run(load_run(directory))
+    parser = TableParser("selection")
+    parser.feed(page)
+    rows = [cells for _, cells in parser.rows if len(cells) > 1]
+    depth_rows = [cells for cells in rows if cells[0] == "depth 75%"]
+    assert len(depth_rows) == 1 and depth_rows[0][1] == str(summary.chosen_layer)
+    assert {"depth 50%", "depth 70%"} <= {cells[0] for cells in rows}
+
+
 def test_report_picks_a_run_and_reports_bad_input(tmp_path: Path, run_dir: Path) -> None:
     other = write_synthetic_run(run_dir, model="EleutherAI/pythia-160m", config_extra={"select_by": "prompt_entropy"})
     page = read(build_report(run_dir))  # latest run by default

@@ -461,6 +461,7 @@ def _with_headline(run: RunData, summary: Summary, frame: pd.DataFrame, type_col
     for task_type in type_columns:
         tasks = [task for task in grid.tasks if grid.task_types.get(task) == task_type]
         row[task_type] = float(at_layer[tasks].mean()) if at_layer is not None and tasks else np.nan
+    frame = frame[frame["rule"] != row["rule"]]  # a depth headline is shown once, as the choice
     position = int((frame["kind"] != "metric").sum())  # the metric rules come last
     return pd.concat([frame.iloc[:position], pd.DataFrame([row]), frame.iloc[position:]], ignore_index=True)
 
