@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import layerscope as ls
+from cli_helpers import cli_many
 from layerscope.models.tiny import tiny_model
 
 
@@ -57,25 +58,6 @@ def test_show_load_bars_controls_transformers_bars_at_the_next_load(tmp_path, sh
         transformers_logging.enable_progress_bar()
 
 
-def _cli_many(*commands: list[str]) -> list[tuple[int, list[str]]]:
-    """Run several ``layerscope`` commands through ``main()`` in one fresh interpreter (one start-up).
-
-    Returns each command's exit status and its stderr lines.
-    """
-    marker = "=== next command ==="
-    script = ("import sys\nfrom layerscope.cli import main\n"
-              f"for args in {[list(c) for c in commands]!r}:\n"
-              "    sys.argv = ['layerscope', *args]\n"
-              "    try:\n        main()\n    except SystemExit as exit:\n        code = exit.code\n"
-              "    else:\n        code = 0\n"
-              f"    print(code, flush=True)\n    print({marker!r}, file=sys.stderr, flush=True)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    codes = [int(line) for line in result.stdout.split() if line.lstrip("-").isdigit()]
-    errors = [[line for line in part.strip().splitlines() if line.strip()] for part in result.stderr.split(marker)]
-    assert len(codes) == len(commands), result.stdout + result.stderr
-    return list(zip(codes, errors[: len(commands)], strict=True))
-
-
 def test_bad_task_files_are_one_line_with_status_2(tmp_path):
     """Issue 12 point 2 through the real entry point: each bad file, exit 2 and one line naming it and the fix."""
     import pandas as pd
@@ -107,7 +89,7 @@ def test_bad_task_files_are_one_line_with_status_2(tmp_path):
     commands = [["evaluate", "--model", "not-a-model", "--tasks", str(tmp_path / name)] for name in expected]
     commands.append(["analyze", "--model", "not-a-model", "--tasks", f"offline,{tmp_path / 'small.csv'}",
                      "--out", str(tmp_path / "out")])
-    results = _cli_many(*commands)
+    results = cli_many(*commands)
     for (code, lines), name in zip(results, [*expected, "small.csv"], strict=True):
         assert code == 2, (name, lines)
         assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / name) in lines[0], (name, lines)

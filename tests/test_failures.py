@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import cli_many
 from layerscope.models.tiny import tiny_model
 
 TEXTS = [f"Text number {i} says something about layer {i % 7} and its {'long ' * (i % 5)}representation."
@@ -34,23 +35,6 @@ def _cli(*args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = 
     """Run ``layerscope ARGS`` in a fresh interpreter (``prefix``: a command that wraps it, e.g. ``unshare``)."""
     return subprocess.run([*prefix, sys.executable, "-c", _script(list(args))], capture_output=True, text=True,
                           timeout=300, env={**os.environ, **(env or {})})
-
-
-def _cli_many(*commands: list[str]) -> list[tuple[int, list[str]]]:
-    """Several ``layerscope`` commands through ``main()`` in one fresh interpreter (one start-up):
-    each command's exit status and its non-empty stderr lines."""
-    marker = "=== next command ==="
-    script = ("import sys\nfrom layerscope.cli import main\n"
-              f"for args in {[list(c) for c in commands]!r}:\n"
-              "    sys.argv = ['layerscope', *args]\n"
-              "    try:\n        main()\n    except SystemExit as exit:\n        code = exit.code\n"
-              "    else:\n        code = 0\n"
-              f"    print(code, flush=True)\n    print({marker!r}, file=sys.stderr, flush=True)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    codes = [int(line) for line in result.stdout.split() if line.lstrip("-").isdigit()]
-    errors = [[line for line in part.strip().splitlines() if line.strip()] for part in result.stderr.split(marker)]
-    assert len(codes) == len(commands), result.stdout + result.stderr
-    return list(zip(codes, errors[: len(commands)], strict=True))
 
 
 def _one_line(result: subprocess.CompletedProcess) -> str:
@@ -81,7 +65,7 @@ def files(tmp_path_factory):
 
 def test_usage_errors_are_one_line_with_status_2():
     """Issue 15 point 1: what typer raises (its vendored click) is click's one line plus the --help hint."""
-    results = _cli_many(["extract", "--colum", "text"], ["extract", "--limit", "abc"], ["extract", "--limit"],
+    results = cli_many(["extract", "--colum", "text"], ["extract", "--limit", "abc"], ["extract", "--limit"],
                         ["report"], ["analyze", "--max-length"], ["extrct"])
     expected = [
         ("error: No such option: --colum", "(try 'layerscope extract --help')"),
@@ -157,7 +141,7 @@ def test_bad_environment_and_inputs_are_one_line_before_any_work(files, tmp_path
     if not torch.cuda.is_available():
         cases["cuda without CUDA"] = ([*run, "--device", "cuda"], no_cuda)
         cases["metrics, cuda:1"] = (["metrics", "--model", model, "--dataset", texts, "--device", "cuda:1"], no_cuda)
-    results = _cli_many(*(args for args, _ in cases.values()))
+    results = cli_many(*(args for args, _ in cases.values()))
     for (code, lines), (name, (_, line)) in zip(results, cases.items(), strict=True):
         assert (code, lines) == (2, [f"error: {line}"]), name
     assert not (tmp_path / "a").exists()  # analyze failed before it made its --out
@@ -226,7 +210,7 @@ def test_two_analyze_runs_on_one_out_say_what_to_do(files, tmp_path):
 
     out = tmp_path / "run"
     with ResultsStore.in_directory(out):  # this test process is "the other layerscope process"
-        results = _cli_many(["analyze", "--model", str(files / "model"), "--out", str(out)], ["report", str(out)])
+        results = cli_many(["analyze", "--model", str(files / "model"), "--out", str(out)], ["report", str(out)])
     holder = (f"cannot open results database {out / 'results.duckdb'}: another layerscope process "
               f"(PID {os.getpid()}) is writing it")
     assert results[0] == (2, [f"error: {holder}; wait for it to finish or use another --out"])

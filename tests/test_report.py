@@ -355,14 +355,18 @@ def test_report_holds_the_per_layer_table_of_the_store(run_dir: Path) -> None:
     assert [cells[score_column] for _, cells in body] == [f"{value:.1f}" for value in table["avg_score"]]
     # the best layer with labels and the label-free choice (the default rule, the run recording none)
     # are the highlighted rows
-    from layerscope.analysis.choice import choose_layer, default_rule
+    from layerscope.analysis.choice import default_rule
+    from layerscope.analysis.rules import FixedDepth
 
     best = int(table.loc[table["avg_score"].idxmax(), "layer"])
-    with ResultsStore.in_directory(run_dir, read_only=True) as store:
-        chosen = choose_layer(store.metrics(run_id), default_rule(), last_layer=int(table["layer"].max()))
+    rule = default_rule()
+    if isinstance(rule, FixedDepth):  # the layer floor(fraction * L + 0.5), every layer being scored
+        chosen = int(np.floor(rule.fraction * int(table["layer"].max()) + 0.5))
+    else:  # no record: the paper's min DiME on all texts
+        chosen = int(table.loc[table["dime"].idxmin(), "layer"])
     assert [int(cells[0]) for css, cells in body if "best" in css.split()] == [best]
     assert [int(cells[0]) for css, cells in body if "chosen" in css.split()] == [chosen]
-    assert "best with labels" in page and "min DiME" in page
+    assert "best with labels" in page and (rule.name if isinstance(rule, FixedDepth) else "min DiME") in page
 
 
 def test_report_sections_plots_and_config(run_dir: Path) -> None:
@@ -450,15 +454,17 @@ def test_report_of_a_scores_only_run(tmp_path: Path) -> None:
 
 def test_a_depth_headline_is_one_row_of_table_2(tmp_path: Path) -> None:
     directory = tmp_path / "depth"
-    write_synthetic_run(directory, config_extra={"select_by": "depth:0.75"})
+    write_synthetic_run(directory, config_extra={"select_by": "depth:0.7"})  # the same rule as a baseline
     page = read(build_report(directory))
     summary = summarize_run(load_run(directory))
     parser = TableParser("selection")
     parser.feed(page)
-    rows = [cells for _, cells in parser.rows if len(cells) > 1]
-    depth_rows = [cells for cells in rows if cells[0] == "depth 75%"]
-    assert len(depth_rows) == 1 and depth_rows[0][1] == str(summary.chosen_layer)
-    assert {"depth 50%", "depth 70%"} <= {cells[0] for cells in rows}
+    rows = [cells for _, cells in parser.rows if cells]
+    depth_rows = [i for i, cells in enumerate(rows) if cells[0] == "depth 70%"]
+    assert len(depth_rows) == 1 and rows[depth_rows[0]][1] == str(int(np.floor(0.7 * summary.last_layer + 0.5)))
+    group = [cells[0] for cells in rows[: depth_rows[0]] if len(cells) == 1][-1]
+    assert "the summary's choice" in group  # shown once, as the choice
+    assert "depth 50%" in {cells[0] for cells in rows}
 
 
 def test_report_picks_a_run_and_reports_bad_input(tmp_path: Path, run_dir: Path) -> None:

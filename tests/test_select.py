@@ -10,8 +10,6 @@ options get one line and exit 2 through the real entry point.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -24,11 +22,10 @@ from datasets import Dataset, DatasetDict  # noqa: E402
 from mteb.abstasks.classification import AbsTaskClassification  # noqa: E402
 from mteb.abstasks.sts import AbsTaskSTS  # noqa: E402
 from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
-from mteb.models.abs_encoder import AbsEncoder  # noqa: E402
 
+from cli_helpers import cli_runs  # noqa: E402
 from layerscope.errors import LayerscopeError  # noqa: E402
 from layerscope.evaluate import evaluate_layers, resolve  # noqa: E402
-from layerscope.evaluate.encoder import batch_texts, model_meta  # noqa: E402
 from layerscope.evaluate.runner import _load, collect_texts  # noqa: E402
 from layerscope.evaluate.select import select_layer_with_labels  # noqa: E402
 from layerscope.evaluate.uncertainty import (  # noqa: E402
@@ -41,6 +38,7 @@ from layerscope.evaluate.uncertainty import (  # noqa: E402
 )
 from layerscope.extract import extract  # noqa: E402
 from layerscope.models.tiny import tiny_model  # noqa: E402
+from mteb_helpers import FixedEncoder  # noqa: E402
 
 N_RESAMPLES = 8
 RESAMPLE_SEED = 5
@@ -109,18 +107,6 @@ class HandSTS(AbsTaskSTS):
                                                                "sentence2": rows["sentence2"].tolist(),
                                                                "score": rows["score"].tolist()})})
         self.data_loaded = True
-
-
-class FixedEncoder(AbsEncoder):
-    """MTEB's encoder protocol over one layer of fixed embeddings, looked up by text."""
-
-    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
-        self.row = {text: i for i, text in enumerate(texts)}
-        self.vectors = np.asarray(vectors, dtype=np.float32)
-        self.mteb_model_meta = model_meta("fixed-embeddings", None, self.vectors.shape[1])
-
-    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
-        return self.vectors[[self.row[text] for text in batch_texts(inputs)]]
 
 
 def _draws(key: str, n_units: int) -> np.ndarray:
@@ -313,6 +299,16 @@ def test_labels_per_class_is_deterministic_and_equals_scikit_learn(model, files)
     assert row["last_score"] == pytest.approx(test.iloc[-1])
     assert row["regret"] == pytest.approx(test.max() - test[chosen]) and row["regret"] >= 0
     assert first.few_labels.iloc[-1]["task"] == "average"
+    assert not any("fewer training examples" in note for note in first.notes)  # every class had K
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_classes_short_of_k_are_named_even_when_all_are(model, files) -> None:
+    result = select_layer_with_labels(model, files / "topics.csv", bootstrap=0, labels_per_class=10_000,
+                                      task_files=SPLIT, progress=False, eval_workers=1)
+    per_class = result.record["draws"][0]["per_class"]
+    [note] = [note for note in result.notes if "fewer training examples" in note]
+    assert len(per_class) == 3 and all(f"'{label}' ({count})" in note for label, count in per_class.items())
 
 
 def test_labels_per_class_needs_a_classification_task(model, files) -> None:
@@ -355,24 +351,6 @@ def test_analyze_carries_intervals_to_the_store_and_the_report(model, files, tmp
 # ------------------------------------------------------------------------------------------ command line
 
 
-def _cli_many(*commands: list[str]) -> list[tuple[int, list[str], str]]:
-    """Run several ``layerscope`` commands through ``main()`` in one fresh interpreter: (status, stderr lines, stdout)."""
-    marker = "=== next command ==="
-    script = ("import sys\nfrom layerscope.cli import main\n"
-              f"for args in {[list(c) for c in commands]!r}:\n"
-              "    sys.argv = ['layerscope', *args]\n"
-              "    try:\n        main()\n    except SystemExit as exit:\n        code = exit.code\n"
-              "    else:\n        code = 0\n"
-              f"    print('status', code, flush=True)\n    print({marker!r}, flush=True)\n"
-              f"    print({marker!r}, file=sys.stderr, flush=True)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    outs = result.stdout.split(marker)
-    codes = [int(part.split("status")[-1].split()[0]) for part in outs[: len(commands)]]
-    errors = [[line for line in part.strip().splitlines() if line.strip()] for part in result.stderr.split(marker)]
-    assert len(codes) == len(commands), result.stdout + result.stderr
-    return list(zip(codes, errors[: len(commands)], outs[: len(commands)], strict=True))
-
-
 def test_bad_options_get_one_line_and_status_2(files) -> None:
     topics, similarity = str(files / "topics.csv"), str(files / "similarity.csv")
     expected = {
@@ -384,7 +362,7 @@ def test_bad_options_get_one_line_and_status_2(files) -> None:
         ("--bootstrap", "10",): "Missing option '--tasks'",
     }
     # the model is never loaded (its name does not even exist): the options fail first
-    results = _cli_many(*(["select", "--model", "not-a-model", *args] for args in expected))
+    results = cli_runs(*(["select", "--model", "not-a-model", *args] for args in expected))
     for (code, lines, _), (args, message) in zip(results, expected.items(), strict=True):
         assert code == 2, (args, lines)
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
@@ -396,7 +374,7 @@ def test_select_command_end_to_end(files, tmp_path) -> None:
     saved = tiny_model("llama", num_layers=2)
     saved.model.save_pretrained(str(tmp_path / "model"))
     saved.tokenizer.save_pretrained(str(tmp_path / "model"))
-    [(code, lines, out)] = _cli_many(["select", "--model", str(tmp_path / "model"), "--device", "cpu", "--tasks",
+    [(code, lines, out)] = cli_runs(["select", "--model", str(tmp_path / "model"), "--device", "cpu", "--tasks",
                                       str(files / "topics.csv"), "--split-column", "split", "--bootstrap", "3",
                                       "--labels-per-class", "4", "--no-cache", "--eval-workers", "1",
                                       "--out", str(tmp_path / "out")])

@@ -30,15 +30,14 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval  # noqa: E402
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData  # noqa: E402
 from mteb.abstasks.sts import AbsTaskSTS  # noqa: E402
 from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
-from mteb.models.abs_encoder import AbsEncoder  # noqa: E402
 
 from layerscope.config import TaskFileConfig  # noqa: E402
 from layerscope.errors import LayerscopeError  # noqa: E402
 from layerscope.evaluate import evaluate_layers, resolve, task_file  # noqa: E402
-from layerscope.evaluate.encoder import batch_texts, model_meta  # noqa: E402
 from layerscope.evaluate.runner import main_score  # noqa: E402
 from layerscope.extract import extract  # noqa: E402
 from layerscope.models.tiny import tiny_model  # noqa: E402
+from mteb_helpers import FixedEncoder  # noqa: E402
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SUBJECTS = {
@@ -196,18 +195,6 @@ class HandReranking(AbsTaskRetrieval):
 
 HAND = {"topics": HandClassification, "topics-clustering": HandClustering, "similarity": HandSTS,
         "duplicates": HandPairs, "search": HandReranking}
-
-
-class FixedEncoder(AbsEncoder):
-    """MTEB's encoder protocol over fixed embeddings looked up by text (one layer of an extraction)."""
-
-    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
-        self.row = {text: i for i, text in enumerate(texts)}
-        self.vectors = np.asarray(vectors, dtype=np.float32)
-        self.mteb_model_meta = model_meta("fixed-embeddings", None, self.vectors.shape[1])
-
-    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
-        return self.vectors[[self.row[text] for text in batch_texts(inputs)]]
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -139,9 +139,13 @@ def held_out_record() -> dict[str, Any] | None:
     """The default rule and how it did on models it was not chosen on (None before the benchmark ran)."""
     try:
         text = resources.files("layerscope.analysis").joinpath(RECORD_FILE).read_text("utf-8")
-    except (FileNotFoundError, OSError):
+    except OSError:
         return None
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise LayerscopeError(f"{RECORD_FILE} is not valid JSON ({error}): rerun benchmarks/bench_selection.py "
+                              "with --write-record") from None
 
 
 def default_rule() -> SelectionRule:

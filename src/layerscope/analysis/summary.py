@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
-from layerscope.analysis.selection import DEPTH_BASELINES, selection_table
+from layerscope.analysis.selection import selection_table
 from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.uncertainty import BestVersusLast, best_versus_last, has_bootstrap, layer_intervals
@@ -126,11 +126,10 @@ def reference_metrics(metrics: pd.DataFrame, all_texts: str = ALL_TEXTS) -> tupl
 
 
 def _default_select_by(present: Sequence[str]) -> str | None:
-    from layerscope.config import AnalysisConfig
+    from layerscope.analysis.choice import FALLBACK_SPEC
     from layerscope.metrics.registry import names
 
-    default = AnalysisConfig.__dataclass_fields__["select_by"].default
-    ordered = [default, *names()]
+    ordered = [FALLBACK_SPEC, *names()]  # the paper's metric first ("auto" names a rule, never a metric)
     return next((name for name in ordered if name in present), None)
 
 
@@ -195,8 +194,7 @@ def summarize(
     if scores is not None:
         mapping = dict(task_to_dataset) if isinstance(task_to_dataset, Mapping) else None
         try:
-            summary.selection = selection_table(metrics, scores, task_to_dataset=mapping,
-                                                depths=_table_depths(summary.chosen_rule))
+            summary.selection = selection_table(metrics, scores, task_to_dataset=mapping)
         except LayerscopeError as error:
             summary.notes.append(f"Selection table not available: {error}")
         if metrics is not None:
@@ -238,17 +236,6 @@ def _choose(summary: Summary, reference: pd.DataFrame | None, scores: pd.DataFra
         summary.chosen_higher_is_better = rule.resolved_direction == "max"
     else:
         summary.chosen_name = rule.name.removesuffix(" on all texts")
-
-
-def _table_depths(chosen_rule: str | None) -> tuple[float, ...]:
-    """Table 2's depth baselines, plus the headline's own depth when the label-free choice is a depth rule."""
-    from layerscope.analysis.choice import parse_rule
-    from layerscope.analysis.rules import FixedDepth
-
-    rule = parse_rule(chosen_rule) if chosen_rule else None
-    if isinstance(rule, FixedDepth) and rule.fraction not in DEPTH_BASELINES:
-        return tuple(sorted((*DEPTH_BASELINES, rule.fraction)))
-    return DEPTH_BASELINES
 
 
 def _correlations(metrics: pd.DataFrame, scores: pd.DataFrame, mapping: dict[str, str] | None,

@@ -88,6 +88,8 @@ class LabelDraw:
         Class -> examples drawn (fewer than K where the pool has fewer).
     pool_size : int
         Rows of the training pool.
+    labels_per_class : int
+        K, as asked.
     """
 
     task: str
@@ -97,6 +99,7 @@ class LabelDraw:
     rows: np.ndarray
     per_class: dict[str, int] = field(default_factory=dict)
     pool_size: int = 0
+    labels_per_class: int = 0
 
 
 def draw_labels(task: AbsTask, labels_per_class: int, seed: int) -> list[LabelDraw]:
@@ -138,7 +141,8 @@ def draw_labels(task: AbsTask, labels_per_class: int, seed: int) -> list[LabelDr
             raise LayerscopeError(f"task {name}: class '{small}' has {int(counts.min())} training example; the "
                                   "few-label choice cross-validates on 2 or more per class: add training rows")
         draws.append(LabelDraw(name, subset, [texts[i] for i in rows], drawn, rows,
-                               {str(c): int(n) for c, n in zip(classes, counts, strict=True)}, len(texts)))
+                               {str(c): int(n) for c, n in zip(classes, counts, strict=True)}, len(texts),
+                               int(labels_per_class)))
     return draws
 
 

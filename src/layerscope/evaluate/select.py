@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
+from layerscope.evaluate.runner import task_seed
 from layerscope.evaluate.uncertainty import BestVersusLast
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def select_layer_with_labels(
     best = int(per_layer.loc[per_layer["score"].idxmax(), "layer"])
     record = {
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
-        "tasks": {task.metadata.name: {"type": task.metadata.type, "seed": int(task.seed if seed is None else seed)}
+        "tasks": {task.metadata.name: {"type": task.metadata.type, "seed": task_seed(task, seed)}
                   for task in task_list},
         "layers": wanted, "seed": seed, "bootstrap": bootstrap, "confidence": confidence,
         "resample_seed": resample_seed, "labels_per_class": labels_per_class,
@@ -301,7 +302,7 @@ def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores:
             keep = np.array([text in row_of for text in draw.texts], dtype=bool)
             if not keep.all():
                 notes.append(f"{task}: {int((~keep).sum())} drawn texts have no embedding (empty) and were left out")
-            short = {label: count for label, count in draw.per_class.items() if count < max(draw.per_class.values())}
+            short = {label: count for label, count in draw.per_class.items() if count < draw.labels_per_class}
             if short:
                 notes.append(f"{task}: fewer training examples than asked in class(es) "
                              + ", ".join(f"'{label}' ({count})" for label, count in short.items()) + ": all used")

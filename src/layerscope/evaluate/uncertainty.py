@@ -461,10 +461,12 @@ def _count(number: int, noun: str) -> str:
 
 
 def _check_settings(n_resamples: Any, confidence: Any) -> None:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 2:
-        raise LayerscopeError(f"bootstrap resamples must be an integer >= 2, got {n_resamples!r}")
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise LayerscopeError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    """The configurations' own checks (same one-line messages as ``--bootstrap`` and ``--confidence``)."""
+    from layerscope.config import _confidence, _positive
+
+    _positive(int(n_resamples) if isinstance(n_resamples, np.integer) else n_resamples, "bootstrap resamples",
+              minimum=2)
+    _confidence(confidence)
 
 
 def attach_bootstrap(scores: pd.DataFrame, resampled: dict[tuple[int, str], Sequence[float]], *,
@@ -625,6 +627,7 @@ def task_intervals(scores: pd.DataFrame, confidence: float | None = None) -> pd.
     """Per (layer, task): the score x 100 and its percentile interval (``layer, task, score, low, high``)."""
     data = _resamples(scores)
     level = data.confidence if confidence is None else float(confidence)
+    _check_settings(data.resampled.shape[-1], level)
     low, high = _interval(data.resampled, data.point, level)
     layer_grid, task_grid = np.meshgrid(data.layers, data.tasks, indexing="ij")
     frame = pd.DataFrame({"layer": layer_grid.ravel(), "task": task_grid.ravel(), "score": data.point.ravel(),
