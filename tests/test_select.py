@@ -204,6 +204,23 @@ def test_point_scores_are_kept_and_intervals_contain_them(run) -> None:
                               _draws("topics/default/test/0", 18))
 
 
+def test_plans_built_once_are_those_of_the_bootstrap(run) -> None:
+    from layerscope.evaluate.uncertainty import bootstrap_plan
+
+    tasks, extraction, scores, boot = run
+    plans = [bootstrap_plan(task, N_RESAMPLES, RESAMPLE_SEED) for task in tasks]
+    for task, plan in zip(tasks, plans, strict=True):  # the same draws as the task's own bootstrap
+        expected = bootstrap_draws(task, N_RESAMPLES, RESAMPLE_SEED)
+        assert plan.indices.keys() == expected.keys()
+        assert all(np.array_equal(plan.indices[key], expected[key]) for key in expected)
+    # plans of another seed or other tasks are refused, not silently used
+    other = [bootstrap_plan(task, N_RESAMPLES, RESAMPLE_SEED + 1) for task in tasks]
+    for wrong in (other, plans[::-1]):
+        with pytest.raises(LayerscopeError, match="^the bootstrap plans are not those of these tasks and resamples$"):
+            bootstrap_layers(scores, extraction, tasks, n_resamples=N_RESAMPLES, resample_seed=RESAMPLE_SEED,
+                             plans=wrong, progress=False)
+
+
 def _planted(points: dict[int, float], resampled: dict[int, np.ndarray]) -> pd.DataFrame:
     """A scores frame of one task whose rows carry the given resamples."""
     frame = pd.DataFrame({"layer": list(points), "depth_pct": [25.0 * layer for layer in points], "task": "t",
@@ -235,6 +252,51 @@ def test_paired_difference_on_planted_layers() -> None:
     points = {0: 0.4, 1: 0.6}
     verdict = best_versus_last(layer_intervals(_planted(points, {0: 0.4 + shared, 1: 0.6 + shared})))
     assert verdict.best_layer == verdict.last_layer == 1 and "is the best layer" in verdict.describe()
+
+
+def _planted_tasks(points: dict[str, dict[int, float]], resampled: dict[str, dict[int, np.ndarray]]) -> pd.DataFrame:
+    """A scores frame of several tasks (task -> layer -> point / resamples)."""
+    frame = pd.DataFrame([{"layer": layer, "depth_pct": 50.0 * layer, "task": task, "task_type": "STS",
+                           "main_score": point, "scores": "{}"}
+                          for task, by_layer in points.items() for layer, point in by_layer.items()])
+    return attach_bootstrap(frame, {(layer, task): values for task, by_layer in resampled.items()
+                                    for layer, values in by_layer.items()},
+                            units={task: "pairs" for task in points}, n_units={task: 50 for task in points},
+                            resample_seed=0, confidence=0.9)
+
+
+def test_an_undefined_resample_is_left_out_counted_and_named() -> None:
+    rng = np.random.default_rng(1)
+    points = {"a": {0: 0.5, 1: 0.6, 2: 0.55}, "b": {0: 0.4, 1: 0.45, 2: 0.42}}
+    resampled = {task: {layer: point + rng.normal(0, 0.02, size=40) for layer, point in by_layer.items()}
+                 for task, by_layer in points.items()}
+    holed = {task: {layer: values.copy() for layer, values in by_layer.items()} for task, by_layer in resampled.items()}
+    holed["b"][1][[3, 17]] = np.nan  # e.g. an STS resample whose gold scores are all equal
+    kept = np.setdiff1d(np.arange(40), [3, 17])
+    reference = layer_intervals(_planted_tasks(points, {task: {layer: values[kept] for layer, values in by_layer.items()}
+                                                        for task, by_layer in resampled.items()}))
+    intervals = layer_intervals(_planted_tasks(points, holed))
+    # the same numbers as if those resamples had never been drawn, and no NaN anywhere
+    pd.testing.assert_frame_equal(intervals, reference)
+    assert np.isfinite(intervals.drop(columns="depth_pct").to_numpy(dtype=float)).all()
+    assert intervals.attrs["n_undefined"] == 2 and intervals.attrs["undefined_tasks"] == ["b"]
+    verdict = best_versus_last(intervals)
+    assert (verdict.n_undefined, verdict.undefined_tasks) == (2, ("b",))
+    assert "2 of 40 resamples left out: a score of b is undefined on them" in verdict.describe()
+    assert "of 38 resamples" in verdict.describe()
+    # per task: only that (layer, task) loses them, its interval from the 38 defined ones
+    per_task = task_intervals(_planted_tasks(points, holed)).set_index(["layer", "task"])
+    assert per_task["n_undefined"].to_dict() == {(layer, task): 2 * ((layer, task) == (1, "b"))
+                                                 for layer in (0, 1, 2) for task in ("a", "b")}
+    values = 100 * holed["b"][1][kept]
+    centred = values - np.median(values) + 100 * points["b"][1]
+    assert per_task.loc[(1, "b"), ["low", "high"]].tolist() == pytest.approx(np.quantile(centred, [0.05, 0.95]).tolist())
+    # a task undefined on (nearly) every resample: one line, not a NaN verdict
+    holed["b"][2][:] = np.nan
+    holed["b"][2][0] = 0.4
+    with pytest.raises(LayerscopeError, match=r"^fewer than 2 of 40 bootstrap resamples give every task a defined score "
+                                              r"\(undefined on b\)"):
+        layer_intervals(_planted_tasks(points, holed))
 
 
 def test_bootstrap_refuses_what_it_cannot_resample(run) -> None:

@@ -596,12 +596,10 @@ def print_analysis(result: Any) -> None:
     model = result.record["model"]
     per_layer, interval_note = summary.per_layer, ""
     if summary.intervals is not None and "avg_score" in per_layer.columns:
-        from layerscope.evaluate.uncertainty import interval_text
+        from layerscope.evaluate.uncertainty import layer_interval_texts
 
         attrs = summary.intervals.attrs
-        intervals = summary.intervals.set_index("layer")
-        column = [interval_text(intervals.loc[layer, "low"], intervals.loc[layer, "high"])
-                  if layer in intervals.index else None for layer in per_layer["layer"]]
+        column = layer_interval_texts(summary.intervals, per_layer["layer"].tolist())
         per_layer = per_layer.copy()
         per_layer.insert(per_layer.columns.get_loc("avg_score") + 1, "interval", column)
         interval_note = (f"; {100 * attrs['confidence']:g}% interval from {attrs['n_resamples']} bootstrap resamples "

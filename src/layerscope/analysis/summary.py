@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
+from layerscope.analysis.rules import MetricRule, SelectionRule
 from layerscope.analysis.selection import selection_table
 from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
 from layerscope.errors import LayerscopeError
@@ -51,10 +52,8 @@ class Summary:
         Layer with the best task-averaged score (labels).
     chosen_layer : int or None
         The label-free choice (a rule of :mod:`layerscope.analysis.choice` on the all-texts set).
-    chosen_metric, chosen_higher_is_better : str or None, bool or None
-        The metric and direction, when the rule is one metric's extreme.
-    chosen_rule, chosen_name : str or None
-        The rule as ``--select-by`` text, and its name (rules other than one metric's extreme).
+    chosen : SelectionRule or None
+        The rule that chose it; ``chosen_rule``, ``chosen_label``, ``chosen_metric``... describe it.
     selection : pandas.DataFrame or None
         :func:`~layerscope.analysis.selection_table` (needs scores).
     correlations : pandas.DataFrame or None
@@ -72,22 +71,42 @@ class Summary:
     last_layer: int | None = None
     best_layer: int | None = None
     chosen_layer: int | None = None
-    chosen_metric: str | None = None
-    chosen_higher_is_better: bool | None = None
+    chosen: SelectionRule | None = None
     selection: pd.DataFrame | None = None
     correlations: pd.DataFrame | None = None
     intervals: pd.DataFrame | None = None
     verdict: BestVersusLast | None = None
     notes: list[str] = field(default_factory=list)
-    chosen_rule: str | None = None
-    chosen_name: str | None = None
-    chosen_uses_metrics: bool = True
+
+    @property
+    def chosen_rule(self) -> str | None:
+        """The rule as ``--select-by`` text (``dime``, ``depth:0.75``)."""
+        from layerscope.analysis.choice import rule_spec
+
+        return None if self.chosen is None else rule_spec(self.chosen)
+
+    @property
+    def chosen_metric(self) -> str | None:
+        """The metric, when the rule is one metric's extreme."""
+        return self.chosen.metric if isinstance(self.chosen, MetricRule) else None
+
+    @property
+    def chosen_higher_is_better(self) -> bool | None:
+        """Its direction, when the rule is one metric's extreme."""
+        return self.chosen.resolved_direction == "max" if isinstance(self.chosen, MetricRule) else None
+
+    @property
+    def chosen_uses_metrics(self) -> bool:
+        """Whether the rule reads metrics (a fixed depth does not)."""
+        return self.chosen is None or bool(self.chosen.metrics_used())
 
     @property
     def chosen_label(self) -> str | None:
         """E.g. ``"min DiME"``, ``"depth 75%"``."""
+        if self.chosen is None:
+            return None
         if self.chosen_metric is None:
-            return self.chosen_name
+            return self.chosen.name.removesuffix(" on all texts")
         return f"{'max' if self.chosen_higher_is_better else 'min'} {metric_label(self.chosen_metric)}"
 
     def label_free_loses(self) -> float | None:
@@ -205,8 +224,7 @@ def summarize(
 def _choose(summary: Summary, reference: pd.DataFrame | None, scores: pd.DataFrame | None,
             select_by: str | None) -> None:
     """The headline label-free choice: the ``select_by`` rule (default: ``auto``) on the all-texts metrics."""
-    from layerscope.analysis.choice import AUTO, choose_layer, parse_rule, rule_spec
-    from layerscope.analysis.rules import MetricRule
+    from layerscope.analysis.choice import AUTO, choose_layer, parse_rule
 
     try:
         rule = parse_rule(select_by or AUTO)
@@ -229,13 +247,7 @@ def _choose(summary: Summary, reference: pd.DataFrame | None, scores: pd.DataFra
     if summary.chosen_layer is None:
         summary.notes.append(f"No label-free choice: {rule.name} found no layer with its metrics.")
         return
-    summary.chosen_rule = rule_spec(rule)
-    summary.chosen_uses_metrics = bool(rule.metrics_used())
-    if isinstance(rule, MetricRule):
-        summary.chosen_metric = rule.metric
-        summary.chosen_higher_is_better = rule.resolved_direction == "max"
-    else:
-        summary.chosen_name = rule.name.removesuffix(" on all texts")
+    summary.chosen = rule
 
 
 def _correlations(metrics: pd.DataFrame, scores: pd.DataFrame, mapping: dict[str, str] | None,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from layerscope.errors import LayerscopeError
+from layerscope.evaluate.sampling import subset_splits, task_subsets
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
@@ -125,11 +126,9 @@ def draw_labels(task: AbsTask, labels_per_class: int, seed: int) -> list[LabelDr
         A class with fewer than 2 training examples (cross-validation needs 2 per class).
     """
     name = task.metadata.name
-    subsets = list(task.hf_subsets) if task.hf_subsets is not None else ["default"]
     draws = []
-    for subset in subsets:
-        container = task.dataset if subset not in task.dataset and subset == "default" else task.dataset[subset]
-        pool = container[task.train_split]
+    for subset in task_subsets(task):
+        pool = subset_splits(task, subset)[task.train_split]
         texts = list(pool[task.input_column_name])
         labels = np.asarray(list(pool[task.label_column_name]))
         rng = np.random.default_rng([int(seed), zlib.crc32(f"{name}/{subset}".encode())])

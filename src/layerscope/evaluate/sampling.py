@@ -8,11 +8,14 @@ integer label codes, and the classification and (legacy, one set) clustering dat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
+
+if TYPE_CHECKING:
+    from mteb.abstasks import AbsTask
 
 __all__ = [
     "DATA_SEED",
@@ -24,6 +27,8 @@ __all__ = [
     "split_pools",
     "stratified",
     "stratified_split",
+    "subset_splits",
+    "task_subsets",
     "test_count",
 ]
 
@@ -110,3 +115,13 @@ def clustering_dataset(texts: list[str], labels: Sequence[Any]) -> DatasetDict:
     """MTEB's legacy (v1) clustering layout: one clustering set holding every text, on the test split."""
     codes, _ = label_codes(labels)
     return DatasetDict({"test": Dataset.from_dict({"sentences": [texts], "labels": [codes]})})
+
+
+def task_subsets(task: AbsTask) -> list[str]:
+    """The subsets MTEB evaluates for a loaded task, in its order (all of the data's keys when unset)."""
+    return list(task.hf_subsets) if task.hf_subsets is not None else list(task.dataset)
+
+
+def subset_splits(task: AbsTask, subset: str) -> Any:
+    """What holds a subset's splits, as MTEB reads it (``dataset[split]`` for a flat ``default`` layout)."""
+    return task.dataset if subset not in task.dataset and subset == "default" else task.dataset[subset]

@@ -184,8 +184,8 @@ def select_layer_with_labels(
     from layerscope.evaluate.runner import _load, collect_texts, evaluate_layers
     from layerscope.evaluate.uncertainty import (
         best_versus_last,
-        bootstrap_draws,
         bootstrap_layers,
+        bootstrap_plan,
         layer_intervals,
         task_intervals,
     )
@@ -216,11 +216,12 @@ def select_layer_with_labels(
     evaluated = time.perf_counter()
     notes: list[str] = []
     verdict = None
+    plans = [bootstrap_plan(task, bootstrap, resample_seed) for task in task_list] if bootstrap else []
     if bootstrap:
         name = f"layerscope/{model.model_id}"
         scores = bootstrap_layers(scores, extraction, task_list, n_resamples=bootstrap, confidence=confidence,
                                   resample_seed=resample_seed, seed=seed, name=name, revision=model.revision,
-                                  progress=progress, eval_workers=eval_workers)
+                                  progress=progress, eval_workers=eval_workers, plans=plans)
         per_layer = layer_intervals(scores)
         per_task = task_intervals(scores)
         verdict = best_versus_last(per_layer)
@@ -253,8 +254,7 @@ def select_layer_with_labels(
         "seconds": {"encode": encoded - started, "evaluate": evaluated - encoded,
                     "bootstrap": bootstrapped - evaluated, "total": time.perf_counter() - started},
     }
-    resamples = ({key: index for task in task_list for key, index in bootstrap_draws(task, bootstrap, resample_seed).items()}
-                 if bootstrap else {})
+    resamples = {key: index for plan in plans for key, index in plan.indices.items()}
     return LayerChoice(scores, per_layer.reset_index(drop=True), per_task.reset_index(drop=True), best,
                        int(per_layer["layer"].iloc[-1]), verdict, few, cv, notes, record, resamples)
 

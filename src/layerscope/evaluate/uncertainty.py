@@ -50,6 +50,7 @@ import copy
 import json
 import logging
 import time
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
+from layerscope.evaluate.sampling import subset_splits, task_subsets
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
@@ -68,13 +70,16 @@ if TYPE_CHECKING:
 __all__ = [
     "BOOTSTRAP_KEY",
     "BestVersusLast",
+    "BootstrapPlan",
     "attach_bootstrap",
     "best_versus_last",
     "bootstrap_draws",
     "bootstrap_layers",
+    "bootstrap_plan",
     "check_bootstrap_tasks",
     "has_bootstrap",
     "interval_text",
+    "layer_interval_texts",
     "layer_intervals",
     "resample_indices",
     "resampled_tasks",
@@ -135,18 +140,9 @@ def check_bootstrap_tasks(tasks: Sequence[AbsTask]) -> None:
         resampling_unit(task)
 
 
-def _subsets(task: AbsTask) -> list[str]:
-    return list(task.hf_subsets) if task.hf_subsets is not None else list(task.dataset)
-
-
-def _container(task: AbsTask, subset: str) -> Any:
-    """What holds a subset's splits (MTEB reads ``dataset[split]`` for a flat ``default`` layout)."""
-    return task.dataset if subset not in task.dataset and subset == "default" else task.dataset[subset]
-
-
 def _parts(task: AbsTask) -> list[tuple[str, str]]:
     """(subset, split) of every part MTEB evaluates, in order."""
-    return [(subset, split) for split in task.metadata.eval_splits for subset in _subsets(task)]
+    return [(subset, split) for split in task.metadata.eval_splits for subset in task_subsets(task)]
 
 
 def _prepared(task: AbsTask, kind: str, data: Any) -> Any:
@@ -228,9 +224,62 @@ def _replace(container: Any, key: str, value: Any) -> Any:
     return DatasetDict(entries) if isinstance(container, DatasetDict) else entries
 
 
-def _plan(task: AbsTask, n_resamples: int, resample_seed: int) -> tuple[str, dict[tuple[str, str], Any],
-                                                                          dict[tuple[str, str], dict[str, np.ndarray]]]:
-    """The kind of a task, each part's evaluation data as resampled, and each part's draws by key."""
+@dataclass(frozen=True)
+class BootstrapPlan:
+    """The bootstrap of one loaded task, built once: what is resampled and every draw.
+
+    Attributes
+    ----------
+    task : AbsTask
+        The task (its data loaded).
+    kind : str
+        What is resampled (``classification``, ``pairs``, ``queries``...; see ``resampling_unit``).
+    prepared : dict
+        (subset, split) -> that part's evaluation data as resampled (MTEB's own preparation applied).
+    draws : dict
+        (subset, split) -> ``{"task/subset/split/set": (n_resamples, n_units) indices}``.
+    n_resamples, resample_seed : int
+        The bootstrap's settings.
+    """
+
+    task: AbsTask
+    kind: str
+    prepared: dict[tuple[str, str], Any]
+    draws: dict[tuple[str, str], dict[str, np.ndarray]]
+    n_resamples: int
+    resample_seed: int
+
+    @property
+    def indices(self) -> dict[str, np.ndarray]:
+        """Every part's draws by key (what :func:`bootstrap_draws` returns)."""
+        return {key: index for part in self.draws.values() for key, index in part.items()}
+
+    @property
+    def n_units(self) -> int:
+        """Units resampled over all parts."""
+        return int(sum(index.shape[1] for index in self.indices.values()))
+
+    def copies(self) -> list[AbsTask]:
+        """``n_resamples`` shallow copies of the task, each with its evaluation data resampled."""
+        copies = []
+        for b in range(self.n_resamples):
+            dataset = self.task.dataset
+            for (subset, split), data in self.prepared.items():
+                part = _resampled_part(self.task, self.kind, data, [index[b] for index in self.draws[subset, split].values()])
+                flat = subset not in dataset and subset == "default"
+                dataset = _replace(dataset, split, part) if flat else _replace(dataset, subset,
+                                                                               _replace(dataset[subset], split, part))
+            resampled = copy.copy(self.task)
+            resampled.dataset = dataset
+            copies.append(resampled)
+        return copies
+
+
+def bootstrap_plan(task: AbsTask, n_resamples: int, resample_seed: int) -> BootstrapPlan:
+    """Prepare the bootstrap of a loaded task: its kind, each part's data as resampled, every draw.
+
+    Raises the one-line error of :func:`resampling_unit` for a task that cannot be resampled.
+    """
     kind = _kind(task)
     if kind is None:
         resampling_unit(task)  # raises its one-line error
@@ -240,13 +289,13 @@ def _plan(task: AbsTask, n_resamples: int, resample_seed: int) -> tuple[str, dic
     prepared: dict[tuple[str, str], Any] = {}
     draws: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for subset, split in _parts(task):
-        data = _prepared(task, str(kind), _container(task, subset)[split])
+        data = _prepared(task, str(kind), subset_splits(task, subset)[split])
         prepared[subset, split] = data
         draws[subset, split] = {
             f"{name}/{subset}/{split}/{k}": resample_indices(f"{name}/{subset}/{split}/{k}", n_units, n_resamples,
                                                              resample_seed)
             for k, n_units in enumerate(_unit_counts(task, str(kind), data))}
-    return str(kind), prepared, draws
+    return BootstrapPlan(task, str(kind), prepared, draws, int(n_resamples), int(resample_seed))
 
 
 def bootstrap_draws(task: AbsTask, n_resamples: int, resample_seed: int) -> dict[str, np.ndarray]:
@@ -256,7 +305,7 @@ def bootstrap_draws(task: AbsTask, n_resamples: int, resample_seed: int) -> dict
     the part's evaluation units in MTEB's order (test rows, pairs, texts of a clustering set, queries
     with a relevant document).
     """
-    return {key: index for part in _plan(task, n_resamples, resample_seed)[2].values() for key, index in part.items()}
+    return bootstrap_plan(task, n_resamples, resample_seed).indices
 
 
 def resampled_tasks(task: AbsTask, n_resamples: int, resample_seed: int) -> list[AbsTask]:
@@ -276,19 +325,7 @@ def resampled_tasks(task: AbsTask, n_resamples: int, resample_seed: int) -> list
     list of AbsTask
         Shallow copies of ``task`` sharing everything but the resampled evaluation splits.
     """
-    kind, prepared, draws = _plan(task, n_resamples, resample_seed)
-    copies = []
-    for b in range(n_resamples):
-        dataset = task.dataset
-        for (subset, split), data in prepared.items():
-            part = _resampled_part(task, kind, data, [index[b] for index in draws[subset, split].values()])
-            flat = subset not in dataset and subset == "default"
-            dataset = _replace(dataset, split, part) if flat else _replace(dataset, subset,
-                                                                           _replace(dataset[subset], split, part))
-        resampled = copy.copy(task)
-        resampled.dataset = dataset
-        copies.append(resampled)
-    return copies
+    return bootstrap_plan(task, n_resamples, resample_seed).copies()
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -310,9 +347,9 @@ def _evaluate_unit(unit: tuple[int, int]) -> list[float]:
     layer = extraction.layers[position]
     if view.layer != layer:
         view.set_layer(layer, extraction.pooled[position])
-    task, (kind, _, draws), copies = _STATE["tasks"][task_index], _STATE["plans"][task_index], _STATE["copies"][task_index]
-    if kind == "classification":
-        return _classification_resamples(view, task, draws, _STATE["seed"])
+    plan, copies = _STATE["plans"][task_index], _STATE["copies"][task_index]
+    if plan.kind == "classification":
+        return _classification_resamples(view, plan.task, plan.draws, _STATE["seed"])
     return [main_score(run_task(view, resampled, _STATE["seed"])) for resampled in copies]
 
 
@@ -347,7 +384,7 @@ def _classification_resamples(view: Any, task: AbsTask, draws: dict[tuple[str, s
     probe._evaluate_subset = recording_subset  # type: ignore[method-assign]
     probe._run_experiment = recording_experiment  # type: ignore[method-assign]
     run_task(view, probe, seed)  # one evaluation, as the point estimate's
-    labels = {(split, subset): np.asarray(list(_container(task, subset)[split][task.label_column_name]))
+    labels = {(split, subset): np.asarray(list(subset_splits(task, subset)[split][task.label_column_name]))
               for subset, split in draws}
     n_resamples = next(iter(next(iter(draws.values())).values())).shape[0]
     values = []
@@ -377,6 +414,7 @@ def bootstrap_layers(
     revision: str | None = None,
     progress: bool = True,
     eval_workers: int | str = "auto",
+    plans: Sequence[BootstrapPlan] | None = None,
 ) -> pd.DataFrame:
     """Bootstrap every (layer, task) score of :func:`~layerscope.evaluate.evaluate_layers` with MTEB's evaluators.
 
@@ -402,6 +440,9 @@ def bootstrap_layers(
         A progress bar counting resampled evaluations (layer x task x resample).
     eval_workers : int or "auto"
         Processes running the evaluations (see :func:`~layerscope.evaluate.runner.resolve_workers`).
+    plans : sequence of BootstrapPlan, optional
+        :func:`bootstrap_plan` of each task with these settings, when the caller has them already
+        (built here otherwise).
 
     Returns
     -------
@@ -409,7 +450,7 @@ def bootstrap_layers(
         A copy of ``scores`` whose ``scores`` JSON gains ``"bootstrap"``: ``main_scores`` (B values, in
         [0, 1]), ``unit``, ``n_units``, ``n_resamples``, ``resample_seed``, ``confidence``. ``attrs``
         keeps ``scores``'s and adds ``attrs["bootstrap"]`` (settings, units, seconds); the draws
-        themselves are :func:`bootstrap_draws`.
+        themselves are :func:`bootstrap_draws` (or the plans' ``indices``).
     """
     from tqdm.auto import tqdm
 
@@ -425,17 +466,19 @@ def bootstrap_layers(
     absent = [layer for layer in layers if layer not in extraction.layers]
     if absent:
         raise LayerscopeError(f"the embeddings lack layer(s) {absent} of the scores")
-    plans = [_plan(task, n_resamples, resample_seed) for task in tasks]
+    if plans is None:
+        plans = [bootstrap_plan(task, n_resamples, resample_seed) for task in tasks]
+    elif [plan.task for plan in plans] != list(tasks) or any(
+            (plan.n_resamples, plan.resample_seed) != (n_resamples, resample_seed) for plan in plans):
+        raise LayerscopeError("the bootstrap plans are not those of these tasks and resamples")
     # classification scores its resampled predictions (see _classification_resamples): no copies needed
-    copies = [resampled_tasks(task, n_resamples, resample_seed) if plan[0] != "classification" else []
-              for task, plan in zip(tasks, plans, strict=True)]
-    units = {task.metadata.name: _UNITS[plan[0]] for task, plan in zip(tasks, plans, strict=True)}
-    counts = {task.metadata.name: int(sum(index.shape[1] for part in plan[2].values() for index in part.values()))
-              for task, plan in zip(tasks, plans, strict=True)}
+    copies = [plan.copies() if plan.kind != "classification" else [] for plan in plans]
+    units = {plan.task.metadata.name: _UNITS[plan.kind] for plan in plans}
+    counts = {plan.task.metadata.name: plan.n_units for plan in plans}
     work = [(extraction.layers.index(layer), t) for layer in layers for t in range(len(tasks))]
     workers = resolve_workers(eval_workers, len(work))
     _STATE.clear()
-    _STATE.update(extraction=extraction, tasks=list(tasks), plans=plans, copies=copies, seed=seed, name=name,
+    _STATE.update(extraction=extraction, plans=list(plans), copies=copies, seed=seed, name=name,
                   revision=revision)
     bar = tqdm(total=len(work) * n_resamples, desc=f"bootstrap: {n_resamples} resamples x {_count(len(tasks), 'task')} "
                f"x {_count(len(layers), 'layer')}", unit="eval", disable=not progress)
@@ -565,11 +608,27 @@ def _resamples(scores: pd.DataFrame) -> _Resamples:
                       int(first.get("resample_seed", 0)), units)
 
 
+def _defined(data: _Resamples) -> tuple[np.ndarray, list[str]]:
+    """Resamples where every (layer, task) score is defined, and the tasks whose scores were not.
+
+    A resample can leave a score undefined (NaN), e.g. an STS resample whose gold scores are all equal
+    has no Spearman correlation. Averages and paired differences need every task at every layer on
+    the same resample, so such resamples are left out of them, counted, and named.
+    """
+    finite = np.isfinite(data.resampled)  # (layers, tasks, B)
+    keep = finite.all(axis=(0, 1))
+    undefined = [task for task, ok in zip(data.tasks, finite.all(axis=(0, 2)), strict=True) if not ok]
+    if keep.sum() < 2:
+        raise LayerscopeError(f"fewer than 2 of {keep.size} bootstrap resamples give every task a defined score "
+                              f"(undefined on {', '.join(undefined)}): use more evaluation examples or leave the task out")
+    return keep, undefined
+
+
 def _interval(values: np.ndarray, point: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over the last axis of ``values``, re-centred so the resamples' median is ``point``."""
     alpha = 1 - confidence
     centred = _centred(values, point)
-    low, high = np.quantile(centred, [alpha / 2, 1 - alpha / 2], axis=-1)
+    low, high = np.nanquantile(centred, [alpha / 2, 1 - alpha / 2], axis=-1)  # undefined resamples left out
     return low, high
 
 
@@ -581,7 +640,7 @@ def _centred(values: np.ndarray, point: np.ndarray) -> np.ndarray:
     would. That shift is an artifact of the resampling, not noise of the estimate: the spread is kept,
     the location is the estimate's.
     """
-    return values - np.median(values, axis=-1, keepdims=True) + np.asarray(point)[..., None]
+    return values - np.nanmedian(values, axis=-1, keepdims=True) + np.asarray(point)[..., None]
 
 
 def layer_intervals(scores: pd.DataFrame, confidence: float | None = None) -> pd.DataFrame:
@@ -607,7 +666,8 @@ def layer_intervals(scores: pd.DataFrame, confidence: float | None = None) -> pd
     data = _resamples(scores)
     level = data.confidence if confidence is None else float(confidence)
     _check_settings(data.resampled.shape[-1], level)
-    average = data.resampled.mean(axis=1)  # (layers, B): resample b of the task average
+    keep, undefined = _defined(data)
+    average = data.resampled[..., keep].mean(axis=1)  # (layers, B'): resample b of the task average
     point = data.point.mean(axis=1)
     low, high = _interval(average, point, level)
     difference = average - average[-1]  # (layers, B), paired with the last layer
@@ -619,19 +679,27 @@ def layer_intervals(scores: pd.DataFrame, confidence: float | None = None) -> pd
         "not_above_last": (_centred(difference, point_difference) <= 0).mean(axis=1),
     })
     frame.attrs.update(confidence=level, n_resamples=int(data.resampled.shape[-1]), n_tasks=len(data.tasks),
-                       resample_seed=data.resample_seed, units=data.units)
+                       resample_seed=data.resample_seed, units=data.units, n_undefined=int((~keep).sum()),
+                       undefined_tasks=undefined)
     return frame
 
 
 def task_intervals(scores: pd.DataFrame, confidence: float | None = None) -> pd.DataFrame:
-    """Per (layer, task): the score x 100 and its percentile interval (``layer, task, score, low, high``)."""
+    """Per (layer, task): the score x 100 and its percentile interval (``layer, task, score, low, high``).
+
+    ``n_undefined`` counts the resamples of that (layer, task) whose score is undefined (NaN); they are
+    left out of its interval.
+    """
     data = _resamples(scores)
     level = data.confidence if confidence is None else float(confidence)
     _check_settings(data.resampled.shape[-1], level)
-    low, high = _interval(data.resampled, data.point, level)
+    with warnings.catch_warnings():  # a (layer, task) with no defined resample gets NaN bounds, counted below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = _interval(data.resampled, data.point, level)
     layer_grid, task_grid = np.meshgrid(data.layers, data.tasks, indexing="ij")
     frame = pd.DataFrame({"layer": layer_grid.ravel(), "task": task_grid.ravel(), "score": data.point.ravel(),
-                          "low": low.ravel(), "high": high.ravel()})
+                          "low": low.ravel(), "high": high.ravel(),
+                          "n_undefined": (~np.isfinite(data.resampled)).sum(axis=-1).ravel()})
     frame.attrs.update(confidence=level, n_resamples=int(data.resampled.shape[-1]))
     return frame
 
@@ -656,6 +724,10 @@ class BestVersusLast:
         Level of the intervals.
     n_resamples : int
         Resamples B.
+    n_undefined : int
+        Resamples left out because a task's score was undefined on them (see ``undefined_tasks``).
+    undefined_tasks : tuple of str
+        The tasks with an undefined score on some resample.
     """
 
     best_layer: int
@@ -673,19 +745,23 @@ class BestVersusLast:
     beyond_noise: bool
     confidence: float
     n_resamples: int
+    n_undefined: int = 0
+    undefined_tasks: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One sentence: the verdict, the difference and its interval, and the share of resamples."""
         level = f"{100 * self.confidence:g}%"
+        left_out = (f" ({self.n_undefined} of {self.n_resamples} resamples left out: a score of "
+                    f"{', '.join(self.undefined_tasks)} is undefined on them)" if self.n_undefined else "")
         if self.best_layer == self.last_layer:
             return (f"the last layer {self.last_layer} is the best layer ({self.last_score:.1f}, {level} interval "
-                    f"{interval_text(self.last_low, self.last_high)})")
+                    f"{interval_text(self.last_low, self.last_high)}){left_out}")
         verdict = "beats the last layer beyond the noise" if self.beyond_noise else "is within the noise of the last layer"
         rule = "excludes 0" if self.beyond_noise else "includes 0"
         return (f"best layer {self.best_layer} ({self.best_score:.1f}) {verdict} {self.last_layer} "
                 f"({self.last_score:.1f}): {self.difference:+.1f} points, {level} interval of the paired difference "
                 f"{interval_text(self.low, self.high, signed=True)} {rule}; best <= last in "
-                f"{100 * self.not_above:.0f}% of {self.n_resamples} resamples")
+                f"{100 * self.not_above:.0f}% of {self.n_resamples - self.n_undefined} resamples{left_out}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, JSON-ready."""
@@ -704,6 +780,8 @@ def best_versus_last(intervals: pd.DataFrame) -> BestVersusLast:
         not_above=float(best["not_above_last"]), beyond_noise=bool(best["vs_last_low"] > 0),
         confidence=float(intervals.attrs.get("confidence", 0.95)),
         n_resamples=int(intervals.attrs.get("n_resamples", 0)),
+        n_undefined=int(intervals.attrs.get("n_undefined", 0)),
+        undefined_tasks=tuple(intervals.attrs.get("undefined_tasks", ())),
     )
 
 
@@ -711,3 +789,10 @@ def interval_text(low: float, high: float, *, signed: bool = False, digits: int 
     """``[50.2, 54.1]`` (``signed``: ``[-0.4, +2.1]``)."""
     sign = "+" if signed else ""
     return f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def layer_interval_texts(intervals: pd.DataFrame, layers: Sequence[int]) -> list[str | None]:
+    """Each layer's interval from :func:`layer_intervals` as text, None for a layer it does not hold."""
+    bounds = intervals.set_index("layer")
+    return [interval_text(bounds.loc[layer, "low"], bounds.loc[layer, "high"]) if layer in bounds.index else None
+            for layer in layers]

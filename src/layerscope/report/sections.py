@@ -281,12 +281,9 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
         columns.append(("avg_score", "avg score\n(x100)", formatter(1)))
     intervals = summary.intervals
     if intervals is not None and "avg_score" in frame.columns:
-        from layerscope.evaluate.uncertainty import interval_text
+        from layerscope.evaluate.uncertainty import layer_interval_texts
 
-        bounds = intervals.set_index("layer")
-        frame = frame.assign(score_interval=[
-            interval_text(bounds.loc[layer, "low"], bounds.loc[layer, "high"]) if layer in bounds.index else None
-            for layer in frame["layer"]])
+        frame = frame.assign(score_interval=layer_interval_texts(intervals, frame["layer"].tolist()))
         columns.append(("score_interval", f"{100 * intervals.attrs['confidence']:g}% interval\n(bootstrap)",
                         lambda value: "" if is_missing(value) else escape(value)))
     for metric in metric_columns:
