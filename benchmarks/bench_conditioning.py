@@ -7,8 +7,8 @@ runs/smollm2-standardize runs/smollm2-outliers10``, made with ``layerscope analy
 
 (a) the task-average score per layer, and the average of the cosine-based tasks (STS, clustering,
     reranking, pair classification) and of classification, at every layer;
-(b) the best layer, the last layer, the label-free layers of the default rule and of min-DiME on all
-    texts, with their scores;
+(b) the best layer, the last layer, the label-free layers of a rule (``--rule``, default depth 75%: the
+    held-out pick on the authors' models alone) and of min-DiME on all texts, with their scores;
 (c) how well the metrics computed on the (conditioned) embeddings track the scores: the mean over
     tasks of the per-task distance correlation across layers, and the Spearman correlation with
     the task-averaged curve, per metric.
@@ -16,7 +16,7 @@ runs/smollm2-standardize runs/smollm2-outliers10``, made with ``layerscope analy
 The last line is ``ratio: <mean over metrics of per-task dcor with the first conditioning /
 without>`` (above 1: the metrics track the scores better after conditioning).
 
-    python benchmarks/bench_conditioning.py RUN_FOLDER [RUN_FOLDER ...]
+    python benchmarks/bench_conditioning.py RUN_FOLDER [RUN_FOLDER ...] [--rule depth:0.75]
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 import pandas as pd
 
 from layerscope.analysis import format_table, summarize
-from layerscope.analysis.choice import choose_layer, default_rule, parse_rule
+from layerscope.analysis.choice import choose_layer, parse_rule
 from layerscope.store.runs import load_run
 
 COSINE = ("STS", "Clustering", "Reranking", "PairClassification")
 
 
-def describe(folder: Path) -> dict:
+def describe(folder: Path, rule: str) -> dict:
     run = load_run(folder)
     config = run.config
     extraction = config.get("extraction", {})
@@ -48,19 +48,21 @@ def describe(folder: Path) -> dict:
     mapping = {task: task for task in config.get("tasks", [])}
     summary = summarize(run.metrics, scores, select_by="dime", task_to_dataset=mapping)
     on_all = run.metrics[run.metrics["dataset"] == "all"]
-    default = choose_layer(on_all, default_rule(), last_layer=summary.last_layer)
+    chosen = choose_layer(on_all, parse_rule(rule), last_layer=summary.last_layer)
     dime = choose_layer(on_all, parse_rule("dime"), last_layer=summary.last_layer)
     correlations = summary.correlations
     return {"folder": folder, "label": label, "average": average, "cosine": cosine,
-            "classification": classification, "summary": summary, "default": default, "dime": dime,
+            "classification": classification, "summary": summary, "rule": chosen, "dime": dime,
             "correlations": correlations}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--rule", default="depth:0.75", help="label-free rule shown beside min DiME (--select-by text; "
+                        "default depth:0.75, the held-out pick on the authors' models alone)")
     args = parser.parse_args()
-    runs = [describe(folder) for folder in args.runs]
+    runs = [describe(folder, args.rule) for folder in args.runs]
     print(f"model {load_run(args.runs[0]).model}; runs: " + "; ".join(f"{run['folder']} ({run['label']})" for run in runs))
 
     print("\n(a) average score x 100 per layer: all tasks / cosine-based tasks / classification")
@@ -72,7 +74,7 @@ def main() -> None:
 
     print("\n(b) layers chosen (score x 100)")
     rows = []
-    rule = default_rule()
+    rule = parse_rule(args.rule)
     for run in runs:
         summary, average = run["summary"], run["average"]
         last = summary.last_layer
@@ -81,8 +83,8 @@ def main() -> None:
             return "-" if layer is None else f"{layer} ({average[layer]:.1f})"
 
         rows.append({"conditioning": run["label"], "best (labels)": cell(summary.best_layer), "last": cell(last),
-                     f"default ({rule.name})": cell(run["default"]), "min DiME on all texts": cell(run["dime"]),
-                     "default vs last": f"{average[run['default']] - average[last]:+.1f}" if run["default"] is not None
+                     rule.name: cell(run["rule"]), "min DiME on all texts": cell(run["dime"]),
+                     f"{rule.name} vs last": f"{average[run['rule']] - average[last]:+.1f}" if run["rule"] is not None
                      else "-"})
     print(format_table(pd.DataFrame(rows)))
 

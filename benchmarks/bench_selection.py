@@ -43,6 +43,7 @@ from layerscope.analysis.protocol import (
     ProtocolResult,
     default_candidates,
     evaluate_selector,
+    guarded_chooser,
     nested_chooser,
     one_layer_families,
     rules_of_family,
@@ -71,9 +72,12 @@ ISSUE_TABLE: dict[str, tuple[float, str]] = {
 }
 
 
+#: The protocol's selector: the nested choice, kept only where it held up against the last layer.
+GUARDED = "the protocol, guarded: that rule only if, held out, it beat the last layer on more models than it lost"
+
 #: Column heads of the per-model table, in the order of the table's rows.
 SHORT_LABELS = ("last", "min dime/task", "min infonce/task", "depth LOMO", "rank-late LOMO", "any rule LOMO",
-                "protocol LOMO")
+                "nested LOMO", "guarded LOMO")
 
 
 def default_fixture() -> Path | None:
@@ -156,7 +160,9 @@ def print_per_model(result: ProtocolResult, short: dict[str, str]) -> None:
 
 def print_protocol(result: ProtocolResult, rule: object, families: dict[str, tuple]) -> None:
     print(f"(c) the protocol's selector: a family picked by an inner held-out loop among "
-          f"{', '.join(f'{name} ({len(rules)})' for name, rules in families.items())}, then its best rule")
+          f"{', '.join(f'{name} ({len(rules)})' for name, rules in families.items())}, then its best rule; "
+          "kept only if that procedure, run held out on the training models, beat the last layer on more of "
+          "them than it lost to it and by a positive mean gain (else the last layer)")
     print(f"    on all {int(result.ranking['n_models'].iloc[0])} models it picks: {rule.name}  "
           f"(--select-by {rule_spec(rule)})")
     frame = result.per_model[result.per_model["selector"] == result.label]
@@ -189,7 +195,8 @@ def score_unseen(rule: object, folders: list[Path], n_boot: int, seed: int, conf
     return pd.concat(frames, ignore_index=True)
 
 
-def record(rule: object, result: ProtocolResult, unseen: pd.DataFrame, argv: list[str]) -> dict:
+def record(rule: object, result: ProtocolResult, unseen: pd.DataFrame, argv: list[str],
+           models: list[ModelData], n_authors: int) -> dict:
     """What analyze quotes about its default rule: the rule, and how it did on models it was not chosen on."""
     import datetime
 
@@ -208,8 +215,12 @@ def record(rule: object, result: ProtocolResult, unseen: pd.DataFrame, argv: lis
         held[scheme] = {"mean_regret": round(float(row["mean_regret"].iloc[0]), 3), "wins": int(row["wins"].iloc[0]),
                         "n_models": int(row["n_models"].iloc[0]), "per_model": rows(part)}
     mine = unseen[unseen["selector"] == "protocol's rule"] if not unseen.empty else unseen
+    last = result.summary[(result.summary["selector"] == "last layer") & (result.summary["scheme"] == "fixed")]
     return {
         "rule": rule_spec(rule), "name": rule.name, "held_out": held,
+        "trained_on": {"n_models": len(models), "authors": n_authors, "runs": len(models) - n_authors,
+                       "models": [model.name for model in models]},
+        "last_layer_regret": round(float(last["mean_regret"].iloc[0]), 3) if not last.empty else None,
         "unseen": {"mean_regret": None if mine.empty else round(float(mine["regret"].mean()), 3),
                    "wins": None if mine.empty else int(mine["win"].sum()),
                    "n_models": len(mine), "per_model": [] if mine.empty else rows(mine)},
@@ -234,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print("authors' models with a usable layer x task grid at revision main:")
         print(format_table(coverage[["model", "last_layer", "n_layers_complete", "fully_complete", "usable", "reason"]]))
         models += authors_models(authors_dir)
+    n_authors = len(models)
     for folder in args.runs:
         found = run_models(folder)
         print(f"run folder {folder}: {', '.join(model.name for model in found) or 'no finished run with scores'}")
@@ -256,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "rank-average in a late-depth window, picked on the other models": "family",
         "any of the 325 candidate rules, picked on the other models": "family",
         "the protocol: a family by an inner held-out loop, then its best rule": "family",
+        GUARDED: "family",
     }
     selectors = {
         "last layer": LastLayer(),
@@ -266,11 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             candidates, "rank_aggregate", predicate=late_window
         ),
         "any of the 325 candidate rules, picked on the other models": candidates,
+        "the protocol: a family by an inner held-out loop, then its best rule": one_layer,
     }
-    chooser = nested_chooser(families)
-    result = run_protocol(models, one_layer, selectors=selectors, chooser=chooser, n_boot=args.n_boot,
-                          seed=args.seed, confidence=args.confidence, label=list(labels)[-1])  # fmt: skip
-    rule = chooser(one_layer, models)
+    nested = nested_chooser(families)
+    guarded = guarded_chooser(nested)
+    result = run_protocol(models, one_layer, selectors=selectors, chooser=nested, choosers={GUARDED: guarded},
+                          n_boot=args.n_boot, seed=args.seed, confidence=args.confidence, label=GUARDED)  # fmt: skip
+    rule = guarded(one_layer, models)
 
     print()
     print(f"(b) issue 13's table on {len(models)} models: regret = oracle best single layer - rule (x 100), "
@@ -300,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_record is not None:
         import json
 
-        args.write_record.write_text(json.dumps(record(rule, result, unseen, list(argv or sys.argv[1:])), indent=1) + "\n")
+        written = record(rule, result, unseen, list(argv or sys.argv[1:]), models, n_authors)
+        args.write_record.write_text(json.dumps(written, indent=1) + "\n")
         print(f"record -> {args.write_record}")
     print()
     print(f"{len(models)} models, {len(candidates)} candidate rules, {time.perf_counter() - started:.1f} s")

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from layerscope.analysis.choice import choose_layer, parse_rule, rule_spec
-from layerscope.analysis.rules import FixedDepth, LastLayer, MetricRule, RankAggregateRule, WindowMetricRule
+from layerscope.analysis.rules import (
+    FixedDepth,
+    LastLayer,
+    MetricRule,
+    RankAggregateRule,
+    ValleyFractionRule,
+    ValleyRecoveryRule,
+    WindowMetricRule,
+)
 from layerscope.errors import LayerscopeError
 
 
@@ -34,6 +42,8 @@ def metrics_frame() -> pd.DataFrame:
     ("dime@0.5-0.9", WindowMetricRule("dime", 0.5, 0.9, None, texts="all")),
     ("rank:infonce+lidar", RankAggregateRule(("infonce", "lidar"), 0.0, 1.0, None, texts="all")),
     ("rank:dime+min:lidar@0.2-1", RankAggregateRule(("dime", "lidar"), 0.2, 1.0, ("min", "min"), texts="all")),
+    ("valley:dataset_entropy:0.75", ValleyFractionRule("dataset_entropy", 0.75, texts="all")),
+    ("recovery:dime:50%", ValleyRecoveryRule("dime", 0.5, texts="all")),
 ])
 def test_specs_parse_into_rules_and_back(spec, rule):
     assert parse_rule(spec) == rule
@@ -43,7 +53,9 @@ def test_specs_parse_into_rules_and_back(spec, rule):
 def test_percent_depths_and_bad_specs():
     assert parse_rule("depth:75%") == FixedDepth(0.75)
     for spec, message in [("dimee", "did you mean 'dime'"), ("depth:1.5", "between 0 and 1"),
-                          ("rank:", "needs metrics"), ("up:dime", "min: or max:"), ("depth:x", "not a depth")]:
+                          ("rank:", "needs metrics"), ("up:dime", "min: or max:"), ("depth:x", "not a depth"),
+                          ("valley:dime", "valley: needs a metric and a fraction"), ("recovery:dime:2", "between 0 and 1"),
+                          ("valley:dimee:0.5", "did you mean 'dime'")]:
         with pytest.raises(LayerscopeError, match=message):
             parse_rule(spec)
     with pytest.raises(LayerscopeError, match="per task"):
@@ -53,6 +65,9 @@ def test_percent_depths_and_bad_specs():
 @pytest.mark.parametrize(("spec", "layer"), [
     ("dime", 3), ("infonce", 8), ("lidar", 6), ("max:dime", 10), ("dime@0.5-1", 5), ("depth:0.75", 8), ("last", 10),
     ("rank:dime+infonce", 3),  # ranks tie between 3 and 8 in a symmetric way: the shallower wins
+    # DiME's valley is layer 3: 3 + 0.5 * (10 - 3) = 6.5 rounds half up to 7; its rise 0 -> 49 is half
+    # regained where (l - 3)^2 >= 24.5, first at layer 8
+    ("valley:dime:0.5", 7), ("valley:dime:0", 3), ("valley:dime:1", 10), ("recovery:dime:0.5", 8),
 ])
 def test_choices_on_the_all_texts_set_without_scores(spec, layer):
     assert choose_layer(metrics_frame(), parse_rule(spec)) == layer

@@ -356,17 +356,19 @@ def test_report_holds_the_per_layer_table_of_the_store(run_dir: Path) -> None:
     # the best layer with labels and the label-free choice (the default rule, the run recording none)
     # are the highlighted rows
     from layerscope.analysis.choice import default_rule
-    from layerscope.analysis.rules import FixedDepth
+    from layerscope.analysis.rules import FixedDepth, LastLayer
 
     best = int(table.loc[table["avg_score"].idxmax(), "layer"])
     rule = default_rule()
     if isinstance(rule, FixedDepth):  # the layer floor(fraction * L + 0.5), every layer being scored
-        chosen = int(np.floor(rule.fraction * int(table["layer"].max()) + 0.5))
+        chosen, named = int(np.floor(rule.fraction * int(table["layer"].max()) + 0.5)), rule.name
+    elif isinstance(rule, LastLayer):  # the record found no label-free rule that beat the last layer held out
+        chosen, named = int(table["layer"].max()), "Without labels, layerscope keeps the last layer"
     else:  # no record: the paper's min DiME on all texts
-        chosen = int(table.loc[table["dime"].idxmin(), "layer"])
+        chosen, named = int(table.loc[table["dime"].idxmin(), "layer"]), "min DiME"
     assert [int(cells[0]) for css, cells in body if "best" in css.split()] == [best]
     assert [int(cells[0]) for css, cells in body if "chosen" in css.split()] == [chosen]
-    assert "best with labels" in page and (rule.name if isinstance(rule, FixedDepth) else "min DiME") in page
+    assert "best with labels" in page and named in page
 
 
 def test_report_sections_plots_and_config(run_dir: Path) -> None:
@@ -465,6 +467,33 @@ def test_a_depth_headline_is_one_row_of_table_2(tmp_path: Path) -> None:
     group = [cells[0] for cells in rows[: depth_rows[0]] if len(cells) == 1][-1]
     assert "the summary's choice" in group  # shown once, as the choice
     assert "depth 50%" in {cells[0] for cells in rows}
+
+
+@pytest.mark.parametrize("rule", ["last", "depth:0.75"])
+def test_the_default_rule_is_shown_with_its_held_out_record(tmp_path: Path, monkeypatch, rule: str) -> None:
+    import layerscope.analysis.choice as choice
+
+    per_model = {"mean_regret": 4.371, "wins": 0 if rule == "last" else 5, "n_models": 13, "per_model": []}
+    record = {"rule": rule, "name": choice.parse_rule(rule).name, "held_out": {"model": per_model},
+              "trained_on": {"n_models": 13, "authors": 6, "runs": 7, "models": []}, "last_layer_regret": 3.447,
+              "unseen": {"n_models": 0}, "command": "python benchmarks/bench_selection.py runs/a --write-record x"}
+    monkeypatch.setattr(choice, "held_out_record", lambda: record)
+    directory = tmp_path / "run"
+    write_synthetic_run(directory)  # the run records no rule: the default (auto) decides
+    page = read(build_report(directory))
+    summary = summarize_run(load_run(directory))
+    last = summary.last_layer
+    source = "13 models (6 from the paper authors&#x27; stored results, 7 layerscope runs)"
+    held = "the procedure lost 4.4 points to the best layer on average, the last layer 3.4, and beat the last layer on"
+    if rule == "last":
+        assert summary.chosen_layer == last
+        assert f"Without labels, layerscope keeps the last layer ({last}): no label-free rule beat it" in page
+        assert f"No label-free rule held up against the last layer on models it was not chosen on ({source})" in page
+        assert f"{held} 0 of 13 models" in page
+    else:
+        assert summary.chosen_layer == int(np.floor(0.75 * last + 0.5))
+        assert f"The label-free rule (depth 75%) is layerscope&#x27;s default: the held-out protocol picked it on {source}" in page
+        assert f"{held} 5 of 13 models" in page and "keeps the last layer" not in page
 
 
 def test_report_picks_a_run_and_reports_bad_input(tmp_path: Path, run_dir: Path) -> None:

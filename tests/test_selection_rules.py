@@ -364,6 +364,24 @@ def test_held_out_model_never_reaches_the_choice() -> None:
     assert per_family.set_index("model").loc["h", "rule"] == "depth 50%"
 
 
+def test_the_guard_keeps_a_rule_only_where_it_beat_the_last_layer_held_out() -> None:
+    from layerscope.analysis.protocol import guarded_chooser
+
+    candidates = [LastLayer(), FixedDepth(0.5)]
+    guarded = guarded_chooser(choose_rule)
+    # every model best at depth 50%: held out, depth 50% beats the last layer each time, and is kept
+    agree = [planted("a", 5), planted("b", 5), planted("c", 5)]
+    assert guarded(candidates, agree) == FixedDepth(0.5)
+    # two models best at 50% (last 5 points below), two best at the last layer (50% 4 points below): on all
+    # four depth 50% has the lower mean regret (2 against 2.5), but chosen on three and scored on the fourth
+    # it ties twice (a, b: the other three pick the last layer) and loses twice (c, d: 4 points each)
+    split = [planted("a", 5), planted("b", 5), planted("c", 10, margin=0.04), planted("d", 10, margin=0.04)]
+    assert choose_rule(candidates, split) == FixedDepth(0.5)
+    assert guarded(candidates, split) == LastLayer()
+    # too few models to judge: the last layer
+    assert guarded(candidates, agree[:1]) == LastLayer()
+
+
 def test_protocol_result_and_bootstrap_determinism() -> None:
     models = [
         planted("p", 5, family="x", noise_seed=1),

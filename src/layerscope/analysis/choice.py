@@ -11,12 +11,17 @@ short form:
                             unless ``min:``/``max:`` says otherwise)
 ``dime@0.5-0.9``            the same inside a depth window
 ``rank:infonce+lidar``      the best average rank of several metrics (``@lo-hi`` for a window)
+``valley:dime:0.75``        75% of the way from a metric's valley (its lowest layer) to the last
+``recovery:dime:0.5``       the first layer after the valley where the metric regained 50% of its
+                            rise to the last layer
 ==========================  ================================================================
 
-The default is chosen by :mod:`layerscope.analysis.protocol` on the authors' stored results (never on
-the model being analysed) and checked on models the protocol never saw; ``benchmarks/bench_selection.py
---write-record`` writes that choice and its record to ``label_free_record.json`` beside this module,
-which the report quotes.
+The default is chosen by :mod:`layerscope.analysis.protocol` (the nested choice of a rule, kept only
+where it beat the last layer on held-out models; see ``guarded_chooser``) on every model with a
+layer x task grid: the authors' stored results and layerscope's own runs. ``benchmarks/bench_selection.py
+--write-record`` writes that choice and its held-out record to ``label_free_record.json`` beside this
+module, which the report quotes. With the models measured so far no label-free rule held up, so
+``auto`` is the last layer; ``--select-by dime`` is the paper's rule.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from layerscope.analysis.rules import (
     ModelData,
     RankAggregateRule,
     SelectionRule,
+    ValleyFractionRule,
+    ValleyRecoveryRule,
     WindowMetricRule,
 )
 from layerscope.errors import LayerscopeError
@@ -48,6 +55,9 @@ RECORD_FILE = "label_free_record.json"
 FALLBACK_SPEC = "dime"
 
 _WINDOW = re.compile(r"^(?P<body>[^@]+)@(?P<lo>[0-9.]+%?)-(?P<hi>[0-9.]+%?)$")
+#: ``--select-by`` prefix of each valley rule.
+_VALLEY_RULES: dict[str, type[ValleyFractionRule] | type[ValleyRecoveryRule]] = {
+    "valley": ValleyFractionRule, "recovery": ValleyRecoveryRule}
 
 
 def _fraction(text: str) -> float:
@@ -85,6 +95,12 @@ def parse_rule(spec: str) -> SelectionRule:
         return LastLayer()
     if text.startswith("depth:"):
         return FixedDepth(_fraction(text.partition(":")[2]))
+    kind, _, rest = text.partition(":")
+    if kind in _VALLEY_RULES:
+        metric, _, fraction = rest.rpartition(":")
+        if not metric or not fraction:
+            raise LayerscopeError(f"'{text}': {kind}: needs a metric and a fraction, e.g. {kind}:dime:0.5")
+        return _VALLEY_RULES[kind](_metric(metric)[0], _fraction(fraction), texts="all")
     window = _WINDOW.match(text)
     body = window["body"] if window else text
     lo, hi = (_fraction(window["lo"]), _fraction(window["hi"])) if window else (0.0, 1.0)
@@ -131,6 +147,9 @@ def rule_spec(rule: SelectionRule) -> str:
         return f"{token(rule.metric, rule.direction)}{window(rule.lo, rule.hi)}"
     if isinstance(rule, MetricRule):
         return token(rule.metric, rule.direction)
+    kind = next((kind for kind, cls in _VALLEY_RULES.items() if type(rule) is cls), None)
+    if kind is not None and rule.normalization is None and rule.fallback == "last":  # type: ignore[attr-defined]
+        return f"{kind}:{rule.metric}:{rule.fraction:g}"  # type: ignore[attr-defined]
     raise LayerscopeError(f"no --select-by text for the rule '{rule.name}'")
 
 

@@ -61,6 +61,9 @@ __all__ = [
     "default_candidates",
     "evaluate_selector",
     "folds",
+    "guarded_chooser",
+    "nested_chooser",
+    "one_layer_families",
     "rank_rules",
     "rules_of_family",
     "run_protocol",
@@ -519,6 +522,7 @@ def run_protocol(
     selectors: Mapping[str, Selector] | None = None,
     schemes: Sequence[str] = ("model", "family"),
     chooser: Chooser | None = None,
+    choosers: Mapping[str, Chooser] | None = None,
     n_boot: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -540,6 +544,8 @@ def run_protocol(
         models hold a single family.
     chooser : callable, optional
         See :func:`evaluate_selector`.
+    choosers : mapping of str to callable, optional
+        A chooser for some selectors by label (the others use ``chooser``).
     n_boot, seed, confidence
         Bootstrap over tasks (see :func:`evaluate_selector`).
     label : str, default "protocol"
@@ -566,7 +572,7 @@ def run_protocol(
                 logger.info("leave-one-family-out skipped for '%s': the models hold a single family", name)
                 continue
             frame, summary = evaluate_selector(
-                selector, models, scheme=scheme, label=name, chooser=chooser, scorer=scorer,
+                selector, models, scheme=scheme, label=name, chooser=(choosers or {}).get(name, chooser), scorer=scorer,
                 n_boot=n_boot, seed=seed, confidence=confidence,
             )  # fmt: skip
             per_model.append(frame)
@@ -640,3 +646,32 @@ def _inner_record(rules: Sequence[SelectionRule], training: Sequence[ModelData],
         scores = [scorer(choose_rule(rules, rest, scorer=scorer), model)
                   for _, held_out, rest in splits for model in held_out]
     return float(np.mean([score.regret for score in scores])), int(sum(score.win for score in scores))
+
+
+def guarded_chooser(chooser: Chooser, *, scheme: str = "model", scorer: RuleScorer | None = None) -> Chooser:
+    """A chooser that keeps ``chooser``'s rule only where that choice held up against the last layer.
+
+    On the training models it is handed, ``chooser`` is run held out (``scheme``: each training model
+    or family in turn, chosen on the others); its rule on all the training models is kept only when,
+    held out, it beat the last layer on more models than it lost to it and by a positive mean gain.
+    Otherwise the last layer is the choice. The guard is part of the procedure, so an outer held-out
+    loop measures it too: it answers "does choosing without labels beat simply taking the last
+    layer on models it was not chosen on?" before a rule becomes anyone's default.
+    """
+    scorer = scorer or RuleScorer()
+
+    def choose(candidates: Sequence[SelectionRule], training: Sequence[ModelData]) -> SelectionRule:
+        if len(training) < 2:
+            return LastLayer()
+        try:
+            splits = folds(training, scheme)
+        except LayerscopeError:  # a single family: leave one model out instead
+            splits = folds(training, "model")
+        gains = np.array([scorer(chooser(candidates, rest), model).gain_vs_last
+                          for _, held_out, rest in splits for model in held_out])
+        wins, losses = int((gains > _TOLERANCE).sum()), int((gains < -_TOLERANCE).sum())
+        if wins > losses and gains.mean() > _TOLERANCE:
+            return chooser(candidates, training)
+        return LastLayer()
+
+    return choose

@@ -187,6 +187,9 @@ def _lead(summary: Summary, metric_texts: str) -> str:
         direction = "highest" if summary.chosen_higher_is_better else "lowest"
         sentences.append(f"Without labels, the layer where {metric_label(summary.chosen_metric)} "
                          f"{metric_texts} is {direction} is layer {summary.chosen_layer}.")
+    elif summary.chosen_layer is not None and summary.chosen_rule == "last":
+        sentences.append(f"Without labels, layerscope keeps the last layer ({summary.chosen_layer}): no label-free "
+                         "rule beat it on models it was not chosen on (below).")
     elif summary.chosen_layer is not None:
         sentences.append(f"Without labels, the rule {summary.chosen_label} picks layer {summary.chosen_layer}.")
     loses = summary.label_free_loses()
@@ -203,13 +206,22 @@ def _label_free_record(run: RunData, summary: Summary) -> str:
     record = held_out_record()
     if record is None or summary.chosen_rule != record.get("rule"):
         return ""
-    parts = [f"The label-free rule ({record['name']}) is layerscope's default: the held-out protocol picked it on "
-             "the paper authors' stored results"]
+    trained = record.get("trained_on") or {}
+    source = (f"{trained['n_models']} models ({trained['authors']} from the paper authors' stored results, "
+              f"{trained['runs']} layerscope runs)" if trained.get("runs") else "the paper authors' stored results")
+    if record.get("rule") == "last":
+        parts = [f"No label-free rule held up against the last layer on models it was not chosen on ({source}), so "
+                 "layerscope's default is the last layer; --select-by applies another rule (e.g. dime, the "
+                 "paper's, or depth:0.75), and layerscope select --labels-per-class chooses with a few labels"]
+    else:
+        parts = [f"The label-free rule ({record['name']}) is layerscope's default: the held-out protocol picked it "
+                 f"on {source}"]
     model_held = record.get("held_out", {}).get("model")
     if model_held:
-        parts.append(f"(leave-one-model-out, the procedure that picked it lost {model_held['mean_regret']:.1f} points "
-                     f"to the best layer on average and beat the last layer on {model_held['wins']} of "
-                     f"{model_held['n_models']} models)")
+        last = record.get("last_layer_regret")
+        parts.append(f"(leave-one-model-out, the procedure lost {model_held['mean_regret']:.1f} points to the best "
+                     "layer on average" + (f", the last layer {last:.1f}," if last is not None else "")
+                     + f" and beat the last layer on {model_held['wins']} of {model_held['n_models']} models)")
     unseen = record.get("unseen", {})
     if unseen.get("n_models"):
         parts.append(f"; on {unseen['n_models']} models it never saw it beat the last layer on {unseen['wins']} "
