@@ -483,16 +483,17 @@ def test_the_default_rule_is_shown_with_its_held_out_record(tmp_path: Path, monk
     page = read(build_report(directory))
     summary = summarize_run(load_run(directory))
     last = summary.last_layer
-    source = "13 models (6 from the paper authors&#x27; stored results, 7 layerscope runs)"
+    counts = "6 from the paper authors&#x27; stored results, 7 layerscope runs"
     held = "the procedure lost 4.4 points to the best layer on average, the last layer 3.4, and beat the last layer on"
     if rule == "last":
         assert summary.chosen_layer == last
         assert f"Without labels, layerscope keeps the last layer ({last}): no label-free rule beat it" in page
-        assert f"No label-free rule held up against the last layer on models it was not chosen on ({source})" in page
+        assert f"No label-free rule held up against the last layer on models it was not chosen on (13 models: {counts})" in page
         assert f"{held} 0 of 13 models" in page
     else:
         assert summary.chosen_layer == int(np.floor(0.75 * last + 0.5))
-        assert f"The label-free rule (depth 75%) is layerscope&#x27;s default: the held-out protocol picked it on {source}" in page
+        assert ("The label-free rule (depth 75%) is layerscope&#x27;s default: the held-out protocol picked it on "
+                f"13 models ({counts})") in page
         assert f"{held} 5 of 13 models" in page and "keeps the last layer" not in page
 
 

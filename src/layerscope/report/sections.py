@@ -207,10 +207,12 @@ def _label_free_record(run: RunData, summary: Summary) -> str:
     if record is None or summary.chosen_rule != record.get("rule"):
         return ""
     trained = record.get("trained_on") or {}
-    source = (f"{trained['n_models']} models ({trained['authors']} from the paper authors' stored results, "
-              f"{trained['runs']} layerscope runs)" if trained.get("runs") else "the paper authors' stored results")
+    counts = (f"{trained['authors']} from the paper authors' stored results, {trained['runs']} layerscope runs"
+              if trained.get("runs") else None)
+    source = f"{trained['n_models']} models ({counts})" if counts else "the paper authors' stored results"
     if record.get("rule") == "last":
-        parts = [f"No label-free rule held up against the last layer on models it was not chosen on ({source}), so "
+        where = f"{trained['n_models']} models: {counts}" if counts else "the paper authors' stored results"
+        parts = [f"No label-free rule held up against the last layer on models it was not chosen on ({where}), so "
                  "layerscope's default is the last layer; --select-by applies another rule (e.g. dime, the "
                  "paper's, or depth:0.75), and layerscope select --labels-per-class chooses with a few labels"]
     else:
