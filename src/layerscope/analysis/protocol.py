@@ -633,18 +633,22 @@ def nested_chooser(families: Mapping[str, Sequence[SelectionRule]], *, scheme: s
     return choose
 
 
+def _inner_folds(training: Sequence[ModelData], scheme: str) -> list[tuple[str, list[ModelData], list[ModelData]]]:
+    """:func:`folds` of the training models; leave one model out when they hold a single family."""
+    try:
+        return folds(training, scheme)
+    except LayerscopeError:
+        return folds(training, "model")
+
+
 def _inner_record(rules: Sequence[SelectionRule], training: Sequence[ModelData], scheme: str,
                   scorer: RuleScorer) -> tuple[float, int]:
     """Held-out mean regret and wins of choosing among ``rules`` on ``training`` (no bootstrap)."""
     if len(rules) == 1:
         scores = [scorer(rules[0], model) for model in training]
     else:
-        try:
-            splits = folds(training, scheme)
-        except LayerscopeError:  # a single family: leave one model out instead
-            splits = folds(training, "model")
         scores = [scorer(choose_rule(rules, rest, scorer=scorer), model)
-                  for _, held_out, rest in splits for model in held_out]
+                  for _, held_out, rest in _inner_folds(training, scheme) for model in held_out]
     return float(np.mean([score.regret for score in scores])), int(sum(score.win for score in scores))
 
 
@@ -663,12 +667,8 @@ def guarded_chooser(chooser: Chooser, *, scheme: str = "model", scorer: RuleScor
     def choose(candidates: Sequence[SelectionRule], training: Sequence[ModelData]) -> SelectionRule:
         if len(training) < 2:
             return LastLayer()
-        try:
-            splits = folds(training, scheme)
-        except LayerscopeError:  # a single family: leave one model out instead
-            splits = folds(training, "model")
         gains = np.array([scorer(chooser(candidates, rest), model).gain_vs_last
-                          for _, held_out, rest in splits for model in held_out])
+                          for _, held_out, rest in _inner_folds(training, scheme) for model in held_out])
         wins, losses = int((gains > _TOLERANCE).sum()), int((gains < -_TOLERANCE).sum())
         if wins > losses and gains.mean() > _TOLERANCE:
             return chooser(candidates, training)
