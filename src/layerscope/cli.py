@@ -880,7 +880,8 @@ def report_command(
     directory: Annotated[Path, typer.Argument(help="Output folder of a run (holds results.duckdb).")],
     run_id: Annotated[str | None, typer.Option("--run-id", help="Run to report (default: the latest).")] = None,
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: DIR/report.html).")] = None,
-    select_by: Annotated[str | None, typer.Option("--select-by", help="Metric of the label-free choice.")] = None,
+    select_by: Annotated[str | None, typer.Option(
+        "--select-by", help="Rule of the label-free choice (dime, depth:0.75, last...; default: the run's own).")] = None,
 ) -> None:
     """Rebuild the self-contained HTML report (plots embedded) from a run's database."""
     from layerscope.report import build_report
