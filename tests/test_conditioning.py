@@ -63,6 +63,22 @@ def test_fitted_on_a_applied_to_b_equals_the_formula(spec):
         )[:, -1].min()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fitting_on_a_read_only_cache_neither_warns_nor_differs(dtype):
+    """The embedding cache is memory-mapped read-only: fitting on it is silent and equals fitting on a copy."""
+    import warnings
+
+    cached = np.random.default_rng(1).normal(size=(2, 30, 5)).astype(dtype)
+    cached.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns once per process about non-writable arrays
+        conditioner = fit_conditioner(cached, "remove-top:1")
+        applied = conditioner.apply(cached)  # applied to the read-only cache as well
+    reference = fit_conditioner(torch.from_numpy(cached.astype(np.float64)), "remove-top:1")
+    np.testing.assert_allclose(applied.numpy(), reference.apply(torch.from_numpy(cached.astype(np.float64))).numpy(),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_condition_specs_and_bad_input():
     assert fit_conditioner(np.zeros((1, 3, 2)), "none") is None
     for spec, message in [("whitening", "did you mean 'whiten'"), ("whiten:0", "positive integer"),
