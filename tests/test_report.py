@@ -495,6 +495,11 @@ def test_the_default_rule_is_shown_with_its_held_out_record(tmp_path: Path, monk
         assert ("The label-free rule (depth 75%) is layerscope&#x27;s default: the held-out protocol picked it on "
                 f"13 models ({counts})") in page
         assert f"{held} 5 of 13 models" in page and "keeps the last layer" not in page
+        # the last layer asked for by name is not presented as the default's verdict
+        explicit = tmp_path / "explicit"
+        write_synthetic_run(explicit, config_extra={"select_by": "last"})
+        page = read(build_report(explicit))
+        assert "Without labels, the rule last layer picks layer" in page and "keeps the last layer" not in page
 
 
 def test_report_picks_a_run_and_reports_bad_input(tmp_path: Path, run_dir: Path) -> None:

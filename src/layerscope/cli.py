@@ -629,9 +629,7 @@ def print_analysis(result: Any) -> None:
         if loses is not None:
             console.print(f"on this model the label-free choice trails the last layer by {loses:.1f} points: "
                           "use a few labels instead (layerscope select --labels-per-class 8)")
-        from layerscope.analysis.choice import held_out_record
-
-        if summary.chosen_rule == "last" == (held_out_record() or {}).get("rule"):
+        if summary.last_by_default:
             console.print("(no label-free rule beat the last layer on models it was not chosen on: --select-by "
                           "applies one anyway, e.g. dime or depth:0.75; layerscope select --labels-per-class 8 "
                           "chooses with a few labels)")

@@ -375,10 +375,10 @@ class AnalysisConfig(Config):
                                     "names.", label="Tasks", short="-t")
     metrics: tuple[str, ...] = option(("all",), "all, or a comma list of metrics.", label="Metrics")
     dataset: TextConfig | None = None
-    select_by: str = option("auto", "Rule that picks the layer without labels: auto (the held-out protocol's pick; "
-                            "the last layer while no label-free rule beats it held out), a metric (dime, max:lidar), depth:0.75, dime@0.5-0.9, "
-                            "rank:infonce+lidar, valley:dime:0.75, recovery:dime:0.5, last.",
-                            label="Label-free choice by")
+    select_by: str = option("auto", "Rule that picks the layer without labels: auto (the held-out protocol's "
+                            "pick; the last layer while no label-free rule beats it held out), a metric (dime, "
+                            "max:lidar), depth:0.75, dime@0.5-0.9, rank:infonce+lidar, valley:dime:0.75, "
+                            "recovery:dime:0.5, last.", label="Label-free choice by")
     seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
     eval_seed: int | None = option(None, "Seed of the evaluations (default: each MTEB task's own seed, 42, as a plain "
                                    "MTEB run).", label="Evaluation seed")

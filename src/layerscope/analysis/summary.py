@@ -101,6 +101,13 @@ class Summary:
         return self.chosen is None or bool(self.chosen.metrics_used())
 
     @property
+    def last_by_default(self) -> bool:
+        """The choice is the last layer because the default found no label-free rule that held up (its record)."""
+        from layerscope.analysis.choice import held_out_record
+
+        return self.chosen_rule == "last" == (held_out_record() or {}).get("rule")
+
+    @property
     def chosen_label(self) -> str | None:
         """E.g. ``"min DiME"``, ``"depth 75%"``."""
         if self.chosen is None:

@@ -265,7 +265,8 @@ class BootstrapPlan:
         for b in range(self.n_resamples):
             dataset = self.task.dataset
             for (subset, split), data in self.prepared.items():
-                part = _resampled_part(self.task, self.kind, data, [index[b] for index in self.draws[subset, split].values()])
+                rows = [index[b] for index in self.draws[subset, split].values()]
+                part = _resampled_part(self.task, self.kind, data, rows)
                 flat = subset not in dataset and subset == "default"
                 dataset = _replace(dataset, split, part) if flat else _replace(dataset, subset,
                                                                                _replace(dataset[subset], split, part))
@@ -620,7 +621,8 @@ def _defined(data: _Resamples) -> tuple[np.ndarray, list[str]]:
     undefined = [task for task, ok in zip(data.tasks, finite.all(axis=(0, 2)), strict=True) if not ok]
     if keep.sum() < 2:
         raise LayerscopeError(f"fewer than 2 of {keep.size} bootstrap resamples give every task a defined score "
-                              f"(undefined on {', '.join(undefined)}): use more evaluation examples or leave the task out")
+                              f"(undefined on {', '.join(undefined)}): use more evaluation examples or leave "
+                              "the task out")
     return keep, undefined
 
 
@@ -628,7 +630,8 @@ def _interval(values: np.ndarray, point: np.ndarray, confidence: float) -> tuple
     """Percentile interval over the last axis of ``values``, re-centred so the resamples' median is ``point``."""
     alpha = 1 - confidence
     centred = _centred(values, point)
-    low, high = np.nanquantile(centred, [alpha / 2, 1 - alpha / 2], axis=-1)  # undefined resamples left out
+    quantile = np.nanquantile if np.isnan(centred).any() else np.quantile  # undefined resamples left out
+    low, high = quantile(centred, [alpha / 2, 1 - alpha / 2], axis=-1)
     return low, high
 
 
@@ -640,7 +643,8 @@ def _centred(values: np.ndarray, point: np.ndarray) -> np.ndarray:
     would. That shift is an artifact of the resampling, not noise of the estimate: the spread is kept,
     the location is the estimate's.
     """
-    return values - np.nanmedian(values, axis=-1, keepdims=True) + np.asarray(point)[..., None]
+    median = np.nanmedian if np.isnan(values).any() else np.median  # nan-aware only where needed (5x slower)
+    return values - median(values, axis=-1, keepdims=True) + np.asarray(point)[..., None]
 
 
 def layer_intervals(scores: pd.DataFrame, confidence: float | None = None) -> pd.DataFrame:

@@ -187,7 +187,7 @@ def _lead(summary: Summary, metric_texts: str) -> str:
         direction = "highest" if summary.chosen_higher_is_better else "lowest"
         sentences.append(f"Without labels, the layer where {metric_label(summary.chosen_metric)} "
                          f"{metric_texts} is {direction} is layer {summary.chosen_layer}.")
-    elif summary.chosen_layer is not None and summary.chosen_rule == "last":
+    elif summary.chosen_layer is not None and summary.last_by_default:
         sentences.append(f"Without labels, layerscope keeps the last layer ({summary.chosen_layer}): no label-free "
                          "rule beat it on models it was not chosen on (below).")
     elif summary.chosen_layer is not None:
