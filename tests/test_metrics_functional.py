@@ -613,3 +613,31 @@ def test_clamped_prompt_entropy_takes_each_prompts_own_gram_side_whatever_the_pa
     # the clamp does change the value here, so the test can tell the two sides apart
     covariance_side = F.matrix_entropy(short, 1.0, "raw", side="covariance", clamp_gram=True)
     assert not np.allclose(covariance_side.numpy(), expected_short, rtol=1e-6)
+
+
+def test_read_only_arrays_are_read_silently_and_equal_to_a_copy(tmp_path):
+    """The embedding cache is memory-mapped read-only; a metric given it must not print torch's
+    "non-writable array" warning. Torch warns once per process, so the check runs in a fresh one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pooled = np.random.default_rng(3).normal(size=(2, 12, 5))
+    np.save(tmp_path / "pooled.npy", pooled)
+    code = textwrap.dedent(f"""
+        import warnings
+        import numpy as np
+        from layerscope.metrics import functional as F
+        cached = np.load({str(tmp_path / "pooled.npy")!r}, mmap_mode="r")
+        assert not cached.flags.writeable
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            value = F.dataset_entropy(cached, 1.0, "maxEntropy")
+            views = F.infonce(cached[0], cached[1], tau=0.1).loss
+        print(repr(value.tolist()), repr(float(views)), sep="|")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    value, views = (eval(part) for part in done.stdout.strip().split("|"))  # noqa: S307 - our own repr output
+    np.testing.assert_allclose(value, [ref_matrix_entropy(layer, 1.0, "maxEntropy") for layer in pooled], rtol=1e-8)
+    np.testing.assert_allclose(views, ref_infonce(pooled[0], pooled[1], 0.1), rtol=1e-8)

@@ -163,8 +163,8 @@ def _as_float64(x: Tensor, name: str, min_ndim: int = 2) -> Tensor:
 
 def _checked(x: Tensor, name: str, min_ndim: int = 2) -> Tensor:
     """Like :func:`_as_float64` without the cast: rank, real dtype and finiteness checked."""
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(x)
+    if not isinstance(x, Tensor):  # a read-only array (the memory-mapped cache) is copied: torch warns on sharing it
+        x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) and not x.flags.writeable else x)
     if x.ndim < min_ndim:
         raise LayerscopeError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
     if x.is_complex() or x.dtype == torch.bool:
