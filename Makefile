@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_eigvalsh.py
 	$(BIN)/python benchmarks/bench_selection.py --n-boot 200
+	$(BIN)/python benchmarks/bench_few_labels.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:

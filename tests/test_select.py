@@ -318,8 +318,8 @@ def test_bootstrap_refuses_what_it_cannot_resample(run) -> None:
 # ------------------------------------------------------------------------------------------ few labels
 
 
-def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, np.ndarray]:
-    """The few-label choice written with scikit-learn directly."""
+def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The few-label choice written with scikit-learn directly: CV-best layer, CV accuracy, out-of-fold hits."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -332,14 +332,30 @@ def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, 
     vectors = extract(model, train["text"].iloc[drawn].tolist(), progress=False).pooled  # (layers, n, dim)
     y = labels[drawn]
     folds = StratifiedKFold(n_splits=min(5, labels_per_class), shuffle=True, random_state=seed)
-    accuracy = []
-    for layer_vectors in vectors:
+    accuracy, out_of_fold = [], np.zeros((len(vectors), len(y)), dtype=bool)
+    for position, layer_vectors in enumerate(vectors):
         hits = []
         for fit_rows, test_rows in folds.split(layer_vectors, y):
             classifier = LogisticRegression(max_iter=100, random_state=seed).fit(layer_vectors[fit_rows], y[fit_rows])
-            hits.append(np.mean(classifier.predict(layer_vectors[test_rows]) == y[test_rows]))
+            right = classifier.predict(layer_vectors[test_rows]) == y[test_rows]
+            out_of_fold[position, test_rows] = right
+            hits.append(np.mean(right))
         accuracy.append(np.mean(hits))
-    return int(np.argmax(accuracy)), 100 * np.array(accuracy)
+    return int(np.argmax(accuracy)), 100 * np.array(accuracy), out_of_fold
+
+
+def _reference_gain(differences: dict[str, np.ndarray], seed: int, n_resamples: int = 1000,
+                    confidence: float = 0.95) -> tuple[float, float, float]:
+    """Paired bootstrap of the mean over tasks of the hit-rate difference, re-centred on the estimate, x 100."""
+    gain = 100 * np.mean([d.mean() for d in differences.values()])
+    draws = []
+    for task, d in differences.items():
+        rng = np.random.default_rng([seed, zlib.crc32(f"{task}/few-labels".encode())])
+        draws.append(d[rng.integers(0, len(d), size=(n_resamples, len(d)))].mean(axis=1))
+    resampled = 100 * np.mean(draws, axis=0)
+    centred = resampled - np.median(resampled) + gain
+    low, high = np.quantile(centred, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(gain), float(low), float(high)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
@@ -354,16 +370,75 @@ def test_labels_per_class_is_deterministic_and_equals_scikit_learn(model, files)
     assert first.record["draws"] == again.record["draws"]
     assert first.record["draws"][0]["rows"] != other.record["draws"][0]["rows"]  # another seed draws others
     assert first.record["draws"][0]["per_class"] == {"0": 4, "1": 4, "2": 4}
-    chosen, accuracy = _reference_cv(model, files, 4, 3)
+    cv_best, accuracy, hits = _reference_cv(model, files, 4, 3)
     assert first.cv_scores["cv_accuracy"].tolist() == pytest.approx(accuracy.tolist())
     row = first.few_labels.iloc[0]
-    assert row["task"] == "topics" and row["chosen_layer"] == chosen and row["n_labelled"] == 12
+    assert row["task"] == "topics" and row["cv_best_layer"] == cv_best and row["n_labelled"] == 12
+    gain, low, high = _reference_gain({"topics": hits[cv_best].astype(float) - hits[-1]}, seed=3)
+    assert [row["cv_gain"], row["cv_gain_low"], row["cv_gain_high"]] == pytest.approx([gain, low, high])
+    last = int(first.layers["layer"].iloc[-1])
+    assert row["chosen_layer"] == (cv_best if low > 0 else last)
     test = first.layers.set_index("layer")["score"]  # one task: the layers' scores are its test scores
+    chosen = row["chosen_layer"]
     assert row["score"] == pytest.approx(test[chosen]) and row["best_score"] == pytest.approx(test.max())
+    assert row["cv_best_score"] == pytest.approx(test[cv_best])
     assert row["last_score"] == pytest.approx(test.iloc[-1])
     assert row["regret"] == pytest.approx(test.max() - test[chosen]) and row["regret"] >= 0
     assert first.few_labels.iloc[-1]["task"] == "average"
     assert not any("fewer training examples" in note for note in first.notes)  # every class had K
+
+
+def _planted_choice(signal_layer: int | None, seed: int):
+    """few_label_choice on 3 layers x 2 tasks of planted embeddings: class means far apart at
+    ``signal_layer`` only (None: pure noise everywhere); test scores 50 / 70 / 60 at layers 0 / 1 / 2."""
+    from types import SimpleNamespace
+
+    from layerscope.evaluate.few_labels import LabelDraw
+    from layerscope.evaluate.select import few_label_choice
+
+    rng = np.random.default_rng(seed)
+    texts, pooled, draws = [], [], []
+    for task in ("t1", "t2"):
+        labels = np.repeat(np.arange(3), 8)
+        names = [f"{task} text {i}" for i in range(len(labels))]
+        layers = rng.normal(size=(3, len(labels), 6))
+        if signal_layer is not None:
+            layers[signal_layer, :, :3] += 6.0 * np.eye(3)[labels]
+        texts += names
+        pooled.append(layers)
+        draws.append(LabelDraw(task, "default", names, labels, np.arange(len(labels)), {"0": 8, "1": 8, "2": 8},
+                               len(labels), 8))
+    extraction = SimpleNamespace(layers=[0, 1, 2], texts=texts, pooled=np.concatenate(pooled, axis=1))
+    scores = pd.DataFrame([{"layer": layer, "task": task, "main_score": value}
+                           for task in ("t1", "t2") for layer, value in zip((0, 1, 2), (0.5, 0.7, 0.6), strict=True)])
+    few, _, _ = few_label_choice(extraction, draws, scores, seed=seed)
+    return few.set_index("task")
+
+
+def test_few_label_choice_leaves_the_last_layer_only_for_a_gain_beyond_the_noise() -> None:
+    planted = _planted_choice(signal_layer=1, seed=0)
+    assert (planted["cv_best_layer"] == 1).all() and (planted["chosen_layer"] == 1).all()
+    assert (planted["cv_gain_low"] > 0).all() and planted.loc["average", "cv_gain"] > 30
+    assert planted.loc["average", ["score", "regret", "vs_last"]].tolist() == pytest.approx([70.0, 0.0, 10.0])
+    # pure noise: some layer other than the last wins the cross-validation by chance, and is not taken
+    noise = _planted_choice(signal_layer=None, seed=2)
+    assert noise.loc["average", "cv_best_layer"] != 2 and noise.loc["average", "cv_gain_low"] <= 0
+    assert noise.loc["average", "chosen_layer"] == 2
+    assert noise.loc["average", ["score", "vs_last"]].tolist() == pytest.approx([60.0, 0.0])
+    best = noise.loc["average", "cv_best_layer"]
+    assert noise.loc["average", "cv_best_score"] == pytest.approx({0: 50.0, 1: 70.0}[best])
+
+
+def test_gain_over_last_is_the_paired_bootstrap_written_out() -> None:
+    from layerscope.evaluate.few_labels import gain_over_last
+
+    rng = np.random.default_rng(7)
+    hits = {"a": rng.random((4, 15)) < 0.6, "b": rng.random((4, 40)) < 0.5}
+    for position in (0, 2):
+        expected = _reference_gain({task: rows[position].astype(float) - rows[-1] for task, rows in hits.items()},
+                                   seed=11, n_resamples=500, confidence=0.9)
+        assert gain_over_last(hits, position, n_resamples=500, confidence=0.9, seed=11) == pytest.approx(expected)
+    assert gain_over_last(hits, 3, seed=11) == (0.0, 0.0, 0.0)  # the last layer against itself
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
@@ -452,4 +527,8 @@ def test_select_command_end_to_end(files, tmp_path) -> None:
     assert [row["layer"] for row in saved_choice["layers"]] == [0, 1, 2]
     with np.load(tmp_path / "out" / "resamples.npz") as resamples:
         assert resamples["topics/default/test/0"].shape == (3, 18)
-    assert set(pd.read_csv(tmp_path / "out" / "few_labels.csv")["task"]) == {"topics", "average"}
+    few = pd.read_csv(tmp_path / "out" / "few_labels.csv").set_index("task")
+    assert set(few.index) == {"topics", "average"}
+    average = few.loc["average"]
+    assert average["chosen_layer"] == (average["cv_best_layer"] if average["cv_gain_low"] > 0 else 2)
+    assert "beyond the noise (interval above 0), else the last layer" in " ".join(out.split())

@@ -698,8 +698,11 @@ def print_choice(result: Any, title: str) -> None:
     marks.setdefault(result.last_layer, []).append("last")
     few = result.few_labels
     if few is not None:
-        chosen = int(few["chosen_layer"].iloc[-1])
-        marks.setdefault(chosen, []).append(f"chosen from {result.record['labels_per_class']} labels/class")
+        k = result.record["labels_per_class"]
+        chosen, cv_best = int(few["chosen_layer"].iloc[-1]), int(few["cv_best_layer"].iloc[-1])
+        marks.setdefault(chosen, []).append(f"chosen from {k} labels/class")
+        if cv_best != chosen:
+            marks.setdefault(cv_best, []).append(f"best CV on {k} labels/class, not beyond the noise")
     if bootstrapped:
         level = f"{100 * layers.attrs['confidence']:g}%"
         title += (f"; score = MTEB main score x 100 (task average), {level} intervals from "
@@ -756,20 +759,32 @@ def _print_task_table(result: Any, bootstrapped: bool) -> None:
 
 
 def _print_few_labels(result: Any) -> None:
+    from layerscope.evaluate.uncertainty import interval_text
+
     few = result.few_labels
     k = result.record["labels_per_class"]
+    level = f"{100 * result.record['confidence']:g}%"
     table = Table(title=f"Layer chosen from {k} labelled examples per class (cross-validated, seed "
                   f"{result.record['resample_seed']}), scored on the test set (MTEB, x 100)", title_justify="left")
-    for header in ("task", "labelled", "chosen layer", "CV accuracy", "test score", "best layer", "best score",
-                   "last score", "regret", "vs last"):
-        table.add_column(header, justify="left" if header == "task" else "right")
+    for header in ("task", "labelled", "best CV layer (accuracy)", f"its CV gain vs last [{level}]", "chosen layer",
+                   "test score", "best layer (score)", "last score", "regret", "vs last"):
+        table.add_column(header, justify="left" if header == "task" else "right",
+                         no_wrap=header.startswith("its CV gain"))
     for row in few.itertuples(index=False):
-        table.add_row(str(row.task), str(row.n_labelled), str(row.chosen_layer), f"{row.cv_accuracy:.1f}",
-                      f"{row.score:.1f}", str(row.best_layer), f"{row.best_score:.1f}", f"{row.last_score:.1f}",
-                      f"{row.regret:.1f}", f"{row.vs_last:+.1f}")
+        gain = "" if row.cv_best_layer == result.last_layer else (
+            f"{row.cv_gain:+.1f} {interval_text(row.cv_gain_low, row.cv_gain_high, signed=True)}")
+        table.add_row(str(row.task), str(row.n_labelled), f"{row.cv_best_layer} ({row.cv_accuracy:.1f})", gain,
+                      str(row.chosen_layer), f"{row.score:.1f}", f"{row.best_layer} ({row.best_score:.1f})",
+                      f"{row.last_score:.1f}", f"{row.regret:.1f}", f"{row.vs_last:+.1f}")
     console.print(table)
-    console.print("regret = best layer's test score - chosen layer's; the 'average' row chooses one layer for every "
-                  "task from the mean CV accuracy", highlight=False)
+    console.print("chosen = the best CV layer when its gain over the last layer on the held-out labelled examples is "
+                  "beyond the noise (interval above 0), else the last layer; regret = best layer's test score - chosen "
+                  "layer's; the 'average' row chooses one layer for every task", highlight=False)
+    overruled = few[few["chosen_layer"] != few["cv_best_layer"]]
+    if len(overruled):
+        row = overruled.iloc[-1]
+        console.print(f"({row.task}: the best CV layer {row.cv_best_layer} would score {row.cv_best_score:.1f} on the "
+                      f"test set, {row.cv_best_score - row.last_score:+.1f} vs last)", highlight=False)
 
 
 def write_choice(result: Any, folder: Path, config: dict[str, Any]) -> None:

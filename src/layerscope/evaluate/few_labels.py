@@ -4,10 +4,14 @@ For a classification task (a text + label file, or a built-in classification tas
 each class are drawn from its training pool (seeded), and every layer's cached embeddings of those
 examples are scored by stratified k-fold cross-validation of MTEB's own classifier for the task
 (``task.evaluator_model``, a logistic regression with ``max_iter=100``), accuracy being MTEB's main
-classification score. The chosen layer is the one with the best mean cross-validated accuracy (ties:
-the shallowest, the smaller and faster model); :func:`~layerscope.evaluate.select.select_layer_with_labels`
-then reports how it scores on the task's test set (MTEB's evaluator) against the best and the last
-layer.
+classification score. The layer with the best mean cross-validated accuracy (ties: the shallowest, the
+smaller and faster model) is the choice only when it beats the last layer beyond the noise: the
+paired bootstrap interval of its gain over the last layer on the held-out labelled examples
+(:func:`gain_over_last`) lies above 0. Otherwise the last layer is kept: with a few dozen labels the
+layers' cross-validated accuracies are often too close to rank, and the best of 30 noisy estimates is
+mostly luck (measured in ``benchmarks/bench_few_labels.py``).
+:func:`~layerscope.evaluate.select.select_layer_with_labels` reports both layers' test scores (MTEB's
+evaluator) against the best and the last layer.
 
 Draws: for the training pool of task ``T`` (subset ``S``), classes in sorted order, class ``c`` keeps the
 first ``min(K, n_c)`` of ``rng.permutation(n_c)`` (its rows in pool order), with
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,17 +37,23 @@ if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
 
 __all__ = [
+    "GUARD_RESAMPLES",
     "MAX_FOLDS",
     "LabelDraw",
     "choose_layer",
     "cross_validated_accuracy",
-    "draw_per_class",
     "draw_labels",
+    "draw_per_class",
+    "gain_over_last",
     "is_classification",
+    "out_of_fold_hits",
 ]
 
 #: Folds of the cross-validation (fewer when a class has fewer labelled examples).
 MAX_FOLDS = 5
+
+#: Paired bootstrap resamples of the labelled examples behind the guard against the last layer.
+GUARD_RESAMPLES = 1000
 
 
 def is_classification(task: AbsTask) -> bool:
@@ -145,9 +155,9 @@ def draw_labels(task: AbsTask, labels_per_class: int, seed: int) -> list[LabelDr
     return draws
 
 
-def cross_validated_accuracy(embeddings: np.ndarray, labels: Sequence[Any], *, seed: int,
-                             estimator: Any = None, max_folds: int = MAX_FOLDS) -> np.ndarray:
-    """Mean stratified k-fold accuracy of a classifier on each layer's embeddings of the same examples.
+def out_of_fold_hits(embeddings: np.ndarray, labels: Sequence[Any], *, seed: int, estimator: Any = None,
+                     max_folds: int = MAX_FOLDS) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Whether each labelled example is classified right when its fold is held out, at every layer.
 
     Parameters
     ----------
@@ -164,8 +174,10 @@ def cross_validated_accuracy(embeddings: np.ndarray, labels: Sequence[Any], *, s
 
     Returns
     -------
-    numpy.ndarray
-        ``(layers,)`` mean accuracy over the folds; the folds are the same at every layer.
+    hits : numpy.ndarray
+        ``(layers, n)`` bool: example ``i`` predicted right by the classifier fitted on the other folds.
+    folds : list of numpy.ndarray
+        The rows of each held-out fold; the folds are the same at every layer.
     """
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
@@ -182,15 +194,62 @@ def cross_validated_accuracy(embeddings: np.ndarray, labels: Sequence[Any], *, s
     model = clone(estimator if estimator is not None else LogisticRegression(max_iter=100))
     if "random_state" in model.get_params():
         model.set_params(random_state=seed)
-    accuracy = np.zeros(len(embeddings))
+    hits = np.zeros((len(embeddings), len(labels)), dtype=bool)
     # small problems: one BLAS thread is faster, and the classifier warns on every layer that stops early
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         for position, vectors in enumerate(np.asarray(embeddings)):
-            hits = [np.mean(clone(model).fit(vectors[train], labels[train]).predict(vectors[test]) == labels[test])
-                    for train, test in folds]
-            accuracy[position] = float(np.mean(hits))
-    return accuracy
+            for train, test in folds:
+                hits[position, test] = clone(model).fit(vectors[train], labels[train]).predict(vectors[test]) == labels[test]
+    return hits, [test for _, test in folds]
+
+
+def cross_validated_accuracy(embeddings: np.ndarray, labels: Sequence[Any], *, seed: int,
+                             estimator: Any = None, max_folds: int = MAX_FOLDS) -> np.ndarray:
+    """Mean stratified k-fold accuracy of a classifier on each layer's embeddings of the same examples.
+
+    The mean over the folds of each fold's accuracy (:func:`out_of_fold_hits`, same parameters).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(layers,)`` mean accuracy over the folds; the folds are the same at every layer.
+    """
+    hits, folds = out_of_fold_hits(embeddings, labels, seed=seed, estimator=estimator, max_folds=max_folds)
+    return np.mean([hits[:, test].mean(axis=1) for test in folds], axis=0)
+
+
+def gain_over_last(hits: Mapping[str, np.ndarray], position: int, *, n_resamples: int = GUARD_RESAMPLES,
+                   confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """How much better layer ``position`` classifies the held-out labelled examples than the last layer.
+
+    The gain is the mean over the tasks of the difference of out-of-fold hit rates (layer minus last
+    layer, x 100); its interval comes from a paired bootstrap: each task's labelled examples resampled
+    with replacement (``n_resamples`` times, draws of
+    :func:`~layerscope.evaluate.uncertainty.resample_indices` with the key ``"<task>/few-labels"``),
+    the same draw for both layers, re-centred on the gain as the score intervals are.
+
+    Parameters
+    ----------
+    hits : mapping of str to numpy.ndarray
+        Task -> ``(layers, n)`` out-of-fold hits (:func:`out_of_fold_hits`), the last layer last.
+    position : int
+        The layer's row in each array.
+    n_resamples, confidence, seed
+        The bootstrap.
+
+    Returns
+    -------
+    (gain, low, high) : tuple of float
+    """
+    from layerscope.evaluate.uncertainty import _interval, resample_indices
+
+    differences = {task: (rows[position].astype(float) - rows[-1].astype(float)) for task, rows in hits.items()}
+    gain = 100 * float(np.mean([difference.mean() for difference in differences.values()]))
+    resampled = np.mean([difference[resample_indices(f"{task}/few-labels", len(difference), n_resamples, seed)]
+                         .mean(axis=1) for task, difference in differences.items()], axis=0) * 100
+    low, high = _interval(resampled, np.asarray(gain), confidence)
+    return gain, float(low), float(high)
 
 
 def choose_layer(cv_scores: Sequence[float], layers: Sequence[int]) -> int:

@@ -8,9 +8,10 @@ tasks) with MTEB's evaluators from one encoding pass, then:
   and whether the best beats the last beyond the noise (the interval of their paired difference lies
   above 0);
 - **a few-label choice** (``labels_per_class`` K, :mod:`~layerscope.evaluate.few_labels`): per
-  classification task the layer chosen by cross-validation on K labelled training examples per class,
-  and how it scores on the test set against the best and the last layer (its regret); the K examples
-  are encoded in the same pass.
+  classification task the layer with the best cross-validated accuracy on K labelled training examples
+  per class, taken only when its gain over the last layer on those examples is beyond the noise (else
+  the last layer), and how both score on the test set against the best and the last layer (regret);
+  the K examples are encoded in the same pass.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ class LayerChoice:
     verdict : BestVersusLast or None
         Best against last on the paired resamples (None without a bootstrap).
     few_labels : pandas.DataFrame or None
-        With ``labels_per_class``: one row per classification task, then one ``average`` row over them:
-        ``task, chosen_layer, cv_accuracy, score, best_layer, best_score, last_score, regret, vs_last,
-        n_labelled`` (scores x 100; ``regret`` = best - chosen, ``vs_last`` = chosen - last).
+        With ``labels_per_class``: one row per classification task, then one ``average`` row over them
+        (:func:`few_label_choice`): the layer with the best cross-validated accuracy, its gain over the
+        last layer on the held-out labelled examples with its interval, the chosen layer (that layer
+        when the gain is beyond the noise, else the last layer) and how both score on the test set
+        (x 100; ``regret`` = best - chosen, ``vs_last`` = chosen - last).
     cv_scores : pandas.DataFrame or None
         Cross-validated accuracy (x 100) of every layer: ``task, layer, cv_accuracy``.
     notes : list of str
@@ -157,10 +160,10 @@ def select_layer_with_labels(
         Resamples of each task's evaluation examples (0: no intervals). Each costs one MTEB evaluation
         per layer and task (no forward pass).
     confidence : float
-        Level of the intervals.
+        Level of the intervals (the few-label gain's too).
     labels_per_class : int, optional
         K: choose the layer by cross-validation on K labelled training examples per class of each
-        classification task. Tasks of other types are scored and bootstrapped but take no part in the
+        classification task, keeping the last layer unless the best one beats it beyond the noise. Tasks of other types are scored and bootstrapped but take no part in the
         few-label choice; with no classification task at all it is an error.
     resample_seed : int
         Seed of the bootstrap resamples and of the K-per-class draws and folds.
@@ -233,7 +236,8 @@ def select_layer_with_labels(
     few, cv = None, None
     if draws:
         estimators = {task.metadata.name: task.evaluator_model for task in classification}  # MTEB's classifier
-        few, cv, few_notes = few_label_choice(extraction, draws, scores, seed=resample_seed, estimators=estimators)
+        few, cv, few_notes = few_label_choice(extraction, draws, scores, seed=resample_seed, estimators=estimators,
+                                              confidence=confidence)
         notes += few_notes
         other = [task.metadata.name for task in task_list if not is_classification(task)]
         if other:
@@ -260,8 +264,13 @@ def select_layer_with_labels(
 
 
 def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores: pd.DataFrame, *, seed: int,
-                     estimators: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                     estimators: Mapping[str, Any] | None = None, confidence: float = 0.95,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The layer each task's K-per-class draw chooses by cross-validation, and its test score against the best and last.
+
+    The layer with the best cross-validated accuracy is the choice only when its gain over the last
+    layer on the held-out labelled examples is beyond the noise (the ``confidence`` interval of
+    :func:`~layerscope.evaluate.few_labels.gain_over_last` lies above 0); otherwise the last layer is.
 
     Parameters
     ----------
@@ -272,22 +281,27 @@ def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores:
     scores : pandas.DataFrame
         :func:`~layerscope.evaluate.evaluate_layers`'s frame (test scores of every layer).
     seed : int
-        Seed of the folds and the classifier.
+        Seed of the folds, the classifier and the bootstrap of the gain.
     estimators : mapping, optional
         Task -> its classifier (MTEB's ``task.evaluator_model``); default a logistic regression with
-        MTEB's settings (:func:`~layerscope.evaluate.few_labels.cross_validated_accuracy`).
+        MTEB's settings (:func:`~layerscope.evaluate.few_labels.out_of_fold_hits`).
+    confidence : float
+        Level of the gain's interval.
 
     Returns
     -------
     few_labels : pandas.DataFrame
-        Per task, then the ``average`` row: the layer chosen by the mean cross-validated accuracy over
-        the tasks, scored by the tasks' average test score (see :class:`LayerChoice`).
+        Per task, then the ``average`` row (one layer for every task, from the tasks' mean
+        cross-validated accuracy and mean gain): ``task, cv_best_layer, cv_accuracy, cv_gain,
+        cv_gain_low, cv_gain_high, chosen_layer, score, best_layer, best_score, last_score, regret,
+        vs_last, cv_best_score, cv_best_regret, n_labelled`` (x 100; ``regret`` = best - chosen,
+        ``vs_last`` = chosen - last, both for the chosen layer; ``cv_best_*`` for the CV-best layer).
     cv_scores : pandas.DataFrame
         ``task, layer, cv_accuracy`` (x 100).
     notes : list of str
         Classes drawn short of K, drawn texts without an embedding (empty texts).
     """
-    from layerscope.evaluate.few_labels import cross_validated_accuracy
+    from layerscope.evaluate.few_labels import out_of_fold_hits
 
     layers = sorted(int(layer) for layer in scores["layer"].unique())
     positions = [extraction.layers.index(layer) for layer in layers]
@@ -296,7 +310,7 @@ def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores:
     notes: list[str] = []
     cv_rows, by_task = [], {}
     for task in dict.fromkeys(draw.task for draw in draws):
-        per_subset = []
+        per_subset, task_hits = [], []
         n_labelled = 0
         for draw in (d for d in draws if d.task == task):
             keep = np.array([text in row_of for text in draw.texts], dtype=bool)
@@ -308,26 +322,36 @@ def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores:
                              + ", ".join(f"'{label}' ({count})" for label, count in short.items()) + ": all used")
             rows = np.array([row_of[text] for text, kept in zip(draw.texts, keep, strict=True) if kept])
             vectors = np.asarray(extraction.pooled)[np.ix_(positions, rows)]  # (layers, n, dim)
-            per_subset.append(cross_validated_accuracy(vectors, draw.labels[keep], seed=seed,
-                                                       estimator=(estimators or {}).get(task)))
+            hits, folds = out_of_fold_hits(vectors, draw.labels[keep], seed=seed,
+                                           estimator=(estimators or {}).get(task))
+            per_subset.append(np.mean([hits[:, fold].mean(axis=1) for fold in folds], axis=0))
+            task_hits.append(hits)
             n_labelled += int(keep.sum())
         accuracy = np.mean(per_subset, axis=0) * 100
         cv_rows += [{"task": task, "layer": layer, "cv_accuracy": value} for layer, value in zip(layers, accuracy,
                                                                                                strict=True)]
-        by_task[task] = (accuracy, n_labelled)
-    rows = [_comparison(task, accuracy, test[task], layers, n) for task, (accuracy, n) in by_task.items()]
-    mean_cv = np.mean([accuracy for accuracy, _ in by_task.values()], axis=0)
-    rows.append(_comparison(AVERAGE, mean_cv, test[list(by_task)].mean(axis=1), layers,
-                            sum(n for _, n in by_task.values())))
+        by_task[task] = (accuracy, np.concatenate(task_hits, axis=1), n_labelled)
+    rows = [_comparison(task, accuracy, {task: hits}, test[task], layers, n, seed, confidence)
+            for task, (accuracy, hits, n) in by_task.items()]
+    mean_cv = np.mean([accuracy for accuracy, _, _ in by_task.values()], axis=0)
+    rows.append(_comparison(AVERAGE, mean_cv, {task: hits for task, (_, hits, _) in by_task.items()},
+                            test[list(by_task)].mean(axis=1), layers, sum(n for _, _, n in by_task.values()), seed,
+                            confidence))
     return pd.DataFrame(rows), pd.DataFrame(cv_rows), notes
 
 
-def _comparison(task: str, cv_accuracy: np.ndarray, test: pd.Series, layers: list[int], n_labelled: int) -> dict[str, Any]:
-    from layerscope.evaluate.few_labels import choose_layer
+def _comparison(task: str, cv_accuracy: np.ndarray, hits: Mapping[str, np.ndarray], test: pd.Series, layers: list[int],
+                n_labelled: int, seed: int, confidence: float) -> dict[str, Any]:
+    from layerscope.evaluate.few_labels import choose_layer, gain_over_last
 
-    chosen = choose_layer(cv_accuracy, layers)
+    cv_best = choose_layer(cv_accuracy, layers)
+    gain, low, high = gain_over_last(hits, layers.index(cv_best), confidence=confidence, seed=seed)
+    chosen = cv_best if low > 0 else layers[-1]
     best = int(test.idxmax())
     score, best_score, last_score = float(test.loc[chosen]), float(test.loc[best]), float(test.loc[layers[-1]])
-    return {"task": task, "chosen_layer": chosen, "cv_accuracy": float(cv_accuracy[layers.index(chosen)]),
+    return {"task": task, "cv_best_layer": cv_best, "cv_accuracy": float(cv_accuracy[layers.index(cv_best)]),
+            "cv_gain": gain, "cv_gain_low": low, "cv_gain_high": high, "chosen_layer": chosen,
             "score": score, "best_layer": best, "best_score": best_score, "last_score": last_score,
-            "regret": best_score - score, "vs_last": score - last_score, "n_labelled": n_labelled}
+            "regret": best_score - score, "vs_last": score - last_score,
+            "cv_best_score": float(test.loc[cv_best]), "cv_best_regret": best_score - float(test.loc[cv_best]),
+            "n_labelled": n_labelled}
