@@ -41,9 +41,9 @@ __all__ = [
     "MAX_FOLDS",
     "LabelDraw",
     "choose_layer",
-    "cross_validated_accuracy",
     "draw_labels",
     "draw_per_class",
+    "fold_accuracy",
     "gain_over_last",
     "is_classification",
     "out_of_fold_hits",
@@ -204,18 +204,8 @@ def out_of_fold_hits(embeddings: np.ndarray, labels: Sequence[Any], *, seed: int
     return hits, [test for _, test in folds]
 
 
-def cross_validated_accuracy(embeddings: np.ndarray, labels: Sequence[Any], *, seed: int,
-                             estimator: Any = None, max_folds: int = MAX_FOLDS) -> np.ndarray:
-    """Mean stratified k-fold accuracy of a classifier on each layer's embeddings of the same examples.
-
-    The mean over the folds of each fold's accuracy (:func:`out_of_fold_hits`, same parameters).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(layers,)`` mean accuracy over the folds; the folds are the same at every layer.
-    """
-    hits, folds = out_of_fold_hits(embeddings, labels, seed=seed, estimator=estimator, max_folds=max_folds)
+def fold_accuracy(hits: np.ndarray, folds: Sequence[np.ndarray]) -> np.ndarray:
+    """``(layers,)`` mean over the folds of each fold's accuracy, from :func:`out_of_fold_hits`."""
     return np.mean([hits[:, test].mean(axis=1) for test in folds], axis=0)
 
 

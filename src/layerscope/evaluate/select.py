@@ -163,8 +163,9 @@ def select_layer_with_labels(
         Level of the intervals (the few-label gain's too).
     labels_per_class : int, optional
         K: choose the layer by cross-validation on K labelled training examples per class of each
-        classification task, keeping the last layer unless the best one beats it beyond the noise. Tasks of other types are scored and bootstrapped but take no part in the
-        few-label choice; with no classification task at all it is an error.
+        classification task, keeping the last layer unless the best one beats it beyond the noise.
+        Tasks of other types are scored and bootstrapped but take no part in the few-label choice;
+        with no classification task at all it is an error.
     resample_seed : int
         Seed of the bootstrap resamples and of the K-per-class draws and folds.
     seed : int, optional
@@ -301,7 +302,7 @@ def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores:
     notes : list of str
         Classes drawn short of K, drawn texts without an embedding (empty texts).
     """
-    from layerscope.evaluate.few_labels import out_of_fold_hits
+    from layerscope.evaluate.few_labels import fold_accuracy, out_of_fold_hits
 
     layers = sorted(int(layer) for layer in scores["layer"].unique())
     positions = [extraction.layers.index(layer) for layer in layers]
@@ -324,7 +325,7 @@ def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores:
             vectors = np.asarray(extraction.pooled)[np.ix_(positions, rows)]  # (layers, n, dim)
             hits, folds = out_of_fold_hits(vectors, draw.labels[keep], seed=seed,
                                            estimator=(estimators or {}).get(task))
-            per_subset.append(np.mean([hits[:, fold].mean(axis=1) for fold in folds], axis=0))
+            per_subset.append(fold_accuracy(hits, folds))
             task_hits.append(hits)
             n_labelled += int(keep.sum())
         accuracy = np.mean(per_subset, axis=0) * 100
