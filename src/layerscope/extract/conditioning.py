@@ -29,6 +29,7 @@ from torch import Tensor
 
 from layerscope.config import parse_condition
 from layerscope.errors import LayerscopeError
+from layerscope.metrics.functional import as_tensor
 
 __all__ = ["Conditioner", "fit_conditioner"]
 
@@ -63,7 +64,7 @@ class Conditioner:
 
     def apply(self, embeddings: Tensor | np.ndarray) -> Tensor:
         """``(layers, ..., d)`` embeddings -> ``(layers, ..., k)`` float64 (any leading axes after layers)."""
-        out = x = _float64(embeddings)
+        out = x = as_tensor(embeddings, torch.float64)
         if self.weight is not None and self.bias is not None:
             if x.shape[0] != self.weight.shape[0] or x.shape[-1] != self.weight.shape[1]:
                 raise LayerscopeError(f"conditioning fitted on {tuple(self.weight.shape[:2])} (layers, features) "
@@ -85,14 +86,6 @@ class Conditioner:
         return {"condition": self.spec, "n_fit": self.n_fit, "dim": self.dim, "normalize": self.normalize}
 
 
-def _float64(embeddings: Tensor | np.ndarray) -> Tensor:
-    """Embeddings as a float64 tensor; an array is copied (a read-only memory-mapped cache too, which torch
-    would otherwise warn about), a tensor keeps its device."""
-    if isinstance(embeddings, Tensor):
-        return embeddings.to(torch.float64)
-    return torch.from_numpy(np.array(embeddings, dtype=np.float64))
-
-
 def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool = False) -> Conditioner | None:
     """Fit a conditioning per layer on unlabelled embeddings ``(layers, n, d)``; None when there is nothing
     to do (``"none"`` without ``normalize``).
@@ -109,7 +102,7 @@ def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool 
     name, count = parse_condition(spec)
     if name == "none":
         return Conditioner(str(spec), None, None, int(np.shape(embeddings)[1]), True) if normalize else None
-    x = _float64(embeddings)
+    x = as_tensor(embeddings, torch.float64)
     if x.ndim != 3 or x.shape[1] < 2:
         raise LayerscopeError(f"conditioning needs embeddings (layers, n >= 2, d), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):

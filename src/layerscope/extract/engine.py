@@ -25,6 +25,7 @@ import torch
 from layerscope.errors import LayerscopeError
 from layerscope.extract.cache import EmbeddingCache, cache_key, texts_hash
 from layerscope.extract.pooling import check_pooling, outlier_tokens, pool
+from layerscope.metrics.functional import as_tensor
 from layerscope.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ class Extraction:
 
     def tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """All layers as one tensor, shape (n_layers, n_texts, dim)."""
-        array = self.pooled if self.pooled.flags.writeable else np.array(self.pooled)  # memmaps are read-only
-        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        return as_tensor(self.pooled, dtype)  # the memory-mapped cache is read-only: copied
 
     def depth_pct(self) -> list[float]:
         return [100.0 * layer / self.num_layers for layer in self.layers]

@@ -48,6 +48,7 @@ __all__ = [
     "InfoNCEResult",
     "LidarResult",
     "PromptMetric",
+    "as_tensor",
     "curvature",
     "curvature_values",
     "dataset_entropy",
@@ -156,6 +157,18 @@ class LidarResult(NamedTuple):
 # validation helpers
 
 
+def as_tensor(x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
+    """``x`` as a tensor (cast to ``dtype`` if given); a tensor keeps its device.
+
+    An array shares its memory unless it is read-only (a memory-mapped embedding cache): torch cannot
+    share a read-only buffer safely and warns, so that one is copied.
+    """
+    if not isinstance(x, Tensor):
+        array = np.asarray(x)
+        x = torch.from_numpy(np.ascontiguousarray(array if array.flags.writeable else np.array(array)))
+    return x if dtype is None else x.to(dtype)
+
+
 def _as_float64(x: Tensor, name: str, min_ndim: int = 2) -> Tensor:
     """Return ``x`` as a float64 tensor, checking its rank and that every value is finite."""
     return _checked(x, name, min_ndim).to(torch.float64)
@@ -163,8 +176,7 @@ def _as_float64(x: Tensor, name: str, min_ndim: int = 2) -> Tensor:
 
 def _checked(x: Tensor, name: str, min_ndim: int = 2) -> Tensor:
     """Like :func:`_as_float64` without the cast: rank, real dtype and finiteness checked."""
-    if not isinstance(x, Tensor):  # a read-only array (the memory-mapped cache) is copied: torch warns on sharing it
-        x = torch.as_tensor(np.array(x) if isinstance(x, np.ndarray) and not x.flags.writeable else x)
+    x = as_tensor(x)
     if x.ndim < min_ndim:
         raise LayerscopeError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
     if x.is_complex() or x.dtype == torch.bool:
