@@ -25,7 +25,6 @@ import torch
 from layerscope.errors import LayerscopeError
 from layerscope.extract.cache import EmbeddingCache, cache_key, texts_hash
 from layerscope.extract.pooling import check_pooling, outlier_tokens, pool
-from layerscope.metrics.functional import as_tensor
 from layerscope.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -82,6 +81,9 @@ class Extraction:
 
     def tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """All layers as one tensor, shape (n_layers, n_texts, dim)."""
+        # imported here, so that importing the extraction engine does not import the metrics
+        from layerscope.metrics.functional import as_tensor
+
         return as_tensor(self.pooled, dtype)  # the memory-mapped cache is read-only: copied
 
     def depth_pct(self) -> list[float]:
