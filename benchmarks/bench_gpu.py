@@ -187,6 +187,9 @@ def main() -> None:
           f"torch.linalg {t_lapack:.3f} s, batched {t_batched:.3f} s = {t_lapack / t_batched:.1f}x faster; "
           f"max error {error:.1e} of the largest eigenvalue; auto takes "
           f"{'the batched solver' if F._batched_is_faster(grams) else 'LAPACK/cuSOLVER'}")
+    F.eigvalsh(grams)  # the entry point: the batched solver's first-use check against LAPACK, if it runs here
+    verdict = {True: "passed", False: "FAILED (LAPACK used instead)"}.get(F._BATCHED_TRUSTED.get(str(grams.device)))
+    print(f"batched solver's self-check on {grams.device}: {verdict or 'not run (auto keeps LAPACK here)'}")
 
     if args.dry_run:
         imported = [module for module in ABSENT_THERE if module in sys.modules]

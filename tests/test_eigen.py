@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +253,69 @@ def test_cuda_metrics_equal_the_cpu_with_the_batched_solver(monkeypatch):
     on_cpu = F.prompt_entropy_values(tokens, lengths)
     on_gpu = F.prompt_entropy_values(tokens.cuda(), lengths.cuda()).cpu()
     torch.testing.assert_close(on_gpu, on_cpu, rtol=0, atol=1e-10)
+
+
+def _planted(monkeypatch, shift: float) -> list:
+    """Force the batched solver through the entry point, with a fresh first-use state, its answers
+    moved by ``shift`` times each matrix's largest |eigenvalue|; returns the list its calls go to."""
+    monkeypatch.setattr(F, "EIGVALSH_BACKEND", "batched")
+    monkeypatch.setattr(F, "_BATCHED_TRUSTED", {})
+    calls: list = []
+    original = eigen.eigvalsh
+
+    def solver(matrix):
+        calls.append(matrix.shape)
+        values = original(matrix)
+        return values + shift * values.abs().amax(dim=-1, keepdim=True)
+
+    monkeypatch.setattr(eigen, "eigvalsh", solver)
+    return calls
+
+
+def test_the_batched_solver_checks_itself_and_gives_way_to_lapack_on_a_planted_error(monkeypatch):
+    matrix = family("rank_deficient", 12, 40, seed=12)
+    reference = torch.linalg.eigvalsh(matrix)
+    calls = _planted(monkeypatch, 1e-6)  # 100x the tolerance: a fault, not rounding
+    with pytest.warns(RuntimeWarning, match=r"batched eigenvalue solver disagreed with LAPACK on cpu \(relative "
+                      r"error 1\.0e-06 > 1e-08 on 3 of the 40 x 40 matrices\)"):
+        first = F.eigvalsh(matrix)
+    # LAPACK's answer, not the planted one: LAPACK here and in the reference (one solver, one thread
+    # count, but a sub-stack may take another blocking), so a few ulps of the largest eigenvalue.
+    torch.testing.assert_close(first, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
+    assert F._BATCHED_TRUSTED == {"cpu": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the second call is silent
+        second = F.eigvalsh(matrix)
+    assert len(calls) == 1  # the failed solver is not asked again in this process
+    torch.testing.assert_close(second, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
+
+
+def test_the_batched_solver_check_passes_once_and_costs_nothing_after(monkeypatch):
+    matrix = family("repeated", 9, 36, seed=13)
+    calls = _planted(monkeypatch, 0.0)
+    lapack_calls = []
+    original = np.linalg.eigvalsh
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda m: lapack_calls.append(m.shape) or original(m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = F.eigvalsh(matrix)
+        second = F.eigvalsh(matrix)
+    assert len(calls) == 2  # both calls answered by the batched solver
+    assert lapack_calls == [(3, 36, 36)]  # first, middle and last matrix, on the first call only
+    assert F._BATCHED_TRUSTED == {"cpu": True}
+    torch.testing.assert_close(first, eigen.eigvalsh(matrix), rtol=0, atol=0)  # the same solver on the same input
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_the_batched_solver_check_fails_on_nan_for_a_finite_matrix_and_skips_nonfinite_ones(monkeypatch):
+    matrix = family("random", 4, 20, seed=14)
+    nonfinite = matrix.clone()
+    nonfinite[:, 0, 0] = math.nan
+    calls = _planted(monkeypatch, 0.0)
+    assert torch.isnan(F.eigvalsh(nonfinite)).all()  # nothing finite to check: no verdict yet
+    assert F._BATCHED_TRUSTED == {} and len(calls) == 1
+    monkeypatch.setattr(eigen, "eigvalsh", lambda m: torch.full(m.shape[:-1], math.nan, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="relative error nan > 1e-08"):
+        values = F.eigvalsh(matrix)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(matrix), rtol=0, atol=1e-12 * float(matrix.abs().max()))
+    assert F._BATCHED_TRUSTED == {"cpu": False}

@@ -31,6 +31,7 @@ Conventions for degenerate inputs (each pinned by a test):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
@@ -93,6 +94,17 @@ EIGVALSH_BACKEND: Literal["auto", "lapack", "batched"] = "auto"
 BATCHED_MIN_MATRICES = 64
 #: ... whose size m lies in this range (inclusive).
 BATCHED_SIZES = (33, 1024)
+#: The batched solver checks itself on its first use in a process on each device: up to
+#: :data:`SELF_CHECK_MATRICES` matrices of the stack (first, middle, last) are also solved by LAPACK
+#: (NumPy, float64, on the CPU). Both are backward stable, so a correct solver agrees to about
+#: ``m * eps`` (2e-13 at m = 1,024) of the matrix's largest eigenvalue; a disagreement beyond this
+#: relative tolerance, 1e5 times that, can only be a fault of the solver (a kernel miscompiled or
+#: mis-dispatched on that device): it warns once and the process uses LAPACK/cuSOLVER on that device.
+SELF_CHECK_RTOL = 1e-8
+SELF_CHECK_MATRICES = 3
+#: Per device (``str(tensor.device)``): True once the batched solver passed its check there, False once
+#: it failed (LAPACK from then on); absent until its first use.
+_BATCHED_TRUSTED: dict[str, bool] = {}
 #: Size (bytes) of the float64 blocks of centered views whose products build LiDAR's S_w.
 _SCATTER_BLOCK_BYTES = 8 * 2**20
 
@@ -300,7 +312,9 @@ def eigvalsh(matrix: Tensor) -> Tensor:
     Every metric gets its eigenvalues here. :data:`EIGVALSH_BACKEND` chooses the solver; ``"auto"``
     takes the exact batched solver of :mod:`layerscope.metrics.eigen` where :func:`_batched_is_faster`
     says so, else ``torch.linalg.eigvalsh`` (NumPy's LAPACK for large CPU float64 matrices, see
-    :data:`NUMPY_EIGVALSH_MIN_SIZE`). Only the lower triangle is read.
+    :data:`NUMPY_EIGVALSH_MIN_SIZE`). Only the lower triangle is read. The batched solver checks itself
+    against LAPACK on its first use in the process on each device and, should it disagree, gives way to
+    LAPACK there with one warning (:data:`SELF_CHECK_RTOL`).
 
     Parameters
     ----------
@@ -315,12 +329,48 @@ def eigvalsh(matrix: Tensor) -> Tensor:
     if EIGVALSH_BACKEND not in ("auto", "lapack", "batched"):
         raise unknown("eigenvalue backend", EIGVALSH_BACKEND, ("auto", "lapack", "batched"))
     if EIGVALSH_BACKEND == "batched" or (EIGVALSH_BACKEND == "auto" and _batched_is_faster(matrix)):
-        return eigen.eigvalsh(matrix).to(matrix.dtype)
+        trusted = _BATCHED_TRUSTED.get(str(matrix.device))
+        if trusted is not False:
+            values = eigen.eigvalsh(matrix)
+            if trusted or _batched_passes_check(matrix, values):
+                return values.to(matrix.dtype)
     size = matrix.shape[-1]
     threshold = NUMPY_EIGVALSH_MIN_SIZE
     if threshold is not None and size >= threshold and matrix.device.type == "cpu" and matrix.dtype == torch.float64:
         return torch.from_numpy(np.linalg.eigvalsh(matrix.detach().numpy()))
     return torch.linalg.eigvalsh(matrix)
+
+
+def _batched_passes_check(matrix: Tensor, values: Tensor) -> bool:
+    """The batched solver's first-use check on ``matrix``'s device (see :data:`SELF_CHECK_RTOL`).
+
+    Compares ``values`` (the batched solver's, float64) on a few finite matrices of the stack with
+    NumPy's LAPACK in float64 on the CPU, records the verdict for the device in
+    :data:`_BATCHED_TRUSTED` and warns once when it fails. A stack with no finite matrix decides
+    nothing (checked again at the next call).
+    """
+    device = str(matrix.device)
+    m = matrix.shape[-1]
+    flat = matrix.reshape(-1, m, m)
+    finite = torch.isfinite(flat).flatten(1).all(dim=1).nonzero().flatten().cpu()  # (k,) candidates
+    if len(finite) == 0:
+        return True  # the batched solver's NaN for a non-finite matrix is the documented answer
+    picks = finite[torch.linspace(0, len(finite) - 1, min(SELF_CHECK_MATRICES, len(finite))).round().long()].unique()
+    sample = flat[picks.to(flat.device)].detach().to(torch.float64).cpu().numpy()  # (s, m, m)
+    reference = np.linalg.eigvalsh(sample)  # (s, m), lower triangle as the batched solver reads it
+    checked = values.reshape(-1, m)[picks.to(values.device)].detach().to(torch.float64).cpu().numpy()
+    scale = np.maximum(np.abs(reference).max(axis=-1), np.finfo(np.float64).tiny)  # (s,)
+    error = float(np.max(np.abs(checked - reference).max(axis=-1) / scale))
+    passed = bool(error <= SELF_CHECK_RTOL)  # a NaN error (NaN values for a finite matrix) fails
+    _BATCHED_TRUSTED[device] = passed
+    if not passed:
+        warnings.warn(
+            f"the batched eigenvalue solver disagreed with LAPACK on {device} (relative error {error:.1e} > "
+            f"{SELF_CHECK_RTOL:.0e} on {len(picks)} of the {m} x {m} matrices): using LAPACK "
+            "(torch.linalg.eigvalsh) on this device for the rest of the process",
+            RuntimeWarning, stacklevel=3,
+        )
+    return passed
 
 
 def _batched_is_faster(matrix: Tensor) -> bool:
