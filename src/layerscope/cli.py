@@ -240,6 +240,11 @@ def load(model: ModelConfig, extraction: ExtractConfig | None = None) -> Any:
         return model.load(extraction.final_norm if extraction else "none")
 
 
+def say(line: str) -> None:
+    """A line about the work ahead (the views budget, the time estimate) on stderr, beside the progress bars."""
+    err_console.print(line, highlight=False, soft_wrap=True)
+
+
 def write_json(path: Path, payload: Any) -> None:
     from layerscope.atomic import atomic_write_json
 
@@ -448,7 +453,7 @@ def metrics_command(
     loaded_texts, texts = _corpus_texts(texts)
     loaded = load(model, extraction)
     measured = measure(loaded, loaded_texts, metrics=config.metrics, views=views, extraction=extraction,
-                       seed=config.seed, cache_dir=cache.resolve())
+                       seed=config.seed, cache_dir=cache.resolve(), notify=say)
     frame = measured.metrics[METRIC_COLUMNS]
     print_layer_table(per_layer_table(frame), f"{loaded.model_id}: {len(measured.extraction.texts)} texts from "
                       f"{texts.dataset}")
@@ -554,7 +559,7 @@ def mteb_command(
 
 
 @app.command("analyze")
-@configured(model=ModelConfig, extraction=ExtractConfig, views=Group(ViewConfig, {"view_texts": 16, "lidar_texts": 3}),
+@configured(model=ModelConfig, extraction=ExtractConfig, views=ViewConfig,
             dataset=Group(TextConfig, {"dataset": None}, optional=True), config=AnalysisConfig, cache=CacheOptions,
             task_files=TaskFileConfig, intervals=Group(IntervalConfig, {"bootstrap": 0}))
 def analyze_command(
@@ -580,7 +585,7 @@ def analyze_command(
     task_list = resolve(list(config.tasks), seed=config.eval_seed, files=task_files)
     ResultsStore.in_directory(folder).close()  # another process writing this --out fails now, not after loading
     result = run_analysis(config, out=folder, tasks=task_list, cache_dir=cache.resolve(),
-                          eval_workers=_workers(eval_workers), intervals=intervals)
+                          eval_workers=_workers(eval_workers), intervals=intervals, notify=say)
     print_analysis(result)
 
 

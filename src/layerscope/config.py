@@ -34,6 +34,9 @@ from layerscope.errors import LayerscopeError, suggest
 
 __all__ = [
     "CONFIG_KINDS",
+    "DEFAULT_LIDAR_TEXTS",
+    "DEFAULT_N_VIEWS",
+    "DEFAULT_VIEW_TEXTS",
     "DTYPES",
     "FINAL_NORMS",
     "POOLINGS",
@@ -49,6 +52,7 @@ __all__ = [
     "ViewConfig",
     "config_from_dict",
     "option",
+    "parse_cap",
 ]
 
 POOLINGS = ("mean", "last", "first")
@@ -312,24 +316,66 @@ class ExtractConfig(Config):
                 "cache_dtype": self.cache_dtype, "outlier_tokens": self.outlier_tokens}
 
 
+#: The views budget of every command (``benchmarks/bench_views.py`` measured it; README "Views budget"):
+#: per text set, LiDAR on ``DEFAULT_LIDAR_TEXTS`` texts x ``DEFAULT_N_VIEWS`` views, InfoNCE and DiME on
+#: ``DEFAULT_VIEW_TEXTS`` texts x 2 views (the LiDAR texts among them, their first 2 views shared).
+DEFAULT_N_VIEWS = 16
+DEFAULT_LIDAR_TEXTS = 128
+DEFAULT_VIEW_TEXTS = 512
+#: The word that lifts a cap: every text of the set gets views (the paper's setting).
+ALL_TEXTS_WORD = "all"
+
+
+def parse_cap(value: Any, what: str) -> int | None:
+    """A per-set cap on the texts given views: an integer >= 2, or None / ``"all"`` (no cap).
+
+    The command line hands it over as text (``"128"``, ``"all"``); None is the canonical "all".
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == ALL_TEXTS_WORD):
+        return None
+    number = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(number, bool) or not isinstance(number, int) or number < 2:
+        raise LayerscopeError(f"{what} must be an integer >= 2 or '{ALL_TEXTS_WORD}', got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class ViewConfig(Config):
     """Augmented views for the invariance metrics (InfoNCE and DiME: 2 views; LiDAR: ``n_views``).
 
-    ``view_texts`` and ``lidar_texts`` cap, per text set, how many texts get 2 views and how many
-    get ``n_views`` (None: all of them); the LiDAR texts' first 2 views serve InfoNCE and DiME too.
+    The views budget: ``view_texts`` and ``lidar_texts`` cap, per text set, how many texts get 2 views
+    and how many get ``n_views`` (seeded subsets, the LiDAR texts inside the 2-view ones, whose first 2
+    views serve InfoNCE and DiME too); a set with fewer texts gives views to all of them. None (or
+    ``"all"``) lifts a cap: every text gets views, as in the paper. The defaults are the measured
+    budget of every command (:data:`DEFAULT_LIDAR_TEXTS`, :data:`DEFAULT_VIEW_TEXTS`).
     """
 
-    n_views: int = option(16, "Augmented views per text for LiDAR.", label="Views per text (LiDAR)")
-    view_texts: int | None = option(None, "Texts per set given 2 views (InfoNCE, DiME); default all.",
-                                    label="Texts with 2 views per set")
-    lidar_texts: int | None = option(None, "Texts per set given --n-views views (LiDAR; their first 2 serve "
-                                     "InfoNCE and DiME); default all.", label="Texts with all views per set")
+    n_views: int = option(DEFAULT_N_VIEWS, "Augmented views per text for LiDAR.", label="Views per text (LiDAR)")
+    view_texts: int | str | None = option(DEFAULT_VIEW_TEXTS, "Texts per set given 2 views (InfoNCE, DiME), or "
+                                          "'all' (the paper's setting: every text).",
+                                          label="Texts with 2 views per set")
+    lidar_texts: int | str | None = option(DEFAULT_LIDAR_TEXTS, "Texts per set given --n-views views (LiDAR; their "
+                                           "first 2 serve InfoNCE and DiME), or 'all' (the paper's setting).",
+                                           label="Texts with all views per set")
 
     def validate(self) -> None:
         _positive(self.n_views, "n_views", minimum=2)
-        _positive(self.view_texts, "view_texts", minimum=2, allow_none=True)
-        _positive(self.lidar_texts, "lidar_texts", minimum=2, allow_none=True)
+        object.__setattr__(self, "view_texts", parse_cap(self.view_texts, "view_texts"))
+        object.__setattr__(self, "lidar_texts", parse_cap(self.lidar_texts, "lidar_texts"))
+
+    def describe(self) -> list[tuple[str, str]]:
+        """The labelled rows, a lifted cap shown as "all" (the base leaves None out)."""
+        return [(item.metadata["label"], _text(ALL_TEXTS_WORD if getattr(self, item.name) is None
+                                               else getattr(self, item.name)))
+                for item in dataclasses.fields(self)]
+
+    def budget(self) -> str:
+        """The budget in words, e.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 512 texts x 2 views"."""
+        def texts(cap: int | None) -> str:
+            return "all texts" if cap is None else f"{cap:,} texts"
+
+        return (f"LiDAR on {texts(self.lidar_texts)} x {self.n_views} views, InfoNCE and DiME on "
+                f"{texts(self.view_texts)} x 2 views")
 
 
 def _metric_names(metrics: Any) -> tuple[str, ...]:
@@ -370,7 +416,7 @@ class AnalysisConfig(Config):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     extraction: ExtractConfig = field(default_factory=ExtractConfig)
-    views: ViewConfig = field(default_factory=lambda: ViewConfig(view_texts=16, lidar_texts=3))
+    views: ViewConfig = field(default_factory=ViewConfig)
     tasks: tuple[str, ...] = option(("offline",), "offline (bundled suite), paper32 (needs the hub), or task "
                                     "names.", label="Tasks", short="-t")
     metrics: tuple[str, ...] = option(("all",), "all, or a comma list of metrics.", label="Metrics")

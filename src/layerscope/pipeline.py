@@ -28,6 +28,9 @@ import pandas as pd
 from layerscope import __version__
 from layerscope.analysis.summary import ALL_TEXTS, Summary
 from layerscope.config import (
+    DEFAULT_LIDAR_TEXTS,
+    DEFAULT_N_VIEWS,
+    DEFAULT_VIEW_TEXTS,
     AnalysisConfig,
     ExtractConfig,
     IntervalConfig,
@@ -141,9 +144,9 @@ def analyze(
     limit: int | None = None,
     column: str | None = None,
     out: str | Path = "runs/analyze",
-    n_views: int = 16,
-    view_texts: int | None = 16,
-    lidar_texts: int | None = 3,
+    n_views: int = DEFAULT_N_VIEWS,
+    view_texts: int | str | None = DEFAULT_VIEW_TEXTS,
+    lidar_texts: int | str | None = DEFAULT_LIDAR_TEXTS,
     select_by: str = "auto",
     seed: int = 0,
     eval_seed: int | None = None,
@@ -181,12 +184,13 @@ def analyze(
         many of its texts (seeded subset) and its text column.
     n_views : int
         Views per text for LiDAR (the paper's 16); InfoNCE and DiME use 2.
-    view_texts, lidar_texts : int or None
-        Per task, how many texts InfoNCE and DiME see (2 views each) and how many LiDAR sees
-        (``n_views`` views each, the first 2 of which also serve InfoNCE and DiME). Views are extra
-        forward passes of augmented, longer texts, so they are capped (seeded subsets, the LiDAR one
-        inside the other); the defaults keep the offline suite on SmolLM2 under 10 minutes on 2 CPU
-        cores. Raise them for steadier per-task invariance metrics.
+    view_texts, lidar_texts : int, "all" or None
+        Per text set (each task's texts, the extra dataset), how many texts InfoNCE and DiME see (2 views
+        each) and how many LiDAR sees (``n_views`` views each, the first 2 of which also serve InfoNCE and
+        DiME): seeded subsets, the LiDAR one inside the other; a set with fewer texts gives views to all.
+        Views are extra forward passes, so they are capped by the views budget of every command
+        (:class:`~layerscope.config.ViewConfig`'s defaults, measured by ``benchmarks/bench_views.py``);
+        None or ``"all"``: every text (the paper's setting).
     select_by : str
         The rule that picks the label-free layer (see :mod:`layerscope.analysis.choice`): ``auto`` (the
         default: the rule the held-out protocol chose on the paper authors' models), a metric
@@ -243,9 +247,11 @@ def run_analysis(
     report: bool = True,
     eval_workers: int | str = "auto",
     intervals: IntervalConfig | None = None,
+    notify: Any = None,
 ) -> AnalysisResult:
     """:func:`analyze` from a configuration (``tasks``: its task objects, if already built; ``intervals``:
-    bootstrap score intervals, none by default)."""
+    bootstrap score intervals, none by default; ``notify``: gets the lines said before the work, see
+    :func:`~layerscope.metrics.compute.measure`)."""
     from layerscope.evaluate import evaluate_layers
     from layerscope.evaluate.registry import resolve as resolve_tasks
     from layerscope.metrics.compute import measure
@@ -271,7 +277,7 @@ def run_analysis(
     ) as run:
         measured = measure(model, texts.texts, sets=texts.sets, union=ALL_TEXTS, metrics=config.metrics,
                            views=config.views, extraction=config.extraction, seed=config.seed,
-                           cache_dir=cache_dir, progress=progress)
+                           cache_dir=cache_dir, progress=progress, notify=notify)
         step = time.perf_counter()
         scores = evaluate_layers(model, task_list, seed=config.eval_seed, extraction=measured.embeddings,
                                  eval_workers=eval_workers, progress=progress)
@@ -303,6 +309,7 @@ def run_analysis(
         "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
         "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
         "n_forward_texts": measured.record["n_forward_texts"],
+        "views": measured.record["views"],
         "intervals": intervals.to_dict() if bootstrap and intervals is not None else None,
         "extraction": {k: v for k, v in measured.extraction.record.items()
                        if isinstance(v, (int, float, str, bool, type(None)))},

@@ -48,7 +48,7 @@ def vision(
     *,
     metrics: str = DEFAULT_METRICS,
     n_views: int = 16,
-    view_images: int = 64,
+    view_images: int | str | None = None,
     test_fraction: float = 0.3,
     pooling: str = "mean",
     **common: Unpack[CommonOptions],
@@ -66,8 +66,10 @@ def vision(
         Metrics computed on all images (the invariance metrics on ``view_images`` of them).
     n_views : int
         Random resized crops per image for LiDAR (the first 2 serve InfoNCE and DiME).
-    view_images : int
-        Images given views (each view is a forward pass).
+    view_images : int, "all" or None
+        Images given views, for LiDAR and for InfoNCE and DiME alike (each view is a forward pass);
+        default None: the views budget of every command (:class:`~layerscope.config.ViewConfig`'s
+        defaults); ``"all"``: every image.
     test_fraction : float
         Held-out share of the probe's stratified split.
     pooling : {"mean", "first"}
@@ -96,7 +98,8 @@ def vision(
             "metrics": metric_names(metrics), "n_views": n_views, "view_images": view_images,
             "test_fraction": test_fraction}, **common)
     dataset, seed = common["dataset"], setup.config.seed
-    views = ViewConfig(n_views, view_images, view_images)  # validated before the model loads
+    # validated before the model loads
+    views = ViewConfig(n_views) if view_images is None else ViewConfig(n_views, view_images, view_images)
     loaded = setup.load(model)
     if loaded.modality != "vision":
         raise LayerscopeError(f"the vision experiment needs a vision model; {loaded.model_id} is a {loaded.modality} model")

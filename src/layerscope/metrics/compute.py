@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerscope.config import ExtractConfig, ViewConfig
+from layerscope.config import (
+    DEFAULT_LIDAR_TEXTS,
+    DEFAULT_N_VIEWS,
+    DEFAULT_VIEW_TEXTS,
+    ExtractConfig,
+    ViewConfig,
+)
 from layerscope.extract import extract
 from layerscope.metrics.accumulators import TokenMetrics
+from layerscope.metrics.budget import WorkEstimate, plan_record
 from layerscope.metrics.registry import MetricSpec, resolve
 from layerscope.metrics.views import ViewPlan, encode_planned, encode_views, plan_views
 from layerscope.models.loading import LoadedModel
 
-__all__ = ["METRIC_COLUMNS", "Measurement", "compute_metrics", "encode_views", "measure", "metric_rows",
+__all__ = ["METRIC_COLUMNS", "Measurement", "announce", "compute_metrics", "encode_views", "measure", "metric_rows",
            "resolve_options", "token_hook"]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +107,7 @@ def measure(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> Measurement:
     """Every metric of every layer on named sets of texts, from one pass plus the planned views.
 
@@ -115,7 +123,7 @@ def measure(
         Name of an extra set over all of ``sets`` whose invariance metrics use the union of their views.
     metrics : "all", a name, a comma list, or names
     views : ViewConfig, optional
-        Views per LiDAR text and per-set caps (default: all texts, 16 views).
+        Views per LiDAR text and per-set caps (default: the views budget, :class:`ViewConfig`'s defaults).
     extraction : ExtractConfig, optional
         Pooling, max length, batch size, cache dtype.
     seed : int
@@ -124,6 +132,9 @@ def measure(
         Per-metric option overrides, e.g. ``{"dime": {"legacy_covariance": True}}``.
     cache_dir, progress
         As in :func:`layerscope.extract`.
+    notify : callable, optional
+        Gets, before the first pass, the line saying the views and their cost and, for work over a
+        minute, the time estimate (:func:`announce`; default: logged at INFO level).
 
     Returns
     -------
@@ -144,6 +155,7 @@ def measure(
     sets = {TEXTS_SET: range(n_inputs)} if sets is None else sets
     timings: dict[str, float] = {}
     common: dict[str, Any] = {**extraction.extract_options(), "cache_dir": cache_dir, "progress": progress}
+    estimate = announce(model, texts, sets, specs, chosen, views, extraction, seed, union=union, notify=notify)
 
     # 1. one pass: pooled embeddings of every layer, token metrics on the fly
     start = time.perf_counter()
@@ -216,11 +228,73 @@ def measure(
         "seed": seed,
         "options": {name: dict(value) for name, value in chosen.items() if value},
         "n_forward_texts": len(base.texts) + plan.n_encoded,
+        "views": plan_record(plan, views, union=union),
+        "estimated_s": None if estimate is None else round(estimate.seconds, 1),
         "conditioning": None if conditioner is None else conditioner.describe(),
         **{key: round(value, 3) for key, value in timings.items()},
     }
     return Measurement(table[[*METRIC_COLUMNS, "dataset"]], _prompt_frame(token_values), base, plan, record,
                        conditioner)
+
+
+def announce(
+    model: LoadedModel,
+    inputs: Sequence[Any] | Any,
+    sets: Mapping[str, Sequence[int]],
+    specs: Sequence[MetricSpec],
+    chosen: Mapping[str, Mapping[str, Any]],
+    views: ViewConfig,
+    extraction: ExtractConfig,
+    seed: int,
+    *,
+    union: str | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> WorkEstimate | None:
+    """Say, before the first pass, what the views are and cost and, for long work, how long it takes.
+
+    The plan is :func:`~layerscope.metrics.budget.plan_ahead`'s (the one :func:`measure` then makes).
+    Work of at least :data:`~layerscope.metrics.budget.PROBE_FROM_PASSES` forward passes is timed on a
+    probe batch (:func:`~layerscope.metrics.budget.estimate_work`: a few texts, token metrics included,
+    and one view of each, without the cache) and said when it exceeds a minute. ``inputs`` are the
+    texts, or the prepared images of a vision model. Returns the estimate, if one was made.
+    """
+    from layerscope.metrics import budget
+
+    say = notify or logger.info
+    vision = model.modality == "vision"
+    plan = budget.plan_ahead(inputs, sets, specs, views, seed, union=union, vision=vision)
+    line = budget.budget_line(plan, specs, union=union)
+    if line:
+        say(line)
+    kept = (np.arange(len(inputs)) if vision else
+            np.array([i for i, text in enumerate(inputs) if isinstance(text, str) and text.strip()], dtype=np.int64))
+    if len(kept) + plan.n_encoded < budget.PROBE_FROM_PASSES:
+        return None
+    options: dict[str, Any] = {**extraction.extract_options(), "cache_dir": None, "progress": False}
+
+    def pick(rows: Sequence[int]) -> Any:
+        chosen_rows = kept[np.asarray(rows, dtype=np.int64)]
+        return inputs[torch.as_tensor(chosen_rows)] if vision else [inputs[i] for i in chosen_rows]
+
+    def run_texts(rows: Sequence[int]) -> None:
+        hook = token_hook(specs, len(rows), chosen)
+        if vision:
+            from layerscope.extract.images import extract_images
+
+            extract_images(model, pick(rows), token_hook=hook, prepared=True,
+                           **{key: value for key, value in options.items() if key != "max_length"})
+        else:
+            extract(model, pick(rows), token_hook=hook, **options)
+        if hook is not None:
+            hook.compute()
+
+    def run_views(rows: Sequence[int]) -> None:
+        encode_views(model, pick(rows), 1, seed, **options)
+
+    estimate = budget.estimate_work(len(kept), plan.n_encoded, run_texts, run_views, len(kept), seed=seed)
+    if estimate.seconds >= budget.SAY_FROM_SECONDS:
+        say(estimate.describe())
+    return estimate
 
 
 def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:
@@ -239,7 +313,9 @@ def compute_metrics(
     texts: Sequence[str],
     metrics: str | Iterable[str] = "all",
     *,
-    n_views: int = 16,
+    n_views: int = DEFAULT_N_VIEWS,
+    view_texts: int | str | None = DEFAULT_VIEW_TEXTS,
+    lidar_texts: int | str | None = DEFAULT_LIDAR_TEXTS,
     seed: int = 0,
     pooling: str = "mean",
     max_length: int | None = None,
@@ -261,6 +337,9 @@ def compute_metrics(
         See :func:`layerscope.metrics.available`.
     n_views : int
         Augmented views per text for LiDAR (the paper's 16); InfoNCE and DiME use the first 2.
+    view_texts, lidar_texts : int, "all" or None
+        How many texts get 2 views (InfoNCE, DiME) and ``n_views`` views (LiDAR): the views budget by
+        default (:class:`~layerscope.config.ViewConfig`); None or ``"all"``: every text (the paper's setting).
     seed : int
         Seed of the augmented views and of DiME's permutations.
     pooling, max_length, batch_size, cache_dir, progress
@@ -275,7 +354,7 @@ def compute_metrics(
         that concatenates and merges. The per-prompt values and the record of how it was made come
         with :func:`measure`, which this calls.
     """
-    measured = measure(model, texts, metrics=metrics, views=ViewConfig(n_views=n_views),
+    measured = measure(model, texts, metrics=metrics, views=ViewConfig(n_views, view_texts, lidar_texts),
                        extraction=ExtractConfig(pooling=pooling, max_length=max_length, batch_size=batch_size),
                        seed=seed, options=options, cache_dir=cache_dir, progress=progress)
     return measured.metrics[METRIC_COLUMNS]

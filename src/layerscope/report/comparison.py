@@ -17,7 +17,7 @@ from layerscope.report.run_report import PLOTS_DIRNAME, summarize_run
 from layerscope.store import atomic_write_text
 from layerscope.store.runs import RunData, load_runs
 
-__all__ = ["COMPARE_FILENAME", "compare_runs"]
+__all__ = ["COMPARE_FILENAME", "compare_runs", "view_size_mismatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,34 @@ def _labels(loaded: Sequence[RunData], vary_dataset: bool) -> list[str]:
             label += f" [{run.run_id[:6]}]"
         labels.append(label)
     return labels
+
+
+def view_size_mismatch(loaded: Sequence[RunData], labels: Sequence[str]) -> str | None:
+    """One line naming the invariance metrics whose runs saw different numbers of texts or views, or None.
+
+    Their values depend on those sizes (InfoNCE is bounded by log N, LiDAR's entropy by the number of
+    texts it saw, DiME's entropies grow with N), so runs measured on different sizes do not compare
+    side by side (see README, "Views budget").
+    """
+    from layerscope.metrics.registry import metric_label
+
+    sizes = [run.view_sizes() for run in loaded]
+    differing = []
+    for metric in sorted({name for size in sizes for name in size}):
+        seen: dict[tuple[int, int | None], list[str]] = {}
+        for label, size in zip(labels, sizes, strict=True):
+            if metric in size:
+                seen.setdefault(size[metric], []).append(label)
+        if len(seen) > 1:
+            said = ", ".join(f"{texts:,} texts x {views if views is not None else '?'} views in "
+                             f"{runs[0] if len(runs) == 1 else f'{len(runs)} runs'}"
+                             for (texts, views), runs in seen.items())
+            differing.append(f"{metric_label(metric)}: {said}")
+    if not differing:
+        return None
+    return ("the runs' invariance metrics were measured on different view sizes (" + "; ".join(differing)
+            + "): their values depend on the number of texts and are not comparable side by side; rerun with "
+            "the same --view-texts, --lidar-texts and --n-views")
 
 
 def compare_runs(
@@ -83,12 +111,15 @@ def compare_runs(
         raise LayerscopeError("no runs found in the given directories")
     vary_dataset = len({run.dataset for run in loaded}) > 1
     labels = _labels(loaded, vary_dataset)
+    mismatch = view_size_mismatch(loaded, labels)
+    if mismatch:
+        logger.warning(mismatch)
     summaries = [summarize_run(run, select_by=select_by, uncertainty=False) for run in loaded]
     target = Path(out)
     html_path = target if target.suffix.lower() in (".html", ".htm") else target / COMPARE_FILENAME
 
     parts = [
-        _runs_section(loaded, labels, summaries, vary_dataset),
+        _runs_section(loaded, labels, summaries, vary_dataset, mismatch),
         _overlay_section(labels, summaries, html_path.parent / PLOTS_DIRNAME),
         _selection_section(labels, summaries),
     ]
@@ -104,7 +135,7 @@ def compare_runs(
 
 
 def _runs_section(loaded: Sequence[RunData], labels: Sequence[str], summaries: Sequence[Any],
-                  vary_dataset: bool) -> Section:
+                  vary_dataset: bool, mismatch: str | None = None) -> Section:
     """One row per run: its model, depth, best and label-free layers and their scores."""
     rows = []
     for label, run, summary in zip(labels, loaded, summaries, strict=True):
@@ -134,6 +165,8 @@ def _runs_section(loaded: Sequence[RunData], labels: Sequence[str], summaries: S
     body += f"<details><summary>Result directories, run ids and text sources</summary><ul>{sources}</ul></details>"
     if not vary_dataset and loaded[0].dataset:
         body += f'<p class="caption">All runs on the texts of {escape(loaded[0].dataset)}.</p>'
+    if mismatch:
+        body += note(mismatch[0].upper() + mismatch[1:] + ".")
     return section("runs", "Runs", body)
 
 

@@ -98,6 +98,36 @@ class RunData:
             return value
         return {} if _text(value) is None else {"skipped": value}
 
+    def view_sizes(self) -> dict[str, tuple[int, int | None]]:
+        """How many texts (and views each) every invariance metric of the run saw.
+
+        Read from the stored rows (``n_used``, largest over layers, on the all-texts set where the run
+        has one, else over its sets) and, for the views per text, from the configuration (2 for the
+        two-view metrics; ``n_views`` for LiDAR, None when the configuration does not say).
+
+        Returns
+        -------
+        dict of str to (int, int or None)
+            Metric -> (texts, views per text), e.g. ``{"lidar": (128, 16), "dime": (512, 2)}``.
+        """
+        from layerscope.metrics.registry import find
+
+        frame = self.metrics
+        if frame.empty or "n_used" not in frame.columns:
+            return {}
+        if "dataset" in frame.columns and (frame["dataset"] == "all").any():
+            frame = frame[frame["dataset"] == "all"]
+        views = self.config.get("views") if isinstance(self.config.get("views"), dict) else {}
+        options = self.config.get("options") if isinstance(self.config.get("options"), dict) else {}
+        n_views = views.get("n_views", self.config.get("n_views", options.get("n_views")))
+        sizes: dict[str, tuple[int, int | None]] = {}
+        for metric, used in frame.dropna(subset=["n_used"]).groupby("metric")["n_used"].max().items():
+            spec = find(str(metric))
+            if spec is not None and spec.n_views > 0:
+                sizes[str(metric)] = (int(used), 2 if spec.n_views == 2 else
+                                      (int(n_views) if isinstance(n_views, int) else None))
+        return sizes
+
     def text_counts(self) -> pd.DataFrame:
         """How many texts each metric was computed on, per text set, as the metric rows record it.
 

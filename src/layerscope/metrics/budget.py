@@ -1,0 +1,206 @@
+"""The views budget in words and numbers, and the time a measurement will take, said before it starts.
+
+The augmented views are the expensive part of the label-free metrics (each view is a forward pass),
+so :func:`~layerscope.metrics.compute.measure` plans them before the first pass (:func:`plan_ahead`,
+the same plan the pass then uses), says what they cost in one line (:func:`budget_line`) and, when the
+work is long, how long it will take on this machine (:func:`estimate_work`): a short timed probe (a
+few texts and a few of their views, through the same extraction) times the planned passes.
+
+The cost model, in forward passes per text of a set: token and pooled metrics 1 (the one pass over the
+texts); InfoNCE and DiME 2 more for each of the set's view texts; LiDAR ``n_views`` more for each of
+its LiDAR texts, whose first 2 views also serve InfoNCE and DiME (so a LiDAR text costs ``n_views``
+views, not ``n_views + 2``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from layerscope.config import ViewConfig
+from layerscope.metrics.registry import MetricSpec
+from layerscope.metrics.views import ViewPlan, plan_views
+
+__all__ = ["PROBE_FROM_PASSES", "PROBE_TEXTS", "SAY_FROM_SECONDS", "WorkEstimate", "budget_line", "estimate_work", "plan_ahead", "plan_record",
+           "timed_probe"]
+
+logger = logging.getLogger(__name__)
+
+#: Texts (and as many of their views) in the timed probe batch of :func:`estimate_work`.
+PROBE_TEXTS = 32
+#: Work (seconds) from which the estimate is said; shorter work just runs.
+SAY_FROM_SECONDS = 60.0
+#: Planned forward passes from which the probe is run (below, it would cost more than a few percent).
+PROBE_FROM_PASSES = 20 * PROBE_TEXTS
+
+
+def plan_ahead(
+    inputs: Sequence[Any] | Any,
+    sets: Mapping[str, Sequence[int]],
+    specs: Sequence[MetricSpec],
+    views: ViewConfig,
+    seed: int,
+    *,
+    union: str | None = None,
+    vision: bool = False,
+) -> ViewPlan:
+    """The view plan :func:`~layerscope.metrics.compute.measure` will make, before any forward pass.
+
+    The pass skips empty texts (images are all kept), so each set's rows are its non-empty inputs
+    numbered as the pass numbers them; sets with fewer than 2 such texts get no metrics, as there.
+    """
+    n_inputs = len(inputs)
+    keep = np.ones(n_inputs, dtype=bool) if vision else np.array(
+        [isinstance(text, str) and bool(text.strip()) for text in inputs], dtype=bool)  # extract's rule
+    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
+    row_of_input[keep] = np.arange(int(keep.sum()))
+    usable = {}
+    for name, members in sets.items():
+        rows = row_of_input[np.unique(np.asarray(list(members), dtype=np.int64))]
+        if (rows >= 0).sum() >= 2:
+            usable[name] = rows[rows >= 0]
+    view_specs = [spec for spec in specs if spec.n_views > 0]
+    return plan_views(usable, n_views=views.n_views, view_texts=views.view_texts, lidar_texts=views.lidar_texts,
+                      needs_pairs=any(spec.n_views == 2 for spec in view_specs),
+                      needs_lidar=any(spec.n_views > 2 for spec in view_specs), seed=seed, union=union)
+
+
+def _count(values: Sequence[int]) -> str:
+    """``128`` when every set has the same number, else ``up to 128`` (sets smaller than the cap)."""
+    largest = max(values)
+    return f"{largest:,}" if min(values) == largest else f"up to {largest:,}"
+
+
+def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | None = None) -> str | None:
+    """What the views of a plan are and cost, in one line (None when no metric needs views).
+
+    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 512 texts x 2 views: 2,816 extra forward
+    passes". The counts are the texts that get views in each text set (min of the cap and the set's
+    texts); several sets say "per text set" and "up to" where the sets differ.
+    """
+    lidar = [spec.display for spec in specs if spec.n_views > 2]
+    pairs = [spec.display for spec in specs if spec.n_views == 2]
+    parts = {name: part for name, part in plan.sets.items() if name != union}
+    if not (lidar or pairs) or not parts:
+        return None
+    said = []
+    if lidar:
+        said.append(f"{' and '.join(lidar)} on {_count([len(p.lidar_rows) for p in parts.values()])} texts x "
+                    f"{plan.n_views} views")
+    if pairs:
+        said.append(f"{' and '.join(pairs)} on {_count([len(p.pair_rows) for p in parts.values()])} texts x 2 views")
+    where = f" per text set ({len(parts)} sets)" if len(parts) > 1 else ""
+    return f"{', '.join(said)}{where}: {plan.n_encoded:,} extra forward passes"
+
+
+def plan_record(plan: ViewPlan, views: ViewConfig, *, union: str | None = None) -> dict[str, Any]:
+    """The views a run used, for its record: the caps asked for and, per set, the effective sizes
+    (``min(cap, texts of the set)``), with the passes they cost."""
+    return {
+        "n_views": plan.n_views, "view_texts": views.view_texts or "all", "lidar_texts": views.lidar_texts or "all",
+        "view_passes": plan.n_encoded,
+        "sets": {name: {"texts": len(part.rows), "pair_texts": len(part.pair_rows),
+                        "lidar_texts": len(part.lidar_rows)} for name, part in plan.sets.items()},
+        **({"union": union} if union is not None else {}),
+    }
+
+
+# ------------------------------------------------------------------------------------------ time
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """Forward passes planned and the seconds per pass a timed probe measured.
+
+    Attributes
+    ----------
+    text_passes, view_passes : int
+        Passes over the texts and over their augmented views.
+    text_seconds, view_seconds : float
+        Seconds per text and per view (augmentation included) in the probe.
+    """
+
+    text_passes: int
+    view_passes: int
+    text_seconds: float
+    view_seconds: float
+
+    @property
+    def passes(self) -> int:
+        """Every forward pass planned."""
+        return self.text_passes + self.view_passes
+
+    @property
+    def seconds(self) -> float:
+        """Estimated seconds of the forward passes."""
+        return self.text_passes * self.text_seconds + self.view_passes * self.view_seconds
+
+    def describe(self) -> str:
+        """E.g. "about 12 min on this machine: 6,000 forward passes (2,000 texts + 4,000 views)"."""
+        return (f"about {_duration(self.seconds)} on this machine: {self.passes:,} forward passes "
+                f"({self.text_passes:,} texts + {self.view_passes:,} views)")
+
+
+def timed_probe(run: Callable[[], Any], count: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per item of ``run()``, which handles ``count`` items, timed with ``clock``."""
+    start = clock()
+    run()
+    return (clock() - start) / max(count, 1)
+
+
+def estimate_work(
+    text_passes: int,
+    view_passes: int,
+    run_texts: Callable[[Sequence[int]], Any],
+    run_views: Callable[[Sequence[int]], Any],
+    n_texts: int,
+    *,
+    seed: int = 0,
+    probe: int = PROBE_TEXTS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> WorkEstimate:
+    """Time a probe batch and scale it to the planned passes.
+
+    Parameters
+    ----------
+    text_passes, view_passes : int
+        Passes planned over the texts and over views.
+    run_texts, run_views : callable
+        ``run_texts(rows)`` passes those texts through the model as the measurement will (token metrics
+        included); ``run_views(rows)`` augments those texts once each and passes the views. Each is
+        first called on 2 rows, untimed (the first call of a process pays one-off set-up costs).
+    n_texts : int
+        Texts to draw the probe from (the rows are a seeded sample of ``range(n_texts)``).
+    seed : int
+        Seed of the probe's rows.
+    probe : int
+        Texts in the probe (fewer when there are fewer).
+    clock : callable
+        The clock (tests pass a fake one).
+
+    Returns
+    -------
+    WorkEstimate
+    """
+    rows = np.sort(np.random.default_rng(seed).permutation(n_texts)[:probe]).tolist()
+    text_seconds = view_seconds = 0.0
+    if text_passes:
+        run_texts(rows[:2])
+        text_seconds = timed_probe(lambda: run_texts(rows), len(rows), clock)
+    if view_passes:
+        run_views(rows[:2])
+        view_seconds = timed_probe(lambda: run_views(rows), len(rows), clock)
+    return WorkEstimate(text_passes, view_passes, text_seconds, view_seconds)
