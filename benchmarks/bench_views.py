@@ -1,41 +1,46 @@
 """How many texts and views the invariance metrics need: the views budget, measured (issue 25).
 
-For each model, one seeded sample of ``--texts`` texts of ``--dataset`` (the pool, default 1,024 texts
-of the bundled Rotten Tomatoes corpus) gets ``--views-max`` augmented views each (16; layerscope's
-seeded nlpaug views) and is encoded once, through the embedding cache; every smaller budget is a subset
-of that one encoding:
+For each model, one seeded sample of ``--texts`` texts of ``--dataset`` (the pool: 512 texts of the
+bundled Rotten Tomatoes corpus by default) gets its views as ``metrics`` and ``analyze`` would give them
+with caps of ``--texts`` and ``--lidar-texts``: the first 256 texts of the plan's seeded permutation get
+``--views-max`` (16) views, the others 2, encoded once through the embedding cache (the library's own
+``plan_views`` and ``encode_planned``), texts and views cut at ``--max-length`` (128) tokens: the long
+texts (Rotten Tomatoes' plot synopses) would otherwise take most of the time. Every smaller budget is a
+subset of that one encoding:
 
-- the *nested* sample of N texts is the first N of one seeded permutation of the pool: the texts
-  ``plan_views`` gives views to (with the same seed), and for LiDAR their first J views (a text's first
-  J views do not depend on how many are drawn);
-- the *draws*: ``--draws`` random samples of N texts of the pool (without replacement), for N up to a
-  quarter of the pool.
+- the *nested* sample of N texts is the first N of that permutation: the texts the plan gives views to
+  with a cap of N (same seed), and for LiDAR their first J views (a text's first J views do not depend
+  on how many are drawn);
+- the *draws*: ``--draws`` random samples of N texts of the pool (without replacement), for N up to
+  half the pool.
 
 Per metric (LiDAR on N texts x J views; InfoNCE and DiME on N texts x 2 views), model and budget:
 
 - ``rho``: Spearman rank correlation across layers between the nested sample's profile and the
-  reference (the whole pool, all views); ``rho draws``: mean and minimum over the draws;
-- ``extreme``: whether the nested sample's selected layer (LiDAR's argmax; InfoNCE's and DiME's argmin,
-  the registry's directions) is the reference's, and in what share of the draws;
+  reference (the whole pool: 512 texts x 2 views for InfoNCE and DiME, 256 x 16 for LiDAR);
+  ``rho draws``: mean and minimum over the draws. The nested sample is part of the reference (half of
+  it at N = M / 2), which lifts rho; the draws share less with it;
+- ``layer (ref)``: the nested sample's selected layer (LiDAR's argmax; InfoNCE's and DiME's argmin, the
+  registry's directions) and the reference's; ``draws at ref layer``: the share of draws selecting it;
 - ``sd``: the resampling spread, per-layer standard deviation of the value over the draws (median over
-  layers), and ``sd/range``: that spread over the reference profile's range across layers (the noise
-  against the differences between layers);
+  layers), scaled by 1 / sqrt(1 - (N - 1) / (M - 1)) (draws of N of M texts share texts: the finite-
+  population factor of a mean) to read as that of independent samples; ``sd/range``: that spread over
+  the reference profile's range across layers (the noise against the differences between layers);
 - ``mean``: the nested sample's value averaged over layers (how the value itself moves with N; for
   InfoNCE also the size-free form 1 - L / log N).
 
 The spread comes from draws without replacement, not a bootstrap with replacement: a resample holding
 a text twice puts its own view among InfoNCE's negatives and identical rows into DiME's Grams, biasing
-both. Draws of N from a pool of M share texts; for N <= M / 4 their spread is at least
-sqrt(1 - 1/4) = 0.87 of that of independent samples.
+both.
 
 Then the cost: ``layerscope metrics`` on ``--ratio-texts`` texts (2,000) with every metric at the
 default budget against the same command with only the metrics that need no views, each a fresh
 process with ``torch.set_num_threads(--threads)`` (and BLAS threads) fixed inside, without the cache;
 the last line is ``ratio: <with / without>`` (the largest over ``--ratio-models``).
 
-    python benchmarks/bench_views.py [--models smollm2-135m minilm-l6 gemma3-270m] [--texts 1024]
-        [--pair-sizes 32 64 128 256 512] [--lidar-sizes 32 64 128 256] [--views 2 4 8 16] [--draws 8]
-        [--ratio-models smollm2-135m] [--ratio-texts 2000] [--skip-ratio]
+    python benchmarks/bench_views.py [--models smollm2-135m minilm-l6 gemma3-270m] [--texts 512]
+        [--lidar-texts 256] [--pair-sizes 32 64 128 256] [--lidar-sizes 16 32 64 128] [--views 2 4 8 16]
+        [--draws 8] [--max-length 128] [--ratio-models minilm-l6] [--ratio-texts 2000] [--skip-ratio]
 """
 
 from __future__ import annotations
@@ -65,28 +70,35 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "minilm-l6", "gemma3-270m"],
                         help="bundled aliases or hub ids (gemma3-270m needs its optional packages)")
     parser.add_argument("--dataset", default="rotten-tomatoes", help="text source (bundled corpus or file)")
-    parser.add_argument("--texts", type=int, default=1024, help="texts in the pool (the reference)")
+    parser.add_argument("--texts", type=int, default=512, help="texts in the pool (InfoNCE's and DiME's reference)")
+    parser.add_argument("--lidar-texts", type=int, default=256, help="texts of the pool with --views-max views "
+                        "(LiDAR's reference; their first 2 views serve the pairs)")
     parser.add_argument("--views-max", type=int, default=16, help="views per text of the pool (LiDAR's reference)")
-    parser.add_argument("--pair-sizes", nargs="+", type=int, default=[32, 64, 128, 256, 512],
+    parser.add_argument("--pair-sizes", nargs="+", type=int, default=[32, 64, 128, 256],
                         help="texts with 2 views (InfoNCE, DiME)")
-    parser.add_argument("--lidar-sizes", nargs="+", type=int, default=[32, 64, 128, 256], help="LiDAR texts")
+    parser.add_argument("--lidar-sizes", nargs="+", type=int, default=[16, 32, 64, 128], help="LiDAR texts")
     parser.add_argument("--views", nargs="+", type=int, default=[2, 4, 8, 16], help="LiDAR views per text")
     parser.add_argument("--draws", type=int, default=8, help="random samples per budget (spread)")
+    parser.add_argument("--max-length", type=int, default=128, help="token cut of the study's texts and views "
+                        "(the cost is in the long texts; the timed command keeps the model's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: layerscope's)")
-    parser.add_argument("--ratio-models", nargs="+", default=["smollm2-135m"], help="models of the timing")
+    parser.add_argument("--ratio-models", nargs="+", default=["minilm-l6"], help="models of the timing")
     parser.add_argument("--ratio-texts", type=int, default=2000, help="texts of the timed metrics command")
     parser.add_argument("--skip-ratio", action="store_true", help="no timing of the metrics command")
     args = parser.parse_args()
     if max(args.views) > args.views_max:
         parser.error(f"--views {max(args.views)} exceeds --views-max {args.views_max}")
     default = {"lidar": (DEFAULT_LIDAR_TEXTS, DEFAULT_N_VIEWS), "pair": (DEFAULT_VIEW_TEXTS, 2)}
-    sizes = {"lidar": sorted({*args.lidar_sizes, DEFAULT_LIDAR_TEXTS}),
-             "pair": sorted({*args.pair_sizes, DEFAULT_VIEW_TEXTS})}
-    too_big = [n for group in sizes.values() for n in group if n >= args.texts]
+    if not 2 <= args.lidar_texts <= args.texts:
+        parser.error(f"--lidar-texts {args.lidar_texts} must lie between 2 and --texts {args.texts}")
+    pools = {"lidar": args.lidar_texts, "pair": args.texts}
+    sizes = {group: sorted({*given, *([default[group][0]] if default[group][0] < pools[group] else [])})
+             for group, given in (("lidar", args.lidar_sizes), ("pair", args.pair_sizes))}
+    too_big = [n for group in sizes for n in sizes[group] if not 2 <= n < pools[group]]
     if too_big:
-        parser.error(f"sizes {too_big} are not below the pool of --texts {args.texts}")
+        parser.error(f"sizes {too_big} are not between 2 and their pool (--texts, --lidar-texts)")
 
     import threadpoolctl
     import torch
@@ -94,9 +106,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(args.threads)
     started = time.perf_counter()
-    print(f"views budget study: pool of {args.texts:,} texts of {args.dataset} x {args.views_max} views, seed "
-          f"{args.seed}; pair sizes {sizes['pair']}, LiDAR sizes {sizes['lidar']} x views {args.views}; "
-          f"{args.draws} draws (N <= {args.texts // 4}); {args.threads} threads; {_machine()}")
+    print(f"views budget study: {args.texts:,} texts of {args.dataset} x 2 views, {args.lidar_texts:,} of them x "
+          f"{args.views_max} views, seed {args.seed}; pair sizes {sizes['pair']}, LiDAR sizes {sizes['lidar']} x views "
+          f"{args.views}; {args.draws} draws up to half the pool; texts cut at {args.max_length} tokens; "
+          f"{args.threads} threads; {_machine()}", flush=True)
     rows: list[dict[str, Any]] = []
     for alias in args.models:
         rows += study_model(alias, args, sizes)
@@ -113,26 +126,33 @@ def main() -> None:
 # ------------------------------------------------------------------------------------------ study
 
 
-def encode_pool(model: Any, texts: list[str], n_views: int, seed: int, cache_dir: str | None) -> Any:
-    """Pooled embeddings of ``n_views`` views of every text, (layers, texts, views, dim) float32.
+def encode_pools(model: Any, texts: list[str], args: argparse.Namespace) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """The pools' views, encoded as ``analyze`` and ``metrics`` encode them (one plan, one encoding).
 
-    The same views and the same extraction as :func:`layerscope.metrics.views.encode_views` (so the
-    cache entry is shared), kept in float32: the metrics cast their chunks to float64 as they use them.
+    The plan of a set of all the texts with caps ``--texts`` (2 views) and ``--lidar-texts``
+    (``--views-max`` views): the LiDAR pool is the first ``--lidar-texts`` of the plan's permutation and
+    its first 2 views serve the pairs. Returns the pair views (layers, texts, 2, d) by row, the LiDAR
+    views (layers, lidar texts, views, d), the rows these are (ascending) and the plan's permutation.
     """
     import torch
 
-    from layerscope.augment import text_views
-    from layerscope.extract import extract
+    from layerscope.cli import default_cache_dir
+    from layerscope.metrics.views import encode_planned, plan_views
 
-    views = text_views(texts, n_views, seed=seed)  # (views, n)
-    flat = [view if view.strip() else original for row in views for view, original in zip(row, texts, strict=True)]
-    encoded = extract(model, flat, cache_dir=cache_dir, progress=True)
-    pooled = torch.from_numpy(np.asarray(encoded.pooled, dtype=np.float32))  # (layers, views * n, d)
-    return pooled.reshape(pooled.shape[0], n_views, len(texts), -1).transpose(1, 2).contiguous()
+    plan = plan_views({"pool": range(len(texts))}, n_views=args.views_max, view_texts=len(texts),
+                      lidar_texts=args.lidar_texts, needs_pairs=True, needs_lidar=True, seed=args.seed)
+    pair_views, lidar_views = encode_planned(model, texts, plan, args.seed, max_length=args.max_length,
+                                             cache_dir=args.cache_dir or default_cache_dir(), progress=True)
+    assert pair_views is not None and lidar_views is not None
+    by_row = torch.as_tensor(np.argsort(plan.pair_order))  # pair_order holds the LiDAR rows first
+    pairs = pair_views[:, :, by_row].transpose(1, 2).contiguous()  # (layers, texts, 2, d)
+    lidar = lidar_views.transpose(1, 2).contiguous()  # (layers, lidar texts, views, d), rows plan.lidar_rows
+    order = np.random.default_rng(args.seed).permutation(len(texts))  # plan_views' order of this set
+    return pairs, lidar, plan.lidar_rows, order
 
 
 def profile(spec: Any, views: Any, rows: np.ndarray, n_views: int) -> np.ndarray:
-    """The metric's main value at every layer on the pool's ``rows`` ((layers,) float64)."""
+    """The metric's main value at every layer on the texts ``rows`` ((layers,) float64)."""
     import torch
 
     index = torch.as_tensor(rows)
@@ -149,57 +169,69 @@ def _extreme(values: np.ndarray, higher: bool) -> int:
 
 def study_model(alias: str, args: argparse.Namespace, sizes: dict[str, list[int]]) -> list[dict[str, Any]]:
     """Every budget's statistics for one model (rows of the metric tables)."""
-    from scipy.stats import spearmanr
-
     from layerscope import load_model
-    from layerscope.cli import default_cache_dir
     from layerscope.data import load_rows
     from layerscope.metrics.registry import get
 
     started = time.perf_counter()
     model = load_model(alias)
     texts = [text for text in load_rows(args.dataset, limit=args.texts, seed=args.seed).texts if text.strip()]
-    pool = len(texts)
-    views = encode_pool(model, texts, args.views_max, args.seed, args.cache_dir or default_cache_dir())
+    pairs, lidar, lidar_rows, order = encode_pools(model, texts, args)
     encoded = time.perf_counter() - started
-    order = np.random.default_rng(args.seed).permutation(pool)  # plan_views' order for a set of the pool
     draw_rng = np.random.default_rng(args.seed + 1)
-    everything = np.arange(pool)
     rows = []
     for metric in METRICS:
         spec = get(metric)
         group = "pair" if spec.n_views == 2 else "lidar"
-        view_counts = [2] if group == "pair" else sorted(args.views)
-        reference = profile(spec, views, everything, args.views_max)
-        span = float(reference.max() - reference.min())
-        best = _extreme(reference, spec.higher_is_better)
+        pool = np.sort(order[: len(texts) if group == "pair" else args.lidar_texts])
+        views = pairs if group == "pair" else lidar
+        # rows -> positions in the views tensor (the LiDAR one holds the LiDAR pool only)
+        where = (lambda rows: rows) if group == "pair" else (lambda rows: np.searchsorted(lidar_rows, rows))
+        reference = profile(spec, views, where(pool), 2 if group == "pair" else args.views_max)
         for n in sizes[group]:
-            draws = [np.sort(draw_rng.permutation(pool)[:n]) for _ in range(args.draws)] if n <= pool // 4 else []
-            for n_views in view_counts:
-                nested = profile(spec, views, np.sort(order[:n]), n_views)
-                drawn = np.array([profile(spec, views, rows_, n_views) for rows_ in draws])  # (draws, layers)
-                rhos = [float(spearmanr(values, reference).statistic) for values in drawn]
-                spread = np.median(drawn.std(axis=0, ddof=1)) if len(drawn) > 1 else math.nan
-                row = {
-                    "model": alias, "metric": metric, "texts": n, "views": n_views,
-                    "rho": float(spearmanr(nested, reference).statistic),
-                    "rho_mean": float(np.mean(rhos)) if rhos else math.nan,
-                    "rho_min": float(np.min(rhos)) if rhos else math.nan,
-                    "layer": _extreme(nested, spec.higher_is_better), "ref_layer": best,
-                    "match_share": (float(np.mean([_extreme(v, spec.higher_is_better) == best for v in drawn]))
-                                    if len(drawn) else math.nan),
-                    "sd": float(spread), "sd_range": float(spread / span) if span > 0 else math.nan,
-                    "mean": float(nested.mean()),
-                }
-                if metric == "infonce":
-                    row["size_free"] = float(1 - nested.mean() / math.log(n))
-                rows.append(row)
-        rows.append({"model": alias, "metric": metric, "texts": pool, "views": args.views_max if group == "lidar"
-                     else 2, "rho": 1.0, "layer": best, "ref_layer": best, "mean": float(reference.mean()),
-                     **({"size_free": float(1 - reference.mean() / math.log(pool))} if metric == "infonce" else {})})
-    print(f"{alias}: {model.num_layers + 1} layers, {pool:,} texts x {args.views_max} views encoded in "
-          f"{encoded:.0f} s, metrics in {time.perf_counter() - started - encoded:.0f} s", flush=True)
+            # random samples of the pool (half of it at most: beyond, the draws share most of their texts)
+            draws = [np.sort(draw_rng.choice(pool, n, replace=False)) for _ in range(args.draws)] \
+                if n <= len(pool) // 2 else []
+            for n_views in ([2] if group == "pair" else sorted(args.views)):
+                nested = profile(spec, views, where(np.sort(order[:n])), n_views)
+                drawn = np.array([profile(spec, views, where(sample), n_views) for sample in draws])  # (draws, layers)
+                rows.append(budget_row(alias, spec, n, n_views, nested, drawn, reference, len(pool)))
+        rows.append(budget_row(alias, spec, len(pool), 2 if group == "pair" else args.views_max, reference,
+                               np.empty((0, len(reference))), reference, len(pool)))
+    print(f"{alias}: {model.num_layers + 1} layers; views of {len(texts):,} texts ({args.lidar_texts:,} of them x "
+          f"{args.views_max}) encoded in {encoded:.0f} s, metrics in {time.perf_counter() - started - encoded:.0f} s",
+          flush=True)
     return rows
+
+
+def budget_row(alias: str, spec: Any, n: int, n_views: int, nested: np.ndarray, drawn: np.ndarray,
+               reference: np.ndarray, pool: int) -> dict[str, Any]:
+    """The statistics of one budget (n texts x n_views) against the reference profile.
+
+    The draws' spread is scaled by 1 / sqrt(1 - (n - 1) / (pool - 1)), the finite-population factor of a
+    mean over draws without replacement, to read as the spread of independent samples of n texts.
+    """
+    from scipy.stats import spearmanr
+
+    higher = spec.higher_is_better
+    best = _extreme(reference, higher)
+    span = float(reference.max() - reference.min())
+    rhos = [float(spearmanr(values, reference).statistic) for values in drawn]
+    factor = 1 / math.sqrt(1 - (n - 1) / (pool - 1)) if n < pool else math.nan
+    spread = float(np.median(drawn.std(axis=0, ddof=1))) * factor if len(drawn) > 1 else math.nan
+    row = {
+        "model": alias, "metric": spec.name, "texts": n, "views": n_views,
+        "rho": float(spearmanr(nested, reference).statistic) if n < pool else 1.0,
+        "rho_mean": float(np.mean(rhos)) if rhos else math.nan,
+        "rho_min": float(np.min(rhos)) if rhos else math.nan,
+        "layer": _extreme(nested, higher), "ref_layer": best,
+        "match_share": float(np.mean([_extreme(v, higher) == best for v in drawn])) if len(drawn) else math.nan,
+        "sd": spread, "sd_range": spread / span if span > 0 else math.nan,
+        "mean": float(nested.mean()),
+    }
+    if spec.name == "infonce":
+        row["size_free"] = float(1 - nested.mean() / math.log(n))
+    return row
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -210,8 +242,8 @@ def _title(metric: str, args: argparse.Namespace) -> str:
 
     spec = get(metric)
     direction = "argmax" if spec.higher_is_better else "argmin"
-    return (f"{spec.display} ({spec.main}; selected layer = {direction}): budget vs the pool of {args.texts:,} texts"
-            + (f" x {args.views_max} views" if spec.n_views > 2 else " x 2 views"))
+    pool = f"{args.lidar_texts:,} texts x {args.views_max} views" if spec.n_views > 2 else f"{args.texts:,} texts x 2 views"
+    return f"{spec.display} ({spec.main}; selected layer = its {direction}): budgets vs the reference, {pool}"
 
 
 def _table(frame: pd.DataFrame, metric: str, default: dict[str, tuple[int, int]]) -> pd.DataFrame:

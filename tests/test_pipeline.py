@@ -98,3 +98,22 @@ def test_select_by_takes_rules_and_the_default_is_the_recorded_one(tiny_run):
     auto = summarize(result.metrics, result.scores)
     record = held_out_record()
     assert auto.chosen_rule == rule_spec(default_rule()) == (record["rule"] if record else "dime")
+
+
+def test_the_record_holds_the_views_each_set_got(tiny_run):
+    """Issue 25: the run records its views budget and, per text set, min(cap, the set's texts)."""
+    import json
+
+    result, _, out, _ = tiny_run
+    views = json.loads((out / "record.json").read_text())["views"]
+    assert views == result.record["views"]
+    assert (views["n_views"], views["view_texts"], views["lidar_texts"]) == (4, 16, 8)
+    sizes = result.metrics.groupby(["dataset", "metric"])["n_used"].max()
+    texts = result.metrics.query("metric == 'dataset_entropy'").groupby("dataset")["n_used"].max()
+    for name, got in views["sets"].items():
+        assert got["texts"] == texts[name]
+        assert got["pair_texts"] == sizes[name, "dime"] == sizes[name, "infonce"]
+        assert got["lidar_texts"] == sizes[name, "lidar"]
+        if name != ALL_TASKS:  # the union holds every set's view texts
+            assert got["pair_texts"] == min(16, got["texts"]) and got["lidar_texts"] == min(8, got["texts"])
+    assert views["view_passes"] == result.record["n_forward_texts"] - result.record["n_kept"]
