@@ -25,9 +25,11 @@ Per metric (LiDAR on N texts x J views; InfoNCE and DiME on N texts x 2 views), 
 - ``sd``: the resampling spread, per-layer standard deviation of the value over the draws (median over
   layers), scaled by 1 / sqrt(1 - (N - 1) / (M - 1)) (draws of N of M texts share texts: the finite-
   population factor of a mean) to read as that of independent samples; ``sd/range``: that spread over
-  the reference profile's range across layers (the noise against the differences between layers);
+  the reference profile's range across layers; ``shape sd/range``: the same for each draw's profile
+  less its own mean over layers (a sample that moves every layer alike moves no rank: this is the
+  noise against the differences between layers that the layer choice reads);
 - ``mean``: the nested sample's value averaged over layers (how the value itself moves with N; for
-  InfoNCE also the size-free form 1 - L / log N).
+  InfoNCE also its two forms that take log N out, the bound log N - L and 1 - L / log N).
 
 The spread comes from draws without replacement, not a bootstrap with replacement: a resample holding
 a text twice puts its own view among InfoNCE's negatives and identical rows into DiME's Grams, biasing
@@ -35,7 +37,8 @@ both.
 
 Then the cost: ``layerscope metrics`` on ``--ratio-texts`` texts (2,000) with every metric at the
 default budget against the same command with only the metrics that need no views, each a fresh
-process with ``torch.set_num_threads(--threads)`` (and BLAS threads) fixed inside, without the cache;
+process with ``torch.set_num_threads(--threads)`` (and BLAS threads) fixed inside, without the cache,
+the two alternating ``--repeats`` times, each keeping its fastest wall time (the CPU seconds beside);
 the last line is ``ratio: <with / without>`` (the largest over ``--ratio-models``).
 
     python benchmarks/bench_views.py [--models smollm2-135m minilm-l6 gemma3-270m] [--texts 512]
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: layerscope's)")
     parser.add_argument("--ratio-models", nargs="+", default=["minilm-l6"], help="models of the timing")
     parser.add_argument("--ratio-texts", type=int, default=2000, help="texts of the timed metrics command")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each timed command (best kept)")
     parser.add_argument("--skip-ratio", action="store_true", help="no timing of the metrics command")
     args = parser.parse_args()
     if max(args.views) > args.views_max:
@@ -219,6 +223,9 @@ def budget_row(alias: str, spec: Any, n: int, n_views: int, nested: np.ndarray, 
     rhos = [float(spearmanr(values, reference).statistic) for values in drawn]
     factor = 1 / math.sqrt(1 - (n - 1) / (pool - 1)) if n < pool else math.nan
     spread = float(np.median(drawn.std(axis=0, ddof=1))) * factor if len(drawn) > 1 else math.nan
+    # the shape's spread: each draw's profile less its mean over layers (what moves the ranks and the choice)
+    shape = drawn - drawn.mean(axis=1, keepdims=True)
+    shape_spread = float(np.median(shape.std(axis=0, ddof=1))) * factor if len(drawn) > 1 else math.nan
     row = {
         "model": alias, "metric": spec.name, "texts": n, "views": n_views,
         "rho": float(spearmanr(nested, reference).statistic) if n < pool else 1.0,
@@ -227,9 +234,11 @@ def budget_row(alias: str, spec: Any, n: int, n_views: int, nested: np.ndarray, 
         "layer": _extreme(nested, higher), "ref_layer": best,
         "match_share": float(np.mean([_extreme(v, higher) == best for v in drawn])) if len(drawn) else math.nan,
         "sd": spread, "sd_range": spread / span if span > 0 else math.nan,
+        "shape_range": shape_spread / span if span > 0 else math.nan,
         "mean": float(nested.mean()),
     }
-    if spec.name == "infonce":
+    if spec.name == "infonce":  # the loss L and its two forms that divide out or subtract log N
+        row["bound"] = float(math.log(n) - nested.mean())
         row["size_free"] = float(1 - nested.mean() / math.log(n))
     return row
 
@@ -257,10 +266,12 @@ def _table(frame: pd.DataFrame, metric: str, default: dict[str, tuple[int, int]]
         "layer (ref)": [f"{int(a)} ({int(b)})" for a, b in zip(frame["layer"], frame["ref_layer"], strict=True)],
         "draws at ref layer": frame["match_share"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.0f}%"),
         "sd": frame["sd"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
-        "sd/range": frame["sd_range"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}%"),
+        "sd/range": frame["sd_range"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.0f}%"),
+        "shape sd/range": frame["shape_range"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.0f}%"),
         "mean": frame["mean"].map(lambda v: f"{v:.3f}"),
     })
     if metric == "infonce":
+        out["log N - L"] = frame["bound"].map(lambda v: f"{v:.3f}")
         out["1 - L/log N"] = frame["size_free"].map(lambda v: f"{v:.3f}")
     return out
 
@@ -299,20 +310,29 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({name}), load average {os.getloadavg()[0]:.1f} at the start"
 
 
-def run_command(argv: list[str], threads: int) -> tuple[float, list[str]]:
-    """Wall seconds of one ``layerscope`` command in a fresh process, and its stderr lines."""
+def run_command(argv: list[str], threads: int) -> tuple[float, float, list[str]]:
+    """Wall and CPU seconds of one ``layerscope`` command in a fresh process, and its stderr lines."""
+    import resource
+
     code = THREADS_PRELUDE.format(threads=threads, argv=argv)
     env = {**os.environ, "COLUMNS": "200"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"layerscope {' '.join(argv)} failed: {result.stderr.strip()[-2000:]}")
-    return seconds, [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, [line.strip() for line in result.stderr.splitlines() if line.strip()]
 
 
 def time_metrics_command(args: argparse.Namespace) -> None:
-    """``layerscope metrics`` with every metric vs without the view metrics, per model; the last line the ratio."""
+    """``layerscope metrics`` with every metric vs without the view metrics, per model; the last line the ratio.
+
+    The two commands alternate ``--repeats`` times and each keeps its fastest run: other jobs sharing the
+    cores slow a run down, never speed it up.
+    """
     from layerscope.metrics.registry import available
 
     plain = ",".join(spec.name for spec in available() if spec.n_views == 0)
@@ -320,16 +340,27 @@ def time_metrics_command(args: argparse.Namespace) -> None:
     for alias in args.ratio_models:
         common = ["metrics", "--model", alias, "--dataset", args.dataset, "--limit", str(args.ratio_texts),
                   "--seed", str(args.seed), "--no-cache"]
-        without, _ = run_command([*common, "--metrics", plain], args.threads)
-        with_views, said = run_command([*common, "--metrics", "all"], args.threads)
+        runs: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+        said: list[str] = []
+        for _ in range(args.repeats):
+            wall, cpu, _ = run_command([*common, "--metrics", plain], args.threads)
+            runs["without"].append((wall, cpu))
+            wall, cpu, said = run_command([*common, "--metrics", "all"], args.threads)
+            runs["with"].append((wall, cpu))
+        without, with_views = min(runs["without"]), min(runs["with"])
         budget = next((line for line in said if "extra forward passes" in line), "-")
         estimate = next((line for line in said if line.startswith("about ")), "-")
-        ratios.append((with_views / without, alias))
-        rows.append({"model": alias, "texts": args.ratio_texts, "without view metrics (s)": f"{without:.1f}",
-                     "every metric (s)": f"{with_views:.1f}", "with / without": f"{with_views / without:.2f}",
-                     "views": budget, "estimate said": estimate})
+        ratios.append((with_views[0] / without[0], alias))
+        rows.append({"model": alias, "texts": args.ratio_texts,
+                     "without view metrics: wall s (CPU s)": f"{without[0]:.1f} ({without[1]:.0f})",
+                     "every metric: wall s (CPU s)": f"{with_views[0]:.1f} ({with_views[1]:.0f})",
+                     "with / without": f"{with_views[0] / without[0]:.2f}",
+                     "all runs, wall s": ", ".join(f"{w:.0f}" for w, _ in runs["without"]) + " / "
+                                         + ", ".join(f"{w:.0f}" for w, _ in runs["with"]),
+                     "views said": budget, "estimate said": estimate})
     print(f"\n`layerscope metrics --dataset {args.dataset} --limit {args.ratio_texts} --no-cache`, every metric vs "
-          f"--metrics {plain} ({args.threads} threads, a fresh process each):\n")
+          f"--metrics {plain} ({args.threads} threads, a fresh process each, best of {args.repeats} alternating "
+          f"runs; load average {os.getloadavg()[0]:.1f} at the end):\n")
     print(markdown(pd.DataFrame(rows)))
     worst, alias = max(ratios)
     print(f"\nratio: {worst:.2f}" + (f" ({alias}, the largest of {len(ratios)} models)" if len(ratios) > 1 else ""))

@@ -321,7 +321,7 @@ class ExtractConfig(Config):
 #: ``DEFAULT_VIEW_TEXTS`` texts x 2 views (the LiDAR texts among them, their first 2 views shared).
 DEFAULT_N_VIEWS = 16
 DEFAULT_LIDAR_TEXTS = 128
-DEFAULT_VIEW_TEXTS = 512
+DEFAULT_VIEW_TEXTS = 256
 #: The word that lifts a cap: every text of the set gets views (the paper's setting).
 ALL_TEXTS_WORD = "all"
 
@@ -370,7 +370,7 @@ class ViewConfig(Config):
                 for item in dataclasses.fields(self)]
 
     def budget(self) -> str:
-        """The budget in words, e.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 512 texts x 2 views"."""
+        """The budget in words, e.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 256 texts x 2 views"."""
         def texts(cap: int | None) -> str:
             return "all texts" if cap is None else f"{cap:,} texts"
 

@@ -79,7 +79,7 @@ def _count(values: Sequence[int]) -> str:
 def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | None = None) -> str | None:
     """What the views of a plan are and cost, in one line (None when no metric needs views).
 
-    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 512 texts x 2 views: 2,816 extra forward
+    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 256 texts x 2 views: 2,304 extra forward
     passes". The counts are the texts that get views in each text set (min of the cap and the set's
     texts); several sets say "per text set" and "up to" where the sets differ.
     """
