@@ -26,8 +26,8 @@ from layerscope.config import ViewConfig
 from layerscope.metrics.registry import MetricSpec
 from layerscope.metrics.views import ViewPlan, plan_views
 
-__all__ = ["PROBE_FROM_PASSES", "PROBE_TEXTS", "SAY_FROM_SECONDS", "WorkEstimate", "budget_line", "estimate_work", "plan_ahead", "plan_record",
-           "timed_probe"]
+__all__ = ["PROBE_FROM_PASSES", "PROBE_TEXTS", "SAY_FROM_SECONDS", "WorkEstimate", "budget_line", "estimate_work",
+           "kept_inputs", "plan_ahead", "plan_record", "timed_probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ PROBE_TEXTS = 32
 SAY_FROM_SECONDS = 60.0
 #: Planned forward passes from which the probe is run (below, it would cost more than a few percent).
 PROBE_FROM_PASSES = 20 * PROBE_TEXTS
+
+
+def kept_inputs(inputs: Sequence[Any] | Any, *, vision: bool = False) -> np.ndarray:
+    """Positions of the inputs the pass will encode: the non-empty texts (extract's rule), every image."""
+    if vision:
+        return np.arange(len(inputs))
+    return np.array([i for i, text in enumerate(inputs) if isinstance(text, str) and text.strip()], dtype=np.int64)
 
 
 def plan_ahead(
@@ -54,11 +61,9 @@ def plan_ahead(
     The pass skips empty texts (images are all kept), so each set's rows are its non-empty inputs
     numbered as the pass numbers them; sets with fewer than 2 such texts get no metrics, as there.
     """
-    n_inputs = len(inputs)
-    keep = np.ones(n_inputs, dtype=bool) if vision else np.array(
-        [isinstance(text, str) and bool(text.strip()) for text in inputs], dtype=bool)  # extract's rule
-    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
-    row_of_input[keep] = np.arange(int(keep.sum()))
+    kept = kept_inputs(inputs, vision=vision)
+    row_of_input = np.full(len(inputs), -1, dtype=np.int64)
+    row_of_input[kept] = np.arange(len(kept))
     usable = {}
     for name, members in sets.items():
         rows = row_of_input[np.unique(np.asarray(list(members), dtype=np.int64))]

@@ -266,8 +266,7 @@ def announce(
     line = budget.budget_line(plan, specs, union=union)
     if line:
         say(line)
-    kept = (np.arange(len(inputs)) if vision else
-            np.array([i for i, text in enumerate(inputs) if isinstance(text, str) and text.strip()], dtype=np.int64))
+    kept = budget.kept_inputs(inputs, vision=vision)
     if len(kept) + plan.n_encoded < budget.PROBE_FROM_PASSES:
         return None
     options: dict[str, Any] = {**extraction.extract_options(), "cache_dir": None, "progress": False}
