@@ -251,7 +251,7 @@ def test_states_are_not_modified():
     TokenMetrics([PromptEntropyAccumulator(2), CurvatureAccumulator(2), PrefixEntropyAccumulator(2, (3,))])(
         states, lengths, torch.tensor([0, 1])
     )
-    assert torch.equal(states, pristine)
+    assert torch.equal(states, pristine)  # untouched: the very same bits, not a recomputation
 
 
 def _token_results(max_chunk_bytes, prompts, clamp_gram=False, device="cpu"):
@@ -275,9 +275,12 @@ def test_values_do_not_depend_on_the_block_size(clamp_gram):
         results = _token_results(max_chunk_bytes, prompts, clamp_gram)
         for name, expected in reference.items():
             for key, values in expected.per_prompt.items():
-                np.testing.assert_array_equal(results[name].per_prompt[key], values,
-                                              err_msg=f"{name} {key} at {max_chunk_bytes} bytes")
-            np.testing.assert_array_equal(results[name].n_used, expected.n_used)
+                # Blocks of other sizes batch other shapes into BLAS/LAPACK, whose kernels and reduction
+                # orders depend on the CPU and thread count: values of order 1 differ by a few ulps (3 of
+                # 72 by 4.4e-16 on an AMD EPYC, issue 21); one token too few in a block moves them by >= 2.5e-4.
+                np.testing.assert_allclose(results[name].per_prompt[key], values, rtol=1e-12, atol=1e-14,
+                                           err_msg=f"{name} {key} at {max_chunk_bytes} bytes")
+            np.testing.assert_array_equal(results[name].n_used, expected.n_used)  # counts: exact
 
 
 def test_default_block_size_is_cache_sized_on_the_cpu():

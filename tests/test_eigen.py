@@ -169,7 +169,7 @@ def test_entry_point_backends_and_dtype(monkeypatch):
     torch.testing.assert_close(F.eigvalsh(matrix), reference, rtol=0, atol=1e-12)
     single = F.eigvalsh(matrix.float())
     assert single.dtype == torch.float32  # the entry point keeps the input dtype
-    torch.testing.assert_close(single, eigen.eigvalsh(matrix.float()).float(), rtol=0, atol=0)
+    torch.testing.assert_close(single, eigen.eigvalsh(matrix.float()).float(), rtol=0, atol=0)  # the same solver: exact
     monkeypatch.setattr(F, "EIGVALSH_BACKEND", "cusolver")
     with pytest.raises(LayerscopeError, match="eigenvalue backend"):
         F.eigvalsh(matrix)

@@ -215,7 +215,7 @@ def test_extreme_prompts_tables(extreme, llama):
     assert set(table["p"]) == {0.0, 0.5, 1.0}
     assert table["value"].notna().all()
     p0 = table[table["p"] == 0]
-    # p = 0 is the same (unperturbed) run for both perturbations
+    # p = 0 is the same (unperturbed) run for both perturbations: one table copied, so exact
     by_kind = [rows.sort_values(["layer", "normalization"])["value"].to_numpy() for _, rows in p0.groupby("perturbation")]
     np.testing.assert_array_equal(*by_kind)
     length = extreme["length"]

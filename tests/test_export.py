@@ -104,6 +104,7 @@ def test_export_leaves_the_source_model_whole(tmp_path):
     before = ls.extract(model, TEXTS, progress=False).pooled
     export_layer(model, 1, tmp_path, max_length=64)
     assert len(model.blocks) == 4 and model.model.config.num_hidden_layers == 4
+    # exact: the same extraction again in this process; any change to the model's weights or blocks shows
     np.testing.assert_array_equal(ls.extract(model, TEXTS, progress=False).pooled, before)
 
 

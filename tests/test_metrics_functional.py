@@ -309,7 +309,7 @@ def test_gram_and_covariance_sides_agree(alpha):
 
 def test_clamp_gram_is_off_by_default_and_changes_the_value():
     Z = random_stack(2, 10, 30, seed=2)
-    assert torch.equal(F.matrix_entropy(Z), F.matrix_entropy(Z, clamp_gram=False))
+    assert torch.equal(F.matrix_entropy(Z), F.matrix_entropy(Z, clamp_gram=False))  # one computation: exact
     assert not torch.allclose(F.matrix_entropy(Z), F.matrix_entropy(Z, clamp_gram=True))
 
 
@@ -392,12 +392,12 @@ def test_dime_positive_for_identical_views_and_near_zero_for_independent():
 def test_dime_is_seeded_and_legacy_covariance_is_an_option():
     za = random_stack(2, 20, 6, seed=1)
     zb = za + 0.5 * random_stack(2, 20, 6, seed=2, spread=False)
-    assert torch.equal(F.dime(za, zb, seed=5), F.dime(za, zb, seed=5))
+    assert torch.equal(F.dime(za, zb, seed=5), F.dime(za, zb, seed=5))  # the same call again: exact
     assert not torch.equal(F.dime(za, zb, seed=5), F.dime(za, zb, seed=6))
     legacy = F.dime(za, zb, legacy_covariance=True)  # n > d: d x d covariances, a different value
     assert legacy.shape == (2,) and not torch.allclose(legacy, F.dime(za, zb))
     small = za[:, :5]  # n <= d: legacy falls back to the n x n Grams
-    assert torch.equal(F.dime(small, zb[:, :5], legacy_covariance=True), F.dime(small, zb[:, :5]))
+    assert torch.equal(F.dime(small, zb[:, :5], legacy_covariance=True), F.dime(small, zb[:, :5]))  # one path: exact
 
 
 def test_dime_chunking_does_not_change_values(monkeypatch):
@@ -456,7 +456,7 @@ def test_low_precision_inputs_are_computed_in_float64():
 
 def test_normalize_keeps_zero_rows_zero():
     Z = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
-    assert torch.equal(F.normalize(Z), torch.zeros_like(Z))  # every row equals the mean
+    assert torch.equal(F.normalize(Z), torch.zeros_like(Z))  # every row equals the mean (of equal rows: exact)
     Z = torch.tensor([[0.1, 0.2, 0.3], [1.0, -1.0, 2.0], [0.1, 0.2, 0.3], [-3.0, 0.0, 1.0]], dtype=torch.float64)
     mask = torch.tensor([True, True, True, False])
     out = F.normalize(Z, mask)

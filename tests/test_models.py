@@ -43,7 +43,7 @@ def test_tiny_models_are_deterministic():
     first, second = tiny_model("gpt2", seed=3), tiny_model("gpt2", seed=3)
     other = tiny_model("gpt2", seed=4)
     a, b, c = (next(m.model.parameters()) for m in (first, second, other))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # one seeded initialization twice: exact
 
 
 def test_final_norm_option_is_validated():
@@ -219,7 +219,7 @@ def test_bundled_models_load_offline_and_cache_the_dequantized_weights():
     start = time.perf_counter()
     again = ls.load_model("smollm2-135m")
     assert time.perf_counter() - start < 15  # the safetensors cache, not a second dequantization
-    assert torch.equal(next(model.model.parameters()), next(again.model.parameters()))
+    assert torch.equal(next(model.model.parameters()), next(again.model.parameters()))  # read back: exact
     minilm = ls.load_model("minilm-l6")
     assert (minilm.num_layers, minilm.hidden_size, minilm.adapter.family) == (6, 384, "bert")
 
