@@ -72,6 +72,7 @@ def test_long_table_shape_and_counts(table, tiny_llama):
     assert (dataset.n_used == 5).all() and (dataset.n_skipped == 1).all()
 
 
+@pytest.mark.numeric
 def test_prompt_entropy_from_the_hook_equals_the_formula_on_each_prompts_tokens(measured, tiny_llama):
     per_prompt = measured.prompt_values
     for index in (0, 1, 4, 5):
@@ -86,6 +87,7 @@ def test_prompt_entropy_from_the_hook_equals_the_formula_on_each_prompts_tokens(
     assert set(per_prompt.prompt_index) == {0, 1, 4, 5}
 
 
+@pytest.mark.numeric
 def test_dataset_entropy_equals_the_formula_on_pooled_embeddings(table, tiny_llama):
     pooled = ls.extract(tiny_llama, TEXTS, progress=False).pooled.astype(np.float64)
     for layer in range(tiny_llama.num_layers + 1):
@@ -94,6 +96,7 @@ def test_dataset_entropy_equals_the_formula_on_pooled_embeddings(table, tiny_lla
         assert value(table, "dataset_entropy", "maxEntropy", layer) == pytest.approx(expected / np.log(5), abs=1e-6)
 
 
+@pytest.mark.numeric
 def test_two_view_metrics_use_the_first_two_of_the_lidar_views(tiny_llama, table):
     only_pairs = ls.compute_metrics(tiny_llama, TEXTS, metrics=["dime", "infonce"], progress=False)
     for metric in ("dime", "infonce"):

@@ -46,6 +46,7 @@ def test_rows_keep_their_ids_through_blank_texts_and_subsets(table, tmp_path):
         load_rows(table, id_column="ticket_id")
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("suffix", [".parquet", ".npy"])
 def test_embed_writes_the_layer_with_ids_and_resumes_from_the_cache(model, table, tmp_path, suffix):
     rows = load_rows(table, id_column="ticket")

@@ -46,6 +46,7 @@ SPECS = metrics.available()
 IDS = [spec.name for spec in SPECS]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_conformance(spec):
     inputs = make_inputs(spec)
@@ -140,6 +141,7 @@ def test_resolve():
         metrics.resolve("")
 
 
+@pytest.mark.numeric
 def test_options_reach_the_function():
     spec = metrics.get("infonce")
     za, zb = make_inputs(spec)

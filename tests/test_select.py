@@ -115,11 +115,17 @@ def _draws(key: str, n_units: int) -> np.ndarray:
 
 
 def _main_score(encoder: FixedEncoder, task) -> float:
-    """A plain ``mteb.evaluate``, its main score averaged over the test split's subsets."""
+    """A plain ``mteb.evaluate``, its main score averaged over the test split's subsets.
+
+    On one thread, as layerscope's evaluators run (``run_task``): the classifier's BLAS reductions are
+    then the same computation, so the scores agree to rounding whatever the machine's thread count."""
+    from threadpoolctl import threadpool_limits
+
     from layerscope.evaluate.runner import main_score
 
-    return main_score(mteb.evaluate(encoder, task, cache=None, show_progress_bar=False,
-                                    co2_tracker=False).task_results[0].scores)
+    with threadpool_limits(limits=1):
+        return main_score(mteb.evaluate(encoder, task, cache=None, show_progress_bar=False,
+                                        co2_tracker=False).task_results[0].scores)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -158,6 +164,7 @@ def _resampled(boot: pd.DataFrame, layer: int, task: str) -> list[float]:
 # ------------------------------------------------------------------------------------------ bootstrap
 
 
+@pytest.mark.numeric
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 @pytest.mark.parametrize("kind", ["classification", "sts"])
 def test_bootstrap_equals_mteb_on_hand_made_resamples(run, model, kind) -> None:
@@ -267,6 +274,7 @@ def _planted_tasks(points: dict[str, dict[int, float]], resampled: dict[str, dic
                             resample_seed=0, confidence=0.9)
 
 
+@pytest.mark.numeric
 def test_an_undefined_resample_is_left_out_counted_and_named() -> None:
     rng = np.random.default_rng(1)
     points = {"a": {0: 0.5, 1: 0.6, 2: 0.55}, "b": {0: 0.4, 1: 0.45, 2: 0.42}}
@@ -323,6 +331,7 @@ def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, 
     """The few-label choice written with scikit-learn directly: CV-best layer, CV accuracy, out-of-fold hits."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     rows = _topics()
     train = rows[rows["split"] == "train"].reset_index(drop=True)
@@ -337,7 +346,8 @@ def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, 
     for position, layer_vectors in enumerate(vectors):
         hits = []
         for fit_rows, test_rows in folds.split(layer_vectors, y):
-            classifier = LogisticRegression(max_iter=100, random_state=seed).fit(layer_vectors[fit_rows], y[fit_rows])
+            with threadpool_limits(limits=1):  # as out_of_fold_hits fits: the same BLAS reductions
+                classifier = LogisticRegression(max_iter=100, random_state=seed).fit(layer_vectors[fit_rows], y[fit_rows])
             right = classifier.predict(layer_vectors[test_rows]) == y[test_rows]
             out_of_fold[position, test_rows] = right
             hits.append(np.mean(right))
@@ -359,6 +369,7 @@ def _reference_gain(differences: dict[str, np.ndarray], seed: int, n_resamples: 
     return float(gain), float(low), float(high)
 
 
+@pytest.mark.numeric
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 def test_labels_per_class_is_deterministic_and_equals_scikit_learn(model, files) -> None:
     def choose(seed: int):

@@ -73,6 +73,7 @@ def test_bad_image_sources(source, message):
         load_images(source)
 
 
+@pytest.mark.numeric
 def test_prepare_images_sizes_channels_and_normalizes(vit, digits):
     pixels = prepare_images(vit, digits.images)
     assert pixels.shape == (40, 1, 28, 28) and pixels.dtype == torch.float32
@@ -97,6 +98,7 @@ def test_prepare_images_sizes_channels_and_normalizes(vit, digits):
 # ------------------------------------------------------------------------------------------ extraction
 
 
+@pytest.mark.numeric
 def test_extract_images_gives_every_layer_like_hugging_face(vit, digits):
     pixels = prepare_images(vit, digits.images[:6])
     result = extract_images(vit, pixels, prepared=True, progress=False)
@@ -178,6 +180,7 @@ def test_random_resized_crops():
 # ------------------------------------------------------------------------------------------ metrics
 
 
+@pytest.mark.numeric
 def test_compute_metrics_on_images_matches_the_formulas(vit, digits):
     frame = ls.compute_metrics(vit, digits.images[:12], metrics="dataset_entropy,prompt_entropy,dime", n_views=2,
                                seed=0, progress=False)
