@@ -16,8 +16,9 @@ difference and each task's largest score difference (points = score x 100).
 
 Then the one-ulp experiment, in the default run: a seeded random ``--ulp-fraction`` of the pooled
 embedding entries is moved by one float32 ulp (``np.nextafter`` toward +inf) and every layer is
-scored again with MTEB's evaluators: the scores of logistic regression (classification) and k-means
-(clustering) move by whole examples, those of similarity rankings (STS) hardly at all.
+scored again with MTEB's evaluators, to see which of them amplify a last-bit difference: a fitted
+classifier (logistic regression) or clustering (k-means) can flip whole predictions, a similarity
+ranking (STS) only swaps two near-equal similarities.
 
 The last line is ``ratio: <largest relative metric difference between the configurations> / <float32
 epsilon>``: how many float32 ulps the metrics (float64, computed from the float32 embeddings) move.
