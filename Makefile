@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eigvalsh.py
 	$(BIN)/python benchmarks/bench_selection.py --n-boot 200
 	$(BIN)/python benchmarks/bench_few_labels.py
+	$(BIN)/python benchmarks/bench_reproducibility.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:

@@ -94,7 +94,7 @@ def test_view_plan_caps_each_set_and_nests_lidar_inside_pairs():
                       union="all")
     for name in ("a", "b"):
         part = plan.sets[name]
-        np.testing.assert_array_equal(part.rows, np.unique(sets[name]))
+        np.testing.assert_array_equal(part.rows, np.unique(sets[name]))  # row indices here: integers, exact
         assert len(part.pair_rows) == 4 and len(part.lidar_rows) == 2
         assert set(part.lidar_rows) <= set(part.pair_rows) <= set(part.rows)
         # the subsets are prefixes of one seeded permutation of the set
