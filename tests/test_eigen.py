@@ -284,6 +284,7 @@ def _planted(monkeypatch, shift: float) -> list:
     return calls
 
 
+@pytest.mark.numeric
 def test_the_batched_solver_checks_itself_and_gives_way_to_lapack_on_a_planted_error(monkeypatch):
     matrix = family("rank_deficient", 12, 40, seed=12)
     reference = torch.linalg.eigvalsh(matrix)
@@ -319,6 +320,7 @@ def test_the_batched_solver_check_passes_once_and_costs_nothing_after(monkeypatc
     torch.testing.assert_close(second, first, rtol=0, atol=0)
 
 
+@pytest.mark.numeric
 def test_the_batched_solver_check_fails_on_nan_for_a_finite_matrix_and_skips_nonfinite_ones(monkeypatch):
     matrix = family("random", 4, 20, seed=14)
     nonfinite = matrix.clone()
