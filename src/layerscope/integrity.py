@@ -191,7 +191,8 @@ def load_checked_npz(path: str | os.PathLike[str], *, identity: str) -> dict[str
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
-        raise DamagedEntry(f"{path.name} is unreadable: {str(error).splitlines()[0] if str(error) else error!r}") from None
+        reason = str(error).strip('"').splitlines()[0] if str(error).strip('"') else type(error).__name__
+        raise DamagedEntry(f"{path.name} is unreadable: {reason}") from None
     if _NPZ_IDENTITY not in arrays or _NPZ_DIGEST not in arrays:
         raise DamagedEntry(f"{path.name} holds no checksum", stale=True)
     found, digest = str(arrays.pop(_NPZ_IDENTITY)), str(arrays.pop(_NPZ_DIGEST))
