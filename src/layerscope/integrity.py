@@ -11,10 +11,11 @@ carry their identity and digest inside the file, so one atomic rename writes dat
 
 Cost of verifying (the whole file is read and hashed once per load): sha256 in 1 MiB chunks, with
 OpenSSL using the CPU's SHA instructions, ran at 0.8-1.7 GB/s on the shared 2-core Xeon of development
-(``python benchmarks/bench_cache_check.py``: 64-132 ms for a 31 x 1,500 x 576 float32 entry of 107 MB,
-file in the page cache, against 0.1 ms to memory-map it unchecked; blake2b took 1.7-2x as long), so
-about 0.3-0.6 s for SmolLM2-135M's 540 MB of dequantized float32 weights. Verifying on every load is
-the point: an overwritten middle keeps the file's size, so only a digest finds it.
+(``python benchmarks/bench_cache_check.py``: 64-134 ms for a 31 x 1,500 x 576 float32 entry of 107 MB,
+file in the page cache, against 0.1 ms to memory-map it unchecked; blake2b took 1.7-2x as long). For
+SmolLM2-135M's 538 MB of dequantized float32 weights it measured 0.7-0.9 s (``load_model`` 6.4-7.4 s
+against 5.6-6.7 s unchecked, same machine, three runs each). Verifying on every load is the point: an
+overwritten middle keeps the file's size, so only a digest finds it.
 """
 
 from __future__ import annotations
