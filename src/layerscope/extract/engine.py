@@ -472,8 +472,8 @@ def cached_or_run(
             cache = EmbeddingCache(cache_dir, cache_key({"entry": record["cache_key"], "layers": stored}))
     hook_key = token_hook.key() if token_hook is not None and hasattr(token_hook, "key") else None
     with cache.lock() if cache is not None else contextlib.nullcontext():
-        candidates = [(full, everything)] + ([(cache, stored)] if cache is not full else [])
-        for entry, layers in candidates if cache is not None else []:
+        candidates = [] if full is None else [(full, everything)] + ([(cache, stored)] if cache is not full else [])
+        for entry, layers in candidates:
             # the entry of every layer is read under its own lock too: it may be removed if damaged
             with entry.lock() if entry is not cache else contextlib.nullcontext():
                 found = entry.read()
