@@ -1123,9 +1123,26 @@ def _usage_error_classes() -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
+def _app() -> Any:
+    """The typer app, with a full disk anywhere beneath it (an OSError, numpy's short write, DuckDB's
+    IOException...) turned into the one-line :class:`~layerscope.errors.DiskFullError`."""
+    from layerscope.errors import disk_full
+
+    try:
+        return app(standalone_mode=False)
+    except Exception as error:
+        full = disk_full(error)
+        if full is None or full is error:
+            raise
+        raise full from error
+
+
 def main() -> None:
-    """Entry point: user errors print one line (no traceback) and exit with status 2; Ctrl-C exits 130,
-    SIGTERM 143, after a one-line note of what was kept."""
+    """Entry point: user errors print one line (no traceback) and exit with status 2; a full disk (or
+    quota) one line naming the path and exit status 74; Ctrl-C exits 130, SIGTERM 143, after a one-line
+    note of what was kept."""
+    from layerscope.errors import EXIT_DISK_FULL, DiskFullError
+
     logging.basicConfig(level=os.environ.get("LAYERSCOPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     for name in ("transformers", "huggingface_hub", "datasets", "mteb"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -1142,7 +1159,10 @@ def main() -> None:
         signal.signal(signal.SIGINT, _interrupt)
     usage_errors = _usage_error_classes()
     try:
-        result = app(standalone_mode=False)
+        result = _app()
+    except DiskFullError as error:  # a LayerscopeError, with a status of its own
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(EXIT_DISK_FULL)
     except LayerscopeError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)

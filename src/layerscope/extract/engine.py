@@ -459,7 +459,8 @@ def cached_or_run(
     ``lengths`` and ``batch(rows)``) only when the model has to run; it may add to ``record``. Without
     a token hook, a subset of layers is all the model computes (the pass stops after the last one)
     and all the cache stores, in an entry of its own. A cache entry is locked while it is written: a
-    second process wanting the same entry waits, then reads it.
+    second process wanting the same entry waits, then reads it. An entry is verified before use
+    (:meth:`EmbeddingCache.read`): a damaged one is reported in one line, removed and recomputed.
     """
     n_layers = model.num_layers + 1
     everything = list(range(n_layers))
@@ -471,12 +472,16 @@ def cached_or_run(
             cache = EmbeddingCache(cache_dir, cache_key({"entry": record["cache_key"], "layers": stored}))
     hook_key = token_hook.key() if token_hook is not None and hasattr(token_hook, "key") else None
     with cache.lock() if cache is not None else contextlib.nullcontext():
-        for entry, layers in ((full, everything), (cache, stored)):
-            if entry is None or not entry.is_complete():
+        candidates = [] if full is None else [(full, everything)] + ([(cache, stored)] if cache is not full else [])
+        for entry, layers in candidates:
+            # the entry of every layer is read under its own lock too: it may be removed if damaged
+            with entry.lock() if entry is not cache else contextlib.nullcontext():
+                found = entry.read()
+            if found is None:
                 continue
             if token_hook is not None and not entry.restore_hook(hook_key, token_hook, kept):
                 continue
-            pooled, saved = entry.load()
+            pooled, saved = found
             saved["from_cache"] = True
             return _selected(Extraction(pooled, layers, names, kept, saved, True), selected)
         inputs = make_inputs()
@@ -659,8 +664,7 @@ def _run(
             "non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)", record["nonfinite_layers"]
         )
     if cache is not None:
-        cache.finish(output, record, hook)
-        output, record = cache.load()
+        output, record = cache.finish(output, record, hook)
     return output, record
 
 
