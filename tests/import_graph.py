@@ -79,8 +79,6 @@ def _walk(node: ast.AST, function: str | None = None, type_only: bool = False):
         inside = function
         if function is None and isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             inside = getattr(child, "name", "<lambda>")
-        elif isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) and function:
-            inside = function
         if isinstance(child, ast.Import | ast.ImportFrom) or _import_module_call(child):
             yield child, function, type_only
         if isinstance(child, ast.If) and _is_type_checking(child.test):
@@ -101,15 +99,22 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 def _bound_names(tree: ast.Module) -> set[str]:
-    """Names a module binds at its top level (definitions, assignments, imports), in any branch."""
+    """Names a module binds at its top level (definitions, assignments, imports; in any branch)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            continue
+        for child in ast.walk(node):
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                names.add(child.id)
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            pending.extend(getattr(node, block, []) if not isinstance(node, ast.expr) else [])
     return names
 
 
@@ -183,14 +188,15 @@ def imports(src: Path = SRC) -> list[Import]:
                 if facade and any(alias.name not in facade.bound and f"{base}.{alias.name}" not in known
                                   for alias in node.names):
                     targets += facade.targets
-            for target in dict.fromkeys(targets):
+            reached: dict[str, bool] = {}  # module -> only as a package above a target (implicit)
+            for target in targets:
                 parts = target.split(".")
                 for i in range(1, len(parts) + 1):
-                    reached = ".".join(parts[:i])
-                    if reached in own_packages or reached == module:
-                        continue
-                    edges.append(Import(module, reached, shown, node.lineno, function is not None, type_only,
-                                        implicit=i < len(parts)))
+                    name = ".".join(parts[:i])
+                    if name not in own_packages and name != module:
+                        reached[name] = reached.get(name, True) and i < len(parts)
+            edges += [Import(module, name, shown, node.lineno, function is not None, type_only, implicit)
+                      for name, implicit in reached.items()]
     return edges
 
 
