@@ -3,19 +3,10 @@
 Each task's evaluation data is resampled with replacement ``n_resamples`` times (seeded), and MTEB's
 own evaluator scores every resampled copy at every layer, served by the cached embeddings (a
 :class:`~layerscope.evaluate.encoder.LayerView`: a resample only repeats texts already encoded, so
-no model runs). What is resampled follows the task type (the plan of each task:
-:mod:`layerscope.evaluate.resampling`); everything else stays as it is:
-
-=================================  =====================================  ==================================
-MTEB task type                     resampled (the evaluation unit)        kept
-=================================  =====================================  ==================================
-Classification                     the test examples                      the training pool, hence the
-                                                                          same 10 classifiers
-STS, PairClassification            the pairs
-Clustering                         the texts (within each clustering set)
-Reranking, Retrieval               the queries (each with its candidates  the corpus
-                                   and relevance judgements)
-=================================  =====================================  ==================================
+no model runs). What is resampled follows the task type (the test examples of a classification, the
+pairs of STS and pair classification, the texts of a clustering, the queries of reranking and
+retrieval; everything else stays as it is): each task's plan and draws are
+:mod:`layerscope.evaluate.resampling`'s, the same at every layer.
 
 For classification, MTEB's classifiers depend on the training pool and the task's seed only, and each
 test example's prediction on that example only: one MTEB evaluation per layer records every
@@ -28,11 +19,7 @@ is judged on the bootstrap distribution of that difference (the noise common to 
 easy or hard examples drawn, cancels). The average over tasks of resample ``b`` is resample ``b`` of
 the task average (tasks are resampled independently of each other).
 
-**Reproducible.** Resample ``b`` of the ``n`` units of one evaluation part (task ``T``, subset ``S``,
-split ``P``, clustering set ``k``; ``k = 0`` for other types) is row ``b`` of::
-
-    numpy.random.default_rng([resample_seed, zlib.crc32(f"{T}/{S}/{P}/{k}".encode())]).integers(0, n, size=(B, n))
-
+**Reproducible.** The draws are seeded per evaluation part (see :mod:`~layerscope.evaluate.resampling`),
 and each evaluation is reseeded exactly as the point estimate's (:func:`~layerscope.evaluate.runner.run_task`).
 
 **Stored with the scores** under the key ``"bootstrap"`` of each row's ``scores`` JSON, and read
