@@ -638,14 +638,9 @@ def _run(
     return output, record
 
 
-def _open_output(
-    cache: EmbeddingCache | None,
-    shape: tuple[int, int, int],
-    np_dtype: np.dtype,
-    hook: tuple[str, TokenHook, np.ndarray] | None,
-    has_token_hook: bool,
-    count_dropped: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _open_output(cache: EmbeddingCache | None, shape: tuple[int, int, int], np_dtype: np.dtype,
+                 hook: tuple[str, TokenHook, np.ndarray] | None, has_token_hook: bool,
+                 count_dropped: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Where :func:`_run` writes: the embeddings ``shape`` (layers, texts, dim), which texts are done,
     and the outlier tokens dropped per (text, layer), all resumed from the cache's checkpoint if any."""
     n_layers, n_texts, _ = shape
@@ -653,7 +648,7 @@ def _open_output(
         output, done = cache.open_partial(shape, np_dtype)
         if has_token_hook:
             # the hook must see every text it has no kept result for
-            done &= cache.restore_hook(hook[0], hook[1], hook[2], partial=True) if hook else False
+            done &= cache.restore_hook(*hook, partial=True) if hook else False
     else:
         output, done = np.empty(shape, dtype=np_dtype), np.zeros(n_texts, dtype=bool)
     # tokens dropped per text and layer (kept with the checkpoints, so a resumed run counts them all)
@@ -680,19 +675,14 @@ def _record_run(record: dict[str, Any], seconds: float, tokens: int, layer_ids: 
                 nonfinite: np.ndarray, dropped: np.ndarray | None) -> None:
     """What an extraction run adds to its record: time, tokens, layers with non-finite states (warned),
     outlier tokens dropped per layer."""
-    record.update(
-        from_cache=False,
-        time_s=round(seconds, 3),
-        tokens=tokens,
-        nonfinite_layers={int(layer): int(count) for layer, count in zip(layer_ids, nonfinite, strict=True) if count},
-    )
+    record.update(from_cache=False, time_s=round(seconds, 3), tokens=tokens, nonfinite_layers={
+        int(layer): int(count) for layer, count in zip(layer_ids, nonfinite, strict=True) if count})
     if dropped is not None:
         record["outlier_tokens_dropped"] = {int(layer): int(count) for layer, count
                                             in zip(layer_ids, dropped.sum(axis=0), strict=True)}
     if record["nonfinite_layers"]:
-        logger.warning(
-            "non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)", record["nonfinite_layers"]
-        )
+        logger.warning("non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)",
+                       record["nonfinite_layers"])
 
 
 
