@@ -433,7 +433,7 @@ def test_default_seed_is_mteb_own_and_equals_a_plain_mteb_run(model) -> None:
 
 
 def test_registry_groups_and_names() -> None:
-    from layerscope.evaluate.registry import create, groups, register_task, registry
+    from layerscope.evaluate.catalog import create, groups, register_task, registry
 
     assert groups()["offline"] == [cls.metadata.name for cls in task_module.OFFLINE_TASKS]
     assert groups()["paper32"] == paper32()

@@ -210,7 +210,7 @@ def analyze(
         (0, the default: none; each resample costs one evaluation per layer and task), their level
         and seed (:class:`layerscope.config.IntervalConfig`).
     """
-    from layerscope.evaluate.registry import resolve as resolve_tasks
+    from layerscope.evaluate.catalog import resolve as resolve_tasks
 
     intervals = IntervalConfig(bootstrap, confidence, resample_seed)  # bad values fail before anything heavy
     task_list = resolve_tasks(tasks, seed=eval_seed, files=task_files)  # bad names and files fail before anything heavy
@@ -247,7 +247,7 @@ def run_analysis(
     """:func:`analyze` from a configuration (``tasks``: its task objects, if already built; ``intervals``:
     bootstrap score intervals, none by default)."""
     from layerscope.evaluate import evaluate_layers
-    from layerscope.evaluate.registry import resolve as resolve_tasks
+    from layerscope.evaluate.catalog import resolve as resolve_tasks
     from layerscope.metrics.compute import measure
     from layerscope.store import ResultsStore
 

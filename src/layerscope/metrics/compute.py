@@ -159,16 +159,7 @@ def measure(
     timings["extract_s"] = time.perf_counter() - start
 
     # 2. the sets as rows of the pass (empty texts never reached the model: counted as skipped)
-    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
-    row_of_input[base.kept] = np.arange(len(base.kept))
-    set_rows, missing = {}, {}
-    for name, members in sets.items():
-        positions = np.unique(np.asarray(list(members), dtype=np.int64))
-        rows = row_of_input[positions]
-        set_rows[name], missing[name] = rows[rows >= 0], int((rows < 0).sum())
-        if len(set_rows[name]) < 2:
-            logger.warning("text set '%s' has fewer than 2 texts: no metrics", name)
-    usable = {name: rows for name, rows in set_rows.items() if len(rows) >= 2}
+    usable, missing = _set_rows(sets, base.kept, n_inputs)
 
     # 3. the planned views, encoded once
     start = time.perf_counter()
@@ -221,6 +212,22 @@ def measure(
     }
     return Measurement(table[[*METRIC_COLUMNS, "dataset"]], _prompt_frame(token_values), base, plan, record,
                        conditioner)
+
+
+def _set_rows(sets: Mapping[str, Sequence[int]], kept: np.ndarray,
+              n_inputs: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each set's rows in the pass (``kept``: the input of each row), for the sets of 2 texts or more,
+    and how many of each set's inputs were skipped (empty texts never reach the model)."""
+    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
+    row_of_input[kept] = np.arange(len(kept))
+    set_rows, missing = {}, {}
+    for name, members in sets.items():
+        positions = np.unique(np.asarray(list(members), dtype=np.int64))
+        rows = row_of_input[positions]
+        set_rows[name], missing[name] = rows[rows >= 0], int((rows < 0).sum())
+        if len(set_rows[name]) < 2:
+            logger.warning("text set '%s' has fewer than 2 texts: no metrics", name)
+    return {name: rows for name, rows in set_rows.items() if len(rows) >= 2}, missing
 
 
 def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:
