@@ -49,7 +49,7 @@ __all__ = [
 TASK_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 # Modules whose import registers the built-in tasks (imported on the first registry look-up).
-_BUILTIN_MODULES = ("layerscope.evaluate.offline", "layerscope.evaluate.hub_tasks")
+_BUILTIN_MODULES = ("layerscope.evaluate.offline", "layerscope.evaluate.offline_v2", "layerscope.evaluate.hub_tasks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
