@@ -343,13 +343,15 @@ def data_fetch_command(
 
 @app.command("tasks")
 def tasks_command() -> None:
-    """List the offline downstream tasks (bundled data, no network) and the paper's 32 hub tasks."""
+    """List the offline downstream tasks (suite v2: bundled and fetched data) and the paper's 32 hub tasks."""
+    from layerscope.evaluate.registry import group
     from layerscope.evaluate.tasks import describe_offline, paper32
 
-    print_table("Offline task suite (MTEB task classes over bundled data)",
-                ("task", "type", "texts", "main score", "source", "license"),
-                ((info.name, info.type, str(info.n_texts), info.main_score, info.source, info.license)
-                 for info in describe_offline()), overflow="fold")
+    v1 = set(group("offline-v1"))
+    print_table("Offline task suite v2, `offline` (MTEB task classes over bundled and fetched data; `offline-v1`: "
+                "the tasks of suite v1)", ("task", "suite", "type", "texts", "main score", "source", "license"),
+                ((info.name, "v1" if info.name in v1 else "v2", info.type, str(info.n_texts), info.main_score,
+                  info.source, info.license) for info in describe_offline()), overflow="fold")
     console.print("paper32 (MTEB hub tasks, need the network): " + ", ".join(paper32()))
 
 

@@ -1,11 +1,12 @@
-"""The offline task suite: MTEB task classes over the bundled corpora (no network).
+"""The offline task suite: MTEB task classes over the bundled corpora (no network), suite v1's 11 tasks.
 
 Every task builds its data in memory from the corpora of :mod:`layerscope.data.bundled` (see
 ``layerscope datasets``), samples it with a fixed seed, and is evaluated by MTEB's own evaluators.
-Sizes are capped so that the whole suite (about 1,450 unique texts, long documents cut to their first
-~``MAX_CHARS`` = 400 characters) runs over all 31 layers of SmolLM2 in a few minutes on 2 CPU cores.
+Sizes are capped so that these 11 tasks (about 1,450 unique texts, long documents cut to their first
+~``MAX_CHARS`` = 400 characters) run over all 31 layers of SmolLM2 in a few minutes on 2 CPU cores.
 Texts shared between tasks (e.g. the BBC articles of the classification, clustering and pair tasks)
-are encoded once.
+are encoded once. They are group ``offline-v1``; the current suite, ``offline`` (v2, :data:`SUITES`),
+adds the tasks of :mod:`~layerscope.evaluate.offline_v2` over data fetched from the package registries.
 
 Provenance (source, license, package and version, reference, citation) is read from the corpus
 table of :mod:`layerscope.data.bundled`, where it is written once. Each task class registers itself
@@ -194,8 +195,15 @@ def offline_metadata(corpus: str, *, name: str, description: str, type: str, sub
     """Metadata of an offline task over a bundled or fetched corpus, its provenance read from the corpus table."""
     info = _corpus_info(corpus)
     kind = "bundled" if corpus in _CORPUS_TERMS else "fetched"
+    revision = f"{info.package}=={info.version}"
+    if kind == "fetched":  # the archive itself, as pinned: name, version and sha256
+        from layerscope.data.fetch import source
+        from layerscope.data.fetched import FETCHED
+
+        item = source(FETCHED[corpus].fetch)
+        revision = f"{item.spec} sha256:{item.sha256}"
     return task_metadata(name=name, description=description, type=type, path=f"layerscope/{kind}/{corpus}",
-                         revision=f"{info.package}=={info.version}", reference=info.reference or None,
+                         revision=revision, reference=info.reference or None,
                          citation=info.citation, subtypes=subtypes, annotations=annotations, **_corpus_terms(corpus))
 
 
