@@ -313,7 +313,7 @@ def test_unknown_task_suggests_nearest() -> None:
 def test_resolve_names_and_deduplicates() -> None:
     tasks = resolve("LeeDocumentSTS, offline")
     names = [t.metadata.name for t in tasks]
-    assert names[0] == "LeeDocumentSTS" and len(names) == len(set(names)) == len(task_module.OFFLINE_TASKS)
+    assert names[0] == "LeeDocumentSTS" and len(names) == len(set(names)) == len(task_module.offline_names())
 
 
 def test_hub_tasks_offline_say_hub_needed() -> None:
@@ -326,20 +326,21 @@ def test_hub_tasks_offline_say_hub_needed() -> None:
 
 
 def test_offline_suite_metadata_and_budget() -> None:
-    infos = task_module.describe_offline()
+    """Suite v1 (``offline-v1``) as it was; suite v2's budget is tested in test_offline_v2.py."""
+    infos = task_module.describe_offline("offline-v1")
     assert {i.type for i in infos} == {"Classification", "Clustering", "STS", "Reranking", "PairClassification"}
     for info in infos:
         assert info.source and info.license and info.n_texts > 0 and info.main_score
     by_name = {i.name: i for i in infos}
     assert by_name["LeeDocumentSTS"].n_texts == 50
     unique: set[str] = set()
-    for task in task_module.offline_suite():
+    for task in task_module.offline_suite(suite="offline-v1"):
         texts = task.texts()
         assert all(t == t.strip() and t for t in texts)
         unique.update(texts)
     assert len(unique) <= 1500  # encoding budget of the whole suite
     again: set[str] = set()
-    for task in task_module.offline_suite():  # fresh instances rebuild the same fixed samples
+    for task in task_module.offline_suite(suite="offline-v1"):  # fresh instances rebuild the same fixed samples
         again.update(task.texts())
     assert again == unique
 
@@ -382,7 +383,7 @@ def test_offline_suite_on_minilm_all_layers() -> None:
 
     model = ls.load_model("minilm-l6")
     frame = evaluate_layers(model, "offline", layers="all", progress=False)
-    assert len(frame) == 7 * len(task_module.OFFLINE_TASKS)
+    assert len(frame) == 7 * len(task_module.offline_names())
     averages = average_by_layer(frame)
     # all-MiniLM-L6-v2 is trained as a sentence embedder: its last layer beats the embedding layer
     assert averages["average"].iloc[-1] > averages["average"].iloc[0]
@@ -428,14 +429,16 @@ def test_default_seed_is_mteb_own_and_equals_a_plain_mteb_run(model) -> None:
     assert task.seed == 42  # the override applied to that call only
     again = evaluate_layers(model, [task], layers=[layer], extraction=extraction, progress=False, eval_workers=1)
     pd.testing.assert_frame_equal(again, default, check_exact=True)  # a rerun in this process: exact
-    assert [t.seed for t in resolve("offline")] == [42] * len(task_module.OFFLINE_TASKS)
+    assert [t.seed for t in resolve("offline")] == [42] * len(task_module.offline_names())
     assert {t.seed for t in resolve("offline", seed=3)} == {3}
 
 
 def test_registry_groups_and_names() -> None:
     from layerscope.evaluate.catalog import create, groups, register_task, registry
 
-    assert groups()["offline"] == [cls.metadata.name for cls in task_module.OFFLINE_TASKS]
+    v1 = [cls.metadata.name for cls in task_module.OFFLINE_TASKS]  # suite v1's 11 tasks, kept as they were
+    assert groups()["offline-v1"] == v1 and len(v1) == 11
+    assert groups()["offline"][: len(v1)] == v1 and len(groups()["offline"]) == 22
     assert groups()["paper32"] == paper32()
     assert registry()["LeeDocumentSTS"].local and not registry()["STS12"].local
     assert isinstance(create("LeeDocumentSTS"), task_module.LeeDocumentSTS)

@@ -41,6 +41,10 @@ def test_analyze_writes_store_plots_and_report(tiny_run):
     assert set(scores["task"]) == {"LeeDocumentSTS", "DebatePartyClassification"}
     assert set(scores["layer"]) == set(range(model.num_layers + 1))
     assert np.isfinite(metrics["value"]).all()
+    # the run records its task suite: here two named tasks, no versioned suite
+    assert result.record["suite"] == {"name": "LeeDocumentSTS,DebatePartyClassification", "version": None,
+                                      "tasks": ["LeeDocumentSTS", "DebatePartyClassification"]}
+    assert runs.iloc[0]["data_source"] == "tasks: LeeDocumentSTS, DebatePartyClassification"
 
 
 def test_each_text_goes_through_the_model_once_plus_its_views(tiny_run):

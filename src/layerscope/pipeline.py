@@ -248,6 +248,7 @@ def run_analysis(
     bootstrap score intervals, none by default)."""
     from layerscope.evaluate import evaluate_layers
     from layerscope.evaluate.catalog import resolve as resolve_tasks
+    from layerscope.evaluate.offline import suite_label, suite_record
     from layerscope.metrics.compute import measure
     from layerscope.store import ResultsStore
 
@@ -267,7 +268,7 @@ def run_analysis(
 
     with ResultsStore.in_directory(out) as store, store.run(
         config.to_dict(), model_id=str(model.model_id), revision=model.revision,
-        data_source=config.dataset.dataset if config.dataset else "tasks: " + ", ".join(config.tasks),
+        data_source=config.dataset.dataset if config.dataset else "tasks: " + suite_label(config.tasks),
     ) as run:
         measured = measure(model, texts.texts, sets=texts.sets, union=ALL_TEXTS, metrics=config.metrics,
                            views=config.views, extraction=config.extraction, seed=config.seed,
@@ -300,6 +301,7 @@ def run_analysis(
     timings.update({key: measured.record[key] for key in ("extract_s", "views_s", "metrics_s")})
     record = {
         "layerscope": __version__, "run_id": run.run_id, "config": config.to_dict(), "model": model.describe(),
+        "suite": suite_record(config.tasks, task_list),
         "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
         "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
         "n_forward_texts": measured.record["n_forward_texts"],

@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
     """Import on first use: MTEB (runner, tasks) takes seconds to import and the probe needs none of it."""
     import importlib
 
-    for module, names in (("runner", _RUNNER), ("offline", _OFFLINE), ("hub_tasks", _HUB_TASKS), ("catalog", _REGISTRY),
+    for module, names in (("runner", _RUNNER), ("catalog", _OFFLINE), ("hub_tasks", _HUB_TASKS), ("catalog", _REGISTRY),
                           ("task_files", _TASK_FILES), ("probe", _PROBE), ("select", _SELECT)):
         if name in names:
             return getattr(importlib.import_module(f"layerscope.evaluate.{module}"), name)

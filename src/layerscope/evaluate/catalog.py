@@ -20,10 +20,11 @@ from typing import Any
 
 from mteb.abstasks import AbsTask
 
+import layerscope.evaluate.offline_v2  # noqa: F401  (suite v2's tasks register in group offline)
 from layerscope.config import TaskFileConfig
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.hub_tasks import hub_task
-from layerscope.evaluate.offline import LocalTask
+from layerscope.evaluate.offline import LocalTask, OfflineTask, TaskInfo
 from layerscope.evaluate.registry import (
     TASK_FILE_SUFFIXES,
     TaskEntry,
@@ -40,10 +41,13 @@ __all__ = [
     "TASK_FILE_SUFFIXES",
     "TaskEntry",
     "create",
+    "describe_offline",
     "group",
     "groups",
     "is_offline",
     "is_task_file",
+    "offline_names",
+    "offline_suite",
     "register_task",
     "registry",
     "resolve",
@@ -139,3 +143,46 @@ def resolve(
     for task in resolved:
         unique.setdefault(task.metadata.name, task)
     return list(unique.values())
+
+
+# ------------------------------------------------------------------ the offline suites (every task registered)
+
+
+def offline_names(suite: str = "offline") -> list[str]:
+    """Names of the tasks of an offline suite (``offline``: the current one, v2; ``offline-v1``)."""
+    return group(suite)
+
+
+def offline_suite(seed: int | None = None, suite: str = "offline") -> list[AbsTask]:
+    """Fresh instances of every task of an offline suite.
+
+    Parameters
+    ----------
+    seed : int, optional
+        MTEB task seed (classifier undersampling, clustering); default: the tasks' own, MTEB's 42.
+        :func:`~layerscope.evaluate.evaluate_layers` reseeds each (layer, task) with it.
+    suite : {"offline", "offline-v1"}
+        Which suite (:data:`SUITES`): the current one (v2, default) or v1's 11 tasks.
+    """
+    return [create(name, seed) for name in offline_names(suite)]
+
+
+def describe_offline(suite: str = "offline") -> list[TaskInfo]:
+    """Describe the tasks of an offline suite (loads their data to count unique texts; a few seconds, and
+    the first use fetches the archives of suite v2's data)."""
+    rows = []
+    for task in offline_suite(suite=suite):
+        assert isinstance(task, OfflineTask)
+        rows.append(
+            TaskInfo(
+                name=task.metadata.name,
+                type=task.metadata.type,
+                n_texts=len(task.texts()),
+                main_score=task.metadata.main_score,
+                corpus=task.corpus,
+                source=task.source,
+                license=task.license_note,
+                description=task.metadata.description,
+            )
+        )
+    return rows

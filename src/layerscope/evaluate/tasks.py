@@ -14,7 +14,7 @@ Every name this module exported is re-exported here unchanged (``layerscope.task
 
 from __future__ import annotations
 
-from layerscope.evaluate.catalog import is_offline, resolve
+from layerscope.evaluate.catalog import describe_offline, is_offline, offline_names, offline_suite, resolve
 from layerscope.evaluate.hub_tasks import PAPER32, hub_task, paper32
 from layerscope.evaluate.offline import (
     OFFLINE_TASKS,
@@ -32,9 +32,6 @@ from layerscope.evaluate.offline import (
     RottenTomatoesPlotReranking,
     TaskInfo,
     TwentyNewsgroupsClusteringOffline,
-    describe_offline,
-    offline_names,
-    offline_suite,
 )
 from layerscope.evaluate.sampling import DATA_SEED, MAX_CHARS, clip
 from layerscope.evaluate.task_files import task_file
