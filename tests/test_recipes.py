@@ -246,3 +246,77 @@ def test_a_recipe_set_takes_each_type_from_its_recipe(scored) -> None:
     assert chosen.loc["similar", "main_score"] == indexed[("zmean:0.5-1+standardize", "similar")]
     with pytest.raises(LayerscopeError, match="no score of recipe 'depth:0.5' on"):
         recipe_set_scores(scores, "depth:0.5")
+
+
+# ------------------------------------------------------------------------------------------ protocol
+
+
+def planted_scores(gains: dict[str, dict[tuple[str, str], float]], base: float = 0.6) -> pd.DataFrame:
+    """Recipe scores of models whose every task scores ``base`` under every recipe except the planted
+    gains: ``{model: {(task_type, recipe): gain in points}}``; 2 classification and 2 STS tasks each."""
+    rows = []
+    recipes = ["last", "zmean:0.5-1", "last+standardize", "depth:0.5"]
+    for model, planted in gains.items():
+        for task_type, task in [("Classification", "c1"), ("Classification", "c2"), ("STS", "s1"), ("STS", "s2")]:
+            for recipe in recipes:
+                bump = planted.get((task_type, recipe), 0.0) + (0.5 if task.endswith("2") and recipe != "last" else 0)
+                rows.append({"model": model, "recipe": recipe, "task": task, "task_type": task_type,
+                             "main_score": base + bump / 100})
+    return pd.DataFrame(rows)
+
+
+def test_the_protocol_picks_per_type_and_scores_held_out() -> None:
+    from layerscope.analysis.recipe_protocol import run_recipe_protocol
+
+    common = {("Classification", "zmean:0.5-1"): 3.0, ("STS", "last+standardize"): 2.0}
+    result = run_recipe_protocol(planted_scores({m: common for m in ("a", "b", "c")}), n_boot=200)
+    assert result.chosen.text == "classification=zmean:0.5-1;sts=last+standardize;*=zmean:0.5-1"
+    lomo = result.held_out[result.held_out["scheme"] == "leave-one-model-out"].set_index("model")
+    # tasks c1, c2 gain 3 and 3.5; s1, s2 gain 2 and 2.5: mean 2.75 points on every model
+    assert lomo["gain"].tolist() == pytest.approx([2.75] * 3)
+    assert result.beats_last() and result.summary() == {"mean_gain": pytest.approx(2.75), "wins": 3, "losses": 0,
+                                                       "worst": pytest.approx(2.75), "models": 3}
+    # the interval: the mean gain over the model's 4 tasks resampled, the documented draws written out
+    gains = np.array([3.0, 3.5, 2.0, 2.5])
+    draws = np.random.default_rng(0).integers(0, 4, size=(200, 4))
+    assert (lomo.loc["a", "low"], lomo.loc["a", "high"]) == pytest.approx(
+        tuple(np.quantile(gains[draws].mean(axis=1), [0.025, 0.975])))
+
+
+def test_the_held_out_model_never_chooses_for_itself() -> None:
+    from layerscope.analysis.recipe_protocol import run_recipe_protocol
+
+    # model "leak" gains 50 points from depth:0.5 on classification, which costs the others 1 point:
+    # a protocol that looked at the held-out model would pick it there and report +25
+    gains = {m: {("Classification", "depth:0.5"): -1.0} for m in ("a", "b", "c")}
+    gains["leak"] = {("Classification", "depth:0.5"): 50.0}
+    result = run_recipe_protocol(planted_scores(gains), n_boot=50)
+    held = result.held_out.query("scheme == 'leave-one-model-out'").set_index("model")
+    assert "depth:0.5" not in held.loc["leak", "recipe_set"]
+    assert held.loc["leak", "gain"] < 1.0
+    # with every model, the leak's +50 outweighs three -1s: chosen on all, it would be picked
+    assert result.chosen.for_type("Classification").text == "depth:0.5"
+
+
+def test_leave_one_family_out_hides_the_siblings() -> None:
+    from layerscope.analysis.recipe_protocol import run_recipe_protocol
+
+    quirk = {("STS", "depth:0.5"): 10.0}
+    gains = {"p-small": quirk, "p-large": quirk, "q": {("STS", "depth:0.5"): -1.0}, "r": {("STS", "depth:0.5"): -1.0}}
+    result = run_recipe_protocol(planted_scores(gains), families={"p-small": "p", "p-large": "p"}, n_boot=50)
+    held = result.held_out.set_index(["scheme", "model"])
+    # one model out: the sibling's +10 outweighs the two -1s, so the quirk is picked and pays off
+    assert "sts=depth:0.5" in held.loc[("leave-one-model-out", "p-small"), "recipe_set"]
+    # the family out: only q and r remain, the quirk costs them, and it is not picked
+    assert "sts=depth:0.5" not in held.loc[("leave-one-family-out", "p-small"), "recipe_set"]
+    assert held.loc[("leave-one-family-out", "p-small"), "gain"] < held.loc[("leave-one-model-out", "p-small"), "gain"]
+
+
+def test_the_raw_last_layer_wins_ties_and_one_model_is_refused() -> None:
+    from layerscope.analysis.recipe_protocol import choose_recipe_set, run_recipe_protocol
+
+    flat = pd.DataFrame({"model": "a", "recipe": ["zmean:0.5-1", "last"], "task": "t", "task_type": "STS",
+                         "main_score": 0.5})
+    assert choose_recipe_set(flat, ["last", "zmean:0.5-1"]).text == "sts=last;*=last"
+    with pytest.raises(LayerscopeError, match="the recipe protocol needs at least 2 models, got 1"):
+        run_recipe_protocol(flat)
