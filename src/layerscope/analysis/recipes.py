@@ -341,8 +341,8 @@ _RECIPE_STATE: dict[str, Any] = {}
 def _score_recipe(position: int) -> list[dict[str, Any]]:
     """Every task on one recipe's embeddings (here, or in a forked worker sharing ``_RECIPE_STATE``)."""
     from layerscope.evaluate.encoder import LayerView
-    from layerscope.evaluate.runner import main_score, run_task
     from layerscope.evaluate.intervals import scores_json
+    from layerscope.evaluate.runner import main_score, run_task
 
     state = _RECIPE_STATE
     view = LayerView(state["texts"], name=state["name"])

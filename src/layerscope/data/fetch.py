@@ -34,7 +34,8 @@ from typing import Any
 
 from layerscope.errors import LayerscopeError, unknown
 
-__all__ = ["SOURCES", "Source", "archive", "data_cache_dir", "fetch", "fetch_all", "read_member", "source"]
+__all__ = ["SOURCES", "Source", "archive", "data_cache_dir", "fetch", "fetch_all", "read_member", "read_members",
+           "source"]
 
 logger = logging.getLogger(__name__)
 
@@ -372,3 +373,44 @@ def read_member(name: str, *members: str, progress: bool = True) -> bytes:
         data = _open(data, member, outer)
         outer = f"{outer}!{member}"
     return data
+
+
+def read_members(name: str, members: Iterable[str], *, progress: bool = True) -> dict[str, bytes]:
+    """Read several files of a source's archive in one pass (a compressed tar is decompressed once).
+
+    Parameters
+    ----------
+    name : str
+        A source name.
+    members : iterable of str
+        Paths inside the archive (top level of the archive, not inside nested archives).
+
+    Returns
+    -------
+    dict
+        Path -> content, for every requested path.
+
+    Raises
+    ------
+    LayerscopeError
+        A path the archive does not have, or an archive that cannot be read.
+    """
+    wanted = set(members)
+    data = archive(name, progress=progress).read_bytes()
+    outer = source(name).archive
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        return {member: _open(data, member, outer) for member in wanted}
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as opened:
+            for info in opened:
+                if info.name in wanted and info.isfile():
+                    handle = opened.extractfile(info)
+                    found[info.name] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise LayerscopeError(f"could not read {outer}: {error}") from None
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise LayerscopeError(f"{outer} has no file {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                     if len(missing) > 1 else ""))
+    return found

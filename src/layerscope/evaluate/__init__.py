@@ -5,6 +5,7 @@ models). Submodules, one job each:
 
 - :mod:`~layerscope.evaluate.registry`: the task registry, where tasks register themselves;
 - :mod:`~layerscope.evaluate.offline`: the offline suite, MTEB task classes over bundled corpora;
+- :mod:`~layerscope.evaluate.offline_v2`: suite v2's tasks over data fetched from the package registries;
 - :mod:`~layerscope.evaluate.hub_tasks`: the paper's 32 MTEB hub tasks;
 - :mod:`~layerscope.evaluate.task_files`: a user's labelled files as MTEB tasks;
 - :mod:`~layerscope.evaluate.catalog`: the built-in tasks and :func:`resolve` (what ``--tasks`` accepts);

@@ -535,23 +535,30 @@ class BBCNewsSameArticlePairs(
 OFFLINE_TASKS: tuple[type[AbsTask], ...] = tuple(_CLASSES)
 
 
-def _spec_items(spec: Iterable[str] | str) -> list[str]:
-    return [part.strip() for part in spec.split(",")] if isinstance(spec, str) else [str(part) for part in spec]
+def _spec_items(spec: Any) -> list[str]:
+    """The items of a task specification as text: a group or task name, a file, a task instance's name."""
+    if isinstance(spec, str):
+        return [part.strip() for part in spec.split(",") if part.strip()]
+    if isinstance(spec, AbsTask):
+        return [spec.metadata.name]
+    if not isinstance(spec, Iterable):
+        return [str(spec)]
+    return [item for part in spec for item in _spec_items(part)]
 
 
-def suite_label(spec: Iterable[str] | str) -> str:
+def suite_label(spec: Any) -> str:
     """A task specification with its suites' versions, as runs name their text source: ``offline (suite v2)``."""
     return ", ".join(f"{item} (suite v{SUITES[item]})" if item in SUITES and not item.endswith(f"-v{SUITES[item]}")
                      else item for item in _spec_items(spec))
 
 
-def suite_record(spec: Iterable[str] | str, tasks: Sequence[AbsTask]) -> dict[str, Any]:
+def suite_record(spec: Any, tasks: Sequence[AbsTask]) -> dict[str, Any]:
     """What a run records of its task suite: ``{"name", "version", "tasks"}``.
 
     Parameters
     ----------
-    spec : str or iterable of str
-        The run's task specification as given (``"offline"``, ``"offline-v1,my.csv"``, names).
+    spec : str, Path, AbsTask or iterable of those
+        The run's task specification as given (``"offline"``, ``"offline-v1,my.csv"``, names, tasks).
     tasks : sequence of AbsTask
         The tasks it resolved to.
 

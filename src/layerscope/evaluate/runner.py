@@ -223,8 +223,11 @@ def evaluate_layers(
         ``attrs`` holds the run record: model, extraction record, seed (None: the tasks' own) and each
         task's seed, ``from_cache``, text count, timings.
     """
+    from layerscope.evaluate.offline import suite_record
     from layerscope.extract import extract
 
+    if isinstance(tasks, Iterable) and not isinstance(tasks, str):
+        tasks = list(tasks)  # read twice: resolved here, recorded below
     task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before anything heavy runs
     started = time.perf_counter()
     _load(task_list)
@@ -264,6 +267,7 @@ def evaluate_layers(
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
         "extraction": {k: v for k, v in extraction.record.items() if _jsonable(v)},
         "tasks": [task.metadata.name for task in task_list],
+        "suite": suite_record(tasks, task_list),
         "n_texts": len(texts),
         "seed": seed,
         "task_seeds": {task.metadata.name: task_seed(task, seed) for task in task_list},
