@@ -47,6 +47,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_selection.py --n-boot 200
 	$(BIN)/python benchmarks/bench_few_labels.py
 	$(BIN)/python benchmarks/bench_reproducibility.py
+	$(BIN)/python benchmarks/bench_cache_check.py
+	$(BIN)/python benchmarks/bench_suite.py --model minilm-l6 --n-boot 200 --threads 1
+	$(BIN)/python benchmarks/bench_recipes.py
+	$(BIN)/python benchmarks/bench_architecture.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:
