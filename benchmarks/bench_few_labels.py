@@ -48,8 +48,8 @@ def main() -> None:
     from layerscope.analysis.selection import depth_layer
     from layerscope.cli import default_cache_dir
     from layerscope.evaluate import evaluate_layers
+    from layerscope.evaluate.catalog import resolve
     from layerscope.evaluate.few_labels import draw_labels, is_classification
-    from layerscope.evaluate.registry import resolve
     from layerscope.evaluate.runner import _load, collect_texts
     from layerscope.evaluate.select import AVERAGE, few_label_choice
     from layerscope.extract import extract

@@ -96,7 +96,7 @@ def test_common_properties(perturb):
     for p in (0.0, 0.25, 1.0):
         out = perturb(IDS, MASK, p, 0)
         assert out.shape == IDS.shape and out.dtype == IDS.dtype
-        assert torch.equal(out[MASK == 0], IDS[MASK == 0])  # padding untouched
+        assert torch.equal(out[MASK == 0], IDS[MASK == 0])  # padding untouched (token ids: integers, exact)
     assert torch.equal(perturb(IDS, MASK, 0.0, 0), IDS)
     assert torch.equal(perturb(IDS, MASK, 0.5, 7), perturb(IDS, MASK, 0.5, 7))
     assert not torch.equal(perturb(IDS, MASK, 0.5, 7), perturb(IDS, MASK, 0.5, 8))

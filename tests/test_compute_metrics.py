@@ -43,14 +43,15 @@ def measured(tiny_llama):
 
 
 def test_compute_metrics_is_the_measurement_table_and_a_plain_frame(table, measured):
-    pd.testing.assert_frame_equal(table, measured.metrics[table.columns])
+    # exact (check_exact): compute_metrics calls measure with these very settings, in this process
+    pd.testing.assert_frame_equal(table, measured.metrics[table.columns], check_exact=True)
     assert set(measured.metrics["dataset"]) == {"texts"}
     assert table.attrs == {}
     # two results concatenate and merge like any frames (attrs holding frames once broke both)
     both = pd.concat([table, table], ignore_index=True)
     assert len(both) == 2 * len(table)
     merged = table.merge(table, on=["layer", "metric", "normalization"], suffixes=("", "_again"))
-    np.testing.assert_array_equal(merged["value"].to_numpy(), merged["value_again"].to_numpy())
+    np.testing.assert_array_equal(merged["value"].to_numpy(), merged["value_again"].to_numpy())  # one table: exact
 
 
 def value(frame, metric, normalization, layer):
@@ -71,6 +72,7 @@ def test_long_table_shape_and_counts(table, tiny_llama):
     assert (dataset.n_used == 5).all() and (dataset.n_skipped == 1).all()
 
 
+@pytest.mark.numeric
 def test_prompt_entropy_from_the_hook_equals_the_formula_on_each_prompts_tokens(measured, tiny_llama):
     per_prompt = measured.prompt_values
     for index in (0, 1, 4, 5):
@@ -85,6 +87,7 @@ def test_prompt_entropy_from_the_hook_equals_the_formula_on_each_prompts_tokens(
     assert set(per_prompt.prompt_index) == {0, 1, 4, 5}
 
 
+@pytest.mark.numeric
 def test_dataset_entropy_equals_the_formula_on_pooled_embeddings(table, tiny_llama):
     pooled = ls.extract(tiny_llama, TEXTS, progress=False).pooled.astype(np.float64)
     for layer in range(tiny_llama.num_layers + 1):
@@ -93,6 +96,7 @@ def test_dataset_entropy_equals_the_formula_on_pooled_embeddings(table, tiny_lla
         assert value(table, "dataset_entropy", "maxEntropy", layer) == pytest.approx(expected / np.log(5), abs=1e-6)
 
 
+@pytest.mark.numeric
 def test_two_view_metrics_use_the_first_two_of_the_lidar_views(tiny_llama, table):
     only_pairs = ls.compute_metrics(tiny_llama, TEXTS, metrics=["dime", "infonce"], progress=False)
     for metric in ("dime", "infonce"):
@@ -118,7 +122,7 @@ def test_one_extraction_for_texts_and_one_for_all_views(tiny_llama, monkeypatch)
 
 def test_seeded_and_deterministic(tiny_llama, table):
     again = ls.compute_metrics(tiny_llama, TEXTS, n_views=4, progress=False)
-    np.testing.assert_array_equal(again.value.to_numpy(), table.value.to_numpy())
+    np.testing.assert_array_equal(again.value.to_numpy(), table.value.to_numpy())  # a rerun in this process: exact
     other = ls.compute_metrics(tiny_llama, TEXTS, metrics="dime", n_views=4, seed=1, progress=False)
     assert not np.allclose(other.value.to_numpy(), table[table.metric == "dime"].value.to_numpy())
 
@@ -138,5 +142,5 @@ def test_run_seed_reaches_dime_permutations_unless_overridden(tiny_llama):
                                 options={"dime": {"seed": 0}})
     moved = ls.compute_metrics(tiny_llama, TEXTS, metrics="dime", progress=False, seed=0,
                                options={"dime": {"seed": 7}})
-    np.testing.assert_array_equal(base.value.to_numpy(), pinned.value.to_numpy())
+    np.testing.assert_array_equal(base.value.to_numpy(), pinned.value.to_numpy())  # one computation: exact
     assert not np.allclose(base.value.to_numpy(), moved.value.to_numpy())  # same views, other permutations

@@ -33,6 +33,7 @@ def reference_map(fit: np.ndarray, spec: str) -> tuple[np.ndarray, np.ndarray]:
     return a, -mean @ a
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("spec", ["standardize", "whiten", "whiten:3", "remove-top", "remove-top:2"])
 def test_fitted_on_a_applied_to_b_equals_the_formula(spec):
     rng = np.random.default_rng(0)
@@ -63,6 +64,7 @@ def test_fitted_on_a_applied_to_b_equals_the_formula(spec):
         )[:, -1].min()
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fitting_on_a_read_only_cache_neither_warns_nor_differs(dtype):
     """The embedding cache is memory-mapped read-only: fitting on it is silent and equals fitting on a copy."""
@@ -111,6 +113,7 @@ TEXTS = ["The first token of every prompt carries a massive activation here.",
          "Dropping them from the pooling restores the other tokens' signal."]
 
 
+@pytest.mark.numeric
 def test_outlier_tokens_are_dropped_from_pooling_and_counted(planted):
     plain = ls.extract(planted, TEXTS, progress=False)
     dropped = ls.extract(planted, TEXTS, outlier_tokens=10.0, progress=False)
@@ -126,6 +129,7 @@ def test_outlier_tokens_are_dropped_from_pooling_and_counted(planted):
         assert not np.allclose(plain.pooled[2, index], dropped.pooled[2, index])
 
 
+@pytest.mark.numeric
 def test_token_metrics_leave_the_outlier_tokens_out_too(planted):
     def numpy_entropy(z: np.ndarray) -> float:
         z = z - z.mean(0)
@@ -157,6 +161,7 @@ def test_token_metrics_leave_the_outlier_tokens_out_too(planted):
     np.testing.assert_allclose(normalized["value"].to_numpy(), raw["value"].to_numpy() / np.log(lengths), rtol=1e-9)
 
 
+@pytest.mark.numeric
 def test_metrics_on_conditioned_embeddings_equal_the_metrics_of_the_transformed_vectors(tiny_llama):
     from layerscope.metrics import functional as F
 
@@ -172,6 +177,7 @@ def test_metrics_on_conditioned_embeddings_equal_the_metrics_of_the_transformed_
     np.testing.assert_allclose(measured.embeddings.pooled, conditioned.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.numeric
 def test_normalize_comes_last_and_reaches_the_embeddings_the_evaluation_sees(tiny_llama):
     texts = [f"text {i} on {'normalization ' * (i % 3)}of embeddings" for i in range(8)]
     plain = ls.measure(tiny_llama, texts, metrics="dataset_entropy,rankme", progress=False)

@@ -19,7 +19,7 @@ from layerscope.config import (
     config_from_dict,
 )
 from layerscope.errors import LayerscopeError
-from layerscope.metrics.views import plan_views
+from layerscope.metrics.views import plan_views, shares
 
 CONFIGS = [
     ModelConfig("minilm-l6", revision="v1", dtype="bfloat16"),
@@ -88,27 +88,50 @@ def test_stored_dicts_of_other_kinds_are_not_guessed():
 # ------------------------------------------------------------------------------------------ view plan
 
 
-def test_view_plan_caps_each_set_and_nests_lidar_inside_pairs():
+def test_view_plan_spreads_the_runs_budget_over_the_sets_and_nests_lidar_inside_pairs():
     sets = {"a": list(range(0, 10)), "b": list(range(5, 30))}
-    plan = plan_views(sets, n_views=16, view_texts=4, lidar_texts=2, needs_pairs=True, needs_lidar=True, seed=0,
+    plan = plan_views(sets, n_views=16, view_texts=8, lidar_texts=4, needs_pairs=True, needs_lidar=True, seed=0,
                       union="all")
-    for name in ("a", "b"):
+    # the budget is the run's, spread by size: 8 pair texts over sets of 10 and 25 texts are 2 + 2 minimums
+    # and 4 more in proportion to 8 : 23 (1.03 and 2.97: 1 and 2, the larger remainder to b): 3 and 5;
+    # the 4 LiDAR texts are the minimums, 2 each
+    assert shares([10, 25], 8) == [3, 5] and shares([10, 25], 4) == [2, 2]
+    for name, pairs, lidar in (("a", 3, 2), ("b", 5, 2)):
         part = plan.sets[name]
-        np.testing.assert_array_equal(part.rows, np.unique(sets[name]))
-        assert len(part.pair_rows) == 4 and len(part.lidar_rows) == 2
+        np.testing.assert_array_equal(part.rows, np.unique(sets[name]))  # row indices here: integers, exact
+        assert len(part.pair_rows) == pairs and len(part.lidar_rows) == lidar
         assert set(part.lidar_rows) <= set(part.pair_rows) <= set(part.rows)
         # the subsets are prefixes of one seeded permutation of the set
         order = np.random.default_rng(0).permutation(len(part.rows))
-        np.testing.assert_array_equal(part.pair_rows, np.sort(part.rows[order[:4]]))
+        np.testing.assert_array_equal(part.pair_rows, np.sort(part.rows[order[:pairs]]))
     union = plan.sets["all"]
     np.testing.assert_array_equal(union.rows, np.arange(30))
     np.testing.assert_array_equal(union.pair_rows, np.union1d(plan.sets["a"].pair_rows, plan.sets["b"].pair_rows))
+    assert len(union.pair_rows) <= 8  # never more than the budget (fewer where the sets' picks overlap)
     np.testing.assert_array_equal(plan.lidar_rows, union.lidar_rows)
     np.testing.assert_array_equal(np.sort(plan.pair_order), union.pair_rows)
     assert plan.n_encoded == 16 * len(plan.lidar_rows) + 2 * len(plan.pair_only_rows)
     # positions index the stacked view tensors
     assert [int(plan.pair_order[i]) for i in plan.pair_positions("a")] == plan.sets["a"].pair_rows.tolist()
     assert [int(plan.lidar_rows[i]) for i in plan.lidar_positions("b")] == plan.sets["b"].lidar_rows.tolist()
+
+
+@pytest.mark.parametrize("sizes", [[10, 25], [1, 3, 500, 40, 2], [7] * 22, [100], [3, 0, 9]])
+@pytest.mark.parametrize("budget", [2, 16, 128, 10_000])
+def test_shares_are_proportional_with_a_minimum_and_add_up_to_the_budget(sizes, budget):
+    got = np.array(shares(sizes, budget))
+    size = np.array(sizes)
+    floor = np.minimum(size, 2)
+    assert (got >= floor).all() and (got <= size).all()
+    if floor.sum() <= budget:
+        assert got.sum() == min(budget, size.sum())  # integers: exact
+        room = size - floor
+        if room.sum():  # each share within one text of its proportional part of what the minimums leave
+            ideal = floor + (min(budget, size.sum()) - floor.sum()) * room / room.sum()
+            assert np.all(np.abs(got - ideal) < 1 + 1e-9)  # 1e-9: float rounding of the ideal share
+    else:
+        np.testing.assert_array_equal(got, floor)  # the minimums win over a budget too small for them
+    assert shares(sizes, None) == [None] * len(sizes)
 
 
 def test_view_plan_is_deterministic_and_plans_only_what_is_needed():

@@ -65,6 +65,7 @@ def relative_error(values: torch.Tensor, matrix: torch.Tensor) -> float:
     return float(np.max(np.where(scale > 0, error / np.where(scale > 0, scale, 1.0), error)))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 17, 40, 97])
@@ -76,12 +77,14 @@ def test_exact_against_numpy(name, m, dtype):
     assert bool((values[:, 1:] >= values[:, :-1]).all())  # ascending
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize(("name", "m"), [("random", 300), ("ill_conditioned", 160)])
 def test_exact_on_larger_matrices_spanning_several_panels(name, m):
     matrix = family(name, 1, m, seed=1)
     assert relative_error(eigen.eigvalsh(matrix), matrix) < RTOL
 
 
+@pytest.mark.numeric
 def test_zero_matrix_gives_exact_zeros_and_scale_does_not_matter():
     assert eigen.eigvalsh(torch.zeros(2, 6, 6)).abs().max() == 0  # entropies need exact zeros to drop
     matrix = family("random", 2, 20, seed=3)
@@ -90,6 +93,7 @@ def test_zero_matrix_gives_exact_zeros_and_scale_does_not_matter():
         assert relative_error(scaled, matrix) < RTOL
 
 
+@pytest.mark.numeric
 def test_leading_axes_are_batched_and_each_matrix_is_its_own():
     matrix = family("random", 6, 7, seed=2).reshape(2, 3, 7, 7)
     values = eigen.eigvalsh(matrix)
@@ -99,12 +103,14 @@ def test_leading_axes_are_batched_and_each_matrix_is_its_own():
     assert eigen.eigvalsh(torch.zeros(0, 4, 4)).shape == (0, 4)
 
 
+@pytest.mark.numeric
 def test_only_the_lower_triangle_is_read_as_by_lapack():
     matrix = family("random", 3, 9, seed=4)
     garbage = matrix.tril() + torch.triu(torch.randn(3, 9, 9, dtype=torch.float64), diagonal=1)
     torch.testing.assert_close(eigen.eigvalsh(garbage), torch.linalg.eigvalsh(garbage), rtol=0, atol=1e-13)
 
 
+@pytest.mark.numeric
 def test_a_nonfinite_matrix_gives_nan_and_leaves_the_others_alone():
     matrix = family("random", 3, 8, seed=5)
     matrix[1, 2, 1] = float("nan")
@@ -120,6 +126,7 @@ def test_bad_input_raises():
         eigen.eigvalsh(torch.zeros(2, 2, dtype=torch.long))
 
 
+@pytest.mark.numeric
 def test_chunks_and_trial_points_do_not_change_the_values():
     matrix = family("rank_deficient", 5, 30, seed=6)
     whole = eigen.eigvalsh(matrix)  # one matrix per chunk: batched products may round differently
@@ -129,6 +136,7 @@ def test_chunks_and_trial_points_do_not_change_the_values():
         assert relative_error(eigen.tridiagonal_eigvalsh(diagonal, off_diagonal, points), matrix) < RTOL
 
 
+@pytest.mark.numeric
 def test_tridiagonal_form_is_similar_to_the_matrix():
     matrix = family("random", 2, 70, seed=7)  # three panels of 32 columns
     diagonal, off_diagonal = eigen.tridiagonalize(matrix)
@@ -165,6 +173,7 @@ def test_the_work_is_batched_not_looped_over_matrices(monkeypatch):
     assert counts[0] == counts[1]
 
 
+@pytest.mark.numeric
 def test_entry_point_backends_and_dtype(monkeypatch):
     matrix = family("rank_deficient", 4, 20, seed=8)
     reference = torch.linalg.eigvalsh(matrix)
@@ -172,7 +181,7 @@ def test_entry_point_backends_and_dtype(monkeypatch):
     torch.testing.assert_close(F.eigvalsh(matrix), reference, rtol=0, atol=1e-12)
     single = F.eigvalsh(matrix.float())
     assert single.dtype == torch.float32  # the entry point keeps the input dtype
-    torch.testing.assert_close(single, eigen.eigvalsh(matrix.float()).float(), rtol=0, atol=0)
+    torch.testing.assert_close(single, eigen.eigvalsh(matrix.float()).float(), rtol=0, atol=0)  # the same solver: exact
     monkeypatch.setattr(F, "EIGVALSH_BACKEND", "cusolver")
     with pytest.raises(LayerscopeError, match="eigenvalue backend"):
         F.eigvalsh(matrix)
@@ -212,6 +221,7 @@ def metric_values() -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.numeric
 def test_metrics_are_equal_with_the_batched_solver_on_and_off(monkeypatch):
     monkeypatch.setattr(F, "EIGVALSH_BACKEND", "lapack")
     lapack = metric_values()
@@ -229,6 +239,7 @@ def test_metrics_are_equal_with_the_batched_solver_on_and_off(monkeypatch):
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.numeric
 @needs_cuda
 def test_cuda_values_equal_the_cpu_and_auto_takes_the_batched_solver(monkeypatch):
     matrix = family("rank_deficient", 100, 64, seed=10)
@@ -244,6 +255,7 @@ def test_cuda_values_equal_the_cpu_and_auto_takes_the_batched_solver(monkeypatch
     assert calls
 
 
+@pytest.mark.numeric
 @needs_cuda
 def test_cuda_metrics_equal_the_cpu_with_the_batched_solver(monkeypatch):
     monkeypatch.setattr(F, "EIGVALSH_BACKEND", "batched")
@@ -272,6 +284,7 @@ def _planted(monkeypatch, shift: float) -> list:
     return calls
 
 
+@pytest.mark.numeric
 def test_the_batched_solver_checks_itself_and_gives_way_to_lapack_on_a_planted_error(monkeypatch):
     matrix = family("rank_deficient", 12, 40, seed=12)
     reference = torch.linalg.eigvalsh(matrix)
@@ -307,6 +320,7 @@ def test_the_batched_solver_check_passes_once_and_costs_nothing_after(monkeypatc
     torch.testing.assert_close(second, first, rtol=0, atol=0)
 
 
+@pytest.mark.numeric
 def test_the_batched_solver_check_fails_on_nan_for_a_finite_matrix_and_skips_nonfinite_ones(monkeypatch):
     matrix = family("random", 4, 20, seed=14)
     nonfinite = matrix.clone()

@@ -215,7 +215,7 @@ def test_extreme_prompts_tables(extreme, llama):
     assert set(table["p"]) == {0.0, 0.5, 1.0}
     assert table["value"].notna().all()
     p0 = table[table["p"] == 0]
-    # p = 0 is the same (unperturbed) run for both perturbations
+    # p = 0 is the same (unperturbed) run for both perturbations: one table copied, so exact
     by_kind = [rows.sort_values(["layer", "normalization"])["value"].to_numpy() for _, rows in p0.groupby("perturbation")]
     np.testing.assert_array_equal(*by_kind)
     length = extreme["length"]
@@ -236,6 +236,7 @@ def test_extreme_prompts_store_and_plots(extreme):
     assert {path.name for path in extreme.plots} == {"extreme_prompts_perturbations.png", "extreme_prompts_length.png"}
 
 
+@pytest.mark.numeric
 def test_p0_matches_the_ordinary_unperturbed_run(extreme, llama):
     from layerscope.metrics.compute import compute_metrics
 
@@ -268,6 +269,7 @@ def test_perturbations_keep_token_counts_and_special_tokens(llama, kind, p):
     assert perturb_token_ids(token_ids, perturbable, kind, p, len(llama.tokenizer), seed=3) == out
 
 
+@pytest.mark.numeric
 def test_skip_first_tokens_measures_the_other_tokens():
     from layerscope.experiments.hooks import SkipFirstTokens, token_hook
     from layerscope.metrics import functional as F
@@ -290,6 +292,7 @@ def test_skip_first_tokens_measures_the_other_tokens():
         SkipFirstTokens(hook, -1)
 
 
+@pytest.mark.numeric
 def test_skip_tokens_agree_across_experiments():
     from layerscope.experiments.extreme_prompts import extreme_prompts
     from layerscope.experiments.sublayers import sublayers
@@ -325,6 +328,7 @@ def test_extreme_prompts_bad_input(llama):
 # ------------------------------------------------------------------------------------------ sublayers
 
 
+@pytest.mark.numeric
 def test_sublayers_experiment(tmp_path):
     from layerscope.experiments.sublayers import SUBLAYER_POINTS, sublayers
     from layerscope.metrics.compute import compute_metrics
@@ -462,6 +466,7 @@ def test_bimodality_experiment(tmp_path):
 # ------------------------------------------------------------------------------------------ compare finetune
 
 
+@pytest.mark.numeric
 def test_compare_finetune(tmp_path):
     from layerscope.experiments.finetune import compare_finetune
 

@@ -27,6 +27,7 @@ def encode(folder) -> np.ndarray:
     return SentenceTransformer(str(folder), device="cpu").encode(TEXTS, batch_size=4, convert_to_numpy=True)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("family", TEXT_FAMILIES)
 @pytest.mark.parametrize(("final_norm", "pooling"), [("none", "mean"), ("all", "last"), ("none", "first")])
 def test_sentence_transformers_encode_equals_layerscope_at_the_layer(family, final_norm, pooling, tmp_path):
@@ -45,6 +46,7 @@ def test_sentence_transformers_encode_equals_layerscope_at_the_layer(family, fin
     assert result.parameters_full - result.parameters == block
 
 
+@pytest.mark.numeric
 def test_normalize_and_conditioning_are_carried_as_modules(tmp_path):
     from layerscope.extract.conditioning import fit_conditioner
 
@@ -104,6 +106,7 @@ def test_export_leaves_the_source_model_whole(tmp_path):
     before = ls.extract(model, TEXTS, progress=False).pooled
     export_layer(model, 1, tmp_path, max_length=64)
     assert len(model.blocks) == 4 and model.model.config.num_hidden_layers == 4
+    # exact: the same extraction again in this process; any change to the model's weights or blocks shows
     np.testing.assert_array_equal(ls.extract(model, TEXTS, progress=False).pooled, before)
 
 

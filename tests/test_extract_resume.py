@@ -73,11 +73,13 @@ def test_an_interrupted_measurement_resumes_and_is_bit_identical(model_dir, tmp_
     assert resumed.returncode == 0, resumed.stderr
     # the resumed run encoded only what the killed one had not: 5 batches of 4 texts were kept
     assert int(resumed.stdout.split()[-1]) == int(whole.stdout.split()[-1]) - 5 * 4
+    # exact: the resumed run encodes the texts left in the same length-sorted batches as the whole run, on
+    # this machine with the same threads, and reads the finished ones back: identical by construction
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "whole.npy"))
     # and once complete, the token metrics come with the embeddings: no forward pass at all
     again = run(MEASURE, str(model_dir), str(tmp_path / "cache-b"), str(tmp_path / "again.npy"), "0", "-", env=env)
     assert again.returncode == 0 and int(again.stdout.split()[-1]) == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), np.load(tmp_path / "whole.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), np.load(tmp_path / "whole.npy"))  # read back: exact
 
 
 EXTRACT = """
@@ -114,7 +116,7 @@ def test_two_writers_of_one_cache_entry_are_safe(model_dir, tmp_path):
     # one encoded the texts, the other waited for the entry and read it
     assert sorted(out.split()[-1] for out, _ in outputs) == ["False", "True"]
     assert any("another process is writing the cache entry" in err for _, err in outputs)
-    np.testing.assert_array_equal(np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy"))  # one read back: exact
 
 
 def test_a_layer_subset_stops_the_pass_and_is_cached_alone(tmp_path):
@@ -132,6 +134,8 @@ def test_a_layer_subset_stops_the_pass_and_is_cached_alone(tmp_path):
         for handle in handles:
             handle.remove()
     full = ls.extract(model, TEXTS[:6], progress=False)
+    # exact: the same batches through the same blocks, each layer pooled on its own (a pass stopped early
+    # changes nothing before it); then the cache read back
     np.testing.assert_array_equal(subset.pooled, full.pooled[[1, 2]])
     np.testing.assert_array_equal(again.pooled, subset.pooled)
     assert subset.layers == [1, 2]
@@ -155,7 +159,7 @@ def test_token_hook_state_round_trips(tiny_llama):
     second.load_state(first.state(positions), positions)
     for name, values in first.compute().items():
         for label, per_prompt in values.per_prompt.items():
-            np.testing.assert_array_equal(second.compute()[name].per_prompt[label], per_prompt)
+            np.testing.assert_array_equal(second.compute()[name].per_prompt[label], per_prompt)  # a copy: exact
     assert first.key() == hook().key()
     other = TokenMetrics([get("prompt_entropy").make_accumulator(len(TEXTS), alpha=2.0)])
     assert other.key() != TokenMetrics([get("prompt_entropy").make_accumulator(len(TEXTS))]).key()

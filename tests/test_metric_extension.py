@@ -52,6 +52,7 @@ def toys():
         unregister(spec.name)
 
 
+@pytest.mark.numeric
 def test_registered_metrics_are_computed_from_their_function(toys, tiny_llama):
     frame = ls.compute_metrics(tiny_llama, TEXTS, metrics="toy_norm,toy_spread", progress=False)
     pooled = ls.extract(tiny_llama, TEXTS, progress=False).pooled.astype(np.float64)  # (layers, 5, d)

@@ -172,6 +172,7 @@ def padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 # values against the references
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize(("n", "d"), [(12, 20), (30, 8)])  # Gram side and covariance side
 @pytest.mark.parametrize("normalization", F.NORMALIZATIONS)
@@ -183,6 +184,7 @@ def test_matrix_entropy_matches_reference(alpha, n, d, normalization):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_matrix_entropy_without_row_normalization(alpha):
     Z = random_stack(2, 10, 6, seed=3)
@@ -191,6 +193,7 @@ def test_matrix_entropy_without_row_normalization(alpha):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize(("n", "d"), [(12, 20), (30, 8)])
 def test_effective_rank_matches_reference(n, d):
     Z = random_stack(3, n, d, seed=5)
@@ -204,6 +207,7 @@ def test_effective_rank_matches_reference(n, d):
     )
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_prompt_and_dataset_entropy_match_reference(alpha):
     prompts = [random_stack(2, t, 7, seed=t) for t in (5, 9, 3, 12)]
@@ -222,6 +226,7 @@ def test_prompt_and_dataset_entropy_match_reference(alpha):
     )
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("abs_cos", [False, True])
 def test_curvature_matches_reference(abs_cos):
     prompts = [random_stack(3, t, 6, seed=t, spread=False) for t in (4, 8, 2, 6)]
@@ -233,6 +238,7 @@ def test_curvature_matches_reference(abs_cos):
     assert result.n_used.tolist() == [3, 3, 3] and result.n_skipped.tolist() == [1, 1, 1]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("tau", [0.1, 0.5])
 def test_infonce_and_ntxent_match_reference(tau):
     za = random_stack(2, 9, 5, seed=1)
@@ -248,6 +254,7 @@ def test_infonce_and_ntxent_match_reference(tau):
     np.testing.assert_allclose(ntxent.bound.numpy(), math.log(17) - expected, rtol=1e-10)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize(("n", "d"), [(6, 10), (14, 5)])  # n < d and n > d sides
 def test_lidar_matches_reference(alpha, n, d):
@@ -260,6 +267,7 @@ def test_lidar_matches_reference(alpha, n, d):
     np.testing.assert_allclose(result.lidar.numpy(), np.exp(raw), rtol=1e-8)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_dime_matches_reference(alpha):
     za = random_stack(2, 10, 6, seed=7)
@@ -275,6 +283,7 @@ def test_dime_matches_reference(alpha):
 # identities
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_orthonormal_rows_have_maximal_entropy(alpha):
     Q = random_rotation(16)[:, :10].T.contiguous()  # 10 orthonormal rows in R^16
@@ -284,6 +293,7 @@ def test_orthonormal_rows_have_maximal_entropy(alpha):
     assert F.matrix_entropy(Q, alpha, "raw").item() == pytest.approx(math.log(9), abs=1e-10)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("normalize_rows", [True, False])
 def test_rank_one_has_zero_entropy(alpha, normalize_rows):
@@ -294,6 +304,7 @@ def test_rank_one_has_zero_entropy(alpha, normalize_rows):
     assert F.effective_rank(Z, normalize_rows=normalize_rows).item() == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_gram_and_covariance_sides_agree(alpha):
     for n, d in [(8, 20), (25, 6)]:
@@ -309,10 +320,11 @@ def test_gram_and_covariance_sides_agree(alpha):
 
 def test_clamp_gram_is_off_by_default_and_changes_the_value():
     Z = random_stack(2, 10, 30, seed=2)
-    assert torch.equal(F.matrix_entropy(Z), F.matrix_entropy(Z, clamp_gram=False))
+    assert torch.equal(F.matrix_entropy(Z), F.matrix_entropy(Z, clamp_gram=False))  # one computation: exact
     assert not torch.allclose(F.matrix_entropy(Z), F.matrix_entropy(Z, clamp_gram=True))
 
 
+@pytest.mark.numeric
 def test_alpha_two_frobenius_equals_eigenvalue_path():
     for n, d in [(9, 14), (20, 5)]:
         Z = random_stack(3, n, d, seed=d)
@@ -321,11 +333,13 @@ def test_alpha_two_frobenius_equals_eigenvalue_path():
         torch.testing.assert_close(frobenius, eigen, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.numeric
 def test_alpha_near_one_approaches_shannon():
     Z = random_stack(2, 10, 8)
     torch.testing.assert_close(F.matrix_entropy(Z, 1.0 + 1e-7), F.matrix_entropy(Z, 1.0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numeric
 def test_effective_rank_is_at_least_exp_shannon_entropy():
     for seed in range(5):
         for n, d in [(10, 40), (40, 10), (16, 16)]:
@@ -344,6 +358,7 @@ def test_effective_rank_is_at_least_exp_shannon_entropy():
 # invariances
 
 
+@pytest.mark.numeric
 def test_entropies_are_invariant_to_row_permutation():
     Z = random_stack(2, 15, 9, seed=11)
     perm = torch.randperm(15, generator=torch.Generator().manual_seed(0))
@@ -354,6 +369,7 @@ def test_entropies_are_invariant_to_row_permutation():
     torch.testing.assert_close(F.prompt_entropy(tokens[:, :, perm]).mean, F.prompt_entropy(tokens).mean)
 
 
+@pytest.mark.numeric
 def test_all_metrics_are_invariant_to_feature_rotation():
     d = 7
     Q = random_rotation(d, seed=3)
@@ -392,14 +408,15 @@ def test_dime_positive_for_identical_views_and_near_zero_for_independent():
 def test_dime_is_seeded_and_legacy_covariance_is_an_option():
     za = random_stack(2, 20, 6, seed=1)
     zb = za + 0.5 * random_stack(2, 20, 6, seed=2, spread=False)
-    assert torch.equal(F.dime(za, zb, seed=5), F.dime(za, zb, seed=5))
+    assert torch.equal(F.dime(za, zb, seed=5), F.dime(za, zb, seed=5))  # the same call again: exact
     assert not torch.equal(F.dime(za, zb, seed=5), F.dime(za, zb, seed=6))
     legacy = F.dime(za, zb, legacy_covariance=True)  # n > d: d x d covariances, a different value
     assert legacy.shape == (2,) and not torch.allclose(legacy, F.dime(za, zb))
     small = za[:, :5]  # n <= d: legacy falls back to the n x n Grams
-    assert torch.equal(F.dime(small, zb[:, :5], legacy_covariance=True), F.dime(small, zb[:, :5]))
+    assert torch.equal(F.dime(small, zb[:, :5], legacy_covariance=True), F.dime(small, zb[:, :5]))  # one path: exact
 
 
+@pytest.mark.numeric
 def test_dime_chunking_does_not_change_values(monkeypatch):
     za = random_stack(5, 12, 6, seed=1)
     zb = za + 0.5 * random_stack(5, 12, 6, seed=2, spread=False)
@@ -411,6 +428,7 @@ def test_dime_chunking_does_not_change_values(monkeypatch):
     torch.testing.assert_close(F.lidar(views).entropy, lidar_whole, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.numeric
 def test_curvature_straight_line_and_back_and_forth():
     direction = torch.randn(8, dtype=torch.float64)
     start = torch.randn(8, dtype=torch.float64)
@@ -425,6 +443,7 @@ def test_curvature_straight_line_and_back_and_forth():
     assert F.curvature(right_angles.reshape(1, 1, 4, 2)).mean.item() == pytest.approx(math.pi / 2)
 
 
+@pytest.mark.numeric
 def test_stacked_layers_equal_a_per_layer_loop():
     Z = random_stack(4, 10, 6, seed=2)
     zb = Z + 0.3 * random_stack(4, 10, 6, seed=3, spread=False)
@@ -443,6 +462,7 @@ def test_stacked_layers_equal_a_per_layer_loop():
     torch.testing.assert_close(F.matrix_entropy(Z.reshape(2, 2, 10, 6)), F.matrix_entropy(Z).reshape(2, 2))
 
 
+@pytest.mark.numeric
 def test_low_precision_inputs_are_computed_in_float64():
     Z = random_stack(2, 10, 6).to(torch.bfloat16)
     got = F.matrix_entropy(Z)
@@ -456,7 +476,7 @@ def test_low_precision_inputs_are_computed_in_float64():
 
 def test_normalize_keeps_zero_rows_zero():
     Z = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
-    assert torch.equal(F.normalize(Z), torch.zeros_like(Z))  # every row equals the mean
+    assert torch.equal(F.normalize(Z), torch.zeros_like(Z))  # every row equals the mean (of equal rows: exact)
     Z = torch.tensor([[0.1, 0.2, 0.3], [1.0, -1.0, 2.0], [0.1, 0.2, 0.3], [-3.0, 0.0, 1.0]], dtype=torch.float64)
     mask = torch.tensor([True, True, True, False])
     out = F.normalize(Z, mask)
@@ -472,6 +492,7 @@ def test_identical_rows_give_zero_entropy_not_nan():
     assert F.effective_rank(Z).tolist() == [1.0, 1.0]
 
 
+@pytest.mark.numeric
 def test_zero_rows_add_nothing_without_row_normalization():
     Z = random_stack(2, 6, 9, seed=1)
     with_zeros = torch.cat([Z, torch.zeros(2, 3, 9, dtype=torch.float64)], dim=1)
@@ -513,6 +534,7 @@ def test_short_prompts_are_skipped_and_counted():
     assert zero_tokens.n_used.tolist() == [0, 0] and torch.isnan(zero_tokens.mean).all()  # counted, not silent
 
 
+@pytest.mark.numeric
 def test_repeated_tokens_leave_out_zero_steps():
     a, b, c = (torch.randn(4, dtype=torch.float64) for _ in range(3))
     path = torch.stack([a, b, b, c]).reshape(1, 1, 4, 4)  # steps: b-a, 0, c-b
@@ -557,6 +579,7 @@ def test_bad_options_raise_clear_errors():
         F.infonce(Z, Z, variant="simclr")
 
 
+@pytest.mark.numeric
 def test_numpy_and_torch_eigenvalue_backends_agree(monkeypatch):
     Z = random_stack(2, 40, 30, seed=6)
     matrices = F.normalize(Z) @ F.normalize(Z).mT
@@ -567,6 +590,7 @@ def test_numpy_and_torch_eigenvalue_backends_agree(monkeypatch):
     assert via_numpy.dtype == torch.float64 and via_numpy.shape == (2, 40)
 
 
+@pytest.mark.numeric
 def test_lidar_scatter_blocks_do_not_change_values(monkeypatch):
     generator = torch.Generator().manual_seed(2)
     views = torch.randn(2, 9, 3, 5, generator=generator, dtype=torch.float64) + torch.randn(2, 9, 1, 5, generator=generator, dtype=torch.float64)
@@ -589,6 +613,7 @@ def ref_clamped_prompt_entropy(tokens: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+@pytest.mark.numeric
 def test_clamped_prompt_entropy_takes_each_prompts_own_gram_side_whatever_the_padding():
     generator = torch.Generator().manual_seed(21)
     d = 8
@@ -615,6 +640,7 @@ def test_clamped_prompt_entropy_takes_each_prompts_own_gram_side_whatever_the_pa
     assert not np.allclose(covariance_side.numpy(), expected_short, rtol=1e-6)
 
 
+@pytest.mark.numeric
 def test_read_only_arrays_are_read_silently_and_equal_to_a_copy(tmp_path):
     """The embedding cache is memory-mapped read-only; a metric given it must not print torch's
     "non-writable array" warning. Torch warns once per process, so the check runs in a fresh one."""

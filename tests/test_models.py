@@ -43,7 +43,7 @@ def test_tiny_models_are_deterministic():
     first, second = tiny_model("gpt2", seed=3), tiny_model("gpt2", seed=3)
     other = tiny_model("gpt2", seed=4)
     a, b, c = (next(m.model.parameters()) for m in (first, second, other))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # one seeded initialization twice: exact
 
 
 def test_final_norm_option_is_validated():
@@ -87,6 +87,7 @@ HF_WITHOUT_EMBEDDINGS = {"mamba"}
 POSITIONS_AFTER_EMBEDDINGS = {"gpt2"}
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("family", families_under_test("text"))
 def test_adapter_paths_give_hugging_face_states(family):
     """The adapter's block list, final norm and embeddings give the states Hugging Face itself reports."""
@@ -140,6 +141,7 @@ def _inputs(model) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("family", POINT_FAMILIES)
 def test_block_points_match_the_block_structure(family):
     """The adapter's sub-layer points (TransformerLens names) are the states of the block's own arithmetic."""
@@ -180,6 +182,7 @@ def test_block_points_match_the_block_structure(family):
         torch.testing.assert_close(points["resid_mid"][0], normed)
 
 
+@pytest.mark.numeric
 def test_sequential_gpt_neox_reads_the_post_attention_residual():
     """A GPT-NeoX block without parallel residual computes resid_mid; the adapter reads it there."""
     from transformers import AutoModel
@@ -219,11 +222,12 @@ def test_bundled_models_load_offline_and_cache_the_dequantized_weights():
     start = time.perf_counter()
     again = ls.load_model("smollm2-135m")
     assert time.perf_counter() - start < 15  # the safetensors cache, not a second dequantization
-    assert torch.equal(next(model.model.parameters()), next(again.model.parameters()))
+    assert torch.equal(next(model.model.parameters()), next(again.model.parameters()))  # read back: exact
     minilm = ls.load_model("minilm-l6")
     assert (minilm.num_layers, minilm.hidden_size, minilm.adapter.family) == (6, 384, "bert")
 
 
+@pytest.mark.numeric
 def test_device_map_loads_a_big_model_in_place(tmp_path, monkeypatch):
     """``device="map"`` asks accelerate for device_map="auto" (here all on the CPU) and extracts alike."""
     import numpy as np

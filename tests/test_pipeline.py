@@ -41,6 +41,10 @@ def test_analyze_writes_store_plots_and_report(tiny_run):
     assert set(scores["task"]) == {"LeeDocumentSTS", "DebatePartyClassification"}
     assert set(scores["layer"]) == set(range(model.num_layers + 1))
     assert np.isfinite(metrics["value"]).all()
+    # the run records its task suite: here two named tasks, no versioned suite
+    assert result.record["suite"] == {"name": "LeeDocumentSTS,DebatePartyClassification", "version": None,
+                                      "tasks": ["LeeDocumentSTS", "DebatePartyClassification"]}
+    assert runs.iloc[0]["data_source"] == "tasks: LeeDocumentSTS, DebatePartyClassification"
 
 
 def test_each_text_goes_through_the_model_once_plus_its_views(tiny_run):
@@ -101,7 +105,7 @@ def test_select_by_takes_rules_and_the_default_is_the_recorded_one(tiny_run):
 
 
 def test_the_record_holds_the_views_each_set_got(tiny_run):
-    """Issue 25: the run records its views budget and, per text set, min(cap, the set's texts)."""
+    """Issue 25: the run records its views budget and each text set's share of it."""
     import json
 
     result, _, out, _ = tiny_run
@@ -110,10 +114,18 @@ def test_the_record_holds_the_views_each_set_got(tiny_run):
     assert (views["n_views"], views["view_texts"], views["lidar_texts"]) == (4, 16, 8)
     sizes = result.metrics.groupby(["dataset", "metric"])["n_used"].max()
     texts = result.metrics.query("metric == 'dataset_entropy'").groupby("dataset")["n_used"].max()
+    from layerscope.metrics.views import shares
+
+    parts = {name: got for name, got in views["sets"].items() if name != ALL_TASKS}
+    expected = dict(zip(parts, zip(shares([got["texts"] for got in parts.values()], 16),
+                                   shares([got["texts"] for got in parts.values()], 8), strict=True), strict=True))
     for name, got in views["sets"].items():
         assert got["texts"] == texts[name]
         assert got["pair_texts"] == sizes[name, "dime"] == sizes[name, "infonce"]
         assert got["lidar_texts"] == sizes[name, "lidar"]
-        if name != ALL_TASKS:  # the union holds every set's view texts
-            assert got["pair_texts"] == min(16, got["texts"]) and got["lidar_texts"] == min(8, got["texts"])
+        if name != ALL_TASKS:  # the union holds every set's view texts; each set its share of the run's budget
+            assert (got["pair_texts"], got["lidar_texts"]) == expected[name]
+    union = views["sets"][ALL_TASKS]
+    assert (union["pair_texts"], union["lidar_texts"]) == (views["run_pair_texts"], views["run_lidar_texts"])
+    assert union["pair_texts"] <= 16 and union["lidar_texts"] <= 8
     assert views["view_passes"] == result.record["n_forward_texts"] - result.record["n_kept"]

@@ -17,6 +17,7 @@ from cli_helpers import cli_runs
 from layerscope.config import (
     DEFAULT_LIDAR_TEXTS,
     DEFAULT_N_VIEWS,
+    DEFAULT_VIEW_MAX_LENGTH,
     DEFAULT_VIEW_TEXTS,
     AnalysisConfig,
     MetricsConfig,
@@ -25,7 +26,7 @@ from layerscope.config import (
 from layerscope.errors import LayerscopeError
 from layerscope.metrics import budget
 from layerscope.metrics.registry import resolve
-from layerscope.metrics.views import plan_views
+from layerscope.metrics.views import plan_views, shares
 from layerscope.store import ResultsStore
 
 TEXTS = [f"Sentence number {i} says something about topic {i % 5} in a few words." for i in range(24)]
@@ -35,7 +36,8 @@ TEXTS = [f"Sentence number {i} says something about topic {i % 5} in a few words
 
 
 def test_every_command_defaults_to_the_one_budget():
-    budget_fields = {"n_views": DEFAULT_N_VIEWS, "view_texts": DEFAULT_VIEW_TEXTS, "lidar_texts": DEFAULT_LIDAR_TEXTS}
+    budget_fields = {"n_views": DEFAULT_N_VIEWS, "view_texts": DEFAULT_VIEW_TEXTS, "lidar_texts": DEFAULT_LIDAR_TEXTS,
+                     "view_max_length": DEFAULT_VIEW_MAX_LENGTH}
     assert ViewConfig().to_dict() == budget_fields
     assert MetricsConfig().views == AnalysisConfig().views == ViewConfig()
     from layerscope.metrics.compute import compute_metrics
@@ -88,14 +90,16 @@ def test_the_command_line_takes_all_and_numbers():
         result = runner.invoke(app, argv)
         assert result.exit_code == 0, result.output
         assert seen.pop() == expected
+    result = runner.invoke(app, ["--view-max-length", "all"])
+    assert result.exit_code == 0 and seen.pop().view_max_length is None
     result = runner.invoke(app, ["--view-texts", "lots"])
     assert result.exit_code != 0 and "view_texts must be an integer >= 2 or 'all', got 'lots'" in str(result.exception)
 
 
 def test_describe_says_all_for_a_lifted_cap():
     rows = dict(ViewConfig(view_texts="all", lidar_texts=64).describe())
-    assert rows == {"Views per text (LiDAR)": "16", "Texts with 2 views per set": "all",
-                    "Texts with all views per set": "64"}
+    assert rows == {"Views per text (LiDAR)": "16", "Texts with 2 views": "all", "Texts with all views": "64",
+                    "Tokens per view": "128"}
     assert ViewConfig(n_views=8, view_texts=256, lidar_texts=None).budget() == \
         "LiDAR on all texts x 8 views, InfoNCE and DiME on 256 texts x 2 views"
 
@@ -118,15 +122,17 @@ def test_the_budget_line_counts_the_planned_views():
                             needs_lidar=False, seed=0)
     assert budget.budget_line(pairs_only, resolve("dime")) == "DiME on 300 texts x 2 views: 600 extra forward passes"
     assert budget.budget_line(pairs_only, resolve("dataset_entropy,curvature")) is None
-    # several sets (analyze: one per task, and the union of all): per set, "up to" where they differ
+    # several sets (analyze: one per task, and the union of all): the run's budget, spread over them
     sets = {"a": range(0, 50), "b": range(50, 300)}
     several = plan_views(sets, n_views=4, view_texts=100, lidar_texts=20, needs_pairs=True, needs_lidar=True, seed=0,
                          union="all")
-    n_encoded = 4 * (20 + 20) + 2 * ((50 - 20) + (100 - 20))
+    lidar, pairs = shares([50, 250], 20), shares([50, 250], 100)
+    assert sum(lidar) == 20 and sum(pairs) == 100  # disjoint sets: their shares add up to the budget
+    n_encoded = 4 * 20 + 2 * (100 - 20)
     assert several.n_encoded == n_encoded
-    assert budget.budget_line(several, specs, union="all") == (
-        f"LiDAR on 20 texts x 4 views, InfoNCE and DiME on up to 100 texts x 2 views per text set (2 sets): "
-        f"{n_encoded:,} extra forward passes")
+    assert budget.budget_line(several, specs, union="all", views=ViewConfig(4, 100, 20)) == (
+        f"LiDAR on 20 texts x 4 views, InfoNCE and DiME on 100 texts x 2 views (spread over 2 text sets), views cut "
+        f"at 128 tokens: {n_encoded:,} extra forward passes")
 
 
 def test_measure_says_the_line_before_the_work_and_records_the_effective_sizes(tiny_llama):
@@ -138,11 +144,13 @@ def test_measure_says_the_line_before_the_work_and_records_the_effective_sizes(t
                               progress=False, notify=said.append)
     finally:
         handle.remove()
-    assert said == ["LiDAR on 3 texts x 4 views, InfoNCE and DiME on 10 texts x 2 views: 26 extra forward passes"]
+    assert said == ["LiDAR on 3 texts x 4 views, InfoNCE and DiME on 10 texts x 2 views, views cut at 128 tokens: "
+                    "26 extra forward passes"]
     assert first_pass[0] == 1  # said before the model ran
     assert measured.plan.n_encoded == 4 * 3 + 2 * (10 - 3) == 26
     record = measured.record["views"]
-    assert record == {"n_views": 4, "view_texts": 10, "lidar_texts": 3, "view_passes": 26,
+    assert record == {"n_views": 4, "view_texts": 10, "lidar_texts": 3, "view_max_length": 128, "run_pair_texts": 10,
+                      "run_lidar_texts": 3, "view_passes": 26,
                       "sets": {"texts": {"texts": 24, "pair_texts": 10, "lidar_texts": 3}}}
     rows = measured.metrics.query("layer == 0").groupby("metric")["n_used"].max()
     assert rows["lidar"] == 3 and rows["infonce"] == rows["dime"] == 10 and rows["dataset_entropy"] == 24
@@ -154,13 +162,40 @@ def test_measure_says_the_line_before_the_work_and_records_the_effective_sizes(t
     assert again.record["views"]["view_texts"] == "all" and said[-1].endswith(": 96 extra forward passes")
 
 
+def test_views_are_cut_at_their_token_budget_and_the_texts_are_not(tiny_llama, monkeypatch):
+    from layerscope.metrics import compute
+
+    lengths: dict[str, list[int]] = {"texts": [], "views": []}
+    stage = ["texts"]
+    original = compute.encode_planned
+
+    def encode_planned(*args, **kwargs):
+        stage[0] = "views"
+        return original(*args, **kwargs)
+
+    def seen(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        lengths[stage[0]].append(int(ids.shape[1]))
+
+    monkeypatch.setattr(compute, "encode_planned", encode_planned)
+    handle = tiny_llama.model.register_forward_pre_hook(seen, with_kwargs=True)
+    try:
+        measured = ls.measure(tiny_llama, TEXTS, metrics="dime", views=ViewConfig(view_texts=8, view_max_length=5),
+                              progress=False)
+    finally:
+        handle.remove()
+    assert max(lengths["texts"]) > 5  # the texts' pass keeps their full length (each has over 5 tokens)
+    assert lengths["views"] and max(lengths["views"]) <= 5
+    assert measured.record["views"]["view_max_length"] == 5
+
+
 def test_the_estimate_is_said_from_a_probe_of_the_planned_passes(tiny_llama, monkeypatch):
     said: list[str] = []
     monkeypatch.setattr(budget, "PROBE_FROM_PASSES", 0)
     monkeypatch.setattr(budget, "SAY_FROM_SECONDS", 0.0)
     measured = ls.measure(tiny_llama, TEXTS, metrics="prompt_entropy,dime", views=ViewConfig(view_texts=8),
                           progress=False, notify=said.append)
-    assert said[0] == "DiME on 8 texts x 2 views: 16 extra forward passes"
+    assert said[0] == "DiME on 8 texts x 2 views, views cut at 128 tokens: 16 extra forward passes"
     assert len(said) == 2 and said[1].startswith("about ")
     assert said[1].endswith("on this machine: 40 forward passes (24 texts + 16 views)")
     assert measured.record["estimated_s"] is not None and measured.record["estimated_s"] >= 0

@@ -16,7 +16,7 @@ from layerscope.extract import extract_images, prepare_images
 from layerscope.metrics import functional as F
 from layerscope.models.tiny import tiny_model
 
-TOL = 1e-5
+TOL = 1e-5  # float32 states of O(1) in other batch shapes or HF's own call: a few ulps (1.2e-7)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_digits_are_the_bundled_scikit_learn_images():
     assert data.images.max() == 255 and data.images.min() == 0
     assert sorted(set(data.labels.tolist())) == list(range(10)) and len(data.classes) == 10
     small = load_images("digits", limit=50, seed=3)
-    assert len(small) == 50 and np.array_equal(small.images, load_images("digits", limit=50, seed=3).images)
+    assert len(small) == 50 and np.array_equal(small.images, load_images("digits", limit=50, seed=3).images)  # uint8
 
 
 def test_image_folders_npz_and_idx_files(tmp_path):
@@ -60,7 +60,7 @@ def test_image_folders_npz_and_idx_files(tmp_path):
     with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as handle:
         handle.write(bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + bytes([7, 1]))
     fashion = load_images(f"fashion-mnist:{tmp_path}")
-    assert np.array_equal(fashion.images, images) and fashion.labels.tolist() == [7, 1]
+    assert np.array_equal(fashion.images, images) and fashion.labels.tolist() == [7, 1]  # uint8 read back: exact
 
 
 @pytest.mark.parametrize(("source", "message"), [
@@ -73,6 +73,7 @@ def test_bad_image_sources(source, message):
         load_images(source)
 
 
+@pytest.mark.numeric
 def test_prepare_images_sizes_channels_and_normalizes(vit, digits):
     pixels = prepare_images(vit, digits.images)
     assert pixels.shape == (40, 1, 28, 28) and pixels.dtype == torch.float32
@@ -97,6 +98,7 @@ def test_prepare_images_sizes_channels_and_normalizes(vit, digits):
 # ------------------------------------------------------------------------------------------ extraction
 
 
+@pytest.mark.numeric
 def test_extract_images_gives_every_layer_like_hugging_face(vit, digits):
     pixels = prepare_images(vit, digits.images[:6])
     result = extract_images(vit, pixels, prepared=True, progress=False)
@@ -133,7 +135,7 @@ def test_image_token_hook_and_cache(vit, digits, tmp_path):
         n_forward = len(calls)
         again = extract_images(vit, pixels, prepared=True, cache_dir=str(tmp_path), progress=False)
         assert again.from_cache and len(calls) == n_forward
-        np.testing.assert_array_equal(np.asarray(again.pooled), np.asarray(first.pooled))
+        np.testing.assert_array_equal(np.asarray(again.pooled), np.asarray(first.pooled))  # the cache read back
         extract_images(vit, pixels[:4], prepared=True, cache_dir=str(tmp_path), progress=False)  # other images, other entry
         assert len(calls) > n_forward
     finally:
@@ -155,7 +157,7 @@ def test_random_resized_crops():
     pixels = torch.rand(3, 1, 12, 10)
     views = random_resized_crops(pixels, 4, seed=0)
     assert views.shape == (4, 3, 1, 12, 10)
-    assert torch.equal(random_resized_crops(pixels, 4, seed=0), views)
+    assert torch.equal(random_resized_crops(pixels, 4, seed=0), views)  # the same call again: exact
     assert not torch.allclose(random_resized_crops(pixels, 4, seed=1), views)
     assert not torch.allclose(views[0], views[1])
     # the full box (its width / height is the image's 10 / 12), no flip: the images themselves; with
@@ -178,6 +180,7 @@ def test_random_resized_crops():
 # ------------------------------------------------------------------------------------------ metrics
 
 
+@pytest.mark.numeric
 def test_compute_metrics_on_images_matches_the_formulas(vit, digits):
     frame = ls.compute_metrics(vit, digits.images[:12], metrics="dataset_entropy,prompt_entropy,dime", n_views=2,
                                seed=0, progress=False)
@@ -211,7 +214,7 @@ def test_linear_probe_finds_the_informative_layer():
     assert probe.loc[1, "accuracy"] == 1.0 and probe.loc[0, "accuracy"] < 0.7
     assert probe["n_train"].nunique() == 1 and probe.loc[0, "chance"] == pytest.approx(1 / 3, abs=0.02)
     np.testing.assert_array_equal(linear_probe(np.stack([noise, signal]), labels, seed=1)["accuracy"],
-                                  probe["accuracy"])  # seeded: the same split and fit
+                                  probe["accuracy"])  # seeded: the same split and fit in this process, exact
     with pytest.raises(ls.LayerscopeError, match="2 classes"):
         linear_probe(np.stack([noise]), np.zeros(120, int))
     with pytest.raises(ls.LayerscopeError, match="at least 2 examples"):

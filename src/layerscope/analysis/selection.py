@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.tables import (
+    ScoreGrid,
     default_normalization,
     infer_last_layer,
     metric_datasets,
@@ -365,17 +366,8 @@ def select_layers(
         add_rule(f"depth {fraction * 100:g}%", "depth", dict.fromkeys(grid.tasks, layer))
 
     if metrics_df is not None and not metrics_df.empty:
-        present = sorted(metrics_df["metric"].dropna().astype(str).unique())
-        if metrics is None:
-            chosen_metrics = present
-            strict = False
-        else:
-            chosen_metrics = list(metrics)
-            for metric in chosen_metrics:
-                if metric not in present:
-                    raise unknown("metric", metric, present)
-            strict = True
-        found = metric_directions(chosen_metrics, directions, strict=strict)
+        chosen_metrics = _chosen_metrics(metrics_df, metrics)
+        found = metric_directions(chosen_metrics, directions, strict=metrics is not None)
         for metric in chosen_metrics:
             if metric not in found:
                 continue
@@ -387,17 +379,7 @@ def select_layers(
             )
             orientations = [found[metric], not found[metric]] if both_directions else [found[metric]]
             for higher in orientations:
-                choices: dict[str, int] = {}
-                fallbacks: dict[str, bool] = {}
-                sources: dict[str, str] = {}
-                for task in grid.tasks:
-                    profile, source = profiles[task]
-                    layer = None if profile is None else _select_from_profile(profile, higher, grid.layers)
-                    if layer is None:
-                        layer, fallbacks[task], sources[task] = grid_last, True, "last layer (no metric)"
-                    else:
-                        sources[task] = source
-                    choices[task] = layer
+                choices, fallbacks, sources = _metric_choices(profiles, higher, grid)
                 add_rule(
                     f"{'max' if higher else 'min'} {canonical_metric(metric)}",
                     "metric",
@@ -411,6 +393,37 @@ def select_layers(
     frame = pd.DataFrame.from_records(records)
     frame.attrs["score_grid"] = grid.describe()
     return frame
+
+
+def _chosen_metrics(metrics_df: pd.DataFrame, metrics: Iterable[str] | None) -> list[str]:
+    """The metrics to select by: those asked for (each must be in the table), else all present."""
+    present = sorted(metrics_df["metric"].dropna().astype(str).unique())
+    if metrics is None:
+        return present
+    chosen = list(metrics)
+    for metric in chosen:
+        if metric not in present:
+            raise unknown("metric", metric, present)
+    return chosen
+
+
+def _metric_choices(
+    profiles: Mapping[str, tuple[pd.Series | None, str]], higher: bool, grid: ScoreGrid
+) -> tuple[dict[str, int], dict[str, bool], dict[str, str]]:
+    """Per task: the layer where its metric profile is best (``higher``: the maximum), whether it fell
+    back to the last scored layer (no profile), and the text source used."""
+    choices: dict[str, int] = {}
+    fallbacks: dict[str, bool] = {}
+    sources: dict[str, str] = {}
+    for task in grid.tasks:
+        profile, source = profiles[task]
+        layer = None if profile is None else _select_from_profile(profile, higher, grid.layers)
+        if layer is None:
+            layer, fallbacks[task], sources[task] = grid.layers[-1], True, "last layer (no metric)"
+        else:
+            sources[task] = source
+        choices[task] = layer
+    return choices, fallbacks, sources
 
 
 def selection_table(

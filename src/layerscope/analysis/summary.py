@@ -27,7 +27,7 @@ from layerscope.analysis.rules import MetricRule, SelectionRule
 from layerscope.analysis.selection import selection_table
 from layerscope.analysis.tables import infer_last_layer, metric_datasets, per_layer_table
 from layerscope.errors import LayerscopeError
-from layerscope.evaluate.uncertainty import BestVersusLast, best_versus_last, has_bootstrap, layer_intervals
+from layerscope.evaluate.intervals import BestVersusLast, best_versus_last, has_bootstrap, layer_intervals
 from layerscope.metrics.registry import metric_label
 
 __all__ = ["ALL_TEXTS", "Summary", "reference_metrics", "summarize"]

@@ -3,13 +3,18 @@
 Needs the ``mteb`` extra (but for :mod:`~layerscope.evaluate.probe`, the linear probe of vision
 models). Submodules, one job each:
 
-- :mod:`~layerscope.evaluate.registry`: the task registry and :func:`resolve` (what ``--tasks`` accepts);
+- :mod:`~layerscope.evaluate.registry`: the task registry, where tasks register themselves;
 - :mod:`~layerscope.evaluate.offline`: the offline suite, MTEB task classes over bundled corpora;
+- :mod:`~layerscope.evaluate.offline_v2`: suite v2's tasks over data fetched from the package registries;
 - :mod:`~layerscope.evaluate.hub_tasks`: the paper's 32 MTEB hub tasks;
 - :mod:`~layerscope.evaluate.task_files`: a user's labelled files as MTEB tasks;
+- :mod:`~layerscope.evaluate.catalog`: the built-in tasks and :func:`resolve` (what ``--tasks`` accepts);
 - :mod:`~layerscope.evaluate.sampling`: seeded samples and dataset layouts shared by those;
+- :mod:`~layerscope.evaluate.seeds`: the seeds of evaluations (a task reseeded as a fresh one);
 - :mod:`~layerscope.evaluate.encoder`: MTEB encoders over cached embeddings;
 - :mod:`~layerscope.evaluate.runner`: :func:`evaluate_layers`, :func:`run_mteb`;
+- :mod:`~layerscope.evaluate.resampling`: what the bootstrap of a task resamples, and the draws;
+- :mod:`~layerscope.evaluate.intervals`: the bootstrap record kept with the scores, and its intervals;
 - :mod:`~layerscope.evaluate.uncertainty`: bootstrap intervals of per-layer scores (MTEB on resamples);
 - :mod:`~layerscope.evaluate.few_labels`: a layer chosen by cross-validation on K labels per class;
 - :mod:`~layerscope.evaluate.select`: :func:`select_layer_with_labels` (``layerscope select``).
@@ -45,7 +50,7 @@ def __getattr__(name: str) -> Any:
     """Import on first use: MTEB (runner, tasks) takes seconds to import and the probe needs none of it."""
     import importlib
 
-    for module, names in (("runner", _RUNNER), ("offline", _OFFLINE), ("hub_tasks", _HUB_TASKS), ("registry", _REGISTRY),
+    for module, names in (("runner", _RUNNER), ("catalog", _OFFLINE), ("hub_tasks", _HUB_TASKS), ("catalog", _REGISTRY),
                           ("task_files", _TASK_FILES), ("probe", _PROBE), ("select", _SELECT)):
         if name in names:
             return getattr(importlib.import_module(f"layerscope.evaluate.{module}"), name)

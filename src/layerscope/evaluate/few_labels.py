@@ -232,7 +232,8 @@ def gain_over_last(hits: Mapping[str, np.ndarray], position: int, *, n_resamples
     -------
     (gain, low, high) : tuple of float
     """
-    from layerscope.evaluate.uncertainty import _interval, resample_indices
+    from layerscope.evaluate.intervals import _interval
+    from layerscope.evaluate.resampling import resample_indices
 
     differences = {task: (rows[position].astype(float) - rows[-1].astype(float)) for task, rows in hits.items()}
     gain = 100 * float(np.mean([difference.mean() for difference in differences.values()]))

@@ -11,7 +11,11 @@ import functools
 import mteb
 from mteb.abstasks import AbsTask
 
+# the offline suite registers first (group order: offline, paper32), and the unknown-name error raised
+# here lists its tasks
+from layerscope.evaluate import offline  # noqa: F401
 from layerscope.evaluate.registry import register_task, unknown_task
+from layerscope.evaluate.seeds import reseed
 
 __all__ = ["PAPER32", "hub_task", "paper32"]
 
@@ -73,8 +77,6 @@ def hub_task(name: str, seed: int | None = None) -> AbsTask:
     except KeyError:
         raise unknown_task(name) from None
     if seed is not None:
-        from layerscope.evaluate.runner import reseed
-
         reseed(task, seed)
     return task
 

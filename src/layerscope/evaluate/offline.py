@@ -1,11 +1,12 @@
-"""The offline task suite: MTEB task classes over the bundled corpora (no network).
+"""The offline task suite: MTEB task classes over the bundled corpora (no network), suite v1's 11 tasks.
 
 Every task builds its data in memory from the corpora of :mod:`layerscope.data.bundled` (see
 ``layerscope datasets``), samples it with a fixed seed, and is evaluated by MTEB's own evaluators.
-Sizes are capped so that the whole suite (about 1,450 unique texts, long documents cut to their first
-~``MAX_CHARS`` = 400 characters) runs over all 31 layers of SmolLM2 in a few minutes on 2 CPU cores.
+Sizes are capped so that these 11 tasks (about 1,450 unique texts, long documents cut to their first
+~``MAX_CHARS`` = 400 characters) run over all 31 layers of SmolLM2 in a few minutes on 2 CPU cores.
 Texts shared between tasks (e.g. the BBC articles of the classification, clustering and pair tasks)
-are encoded once.
+are encoded once. They are group ``offline-v1``; the current suite, ``offline`` (v2, :data:`SUITES`),
+adds the tasks of :mod:`~layerscope.evaluate.offline_v2` over data fetched from the package registries.
 
 Provenance (source, license, package and version, reference, citation) is read from the corpus
 table of :mod:`layerscope.data.bundled`, where it is written once. Each task class registers itself
@@ -33,8 +34,8 @@ from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from layerscope.data.bundled import corpus_info
-from layerscope.evaluate.registry import group, register_task
+from layerscope.data.bundled import CorpusInfo, corpus_info
+from layerscope.evaluate.registry import register_task
 from layerscope.evaluate.sampling import (
     DATA_SEED,
     MAX_CHARS,
@@ -47,14 +48,14 @@ from layerscope.evaluate.sampling import (
 __all__ = [
     "MAIN_SCORES",
     "OFFLINE_TASKS",
+    "SUITES",
     "LocalTask",
     "OfflineTask",
     "PooledClassification",
     "PooledClustering",
     "TaskInfo",
-    "describe_offline",
-    "offline_names",
-    "offline_suite",
+    "suite_label",
+    "suite_record",
     "task_metadata",
 ]
 
@@ -67,7 +68,14 @@ MAIN_SCORES = {
     "STS": "cosine_spearman",
     "PairClassification": "max_ap",
     "Reranking": "map_at_1000",
+    "Retrieval": "ndcg_at_10",
 }
+
+#: Version of each offline suite (a group of the registry). ``offline`` is the current suite: suite v1's
+#: 11 tasks plus those of :mod:`~layerscope.evaluate.offline_v2` over fetched data; ``offline-v1`` keeps
+#: the 11, so runs recorded on it stay comparable. Every analysis run records its suite
+#: (:func:`suite_record`).
+SUITES = {"offline": 2, "offline-v1": 1}
 
 
 def task_metadata(
@@ -162,13 +170,38 @@ _CORPUS_TERMS: dict[str, dict[str, Any]] = {
 }
 
 
+def _corpus_info(corpus: str) -> CorpusInfo:
+    """Provenance of a bundled corpus, or of a fetched one (:mod:`layerscope.data.fetched`)."""
+    if corpus in _CORPUS_TERMS:
+        return corpus_info(corpus)
+    from layerscope.data.fetched import fetched_info
+
+    return fetched_info(corpus)
+
+
+def _corpus_terms(corpus: str) -> dict[str, Any]:
+    if corpus in _CORPUS_TERMS:
+        return _CORPUS_TERMS[corpus]
+    from layerscope.data.fetched import FETCHED
+
+    return FETCHED[corpus].terms
+
+
 def offline_metadata(corpus: str, *, name: str, description: str, type: str, subtypes: Sequence[str] = (),
                      annotations: str = "derived") -> TaskMetadata:
-    """Metadata of an offline task over a bundled corpus, its provenance read from the corpus table."""
-    info = corpus_info(corpus)
-    return task_metadata(name=name, description=description, type=type, path=f"layerscope/bundled/{corpus}",
-                         revision=f"{info.package}=={info.version}", reference=info.reference or None,
-                         citation=info.citation, subtypes=subtypes, annotations=annotations, **_CORPUS_TERMS[corpus])
+    """Metadata of an offline task over a bundled or fetched corpus, its provenance read from the corpus table."""
+    info = _corpus_info(corpus)
+    kind = "bundled" if corpus in _CORPUS_TERMS else "fetched"
+    revision = f"{info.package}=={info.version}"
+    if kind == "fetched":  # the archive itself, as pinned: name, version and sha256
+        from layerscope.data.fetch import source
+        from layerscope.data.fetched import FETCHED
+
+        item = source(FETCHED[corpus].fetch)
+        revision = f"{item.spec} sha256:{item.sha256}"
+    return task_metadata(name=name, description=description, type=type, path=f"layerscope/{kind}/{corpus}",
+                         revision=revision, reference=info.reference or None,
+                         citation=info.citation, subtypes=subtypes, annotations=annotations, **_corpus_terms(corpus))
 
 
 # MTEB's task type of each task class the offline suite builds on (retrieval with top_ranked = reranking)
@@ -186,9 +219,11 @@ class OfflineTask(LocalTask):
     """Base of the offline tasks: declared by class keywords, registered when defined.
 
     ``class Name(OfflineTask, AbsTaskX, corpus=..., description=..., subtypes=..., annotations=...)``
-    gives the class its MTEB metadata (named after the class, the type following from the MTEB base,
-    the provenance from the corpus table) and registers it in the task registry (group ``offline``,
-    in definition order). A subclass without ``corpus`` is an intermediate base.
+    gives the class its MTEB metadata (named after the class, the type following from the MTEB base
+    unless ``task_type`` says otherwise, e.g. ``"Retrieval"`` for an :class:`AbsTaskRetrieval` without
+    ``top_ranked``; the provenance from the corpus table) and registers it in the task registry (group
+    ``offline``, in definition order; ``suite=1``, the default, also puts it in ``offline-v1``: only
+    suite v1's 11 tasks say so). A subclass without ``corpus`` is an intermediate base.
 
     Attributes
     ----------
@@ -199,32 +234,39 @@ class OfflineTask(LocalTask):
     corpus: ClassVar[str]
 
     def __init_subclass__(cls, *, corpus: str | None = None, description: str = "", subtypes: Sequence[str] = (),
-                          annotations: str = "derived", **kwargs: Any) -> None:
+                          annotations: str = "derived", task_type: str | None = None, suite: int = 1,
+                          **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if corpus is None:
             return
         cls.corpus = corpus
-        task_type = next(name for base, name in _TYPES if issubclass(cls, base))
+        task_type = task_type or next(name for base, name in _TYPES if issubclass(cls, base))
         cls.metadata = offline_metadata(corpus, name=cls.__name__, description=description, type=task_type,
                                         subtypes=subtypes, annotations=annotations)
-        register_task(cls, groups=("offline",))
-        _CLASSES.append(cls)
+        register_task(cls, groups=("offline", "offline-v1") if suite == 1 else ("offline",))
+        if suite == 1:
+            _CLASSES.append(cls)
 
     @property
     def source(self) -> str:
         """Citation of the original data (from the corpus table)."""
-        return corpus_info(self.corpus).source
+        return _corpus_info(self.corpus).source
 
     @property
     def license_note(self) -> str:
         """License of the data and of the package carrying it (from the corpus table)."""
-        return corpus_info(self.corpus).license
+        return _corpus_info(self.corpus).license
 
 
 def _labelled(name: str) -> pd.DataFrame:
-    from layerscope.data import load_labelled
+    """A bundled corpus, or a fetched one (its archive fetched on first use)."""
+    if name in _CORPUS_TERMS:
+        from layerscope.data import load_labelled
 
-    return load_labelled(name)
+        return load_labelled(name)
+    from layerscope.data.fetched import load_fetched
+
+    return load_fetched(name)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -238,12 +280,13 @@ def _bbc_pools() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _classification_pools(
-    name: str, train_per_label: int, test_per_label: int, *, min_chars: int = 0, keep: Any = None
+    name: str, train_per_label: int, test_per_label: int, *, min_chars: int = 0, keep: Any = None,
+    max_chars: int = MAX_CHARS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = _labelled(name)
     if keep is not None:
         frame = frame[keep(frame)]
-    frame = frame.assign(text=frame["text"].map(clip))
+    frame = frame.assign(text=frame["text"].map(lambda text: clip(text, max_chars)))
     frame = frame[frame["text"].str.len() >= max(min_chars, 1)].drop_duplicates("text").reset_index(drop=True)
     return split_pools(frame, train_per_label, test_per_label, np.random.default_rng(DATA_SEED))
 
@@ -256,12 +299,13 @@ def _clipped_classification(train: pd.DataFrame, test: pd.DataFrame) -> DatasetD
 class PooledClassification(OfflineTask, AbsTaskClassification):
     """Classification over a fixed stratified sample of a corpus: ``pools`` = (train, test) texts per label.
 
-    Texts are cut to ~``MAX_CHARS`` characters; those shorter than ``min_chars`` and duplicates are
-    dropped first, and ``keep(frame)`` (a row mask) filters the corpus.
+    Texts are cut to ~``max_chars`` characters (default ``MAX_CHARS``); those shorter than
+    ``min_chars`` and duplicates are dropped first, and ``keep(frame)`` (a row mask) filters the corpus.
     """
 
     pools: ClassVar[tuple[int, int]]
     min_chars: ClassVar[int] = 0
+    max_chars: ClassVar[int] = MAX_CHARS
 
     @staticmethod
     def keep(frame: pd.DataFrame) -> Any:
@@ -270,7 +314,7 @@ class PooledClassification(OfflineTask, AbsTaskClassification):
 
     def build(self) -> DatasetDict:
         return _clipped_classification(*_classification_pools(self.corpus, *self.pools, min_chars=self.min_chars,
-                                                              keep=self.keep))
+                                                              keep=self.keep, max_chars=self.max_chars))
 
 
 class PooledClustering(OfflineTask, AbsTaskClusteringLegacy):
@@ -486,25 +530,49 @@ class BBCNewsSameArticlePairs(
         return DatasetDict({"test": Dataset.from_dict({"sentence1": first, "sentence2": second, "labels": labels})})
 
 
-#: Offline task classes, in reporting order (the registry's ``offline`` group).
+#: Suite v1's 11 task classes, in reporting order (the registry's ``offline-v1`` group); the current
+#: suite, ``offline``, adds those of :mod:`~layerscope.evaluate.offline_v2`.
 OFFLINE_TASKS: tuple[type[AbsTask], ...] = tuple(_CLASSES)
 
 
-def offline_names() -> list[str]:
-    """Names of the offline tasks."""
-    return group("offline")
+def _spec_items(spec: Any) -> list[str]:
+    """The items of a task specification as text: a group or task name, a file, a task instance's name."""
+    if isinstance(spec, str):
+        return [part.strip() for part in spec.split(",") if part.strip()]
+    if isinstance(spec, AbsTask):
+        return [spec.metadata.name]
+    if not isinstance(spec, Iterable):
+        return [str(spec)]
+    return [item for part in spec for item in _spec_items(part)]
 
 
-def offline_suite(seed: int | None = None) -> list[AbsTask]:
-    """Fresh instances of every offline task.
+def suite_label(spec: Any) -> str:
+    """A task specification with its suites' versions, as runs name their text source: ``offline (suite v2)``."""
+    return ", ".join(f"{item} (suite v{SUITES[item]})" if item in SUITES and not item.endswith(f"-v{SUITES[item]}")
+                     else item for item in _spec_items(spec))
+
+
+def suite_record(spec: Any, tasks: Sequence[AbsTask]) -> dict[str, Any]:
+    """What a run records of its task suite: ``{"name", "version", "tasks"}``.
 
     Parameters
     ----------
-    seed : int, optional
-        MTEB task seed (classifier undersampling, clustering); default: the tasks' own, MTEB's 42.
-        :func:`~layerscope.evaluate.evaluate_layers` reseeds each (layer, task) with it.
+    spec : str, Path, AbsTask or iterable of those
+        The run's task specification as given (``"offline"``, ``"offline-v1,my.csv"``, names, tasks).
+    tasks : sequence of AbsTask
+        The tasks it resolved to.
+
+    Returns
+    -------
+    dict
+        ``name``: the offline suite the specification names (the first, if several), else the
+        specification itself; ``version``: that suite's version (:data:`SUITES`), else None;
+        ``tasks``: the names of all tasks run, in order.
     """
-    return [cls() if seed is None else cls(seed=seed) for cls in OFFLINE_TASKS]
+    items = _spec_items(spec)
+    named = [item for item in items if item in SUITES]
+    name = named[0] if named else ",".join(items)
+    return {"name": name, "version": SUITES.get(name), "tasks": [task.metadata.name for task in tasks]}
 
 
 @dataclass(frozen=True)
@@ -519,23 +587,3 @@ class TaskInfo:
     source: str
     license: str
     description: str
-
-
-def describe_offline() -> list[TaskInfo]:
-    """Describe the offline tasks (loads their data to count unique texts; about a second)."""
-    rows = []
-    for task in offline_suite():
-        assert isinstance(task, OfflineTask)
-        rows.append(
-            TaskInfo(
-                name=task.metadata.name,
-                type=task.metadata.type,
-                n_texts=len(task.texts()),
-                main_score=task.metadata.main_score,
-                corpus=task.corpus,
-                source=task.source,
-                license=task.license_note,
-                description=task.metadata.description,
-            )
-        )
-    return rows

@@ -15,28 +15,26 @@ and reruns identical.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from layerscope.errors import LayerscopeError
+from layerscope.evaluate.catalog import is_offline, resolve
 from layerscope.evaluate.encoder import LayerView, TextRecorder
 from layerscope.evaluate.hub_tasks import PAPER32
-from layerscope.evaluate.registry import is_offline, resolve
-from layerscope.evaluate.uncertainty import scores_json
+from layerscope.evaluate.intervals import scores_json
+from layerscope.evaluate.seeds import own_seeds_kept, reseed, task_seed
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
@@ -53,33 +51,6 @@ COLUMNS = ["layer", "depth_pct", "task", "task_type", "main_score", "scores"]
 
 # The view answers from memory, so one batch per call keeps MTEB's dataloader overhead low.
 _VIEW_ENCODE_KWARGS = {"batch_size": 4096, "show_progress_bar": False}
-
-
-def reseed(task: AbsTask, seed: int) -> None:
-    """Put ``task`` and the global RNGs in the state a fresh ``type(task)(seed=seed)`` would have."""
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - MTEB's evaluators draw from the legacy global RNG
-    torch.manual_seed(seed)
-    task.seed = seed
-    task.rng_state, task.np_rng = random.Random(seed), np.random.default_rng(seed)
-
-
-def task_seed(task: AbsTask, seed: int | None) -> int:
-    """The seed of an evaluation: ``seed`` if given, else the task's own (MTEB's 42 unless created with another)."""
-    return int(task.seed) if seed is None else int(seed)
-
-
-@contextlib.contextmanager
-def own_seeds_kept(tasks: Sequence[AbsTask]) -> Iterator[None]:
-    """Give each task its own seed back afterwards (an override applies to one call only)."""
-    seeds = [task.seed for task in tasks]
-    try:
-        yield
-    finally:
-        for task, seed in zip(tasks, seeds, strict=True):
-            if task.seed != seed:
-                task.seed = seed
-                task.rng_state, task.np_rng = random.Random(seed), np.random.default_rng(seed)
 
 
 def _one_line(error: BaseException) -> str:
@@ -212,7 +183,7 @@ def evaluate_layers(
     tasks : str, AbsTask or iterable
         ``"offline"`` (default: the offline suite), ``"paper32"``, task names, task files (``.csv``,
         ``.tsv``, ``.jsonl``, ``.parquet``) or MTEB task instances, in any mix (see
-        :func:`layerscope.evaluate.registry.resolve`).
+        :func:`layerscope.evaluate.catalog.resolve`).
     layers : "all", "last", int or list of int
         Canonical layers to score.
     pooling : {"mean", "last", "first"}
@@ -252,8 +223,11 @@ def evaluate_layers(
         ``attrs`` holds the run record: model, extraction record, seed (None: the tasks' own) and each
         task's seed, ``from_cache``, text count, timings.
     """
+    from layerscope.evaluate.offline import suite_record
     from layerscope.extract import extract
 
+    if isinstance(tasks, Iterable) and not isinstance(tasks, str):
+        tasks = list(tasks)  # read twice: resolved here, recorded below
     task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before anything heavy runs
     started = time.perf_counter()
     _load(task_list)
@@ -293,6 +267,7 @@ def evaluate_layers(
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
         "extraction": {k: v for k, v in extraction.record.items() if _jsonable(v)},
         "tasks": [task.metadata.name for task in task_list],
+        "suite": suite_record(tasks, task_list),
         "n_texts": len(texts),
         "seed": seed,
         "task_seeds": {task.metadata.name: task_seed(task, seed) for task in task_list},

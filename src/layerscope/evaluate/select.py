@@ -155,7 +155,7 @@ def select_layer_with_labels(
         A loaded model, or a name for :func:`layerscope.load_model`.
     tasks : str, AbsTask or iterable
         Task files (``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``), task names or MTEB task instances, in
-        any mix (:func:`~layerscope.evaluate.registry.resolve`).
+        any mix (:func:`~layerscope.evaluate.catalog.resolve`).
     bootstrap : int
         Resamples of each task's evaluation examples (0: no intervals). Each costs one MTEB evaluation
         per layer and task (no forward pass).
@@ -183,8 +183,8 @@ def select_layer_with_labels(
     -------
     LayerChoice
     """
+    from layerscope.evaluate.catalog import resolve
     from layerscope.evaluate.few_labels import draw_labels, is_classification
-    from layerscope.evaluate.registry import resolve
     from layerscope.evaluate.runner import _load, collect_texts, evaluate_layers
     from layerscope.evaluate.uncertainty import (
         best_versus_last,

@@ -5,7 +5,8 @@ It was split into modules with one job each; import from them instead:
 - :mod:`layerscope.evaluate.sampling`: clipping, stratified samples, label codes, dataset layouts;
 - :mod:`layerscope.evaluate.offline`: the offline suite (MTEB task classes over bundled data);
 - :mod:`layerscope.evaluate.hub_tasks`: the paper's 32 MTEB hub tasks (:func:`paper32`, :func:`hub_task`);
-- :mod:`layerscope.evaluate.registry`: the task registry and :func:`resolve` (names, groups, task files);
+- :mod:`layerscope.evaluate.registry`: the task registry; :mod:`layerscope.evaluate.catalog`: :func:`resolve`
+  (names, groups, task files);
 - :mod:`layerscope.evaluate.task_files`: labelled user files as MTEB tasks.
 
 Every name this module exported is re-exported here unchanged (``layerscope.tasks`` is this module).
@@ -13,6 +14,7 @@ Every name this module exported is re-exported here unchanged (``layerscope.task
 
 from __future__ import annotations
 
+from layerscope.evaluate.catalog import describe_offline, is_offline, offline_names, offline_suite, resolve
 from layerscope.evaluate.hub_tasks import PAPER32, hub_task, paper32
 from layerscope.evaluate.offline import (
     OFFLINE_TASKS,
@@ -30,11 +32,7 @@ from layerscope.evaluate.offline import (
     RottenTomatoesPlotReranking,
     TaskInfo,
     TwentyNewsgroupsClusteringOffline,
-    describe_offline,
-    offline_names,
-    offline_suite,
 )
-from layerscope.evaluate.registry import is_offline, resolve
 from layerscope.evaluate.sampling import DATA_SEED, MAX_CHARS, clip
 from layerscope.evaluate.task_files import task_file
 

@@ -15,6 +15,7 @@ checkpoint is measured on them, and the progression experiment reads them by def
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -266,8 +267,6 @@ def _train(
     checkpoints: str | Sequence[int], seed: int, progress: bool,
 ) -> ExperimentResult:
     """The body of :func:`train_tiny`."""
-    from transformers import GPTNeoXForCausalLM
-
     if minutes <= 0 and not max_steps:
         raise LayerscopeError("train_tiny needs a positive time budget (minutes) or max_steps")
     architecture = {"family": "gpt_neox", "layers": num_layers, "hidden_size": hidden_size, "heads": num_heads,
@@ -287,18 +286,11 @@ def _train(
     eos = tokenizer.eos_token_id
     tokenizer_s = time.perf_counter() - started
 
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        config = tiny_neox_config(len(tokenizer), num_layers, hidden_size, num_heads, intermediate_size,
-                                  max_positions=max(256, seq_len), eos_token_id=eos)
-        model = GPTNeoXForCausalLM(config)
-    model.train()
+    model = _new_model(tiny_neox_config(len(tokenizer), num_layers, hidden_size, num_heads, intermediate_size,
+                                        max_positions=max(256, seq_len), eos_token_id=eos), seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=weight_decay)
 
-    def rate(step: int) -> float:  # step counts from 1
-        warm = max(1, warmup_steps)
-        return learning_rate * min(step / warm, math.sqrt(warm / step))
-
+    rate = functools.partial(_learning_rate, peak=learning_rate, warmup_steps=warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.arange(seq_len)
     budget_s = max(0.0, float(minutes) * 60.0)
@@ -332,15 +324,7 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = rate(step)
         starts = torch.randint(0, len(train_ids) - seq_len, (batch_size,), generator=generator)
-        batch = train_ids[starts[:, None] + offsets[None, :]]
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise LayerscopeError(f"training diverged at step {step} (loss {value}); lower the learning rate")
+        value = _train_step(model, optimizer, train_ids[starts[:, None] + offsets[None, :]], step)
         log_rows.append({"step": step, "elapsed_s": round(time.perf_counter() - loop_start, 3), "loss": value,
                          "learning_rate": rate(step)})
         bar.update(1)
@@ -362,23 +346,68 @@ def _train(
         "steps": step, "tokens_seen": step * batch_size * seq_len, "train_seconds": round(elapsed, 1),
         "tokenizer_seconds": round(tokenizer_s, 1), "parameters": n_parameters, "vocab_size": len(tokenizer),
         "train_tokens": len(train_ids), "heldout_texts": len(heldout), "dataset": source,
+        **_losses(log, table),
+        "checkpoint_dir": str(checkpoint_dir), "heldout": str(directory / HELDOUT_FILENAME),
+        "architecture": architecture,
+    }
+    atomic_write_json(directory / f"{EXPERIMENT}.json", summary)
+    setup.write(StoreRun({"steps": step}, model_id=str(checkpoint_dir), revision=f"step{step}",
+                         data_hash=texts_digest(training), experiment_values=_checkpoint_rows(table)))
+    return setup.finish({"log": log, "checkpoints": table}, summary, _plots)
+
+
+def _learning_rate(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then inverse square-root decay (``step`` counts from 1)."""
+    warm = max(1, warmup_steps)
+    return peak * min(step / warm, math.sqrt(warm / step))
+
+
+def _new_model(config: Any, seed: int) -> Any:
+    """A GPT-NeoX language model of ``config`` with weights drawn from ``seed`` (the global RNG untouched),
+    in training mode."""
+    from transformers import GPTNeoXForCausalLM
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(config)
+    model.train()
+    return model
+
+
+def _train_step(model: Any, optimizer: torch.optim.Optimizer, batch: torch.Tensor, step: int) -> float:
+    """One optimizer step on a batch of token windows (gradients clipped to norm 1); its loss.
+
+    Raises a one-line error when the loss is not finite (training diverged)."""
+    loss = model(input_ids=batch, labels=batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise LayerscopeError(f"training diverged at step {step} (loss {value}); lower the learning rate")
+    return value
+
+
+def _losses(log: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+    """The summary's losses: held-out at the first and last checkpoints, training over the first and
+    last 10 steps, and the checkpoints' steps."""
+    return {
         "first_val_loss": round(float(table["val_loss"].iloc[0]), 4),
         "final_val_loss": round(float(table["val_loss"].iloc[-1]), 4),
         "first_train_loss": round(float(log["loss"].iloc[:10].mean()), 4) if len(log) else None,
         "final_train_loss": round(float(log["loss"].iloc[-10:].mean()), 4) if len(log) else None,
         "checkpoints": [int(value) for value in table["step"]],
-        "checkpoint_dir": str(checkpoint_dir), "heldout": str(directory / HELDOUT_FILENAME),
-        "architecture": architecture,
     }
-    atomic_write_json(directory / f"{EXPERIMENT}.json", summary)
-    rows = pd.concat([
+
+
+def _checkpoint_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The experiment's values for the store: training and held-out loss and tokens seen per checkpoint."""
+    return pd.concat([
         experiment_rows(table.assign(condition="step" + table["step"].astype(str), key=key), EXPERIMENT, "condition",
                         "key", value=key, layer=None)
         for key in ("train_loss", "val_loss", "tokens_seen")
     ], ignore_index=True)
-    setup.write(StoreRun({"steps": step}, model_id=str(checkpoint_dir), revision=f"step{step}",
-                         data_hash=texts_digest(training), experiment_values=rows))
-    return setup.finish({"log": log, "checkpoints": table}, summary, _plots)
 
 
 def _plots(result: ExperimentResult) -> list[Plot]:

@@ -12,10 +12,14 @@ read from ``hidden_states[L]`` with ``tie_last_hidden_states`` off) or the final
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,8 @@ PROBE_TEXTS = (
 #: Largest difference allowed between the exported model's embeddings and layerscope's.
 TOLERANCE = 1e-5
 _ST_POOLING = {"mean": "mean", "last": "lasttoken", "first": "cls"}
+#: The export's record, written last: a folder with it holds a complete export.
+MARKER = "layerscope_export.json"
 
 
 @dataclass
@@ -196,7 +202,7 @@ def export_layer(
     from layerscope.extract.engine import resolve_max_length
 
     max_length, _ = resolve_max_length(model, max_length)
-    folder = writable_directory(out, "export folder")
+    final = writable_directory(out, "export folder")
     source = model if model.final_norm == final_norm else _with_final_norm(model, final_norm)
 
     conditioner = None
@@ -207,6 +213,57 @@ def export_layer(
 
         fitted = extract(source, list(fit_texts), pooling=pooling, layers=[layer], max_length=max_length, progress=False)
         conditioner = fit_conditioner(np.asarray(fitted.pooled), condition)
+
+    with _staged(final, _weight_bytes(model, layer)) as folder:
+        return _export_into(model, source, layer, folder, final, conditioner, pooling=pooling, final_norm=final_norm,
+                            normalize=normalize, max_length=max_length, verify=verify)
+
+
+def _weight_bytes(model: Any, layer: int) -> int:
+    """Bytes of the weights an export of ``layer`` keeps (what its ``model.safetensors`` needs)."""
+    dropped = {id(p) for block in list(model.blocks)[layer:] for p in block.parameters()}
+    return sum(p.numel() * p.element_size() for p in model.model.parameters() if id(p) not in dropped)
+
+
+@contextlib.contextmanager
+def _staged(final: Path, needs: int | None = None) -> Iterator[Path]:
+    """A hidden folder inside ``final`` to write the export to; on success its files are moved into
+    ``final`` (renames on one file system), ``layerscope_export.json`` last, so a full disk or a kill
+    while writing leaves no complete-looking model, and files of the user's already in ``final`` stay.
+    (Inside rather than beside ``final``: ``final`` was proven writable, its parent may not be.) A full
+    disk raises the one-line :class:`~layerscope.errors.DiskFullError` naming ``final``."""
+    from layerscope.errors import disk_full
+
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".layerscope-export-", dir=final))
+    except OSError as error:
+        full = disk_full(error, final, needs)
+        if full is not None:
+            raise full from error
+        raise
+    try:
+        try:
+            yield staging
+        except Exception as error:
+            full = disk_full(error, final, needs)
+            if full is None or full is error:
+                raise
+            raise full from error
+        (final / MARKER).unlink(missing_ok=True)  # no old marker beside new files if the moves stop
+        for entry in sorted(staging.iterdir(), key=lambda path: path.name == MARKER):
+            target = final / entry.name
+            if entry.is_dir() and target.is_dir() and not target.is_symlink():  # an earlier export's module
+                aside = staging / f".old-{entry.name}"
+                os.replace(target, aside)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_into(model: Any, source: Any, layer: int, folder: Path, final: Path, conditioner: Any, *, pooling: str,
+                 final_norm: str, normalize: bool, max_length: int, verify: bool) -> ExportResult:
+    """:func:`export_layer`'s writing and checking, into ``folder`` (the staging folder of ``final``)."""
+    from layerscope.extract import extract
 
     parameters = _save_truncated(model, layer, folder, final_norm)
     reference = np.asarray(extract(source, list(PROBE_TEXTS), pooling=pooling, layers=[layer], max_length=max_length,
@@ -238,8 +295,8 @@ def export_layer(
               "conditioning": None if conditioner is None else conditioner.describe()}
     from layerscope.atomic import atomic_write_json
 
-    atomic_write_json(folder / "layerscope_export.json", record)
-    return ExportResult(folder, layer, model.num_layers, parameters, full, difference, record)
+    atomic_write_json(folder / MARKER, record)
+    return ExportResult(final, layer, model.num_layers, parameters, full, difference, record)
 
 
 def _with_final_norm(model: Any, final_norm: str) -> Any:

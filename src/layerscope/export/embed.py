@@ -100,7 +100,7 @@ def embed_layer(
     if not embeddings:
         raise LayerscopeError(f"all {len(rows.texts)} texts are empty: nothing to embed")
     matrix = np.concatenate(embeddings)
-    with atomic_path(target) as temporary:
+    with atomic_path(target, needs=matrix.nbytes) as temporary:  # a full disk: one line with the size
         _write(temporary, ids, matrix)
     record = {"model": model.describe(), "layer": layer, "n_written": len(ids), "n_skipped_empty": skipped,
               "dim": int(matrix.shape[1]), "source": rows.source, **extraction.to_dict()}

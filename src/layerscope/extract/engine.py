@@ -459,7 +459,8 @@ def cached_or_run(
     ``lengths`` and ``batch(rows)``) only when the model has to run; it may add to ``record``. Without
     a token hook, a subset of layers is all the model computes (the pass stops after the last one)
     and all the cache stores, in an entry of its own. A cache entry is locked while it is written: a
-    second process wanting the same entry waits, then reads it.
+    second process wanting the same entry waits, then reads it. An entry is verified before use
+    (:meth:`EmbeddingCache.read`): a damaged one is reported in one line, removed and recomputed.
     """
     n_layers = model.num_layers + 1
     everything = list(range(n_layers))
@@ -471,12 +472,16 @@ def cached_or_run(
             cache = EmbeddingCache(cache_dir, cache_key({"entry": record["cache_key"], "layers": stored}))
     hook_key = token_hook.key() if token_hook is not None and hasattr(token_hook, "key") else None
     with cache.lock() if cache is not None else contextlib.nullcontext():
-        for entry, layers in ((full, everything), (cache, stored)):
-            if entry is None or not entry.is_complete():
+        candidates = [] if full is None else [(full, everything)] + ([(cache, stored)] if cache is not full else [])
+        for entry, layers in candidates:
+            # the entry of every layer is read under its own lock too: it may be removed if damaged
+            with entry.lock() if entry is not cache else contextlib.nullcontext():
+                found = entry.read()
+            if found is None:
                 continue
             if token_hook is not None and not entry.restore_hook(hook_key, token_hook, kept):
                 continue
-            pooled, saved = entry.load()
+            pooled, saved = found
             saved["from_cache"] = True
             return _selected(Extraction(pooled, layers, names, kept, saved, True), selected)
         inputs = make_inputs()
@@ -553,18 +558,8 @@ def _run(
     n_layers = model.num_layers + 1 if layers is None else len(layers)
     dim = model.hidden_size
     hook = (hook_key, token_hook, kept) if token_hook is not None and hook_key is not None else None
-    if cache is not None:
-        output, done = cache.open_partial((n_layers, len(kept), dim), np_dtype)
-        if token_hook is not None:
-            # the hook must see every text it has no kept result for
-            done &= cache.restore_hook(hook_key, token_hook, kept, partial=True) if hook else False
-    else:
-        output, done = np.empty((n_layers, len(kept), dim), dtype=np_dtype), np.zeros(len(kept), dtype=bool)
-    # tokens dropped per text and layer (kept with the checkpoints, so a resumed run counts them all)
-    dropped = None
-    if outlier_factor is not None:
-        dropped = cache.load_extra("dropped", (len(kept), n_layers)) if cache is not None else None
-        dropped = np.zeros((len(kept), n_layers), dtype=np.int32) if dropped is None else dropped
+    output, done, dropped = _open_output(cache, (n_layers, len(kept), dim), np_dtype, hook, token_hook is not None,
+                                         outlier_factor is not None)
     todo = np.flatnonzero(~done)
     nonfinite = np.zeros(n_layers, dtype=np.int64)
     with_indices = token_hook is not None and _hook_takes_indices(token_hook)
@@ -620,12 +615,8 @@ def _run(
                 dropped[rows] = (real & ~keep).sum(dim=-1).T.cpu().numpy()  # (batch, layers)
             if token_hook is not None:
                 assert states is not None
-                lengths = mask.sum(1) if mask is not None else torch.full((len(rows),), states.shape[2])
-                extra = {"keep": keep} if keep is not None else {}
-                if with_indices:
-                    token_hook(states, lengths, kept_tensor[row_tensor], **extra)
-                else:
-                    token_hook(states, lengths, **extra)
+                _feed_token_hook(token_hook, states, mask, keep, len(rows),
+                                 kept_tensor[row_tensor] if with_indices else None)
             del states
             while len(pending) > copies.lag:
                 store(*pending.pop(0))
@@ -644,24 +635,58 @@ def _run(
         bar.close()
         runner.close()
 
-    record.update(
-        from_cache=False,
-        time_s=round(time.perf_counter() - start, 3),
-        tokens=int(tokenized.lengths.sum()),
-        nonfinite_layers={int(layer): int(count) for layer, count in zip(layers or range(n_layers), nonfinite,
-                                                                           strict=True) if count},
-    )
+    _record_run(record, time.perf_counter() - start, int(tokenized.lengths.sum()), layers or range(n_layers),
+                nonfinite, dropped)
+    if cache is not None:
+        output, record = cache.finish(output, record, hook)
+    return output, record
+
+
+def _open_output(cache: EmbeddingCache | None, shape: tuple[int, int, int], np_dtype: np.dtype,
+                 hook: tuple[str, TokenHook, np.ndarray] | None, has_token_hook: bool,
+                 count_dropped: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Where :func:`_run` writes: the embeddings ``shape`` (layers, texts, dim), which texts are done,
+    and the outlier tokens dropped per (text, layer), all resumed from the cache's checkpoint if any."""
+    n_layers, n_texts, _ = shape
+    if cache is not None:
+        output, done = cache.open_partial(shape, np_dtype)
+        if has_token_hook:
+            # the hook must see every text it has no kept result for
+            done &= cache.restore_hook(*hook, partial=True) if hook else False
+    else:
+        output, done = np.empty(shape, dtype=np_dtype), np.zeros(n_texts, dtype=bool)
+    # tokens dropped per text and layer (kept with the checkpoints, so a resumed run counts them all)
+    dropped = None
+    if count_dropped:
+        dropped = cache.load_extra("dropped", (n_texts, n_layers)) if cache is not None else None
+        dropped = np.zeros((n_texts, n_layers), dtype=np.int32) if dropped is None else dropped
+    return output, done, dropped
+
+
+def _feed_token_hook(token_hook: TokenHook, states: torch.Tensor, mask: torch.Tensor | None,
+                     keep: torch.Tensor | None, n_rows: int, indices: torch.Tensor | None) -> None:
+    """One batch's token states to the token hook: lengths from the mask (images: every patch), the
+    outlier selection as ``keep=``, and the texts' indices when the hook takes them."""
+    lengths = mask.sum(1) if mask is not None else torch.full((n_rows,), states.shape[2])
+    extra = {"keep": keep} if keep is not None else {}
+    if indices is not None:
+        token_hook(states, lengths, indices, **extra)
+    else:
+        token_hook(states, lengths, **extra)
+
+
+def _record_run(record: dict[str, Any], seconds: float, tokens: int, layer_ids: Sequence[int],
+                nonfinite: np.ndarray, dropped: np.ndarray | None) -> None:
+    """What an extraction run adds to its record: time, tokens, layers with non-finite states (warned),
+    outlier tokens dropped per layer."""
+    record.update(from_cache=False, time_s=round(seconds, 3), tokens=tokens, nonfinite_layers={
+        int(layer): int(count) for layer, count in zip(layer_ids, nonfinite, strict=True) if count})
     if dropped is not None:
         record["outlier_tokens_dropped"] = {int(layer): int(count) for layer, count
-                                            in zip(layers or range(n_layers), dropped.sum(axis=0), strict=True)}
+                                            in zip(layer_ids, dropped.sum(axis=0), strict=True)}
     if record["nonfinite_layers"]:
-        logger.warning(
-            "non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)", record["nonfinite_layers"]
-        )
-    if cache is not None:
-        cache.finish(output, record, hook)
-        output, record = cache.load()
-    return output, record
+        logger.warning("non-finite (NaN/inf) hidden states in layers %s (texts affected per layer)",
+                       record["nonfinite_layers"])
 
 
 

