@@ -169,21 +169,24 @@ def scores_by_type_table(summary: Summary, marks: Mapping[int, str] | None = Non
         return None
     best = best_layers_by_type(frame)
     marks = dict(marks or {})
-    rows = []
-    for _, row in frame.iterrows():
+    rows, highlighted = [], set()
+    for position, (_, row) in enumerate(frame.iterrows()):
         layer = int(row["layer"])
         cells = [str(layer), f"{row['depth_pct']:.0f}", _cell(row["avg_score"])]
         cells += [_cell(row[column]) + ("*" if best.get(task_type) == layer else "")
                   for column, task_type in columns.items()]
         rows.append((*cells, *((marks.get(layer, ""),) if marks else ())))
+        if layer in marks:
+            highlighted.add(position)
     headers = ("layer", "depth %", "avg", *(type_label(task_type) for task_type in columns.values()),
                *(("",) if marks else ()))
-    counts = summary.per_layer.attrs.get("task_type_counts", {})
-    highlighted = frozenset(i for i, (_, row) in enumerate(frame.iterrows()) if int(row["layer"]) in marks)
+    counts = frame.attrs.get("task_type_counts", {})
     return TextTable(
         title="Task scores by type, x 100 (* = the type's best layer)",
-        columns=headers, rows=tuple(rows), left=("",), highlighted=highlighted,
-        notes=(type_legend(columns.values(), counts),))
+        columns=headers, rows=tuple(rows), left=("",), highlighted=frozenset(highlighted),
+        notes=(type_legend(columns.values()),  # two short lines rather than one too wide for a terminal
+               "tasks per type: " + ", ".join(f"{type_label(task_type)} {counts[task_type]}"
+                                              for task_type in columns.values() if task_type in counts)))
 
 
 def selection_text_table(summary: Summary) -> TextTable | None:
@@ -201,7 +204,8 @@ def selection_text_table(summary: Summary) -> TextTable | None:
         types = []
     rows = []
     for _, row in frame.iterrows():
-        layer = "varies" if row["layer"] is pd.NA or pd.isna(row["layer"]) else str(int(row["layer"]))
+        layer = ("by type" if row["rule"] == BEST_PER_TYPE_RULE else "varies" if pd.isna(row["layer"])
+                 else str(int(row["layer"])))
         rows.append((str(row["rule"]), layer, f"{row['depth_pct']:.0f}", _cell(row["average"]),
                      f"{row['gain_vs_last']:+.1f}", *(_cell(row[task_type]) for task_type in types)))
     notes: list[str] = []
