@@ -53,9 +53,9 @@ def _table(lines: list[str]) -> list[str]:
             continue
         cells = _cells(line, columns)
         if has_header and index < borders[1]:
-            header = [" ".join(part for part in pair if part) for pair in zip(header, cells)]
+            header = [" ".join(part for part in pair if part) for pair in zip(header, cells, strict=True)]
         elif rows and not cells[0]:  # a continuation line: its text belongs to the row above
-            rows[-1] = [" ".join(part for part in pair if part) for pair in zip(rows[-1], cells)]
+            rows[-1] = [" ".join(part for part in pair if part) for pair in zip(rows[-1], cells, strict=True)]
         else:
             rows.append(cells)
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
