@@ -285,6 +285,19 @@ def test_the_layer_diagram_is_the_checked_contract() -> None:
     assert drawn == expected
 
 
+def test_the_api_reference_covers_the_front_door() -> None:
+    import layerscope
+
+    overview = (DOCS / "api" / "index.md").read_text(encoding="utf-8")
+    assert [name for name in layerscope.__all__ if name != "__version__" and f"`{name}`" not in overview] == []
+    rendered = [line.split(":::", 1)[1].strip() for page in pages() if page.startswith("api/")
+                for line in (DOCS / page).read_text(encoding="utf-8").splitlines() if line.startswith(":::")]
+    source = ROOT / "src"
+    missing = [name for name in rendered if not (source / (name.replace(".", "/") + ".py")).is_file()
+               and not (source / name.replace(".", "/") / "__init__.py").is_file()]
+    assert missing == [], "API pages render modules that are not in src/"
+
+
 # -------------------------------------------------------------------------------- the checkers themselves
 
 
