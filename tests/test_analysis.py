@@ -187,8 +187,9 @@ def test_selection_table_rules(last_layer: int) -> None:
     assert table.loc["min dime", "average"] == pytest.approx(expected)
     assert table.loc["min dime", "n_fallback"] == 1
     assert table.loc["min dime", "STS"] == pytest.approx(100 * grid["a"].max())
-    assert list(table.index[:5]) == [
+    assert list(table.index[:6]) == [
         "best layer (labels)",
+        "best layer per type (labels)",  # two task types here
         "best layer per task (labels)",
         "last layer",
         "depth 50%",
@@ -273,7 +274,8 @@ def test_per_layer_table() -> None:
         ]
     )
     table = per_layer_table(metrics, scores)
-    assert list(table.columns) == ["layer", "depth_pct", "curvature", "dime", "avg_score", "n_tasks"]
+    assert list(table.columns) == ["layer", "depth_pct", "curvature", "dime", "avg_score", "score_Classification",
+                                   "score_STS", "n_tasks"]
     assert len(table) == 7
     assert table["dime"].tolist() == pytest.approx(
         [0.1 * layer for layer in range(7)]

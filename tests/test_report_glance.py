@@ -42,8 +42,10 @@ def test_task_scores_name_every_task_beside_its_panel() -> None:
         legend = axis.get_legend()
         assert legend is not None, axis.get_title()
         task_type = axis.get_title().split(" (")[0]
-        if task_type == "All tasks":
-            assert legend_texts(legend) == [*sorted(by_type), "average"]
+        if task_type == "All tasks":  # each type's mean, named with its best layer (the dot on its line)
+            means = scores.groupby(["task_type", "layer"])["main_score"].mean()
+            best = {kind: int(means[kind].idxmax()) for kind in sorted(by_type)}
+            assert legend_texts(legend) == [f"{kind} (best: layer {best[kind]})" for kind in best] + ["average"]
             continue
         tasks = sorted(by_type[task_type])
         expected = tasks + ([f"mean of {len(tasks)} tasks"] if len(tasks) > 1 else [])

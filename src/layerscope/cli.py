@@ -453,6 +453,20 @@ def print_layer_table(frame: Any, title: str, marks: dict[int, str] | None = Non
     console.print(table)
 
 
+def print_text_table(text_table: Any) -> None:
+    """Render a :class:`layerscope.analysis.by_type.TextTable` (nothing for None), its notes below it."""
+    if text_table is None:
+        return
+    table = Table(title=text_table.title, title_justify="left")
+    for column in text_table.columns:
+        table.add_column(column, justify="left" if column in text_table.left else "right")
+    for index, row in enumerate(text_table.rows):
+        table.add_row(*row, style="bold green" if index in text_table.highlighted else None)
+    console.print(table)
+    for line in text_table.notes:
+        console.print(line, highlight=False)
+
+
 def print_metric_list() -> None:
     """The registry as a table (``layerscope metrics --list``)."""
     from layerscope.metrics import available
@@ -645,16 +659,13 @@ def print_analysis(result: Any) -> None:
         per_layer.insert(per_layer.columns.get_loc("avg_score") + 1, "interval", column)
         interval_note = (f"; {100 * attrs['confidence']:g}% interval from {attrs['n_resamples']} bootstrap resamples "
                          "of each task's evaluation examples")
-    print_layer_table(per_layer, f"{model['model_id']}: {model['num_layers'] + 1} layers, "
+    from layerscope.analysis.by_type import scores_by_type_table, selection_text_table, without_type_columns
+
+    print_layer_table(without_type_columns(per_layer), f"{model['model_id']}: {model['num_layers'] + 1} layers, "
                       f"{result.record['n_kept']} texts, {result.scores['task'].nunique()} tasks "
                       f"(metrics on all task texts; avg score x 100{interval_note})", marks)
-    table = Table(title="Layer choice per task (Table 2 of the paper): average task score x 100", title_justify="left")
-    for column in ("rule", "layer", "depth %", "average", "vs last"):
-        table.add_column(column, justify="right" if column != "rule" else "left")
-    for row in summary.selection.itertuples(index=False):
-        table.add_row(str(row.rule), str(row.layer), f"{row.depth_pct:.0f}", f"{row.average:.1f}",
-                      f"{row.gain_vs_last:+.1f}")
-    console.print(table)
+    print_text_table(scores_by_type_table(summary, marks))
+    print_text_table(selection_text_table(summary))
     last, best, chosen = summary.last_layer, summary.best_layer, summary.chosen_layer
     last_score = summary.score_at(last)
     if best is not None and last_score is not None:

@@ -5,6 +5,10 @@ layer, then averaged over tasks (x 100):
 
 ``best layer (labels)``
     The single layer with the highest task-averaged score: the paper's "best" column.
+``best layer per type (labels)``
+    Each task type's own best layer (the highest mean over that type's tasks), for every task of
+    the type: shows whether types prefer different layers. Only when the tasks are of two types
+    or more.
 ``best layer per task (labels)``
     Each task's own best layer: an oracle upper bound.
 ``last layer``
@@ -35,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from layerscope.analysis.by_type import BEST_PER_TYPE_RULE
 from layerscope.analysis.tables import (
     ScoreGrid,
     default_normalization,
@@ -357,6 +362,11 @@ def select_layers(
     average = grid.average
     best = int(average.index[int(np.argmax(average.to_numpy()))])
     add_rule("best layer (labels)", "labels", dict.fromkeys(grid.tasks, best))
+    types = sorted(set(grid.task_types.values()))
+    if len(types) > 1:  # with one type this is the best layer itself
+        type_best = {task_type: int(grid.matrix[[task for task in grid.tasks if grid.task_types[task] == task_type]]
+                                    .mean(axis=1).idxmax()) for task_type in types}
+        add_rule(BEST_PER_TYPE_RULE, "oracle", {task: type_best[grid.task_types[task]] for task in grid.tasks})
     per_task_best = {task: int(grid.matrix[task].idxmax()) for task in grid.tasks}
     add_rule("best layer per task (labels)", "oracle", per_task_best)
     grid_last = grid.layers[-1]

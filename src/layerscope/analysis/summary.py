@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from layerscope.analysis.by_type import best_layers_by_type, type_columns
 from layerscope.analysis.correlation import CORRELATION_METHODS, correlate
 from layerscope.analysis.rules import MetricRule, SelectionRule
 from layerscope.analysis.selection import selection_table
@@ -45,7 +46,8 @@ class Summary:
     Attributes
     ----------
     per_layer : pandas.DataFrame or None
-        :func:`~layerscope.analysis.per_layer_table` of the reference metrics and the scores.
+        :func:`~layerscope.analysis.per_layer_table` of the reference metrics and the scores, with
+        one ``score_<type>`` column per task type (:mod:`layerscope.analysis.by_type`).
     last_layer : int or None
         The model's last layer L.
     best_layer : int or None
@@ -129,6 +131,16 @@ class Summary:
             return None
         hit = self.per_layer.loc[self.per_layer["layer"] == layer, "avg_score"]
         return float(hit.iloc[0]) if len(hit) and np.isfinite(hit.iloc[0]) else None
+
+    @property
+    def task_types(self) -> list[str]:
+        """Task types of the run's scored tasks (MTEB's ``type``), in the per-layer table's order."""
+        return [] if self.per_layer is None else list(type_columns(self.per_layer).values())
+
+    @property
+    def best_layer_by_type(self) -> dict[str, int]:
+        """Each task type's best layer (its highest mean score x 100; ties: the shallower)."""
+        return best_layers_by_type(self.per_layer)
 
     def depth_of(self, layer: int | None) -> float | None:
         """Depth % of ``layer``."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from layerscope.analysis.by_type import type_column
 from layerscope.errors import LayerscopeError, unknown
 
 __all__ = [
@@ -352,7 +353,9 @@ def per_layer_table(
         Long per-layer metrics.
     scores_df : pandas.DataFrame, optional
         Per-layer task scores; adds ``avg_score`` (task average x 100 over the complete grid, see
-        :func:`score_grid`) and ``n_tasks``.
+        :func:`score_grid`), one ``score_<task type>`` column per task type when the scores have
+        ``task_type`` (that type's tasks averaged the same way; see :mod:`layerscope.analysis.by_type`)
+        and ``n_tasks``.
     metrics : iterable of str, optional
         Metric columns to show, in this order (default: all, sorted).
     normalization : str or Mapping, optional
@@ -369,8 +372,9 @@ def per_layer_table(
     Returns
     -------
     pandas.DataFrame
-        Columns ``layer, depth_pct``, one column per metric, then ``avg_score, n_tasks`` when
-        scores are given. Layers missing a value hold NaN.
+        Columns ``layer, depth_pct``, one column per metric, then ``avg_score``, the per-type
+        ``score_<type>`` columns (in type order) and ``n_tasks`` when scores are given. Layers missing
+        a value hold NaN. ``attrs["task_type_counts"]`` gives each type's number of tasks.
     """
     frames: list[pd.DataFrame] = []
     if metrics_df is not None:
@@ -407,11 +411,27 @@ def per_layer_table(
     if scores_df is not None:
         grid = score_grid(scores_df, coverage=coverage, last_layer=last)
         table["avg_score"] = table["layer"].map(grid.average * 100.0).astype(float)
+        if "task_type" in scores_df.columns:  # scores without types (hand-made tables) get the average only
+            counts = _add_type_columns(table, grid)
+            table.attrs["task_type_counts"] = counts
         table["n_tasks"] = table["layer"].map(
             lambda layer: len(grid.tasks) if layer in grid.matrix.index else 0
         )
         table.attrs["score_grid"] = grid.describe()
     return table
+
+
+def _add_type_columns(table: pd.DataFrame, grid: ScoreGrid) -> dict[str, int]:
+    """One ``score_<type>`` column per task type (the type's mean over the same grid as ``avg_score``, x 100).
+
+    Returns each type's number of tasks.
+    """
+    counts: dict[str, int] = {}
+    for task_type in sorted(set(grid.task_types.values())):
+        tasks = [task for task in grid.tasks if grid.task_types[task] == task_type]
+        table[type_column(task_type)] = table["layer"].map(grid.matrix[tasks].mean(axis=1) * 100.0).astype(float)
+        counts[task_type] = len(tasks)
+    return counts
 
 
 def _is_missing(value: object) -> bool:

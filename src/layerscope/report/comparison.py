@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from layerscope.analysis.by_type import best_layers_text, type_legend
 from layerscope.errors import LayerscopeError
 from layerscope.report import plots
 from layerscope.report.elements import Section, escape, formatter, image, note, render_page, section, table
@@ -54,7 +55,7 @@ def view_size_mismatch(loaded: Sequence[RunData], labels: Sequence[str]) -> str 
 
     Their values depend on those sizes (InfoNCE is bounded by log N, LiDAR's entropy by the number of
     texts it saw, DiME's entropies grow with N), so runs measured on different sizes do not compare
-    side by side (see README, "Views budget").
+    side by side (see the docs, metrics page, "Views budget").
     """
     from layerscope.metrics.registry import metric_label
 
@@ -146,6 +147,7 @@ def _runs_section(loaded: Sequence[RunData], labels: Sequence[str], summaries: S
             "chosen": summary.chosen_layer, "rule": summary.chosen_label or "",
             "chosen_score": summary.score_at(summary.chosen_layer),
             "last_score": summary.score_at(summary.last_layer),
+            "by_type": best_layers_text(summary.best_layer_by_type, summary.last_layer),
             "run_id": run.run_id[:8],
         })
     columns: list[tuple[str, str, Callable[[Any], str]]] = [
@@ -156,15 +158,21 @@ def _runs_section(loaded: Sequence[RunData], labels: Sequence[str], summaries: S
         ("chosen", "label-free\nlayer", formatter(0)), ("rule", "label-free\nrule", escape),
         ("chosen_score", "its score\n(x100)", formatter(1)),
         ("last_score", "last layer\nscore (x100)", formatter(1)),
-        ("run_id", "run id", escape),
     ]
-    body = table(pd.DataFrame(rows), columns, text_columns=["run", "model", "revision", "rule", "run_id"])
+    if any(summary.best_layer_by_type for summary in summaries):
+        columns.append(("by_type", "best layer\nper task type", escape))
+    columns.append(("run_id", "run id", escape))
+    body = table(pd.DataFrame(rows), columns, text_columns=["run", "model", "revision", "rule", "by_type", "run_id"])
     sources = "".join(f"<li>{escape(label)}: {escape(run.directory)} (run {escape(run.run_id)}; texts: "
                       f"{escape(run.dataset or 'unknown')})</li>"
                       for label, run in zip(labels, loaded, strict=True))
     body += f"<details><summary>Result directories, run ids and text sources</summary><ul>{sources}</ul></details>"
     if not vary_dataset and loaded[0].dataset:
         body += f'<p class="caption">All runs on the texts of {escape(loaded[0].dataset)}.</p>'
+    types = list(dict.fromkeys(task_type for summary in summaries for task_type in summary.task_types))
+    if types:
+        body += (f'<p class="caption">Best layer per task type: the layer with the highest mean score of the run\'s '
+                 f"tasks of that type ({escape(type_legend(types))}; depth % in brackets).</p>")
     if mismatch:
         body += note(mismatch[0].upper() + mismatch[1:] + ".")
     return section("runs", "Runs", body)

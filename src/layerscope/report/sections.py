@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from layerscope.analysis.by_type import BEST_PER_TYPE_RULE, best_layers_text, type_columns, type_legend
 from layerscope.analysis.selection import metric_directions
 from layerscope.analysis.summary import ALL_TEXTS, Summary, reference_metrics
 from layerscope.analysis.tables import default_normalization, score_grid
@@ -275,8 +276,9 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
     frame = summary.per_layer
     if frame is None:
         return section("layers", "Per-layer table", note("No per-layer values in this run."))
+    types = type_columns(frame)  # score_<type> -> type: each type's mean score, beside the average
     metric_columns = order_metrics(
-        column for column in frame.columns if column not in ("layer", "depth_pct", "avg_score", "n_tasks")
+        column for column in frame.columns if column not in ("layer", "depth_pct", "avg_score", "n_tasks", *types)
     )
     directions = metric_directions(metric_columns, strict=False)
     headline = headline_label(run, summary)
@@ -300,6 +302,7 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
         frame = frame.assign(score_interval=layer_interval_texts(intervals, frame["layer"].tolist()))
         columns.append(("score_interval", f"{100 * intervals.attrs['confidence']:g}% interval\n(bootstrap)",
                         lambda value: "" if is_missing(value) else escape(value)))
+    columns += [(column, f"{task_type}\n(x100)", formatter(1)) for column, task_type in types.items()]
     for metric in metric_columns:
         norm = default_normalization(run.metrics, metric)
         arrow = {True: " \u2191", False: " \u2193"}.get(directions.get(metric), "")
@@ -311,6 +314,7 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
         return " ".join(role for role in ("best", "chosen") if roles[role] is not None and row["layer"] == roles[role])
 
     shades = {column: shade(frame[column], directions.get(column, True)) for column in metric_columns}
+    shades.update({column: shade(frame[column], True) for column in types})
     if "avg_score" in frame.columns:
         shades["avg_score"] = shade(frame["avg_score"], True)
 
@@ -329,6 +333,10 @@ def per_layer_section(run: RunData, summary: Summary) -> Section:
     captions = []
     if grid:
         captions.append(f"Average score over {grid.get('n_tasks')} tasks.")
+    if types:
+        legend = type_legend(types.values(), frame.attrs.get("task_type_counts"))
+        best = best_layers_text(summary.best_layer_by_type, summary.last_layer, short=False)
+        captions.append(f"Per task type: the mean score of that type's tasks ({legend}); best layer per type: {best}.")
     if intervals is not None and "avg_score" in frame.columns:
         captions.append(
             f"Intervals: {intervals.attrs['n_resamples']} bootstrap resamples of each task's evaluation examples "
@@ -364,7 +372,7 @@ def plots_section(run: RunData, summary: Summary, images: Mapping[str, Path]) ->
         parts.append("<h3>Task scores per layer</h3>")
         parts.append(image(images["task_scores"], "task scores per layer", escape(
             "One line per task, named in the legend beside its panel; thick black: the mean of the task type; "
-            f"last panel: each type's mean and the overall average. {markers}")))
+            f"last panel: each type's mean (a dot on its best layer) and the overall average. {markers}")))
         parts.append(_task_table(run, summary))
     elif run.scores.empty:
         parts.append(note("No task scores in this run: run `layerscope analyze` with tasks to see where the "
@@ -424,9 +432,13 @@ def selection_section(run: RunData, summary: Summary) -> Section:
     metric_rows = frame[frame["kind"] == "metric"]
     best_rule = str(metric_rows.loc[metric_rows["average"].idxmax(), "rule"]) if not metric_rows.empty else None
     frame = _with_headline(run, summary, frame, type_columns)
+    per_type = "by type: " + best_layers_text(summary.best_layer_by_type, None)
+    frame = frame.assign(layer_text=[
+        per_type if rule == BEST_PER_TYPE_RULE else VARIES if is_missing(layer) else str(int(layer))
+        for rule, layer in zip(frame["rule"], frame["layer"], strict=True)])
     columns: list[tuple[str, str, Callable[[Any], str]]] = [
         ("rule", "rule", escape),
-        ("layer", "layer", lambda value: escape(VARIES if is_missing(value) else int(value))),
+        ("layer_text", "layer", escape),
         ("depth_pct", "depth %\n(mean)", formatter(0)),
         ("average", "average\n(x100)", formatter(1)),
         ("gain_vs_last", "vs. last\nlayer", lambda value: signed(None if is_missing(value) else float(value))),
@@ -447,8 +459,9 @@ def selection_section(run: RunData, summary: Summary) -> Section:
         "Metric rules (\u201cmin dime\u201d = min DiME per task) pick, per task, the layer where the metric "
         "computed on that task's own texts is best, so their layer varies by task; the summary's choice takes one "
         "layer for every task from the metric on all texts. The depth rules need no metric; \u201cbest layer per "
-        "task\u201d is an oracle. Highlighted: the best rule with labels and the best label-free metric rule "
-        "(which rule is best is itself known only with labels).</p>"
+        "task\u201d is an oracle; \u201cbest layer per type\u201d gives each task its type's best layer (with two "
+        "task types or more). Highlighted: the best rule with labels and the best label-free metric rule (which "
+        "rule is best is itself known only with labels).</p>"
     )
     body += table(frame, columns, row_class=row_class, text_columns=["rule"],
                   group=lambda row: _RULE_GROUPS.get(str(row["kind"]), str(row["kind"])))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from layerscope.analysis.by_type import type_columns
 from layerscope.analysis.summary import ALL_TEXTS
 from layerscope.analysis.tables import default_normalization, infer_last_layer
 from layerscope.errors import LayerscopeError
@@ -165,8 +166,9 @@ def run_overlay_figure(
     skip = {"layer", "depth_pct", "avg_score", "n_tasks"}
     if columns is None:
         found: list[str] = []
-        for table in tables.values():
-            found.extend(str(column) for column in table.columns if column not in skip and column not in found)
+        for table in tables.values():  # the per-type scores stay in the tables: one panel each would crowd it
+            found.extend(str(column) for column in table.columns if column not in skip and column not in found
+                         and column not in type_columns(table))
         columns = order_metrics(found) + (["avg_score"] if any("avg_score" in t.columns for t in tables.values()) else [])
     columns = list(columns)
     if not columns:

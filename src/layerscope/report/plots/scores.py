@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from layerscope.analysis.tables import infer_last_layer, score_grid
@@ -56,8 +57,9 @@ def task_scores_figure(
     matplotlib.figure.Figure
         One axes per task type with a line per task (its own colour and dash, named in the legend
         beside the panel) and, with two tasks or more, a thick black line for the type's mean;
-        with several task types a last axes ("All tasks") with each type's mean and the overall
-        average (the complete layer x task grid of :func:`layerscope.analysis.score_grid`).
+        with several task types a last axes ("All tasks") with each type's mean (a dot on its best
+        layer, named in the legend) and the overall average (the complete layer x task grid of
+        :func:`layerscope.analysis.score_grid`).
     """
     require(scores, ("layer", "task", "main_score"), "task scores")
     last = last_layer if last_layer is not None else infer_last_layer(scores)
@@ -92,10 +94,12 @@ def task_scores_figure(
             axis = axes[-1]
             for task_type in types:
                 type_tasks = [task for task in grid.tasks if grid.task_types.get(task) == task_type]
-                if type_tasks:
-                    mean = 100.0 * grid.matrix[type_tasks].mean(axis=1)
-                    axis.plot(grid_depth, mean.to_numpy(), color=type_colors[task_type], linewidth=1.4,
-                              label=task_type)
+                if type_tasks:  # a dot on each type's best layer: types often peak at different depths
+                    mean = (100.0 * grid.matrix[type_tasks].mean(axis=1)).to_numpy()
+                    best_at = int(np.argmax(mean))
+                    axis.plot(grid_depth, mean, color=type_colors[task_type], linewidth=1.4, marker="o",
+                              markersize=5, markevery=[best_at],
+                              label=f"{task_type} (best: layer {grid.layers[best_at]})")
             axis.plot(grid_depth, (100.0 * grid.average).to_numpy(), color="#000000", linewidth=2.8,
                       label="average")
             axis.set_title(f"All tasks ({len(grid.tasks)})")
