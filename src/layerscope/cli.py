@@ -103,7 +103,7 @@ def default_cache_dir() -> str:
 def _cli_type(hint: Any) -> Any:
     """The type typer parses a field as: unions and tuples come in as text (the configuration parses them)."""
     args = set(typing.get_args(hint))
-    if hint in (str, int, bool) or args in ({str, type(None)}, {int, type(None)}):
+    if hint in (str, int, bool) or args in ({str, type(None)}, {int, type(None)}, {bool, type(None)}):
         return hint
     return str | None if type(None) in args else str
 

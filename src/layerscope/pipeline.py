@@ -305,6 +305,7 @@ def run_analysis(
         "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
         "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
         "n_forward_texts": measured.record["n_forward_texts"],
+        "normalize": measured.record["normalize"],  # which layers were L2-normalized (the last, as shipped?)
         "intervals": intervals.to_dict() if bootstrap and intervals is not None else None,
         "extraction": {k: v for k, v in measured.extraction.record.items()
                        if isinstance(v, (int, float, str, bool, type(None)))},
