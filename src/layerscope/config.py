@@ -440,7 +440,7 @@ class ExtractConfig(Config):
     normalize: bool | None = option(None, "L2-normalize every layer's embeddings, last (--normalize), or none "
                                     "(--no-normalize); default: the last layer as the model ships it, normalized "
                                     "where its sentence-transformers pipeline ends in Normalize.",
-                                    label="L2-normalized")
+                                    label="L2-normalized", flag="--normalize/--no-normalize")
 
     def validate(self) -> None:
         _one_of(self.pooling, POOLINGS, "pooling")
