@@ -118,6 +118,16 @@ def test_a_window_exports_as_the_recipe_and_loads_as_its_readme_says(exported, n
     assert (folder / "layerscope_window.py").is_file()
     load = f"SentenceTransformer({str(folder)!r}, trust_remote_code=True)"
     assert results[name].record["load"] == load and load in (folder / "README.md").read_text()
+    # the window module's maps, read off the fitted recipe, compute the recipe (float64 both ways, the
+    # z-scores as a diagonal map: a few ulps of O(1) values)
+    from layerscope.analysis.recipe_export import window_maps
+    from layerscope.analysis.recipes import fit_recipe
+
+    pooled = ls.extract(models[name], TEXTS, pooling=pooling, layers=window, max_length=64, progress=False).pooled
+    fit = ls.extract(models[name], FIT_TEXTS, pooling=pooling, layers=window, max_length=64, progress=False).pooled
+    fitted = fit_recipe(fit, window, recipe, last_layer=6)
+    np.testing.assert_allclose(window_maps(fitted).apply(pooled), recipe_embeddings(
+        pooled, window, recipe, last_layer=6, fit=fit).numpy(), rtol=1e-10, atol=1e-10)
     record = json.loads((folder / "layerscope_export.json").read_text())
     assert record["recipe"] == recipe and record["fitted_on"] == "30 unlabelled texts of test texts"
     assert record["starts_from"] == [f"layer {layer} raw" for layer in window]

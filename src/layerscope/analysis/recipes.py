@@ -406,6 +406,7 @@ def evaluate_recipes(
     fit: np.ndarray | None = None,
     name: str = "layerscope",
     eval_workers: int | str = 1,
+    normalized: Sequence[int] = (),
 ) -> pd.DataFrame:
     """Score recipes with MTEB's evaluators, as :func:`~layerscope.evaluate.evaluate_layers` scores layers.
 
@@ -424,6 +425,9 @@ def evaluate_recipes(
         Model name recorded in MTEB's results.
     eval_workers : int or "auto"
         Processes running the evaluators (one recipe at a time each).
+    normalized : sequence of int
+        Canonical layers the recipes start from L2-normalized (the last layer of a model that ships
+        normalized: ``ExtractConfig.normalized_layers(model)``); default none, the raw layers.
 
     Returns
     -------
@@ -437,7 +441,7 @@ def evaluate_recipes(
     task_list = resolve(tasks, seed=seed)
     _load(task_list)
     vectors = [recipe_embeddings(extraction.pooled, extraction.layers, recipe, last_layer=extraction.num_layers,
-                                 fit=fit).to(torch.float32).numpy() for recipe in recipe_list]
+                                 fit=fit, normalized=normalized).to(torch.float32).numpy() for recipe in recipe_list]
     _RECIPE_STATE.clear()
     _RECIPE_STATE.update(texts=list(extraction.texts), vectors=vectors, tasks=task_list, seed=seed, name=name)
     from layerscope.evaluate.runner import fork_map

@@ -8,6 +8,9 @@ gives layerscope's layer-L embeddings and ``AutoModel.from_pretrained(DIR)`` loa
 layerscope and no remote code. Layer L is the raw residual stream after block L (``final_norm="none"``,
 read from ``hidden_states[L]`` with ``tie_last_hidden_states`` off) or the final norm applied to it
 (``final_norm="all"``, the model's own ``last_hidden_state``, as the paper's truncated models measured).
+The last layer of a model that ships L2-normalized is exported as it ships by default (a ``Normalize``
+module after pooling, before any conditioning). A mean over a window of layers (a recipe's
+``mean``/``zmean``) is :mod:`layerscope.export.window`.
 """
 
 from __future__ import annotations
