@@ -80,7 +80,7 @@ def test_embed_normalizes_and_refuses_what_it_does_not_do(model, table, tmp_path
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
     with pytest.raises(LayerscopeError, match="parquet or .npy"):
         embed_layer(model, rows, 1, tmp_path / "x.csv", progress=False)
-    with pytest.raises(LayerscopeError, match="export --condition"):
+    with pytest.raises(LayerscopeError, match=r"give the conditioning in a recipe, e.g. --recipe 'last\+standardize'"):
         embed_layer(model, rows, 1, out, extraction=ExtractConfig(condition="whiten"), progress=False)
 
 

@@ -175,6 +175,23 @@ def test_fitted_on_some_texts_and_applied_to_others() -> None:
                                rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.numeric
+def test_a_recipe_starts_from_the_layers_named_normalized() -> None:
+    """The last layer as a model that ships normalized ships it: unit rows, before z-scores and the fit."""
+    unit = POOLED.astype(np.float64).copy()
+    unit[6] /= np.linalg.norm(unit[6], axis=1, keepdims=True)
+    fit, texts = unit[:, :30], unit[:, 30:]
+    got = recipe_embeddings(POOLED[:, 30:], LAYERS, "zmean:0.5-1+standardize", last_layer=LAST, fit=POOLED[:, :30],
+                            normalized=[6]).numpy()
+    x, f = reference("zmean", [3, 4, 5, 6], texts, fit)
+    np.testing.assert_allclose(got, z_scores(x, f), rtol=RTOL, atol=ATOL)
+    last = recipe_embeddings(POOLED, LAYERS, "last", last_layer=LAST, normalized=[6]).numpy()
+    np.testing.assert_allclose(last, unit[6], rtol=RTOL, atol=ATOL)
+    # a layer outside the recipe's window is not touched: depth:0.5 reads layer 3 as it is
+    np.testing.assert_array_equal(recipe_embeddings(POOLED, LAYERS, "depth:0.5", last_layer=LAST, normalized=[6]),
+                                  recipe_embeddings(POOLED, LAYERS, "depth:0.5", last_layer=LAST))
+
+
 def test_a_memory_map_is_read_as_an_array(tmp_path) -> None:
     path = tmp_path / "pooled.npy"
     np.save(path, POOLED)

@@ -103,7 +103,7 @@ def default_cache_dir() -> str:
 def _cli_type(hint: Any) -> Any:
     """The type typer parses a field as: unions and tuples come in as text (the configuration parses them)."""
     args = set(typing.get_args(hint))
-    if hint in (str, int, bool) or args in ({str, type(None)}, {int, type(None)}):
+    if hint in (str, int, bool) or args in ({str, type(None)}, {int, type(None)}, {bool, type(None)}):
         return hint
     return str | None if type(None) in args else str
 
@@ -866,32 +866,52 @@ def write_choice(result: Any, folder: Path, config: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------ export
 
 
+RecipeOption = Annotated[str | None, typer.Option(
+    "--recipe", help="A recipe instead of a layer: last | layer:L | depth:F | mean:A-B | zmean:A-B, optionally "
+    "+standardize | +whiten[:rank] | +remove-top[:k] (fitted on unlabelled texts), or one per task type "
+    "('classification=zmean:0.5-1;*=last+standardize', with --task-type).")]
+TaskTypeOption = Annotated[str | None, typer.Option(
+    "--task-type", help="The task type the embedding is for (classification, clustering, sts, ...): picks the "
+    "recipe of a per-type --recipe.")]
+
+
 @app.command("export")
 @configured(model=ModelConfig, extraction=ExtractConfig)
 def export_command(
     model: ModelConfig,
     extraction: ExtractConfig,
-    layer: Annotated[int, typer.Option("--layer", "-l", help="The layer to keep (1..L; negative counts from the last).")],
     out: Annotated[Path, typer.Option(help="Folder of the exported model.")],
+    layer: Annotated[int | None, typer.Option("--layer", "-l", help="The layer to keep (1..L; negative counts from "
+                                              "the last).")] = None,
+    recipe: RecipeOption = None,
+    task_type: TaskTypeOption = None,
     fit_dataset: Annotated[str | None, typer.Option("--fit-dataset", help="Unlabelled texts (corpus, file) the "
-                                                    "--condition transform is fitted on.")] = None,
+                                                    "--condition transform or the recipe is fitted on.")] = None,
 ) -> None:
-    """Write one layer as a smaller sentence-transformers / Hugging Face model (blocks after it dropped)."""
+    """Write one layer, or a recipe, as a smaller sentence-transformers / Hugging Face model (blocks after it
+    dropped)."""
     import torch
 
     from layerscope.export import PROBE_TEXTS, encode_speed, export_layer
 
+    _layer_or_recipe(layer, recipe, extraction)
     if extraction.outlier_tokens is not None:
         raise LayerscopeError("an export cannot leave out outlier tokens (sentence-transformers pooling has no such "
                               "step): export without --outlier-tokens")
     fit_texts = _corpus_texts(TextConfig(fit_dataset))[0] if fit_dataset else None
     output_folder(out)
     loaded = load(model.replace(device="cpu") if model.device == "auto" else model, extraction)
-    with err_console.status(f"exporting layer {layer} of {loaded.model_id}"):
-        result = export_layer(loaded, layer, out, pooling=extraction.pooling, final_norm=extraction.final_norm,
-                              normalize=extraction.normalize, max_length=extraction.max_length,
-                              condition=extraction.condition,
-                              fit_texts=fit_texts)
+    with err_console.status(f"exporting {f'layer {layer}' if recipe is None else recipe} of {loaded.model_id}"):
+        if recipe is not None:
+            from layerscope.analysis.recipe_export import export_recipe
+
+            result = export_recipe(loaded, recipe, out, task_type=task_type, pooling=extraction.pooling,
+                                   final_norm=extraction.final_norm, normalize=extraction.normalize,
+                                   max_length=extraction.max_length, fit_texts=fit_texts, fit_source=fit_dataset)
+        else:
+            result = export_layer(loaded, layer, out, pooling=extraction.pooling, final_norm=extraction.final_norm,
+                                  normalize=extraction.normalize, max_length=extraction.max_length,
+                                  condition=extraction.condition, fit_texts=fit_texts)
     from transformers import AutoModel
 
     exported = AutoModel.from_pretrained(str(result.out)).eval()
@@ -900,13 +920,15 @@ def export_command(
     length = result.record["max_length"]
     full_s = encode_speed(loaded.model, loaded.tokenizer, texts, max_length=length)
     exported_s = encode_speed(exported, loaded.tokenizer, texts, max_length=length)
-    console.print(f"layer {result.layer} of {result.num_layers} -> {result.out}: {result.parameters:,} of "
+    what = f"layer {result.layer}" if recipe is None else f"recipe {result.record['recipe']} (up to layer {result.layer})"
+    console.print(f"{what} of {result.num_layers} -> {result.out}: {result.parameters:,} of "
                   f"{result.parameters_full:,} parameters kept ({100 * result.parameters / result.parameters_full:.0f}%); "
                   f"checked against layerscope: max difference {result.max_difference:.1e} "
-                  f"(largest value {result.record['largest_value']:,.1f})")
+                  f"(largest value {result.record['largest_value']:,.1f})", highlight=False)
     console.print(f"encode time of {len(texts)} texts, {threads} threads: full model {full_s:.3f} s, exported "
                   f"{exported_s:.3f} s ({full_s / exported_s:.2f}x faster)")
-    console.print(f"use it: SentenceTransformer({str(result.out)!r}).encode(texts)")
+    load_line = result.record.get("load") or f"SentenceTransformer({str(result.out)!r})"
+    console.print(f"use it: {load_line}.encode(texts)", highlight=False)
 
 
 @app.command("embed")
@@ -917,24 +939,49 @@ def embed_command(
     texts: TextConfig,
     extraction: ExtractConfig,
     cache: CacheOptions,
-    layer: Annotated[int, typer.Option("--layer", "-l", help="The layer (0..L; negative counts from the last).")],
-    out: Annotated[Path, typer.Option(help="Output file: .parquet (id, embedding) or .npy (structured id, embedding).")],
+    out: Annotated[Path, typer.Option(help="Output file: .parquet (id, embedding) or .npy (structured id, embedding); "
+                                      "its record is written beside it, OUT.json.")],
+    layer: Annotated[int | None, typer.Option("--layer", "-l", help="The layer (0..L; negative counts from the "
+                                              "last).")] = None,
+    recipe: RecipeOption = None,
+    task_type: TaskTypeOption = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Texts per extraction (memory bound; each chunk "
                                             "is cached, so a rerun resumes).")] = 4096,
 ) -> None:
-    """Embeddings of one layer for the texts of a file, each row with its text's id in the file."""
+    """Embeddings of one layer, or of a recipe (fitted on these texts), for the texts of a file, each row with
+    its text's id in the file."""
     from layerscope.export.embed import embed_layer
 
+    _layer_or_recipe(layer, recipe, extraction)
     if chunk_size < 1:
         raise LayerscopeError(f"--chunk-size must be a positive number of texts, got {chunk_size}")
     rows = texts.rows()
     err_console.print(f"{len(rows.texts)} texts from {texts.dataset}", highlight=False)
     loaded = load(model, extraction)
-    result = embed_layer(loaded, rows, layer, out, extraction=extraction, cache_dir=cache.resolve(),
-                         chunk_size=chunk_size)
-    console.print(f"layer {result.layer} of {loaded.num_layers}: {result.n_written} embeddings of dimension "
-                  f"{result.dim} -> {result.out}" + (f"; {result.n_skipped} empty texts skipped" if result.n_skipped
-                                                     else ""))
+    if recipe is not None:
+        from layerscope.analysis.recipe_export import embed_recipe
+
+        result = embed_recipe(loaded, rows, recipe, out, task_type=task_type, extraction=extraction,
+                              cache_dir=cache.resolve(), chunk_size=chunk_size)
+    else:
+        result = embed_layer(loaded, rows, layer, out, extraction=extraction, cache_dir=cache.resolve(),
+                             chunk_size=chunk_size)
+    what = f"layer {result.layer} of {loaded.num_layers}" if recipe is None else f"recipe {result.recipe}"
+    console.print(f"{what}: {result.n_written} embeddings of dimension {result.dim} -> {result.out}"
+                  + (f"; {result.n_skipped} empty texts skipped" if result.n_skipped else ""), highlight=False)
+
+
+def _layer_or_recipe(layer: int | None, recipe: str | None, extraction: ExtractConfig) -> None:
+    """One of --layer and --recipe, and a recipe's conditioning in the recipe (one-line errors)."""
+    if (layer is None) == (recipe is None):
+        raise LayerscopeError("give --layer or --recipe (one of them)")
+    if recipe is not None:
+        from layerscope.analysis.recipes import parse_recipe_set
+
+        parse_recipe_set(recipe)  # a bad recipe fails before the model loads
+        if extraction.condition != "none":
+            raise LayerscopeError("give the conditioning in the recipe (e.g. --recipe 'last+standardize'), "
+                                  "not as --condition")
 
 
 # ------------------------------------------------------------------------------------------ report, compare, sweep

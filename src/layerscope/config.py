@@ -442,8 +442,10 @@ class ExtractConfig(Config):
     condition: str = option("none", "Label-free transform of the pooled embeddings, fitted on the run's texts: "
                             "none | standardize | whiten[:rank] | remove-top[:k] (all-but-the-top).",
                             label="Conditioning")
-    normalize: bool = option(False, "L2-normalize each embedding last (as a sentence-transformers model's final "
-                             "Normalize module does; layers are taken before it).", label="L2-normalized")
+    normalize: bool | None = option(None, "L2-normalize every layer's embeddings, last (--normalize), or none "
+                                    "(--no-normalize); default: the last layer as the model ships it, normalized "
+                                    "where its sentence-transformers pipeline ends in Normalize.",
+                                    label="L2-normalized", flag="--normalize/--no-normalize")
 
     def validate(self) -> None:
         _one_of(self.pooling, POOLINGS, "pooling")
@@ -462,6 +464,18 @@ class ExtractConfig(Config):
                                       f"{self.outlier_tokens!r}")
             object.__setattr__(self, "outlier_tokens", factor)
         parse_condition(self.condition)  # one-line error for a bad spec
+        if self.normalize == "auto":  # as a configuration file may spell the default
+            object.__setattr__(self, "normalize", None)
+        if self.normalize not in (None, True, False):
+            raise LayerscopeError(f"normalize must be true, false or auto, got {self.normalize!r}")
+
+    def normalized_layers(self, model: Any) -> tuple[int, ...]:
+        """Canonical layers L2-normalized *before* any conditioning: the last layer where ``normalize`` is
+        auto and the model ships normalized (:attr:`~layerscope.models.LoadedModel.ships_normalized`);
+        ``normalize=True`` instead normalizes every layer *after* the conditioning."""
+        if self.normalize is None and getattr(model, "ships_normalized", False):
+            return (int(model.num_layers),)
+        return ()
 
     def extract_options(self) -> dict[str, Any]:
         """Keyword options of :func:`layerscope.extract` (final_norm belongs to the loaded model; the

@@ -157,6 +157,7 @@ def analyze(
     final_norm: str = "none",
     max_length: int | None = None,
     batch_size: int | str = "auto",
+    normalize: bool | None = None,
     cache_dir: str | None = None,
     device: str = "auto",
     dtype: str | None = None,
@@ -207,6 +208,11 @@ def analyze(
         (:class:`layerscope.config.TaskFileConfig`).
     pooling, max_length, batch_size, cache_dir, progress
         As in :func:`layerscope.extract`.
+    normalize : bool or None
+        ``None`` (auto): the last layer of a model that ships normalized (a sentence-transformers
+        pipeline ending in ``Normalize``) is L2-normalized as it ships, so its score is MTEB's score of
+        the model; ``False``: the raw layers; ``True``: every layer L2-normalized
+        (:class:`~layerscope.config.ExtractConfig`).
     report : bool
         Write plots and ``report.html``.
     eval_workers : int or "auto"
@@ -225,7 +231,7 @@ def analyze(
                           revision if loaded_model is None else loaded_model.revision, device, dtype,
                           trust_remote_code),
         extraction=ExtractConfig(pooling, final_norm if loaded_model is None else loaded_model.final_norm,
-                                 max_length, batch_size),
+                                 max_length, batch_size, normalize=normalize),
         views=ViewConfig(n_views, view_texts, lidar_texts, view_max_length),
         tasks=tuple(task.metadata.name for task in task_list),
         metrics=metrics,
@@ -314,6 +320,7 @@ def run_analysis(
         "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
         "n_forward_texts": measured.record["n_forward_texts"],
         "views": measured.record["views"],
+        "normalize": measured.record["normalize"],  # which layers were L2-normalized (the last, as shipped?)
         "intervals": intervals.to_dict() if bootstrap and intervals is not None else None,
         "extraction": {k: v for k, v in measured.extraction.record.items()
                        if isinstance(v, (int, float, str, bool, type(None)))},

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from layerscope.config import parse_condition
 from layerscope.errors import LayerscopeError, suggest
-from layerscope.extract.conditioning import fit_conditioner
+from layerscope.extract.conditioning import Conditioner, fit_conditioner, l2_normalize_layers
 from layerscope.metrics.functional import as_tensor
 
 if TYPE_CHECKING:
@@ -49,12 +49,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TASK_TYPES",
+    "FittedRecipe",
     "Recipe",
     "RecipeSet",
     "evaluate_recipes",
+    "fit_recipe",
     "parse_recipe",
     "parse_recipe_set",
     "recipe_embeddings",
+    "recipe_for",
     "recipe_layers",
     "recipe_set_scores",
 ]
@@ -217,6 +220,121 @@ def parse_recipe_set(text: str | RecipeSet | Recipe) -> RecipeSet:
     return RecipeSet(tuple(sorted(entries.items(), key=lambda entry: order.index(entry[0]))))
 
 
+@dataclass(frozen=True)
+class FittedRecipe:
+    """A recipe with everything it fitted on unlabelled texts: what an export carries as modules.
+
+    Attributes
+    ----------
+    recipe : Recipe
+    layers : list of int
+        The canonical layers it reads (its window).
+    normalized : tuple of int
+        Positions in ``layers`` L2-normalized first (the last layer of a model that ships normalized).
+    standardize : Conditioner or None
+        ``zmean``'s per-layer z-scores, one affine map per layer of the window.
+    conditioner : Conditioner or None
+        The recipe's conditioning, fitted on the (mean) embedding of the fitting texts.
+    n_fit : int
+        Texts it was fitted on.
+    """
+
+    recipe: Recipe
+    layers: list[int]
+    normalized: tuple[int, ...]
+    standardize: Conditioner | None
+    conditioner: Conditioner | None
+    n_fit: int
+
+    def apply(self, x: Tensor) -> Tensor:
+        """``(w, n, d)`` float64 embeddings of :attr:`layers` -> ``(n, k)`` float64."""
+        x = l2_normalize_layers(x, self.normalized)
+        if self.standardize is not None:
+            x = self.standardize.apply(x)
+        if self.recipe.kind != "layer":
+            x = x.mean(dim=0, keepdim=True)  # (1, n, d)
+        if self.conditioner is not None:
+            x = self.conditioner.apply(x)
+        return x[0]
+
+    def describe(self) -> dict[str, Any]:
+        """What was fitted, for a record."""
+        return {"recipe": self.recipe.text, "layers": self.layers,
+                "normalized_first": [self.layers[position] for position in self.normalized],
+                "n_fit": self.n_fit,
+                "conditioning": None if self.conditioner is None else self.conditioner.describe()}
+
+
+def fit_recipe(
+    fit: np.ndarray | Tensor,
+    layers: Sequence[int],
+    recipe: Recipe | str,
+    *,
+    last_layer: int,
+    normalized: Sequence[int] = (),
+) -> FittedRecipe:
+    """Fit a recipe's standardization and conditioning on the embeddings of unlabelled texts.
+
+    Parameters
+    ----------
+    fit : array or Tensor, shape (n_layers, m, d)
+        Pooled embeddings of the fitting texts, one slice per canonical layer in ``layers``.
+    layers : sequence of int
+        Canonical index of each slice.
+    recipe : Recipe or str
+    last_layer : int
+        ``L`` of the model.
+    normalized : sequence of int
+        Canonical layers L2-normalized before anything else: the last layer of a model that ships
+        normalized, as it ships (``ExtractConfig.normalized_layers``); default none (raw layers).
+
+    Returns
+    -------
+    FittedRecipe
+    """
+    recipe = parse_recipe(recipe)
+    window = recipe.layers(last_layer)
+    fitted = _slices(fit, _positions(recipe, window, layers))  # (w, m, d)
+    first = tuple(position for position, layer in enumerate(window) if layer in set(normalized))
+    fitted = l2_normalize_layers(fitted, first)
+    standardize = None
+    if recipe.kind == "zmean":
+        standardize = fit_conditioner(fitted, "standardize")
+        assert standardize is not None
+        fitted = standardize.apply(fitted)
+    if recipe.kind != "layer":
+        fitted = fitted.mean(dim=0, keepdim=True)  # (1, m, d)
+    conditioner = fit_conditioner(fitted, recipe.condition)
+    return FittedRecipe(recipe, window, first, standardize, conditioner, int(fitted.shape[1]))
+
+
+def recipe_for(recipe: Recipe | RecipeSet | str, task_type: str | None = None) -> Recipe:
+    """The one recipe a single embedding (an export, an embedding file) is made by.
+
+    Parameters
+    ----------
+    recipe : Recipe, RecipeSet or str
+        A recipe, or a recipe set (``type=recipe;...``).
+    task_type : str, optional
+        The task type the embedding is for (MTEB's, case, ``-`` and ``_`` ignored): picks the set's
+        recipe for it. Without it, the set must hold a single recipe.
+
+    Returns
+    -------
+    Recipe
+    """
+    recipe_set = parse_recipe_set(recipe)
+    if task_type is not None:
+        kind = _task_type(task_type)
+        if kind == "*":
+            raise LayerscopeError(f"name a task type, not *: {', '.join(TASK_TYPES)}")
+        return recipe_set.for_type(kind)
+    if len(recipe_set.recipes) > 1:
+        raise LayerscopeError(f"recipe set '{recipe_set.text}' holds one recipe per task type: name the type the "
+                              "embedding is for (--task-type classification, ...)")
+    return recipe_set.recipes[0]
+
+
 def recipe_embeddings(
     pooled: np.ndarray | Tensor,
     layers: Sequence[int],
@@ -224,6 +342,7 @@ def recipe_embeddings(
     *,
     last_layer: int,
     fit: np.ndarray | Tensor | None = None,
+    normalized: Sequence[int] = (),
 ) -> Tensor:
     """One embedding per text by ``recipe``, from the per-layer embeddings of one pass.
 
@@ -241,6 +360,9 @@ def recipe_embeddings(
     fit : array or Tensor, shape (n_layers, m, d), optional
         Embeddings of the unlabelled texts the standardization and conditioning are fitted on
         (default: ``pooled`` itself).
+    normalized : sequence of int
+        Canonical layers the recipe starts from L2-normalized (see :func:`fit_recipe`); default none:
+        it starts from the raw layers.
 
     Returns
     -------
@@ -248,25 +370,21 @@ def recipe_embeddings(
         ``k = d`` except after ``whiten:rank``.
     """
     recipe = parse_recipe(recipe)
+    window = recipe.layers(last_layer)
+    x = _slices(pooled, _positions(recipe, window, layers))  # (w, n, d), read once
+    fitted = fit_recipe(x if fit is None else fit, window if fit is None else layers, recipe,
+                        last_layer=last_layer, normalized=normalized)
+    return fitted.apply(x)
+
+
+def _positions(recipe: Recipe, window: Sequence[int], layers: Sequence[int]) -> list[int]:
+    """Where each layer of the recipe's window lies in ``layers`` (one line when one was not extracted)."""
     positions = []
-    for layer in recipe.layers(last_layer):
+    for layer in window:
         if layer not in layers:
             raise LayerscopeError(f"recipe '{recipe.text}' needs layer {layer}, which was not extracted")
         positions.append(list(layers).index(layer))
-    x = _slices(pooled, positions)  # (w, n, d)
-    fitted = x if fit is None else _slices(fit, positions)  # (w, m, d)
-    if recipe.kind == "zmean":
-        standardize = fit_conditioner(fitted, "standardize")
-        assert standardize is not None
-        x = standardize.apply(x)
-        fitted = x if fit is None else standardize.apply(fitted)
-    if recipe.kind != "layer":
-        x = x.mean(dim=0, keepdim=True)  # (1, n, d)
-        fitted = x if fit is None else fitted.mean(dim=0, keepdim=True)
-    conditioner = fit_conditioner(fitted, recipe.condition)
-    if conditioner is not None:
-        x = conditioner.apply(x)
-    return x[0]
+    return positions
 
 
 def _slices(pooled: np.ndarray | Tensor, positions: list[int]) -> Tensor:
@@ -288,6 +406,7 @@ def evaluate_recipes(
     fit: np.ndarray | None = None,
     name: str = "layerscope",
     eval_workers: int | str = 1,
+    normalized: Sequence[int] = (),
 ) -> pd.DataFrame:
     """Score recipes with MTEB's evaluators, as :func:`~layerscope.evaluate.evaluate_layers` scores layers.
 
@@ -306,6 +425,9 @@ def evaluate_recipes(
         Model name recorded in MTEB's results.
     eval_workers : int or "auto"
         Processes running the evaluators (one recipe at a time each).
+    normalized : sequence of int
+        Canonical layers the recipes start from L2-normalized (the last layer of a model that ships
+        normalized: ``ExtractConfig.normalized_layers(model)``); default none, the raw layers.
 
     Returns
     -------
@@ -319,7 +441,7 @@ def evaluate_recipes(
     task_list = resolve(tasks, seed=seed)
     _load(task_list)
     vectors = [recipe_embeddings(extraction.pooled, extraction.layers, recipe, last_layer=extraction.num_layers,
-                                 fit=fit).to(torch.float32).numpy() for recipe in recipe_list]
+                                 fit=fit, normalized=normalized).to(torch.float32).numpy() for recipe in recipe_list]
     _RECIPE_STATE.clear()
     _RECIPE_STATE.update(texts=list(extraction.texts), vectors=vectors, tasks=task_list, seed=seed, name=name)
     from layerscope.evaluate.runner import fork_map

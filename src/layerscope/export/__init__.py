@@ -8,6 +8,9 @@ gives layerscope's layer-L embeddings and ``AutoModel.from_pretrained(DIR)`` loa
 layerscope and no remote code. Layer L is the raw residual stream after block L (``final_norm="none"``,
 read from ``hidden_states[L]`` with ``tie_last_hidden_states`` off) or the final norm applied to it
 (``final_norm="all"``, the model's own ``last_hidden_state``, as the paper's truncated models measured).
+The last layer of a model that ships L2-normalized is exported as it ships by default (a ``Normalize``
+module after pooling, before any conditioning). A mean over a window of layers (a recipe's
+``mean``/``zmean``) is :mod:`layerscope.export.window`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import nn
 
 from layerscope.errors import LayerscopeError
 
-__all__ = ["ExportResult", "encode_speed", "export_layer", "truncated_config"]
+__all__ = ["ExportResult", "affine_module", "encode_speed", "export_layer", "truncated_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +89,9 @@ def truncated_config(config: Any, layer: int) -> Any:
     return truncated
 
 
-def _save_truncated(model: Any, layer: int, out: Path, final_norm: str) -> int:
-    """Save embeddings + blocks 1..layer of ``model`` to ``out`` (the loaded model is left as it was)."""
+def _save_truncated(model: Any, layer: int, out: Path, final_norm: str, all_hidden_states: bool = False) -> int:
+    """Save embeddings + blocks 1..layer of ``model`` to ``out`` (the loaded model is left as it was);
+    ``all_hidden_states``: its config asks for every layer's states (a window export reads them)."""
     base = model.model
     path = model.adapter.blocks
     parent_path, _, attribute = path.rpartition(".")
@@ -98,6 +102,8 @@ def _save_truncated(model: Any, layer: int, out: Path, final_norm: str) -> int:
     truncated = truncated_config(config, layer)
     if final_norm == "none":
         truncated.tie_last_hidden_states = False  # hidden_states[-1] stays the raw last block
+    if all_hidden_states:
+        truncated.output_hidden_states = True
     try:
         setattr(parent, attribute, kept)
         base.config = truncated
@@ -115,6 +121,13 @@ def _save_truncated(model: Any, layer: int, out: Path, final_norm: str) -> int:
 def _hidden_state_index(out: Path, reference: np.ndarray, probe: Sequence[str], pooling: str) -> int:
     """Which entry of the exported model's ``hidden_states`` is layerscope's layer (found, not assumed:
     models differ in whether entry 0 is the embedding output)."""
+    return _hidden_state_indices(out, [reference], probe, pooling)[0]
+
+
+def _hidden_state_indices(out: Path, references: Sequence[np.ndarray], probe: Sequence[str], pooling: str,
+                          layers: Sequence[int] | None = None) -> list[int]:
+    """The entry of the exported model's ``hidden_states`` holding each layer (``layers``, for messages)
+    whose pooled probe embeddings are ``references`` (each ``(probes, d)``; only the first probe text runs)."""
     from transformers import AutoModel, AutoTokenizer
 
     exported = AutoModel.from_pretrained(str(out)).eval()
@@ -125,13 +138,17 @@ def _hidden_state_index(out: Path, reference: np.ndarray, probe: Sequence[str], 
     from layerscope.extract.pooling import pool
 
     mask = encoded["attention_mask"]
-    differences = [float(np.abs(pool(state.float().unsqueeze(0), mask, pooling)[0][0].numpy() - reference[0]).max())
-                   for state in states]
-    index = int(np.argmin(differences))
-    if differences[index] > _allowed(reference[0]):
-        raise LayerscopeError(f"cannot find layerscope's layer among the exported model's {len(states)} hidden states "
-                              f"(closest differs by {differences[index]:.2e})")
-    return index
+    pooled = [pool(state.float().unsqueeze(0), mask, pooling)[0][0].numpy() for state in states]
+    indices = []
+    for position, reference in enumerate(references):
+        differences = [float(np.abs(candidate - reference[0]).max()) for candidate in pooled]
+        index = int(np.argmin(differences))
+        if differences[index] > _allowed(reference[0]):
+            named = "" if layers is None else f" {layers[position]}"
+            raise LayerscopeError(f"cannot find layerscope's layer{named} among the exported model's {len(states)} "
+                                  f"hidden states (closest differs by {differences[index]:.2e})")
+        indices.append(index)
+    return indices
 
 
 def _allowed(expected: np.ndarray) -> float:
@@ -147,11 +164,12 @@ def export_layer(
     *,
     pooling: str = "mean",
     final_norm: str = "none",
-    normalize: bool = False,
+    normalize: bool | None = None,
     max_length: int | None = None,
     condition: str = "none",
     fit_texts: Sequence[str] | None = None,
     verify: bool = True,
+    record: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write layer ``layer`` of ``model`` as a standalone sentence-transformers / Hugging Face model.
 
@@ -167,8 +185,10 @@ def export_layer(
         Pooling of the token states, as in :func:`layerscope.extract`.
     final_norm : {"none", "all"}
         The raw residual stream after block ``layer``, or the model's final norm applied to it.
-    normalize : bool
-        Add an L2 normalization after pooling (cosine-ready vectors).
+    normalize : bool or None
+        ``True``: an L2 normalization last (cosine-ready vectors); ``False``: none; ``None`` (auto): the
+        last layer of a model that ships normalized is exported as it ships, L2-normalized after pooling
+        (before any conditioning), as :class:`~layerscope.config.ExtractConfig` scores it.
     max_length : int, optional
         Maximum sequence length in tokens (default: the model's configured one, else 512).
     condition : str
@@ -180,6 +200,8 @@ def export_layer(
     verify : bool
         Encode a few probe texts with sentence-transformers and check they equal layerscope's
         embeddings (to :data:`TOLERANCE`).
+    record : dict, optional
+        Further entries of the export's record (e.g. the recipe the export computes).
 
     Returns
     -------
@@ -205,6 +227,7 @@ def export_layer(
     final = writable_directory(out, "export folder")
     source = model if model.final_norm == final_norm else _with_final_norm(model, final_norm)
 
+    first = layer in ExtractConfig(normalize=normalize).normalized_layers(model)  # as the model ships it
     conditioner = None
     if condition != "none":
         if not fit_texts:
@@ -212,11 +235,12 @@ def export_layer(
         from layerscope.extract.conditioning import fit_conditioner
 
         fitted = extract(source, list(fit_texts), pooling=pooling, layers=[layer], max_length=max_length, progress=False)
-        conditioner = fit_conditioner(np.asarray(fitted.pooled), condition)
+        conditioner = fit_conditioner(np.asarray(fitted.pooled), condition, normalize_first=(0,) if first else ())
 
     with _staged(final, _weight_bytes(model, layer)) as folder:
         return _export_into(model, source, layer, folder, final, conditioner, pooling=pooling, final_norm=final_norm,
-                            normalize=normalize, max_length=max_length, verify=verify)
+                            normalize=(first, bool(normalize)), max_length=max_length, verify=verify,
+                            extra=record or {})
 
 
 def _weight_bytes(model: Any, layer: int) -> int:
@@ -261,8 +285,10 @@ def _staged(final: Path, needs: int | None = None) -> Iterator[Path]:
 
 
 def _export_into(model: Any, source: Any, layer: int, folder: Path, final: Path, conditioner: Any, *, pooling: str,
-                 final_norm: str, normalize: bool, max_length: int, verify: bool) -> ExportResult:
-    """:func:`export_layer`'s writing and checking, into ``folder`` (the staging folder of ``final``)."""
+                 final_norm: str, normalize: tuple[bool, bool], max_length: int, verify: bool,
+                 extra: dict[str, Any]) -> ExportResult:
+    """:func:`export_layer`'s writing and checking, into ``folder`` (the staging folder of ``final``);
+    ``normalize``: L2 normalizations (before the conditioning, after it)."""
     from layerscope.extract import extract
 
     parameters = _save_truncated(model, layer, folder, final_norm)
@@ -274,6 +300,7 @@ def _export_into(model: Any, source: Any, layer: int, folder: Path, final: Path,
         index = _hidden_state_index(folder, reference, PROBE_TEXTS, pooling)
         output = ["hidden_states", index]
     affine = None if conditioner is None else conditioner.layer(0)  # the export normalizes on its own
+    first, last = normalize
     _write_sentence_transformer(folder, output, pooling, normalize, max_length, model.hidden_size, affine)
 
     difference = largest = None
@@ -281,18 +308,19 @@ def _export_into(model: Any, source: Any, layer: int, folder: Path, final: Path,
         from sentence_transformers import SentenceTransformer
 
         encoded = SentenceTransformer(str(folder), device="cpu").encode(list(PROBE_TEXTS), convert_to_numpy=True)
-        expected = reference if affine is None else reference @ affine[0] + affine[1]
-        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True) if normalize else expected
+        expected = reference / np.linalg.norm(reference, axis=1, keepdims=True) if first else reference
+        expected = expected if affine is None else expected @ affine[0] + affine[1]
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True) if last else expected
         difference = float(np.abs(encoded.astype(np.float64) - expected).max())
         largest = float(np.abs(expected).max())
         if difference > _allowed(expected):
             raise LayerscopeError(f"the exported model differs from layerscope's layer {layer} by {difference:.2e}")
     full = sum(p.numel() for p in model.model.parameters())
     record = {"source": model.describe(), "layer": layer, "num_layers": model.num_layers, "pooling": pooling,
-              "final_norm": final_norm, "normalize": normalize, "max_length": max_length,
+              "final_norm": final_norm, "normalize": last, "normalized_as_shipped": first, "max_length": max_length,
               "hidden_states_index": index, "parameters": parameters, "parameters_full": full,
               "max_difference": difference, "largest_value": largest,
-              "conditioning": None if conditioner is None else conditioner.describe()}
+              "conditioning": None if conditioner is None else conditioner.describe(), **extra}
     from layerscope.atomic import atomic_write_json
 
     atomic_write_json(folder / MARKER, record)
@@ -305,24 +333,36 @@ def _with_final_norm(model: Any, final_norm: str) -> Any:
     return dataclasses.replace(model, final_norm=final_norm)
 
 
-def _write_sentence_transformer(folder: Path, output: list[Any], pooling: str, normalize: bool, max_length: int,
-                                dimension: int, affine: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """The sentence-transformers modules of the export, saved over the model folder."""
+def _write_sentence_transformer(folder: Path, output: list[Any], pooling: str, normalize: tuple[bool, bool],
+                                max_length: int, dimension: int,
+                                affine: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """The sentence-transformers modules of the export, saved over the model folder (``normalize``: an L2
+    normalization before the conditioning's ``Dense``, one after it)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Dense, Normalize
+    from sentence_transformers.base.modules import Normalize
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     transformer = Transformer(str(folder), max_seq_length=max_length, module_output_name="token_embeddings",
                               modality_config={"text": {"method": "forward", "method_output_name": output}})
     modules: list[nn.Module] = [transformer, Pooling(dimension, pooling_mode=_ST_POOLING[pooling])]
-    if affine is not None:  # the conditioning x -> x A + c as a linear layer (weight A^T), no activation
-        weight, bias = (torch.as_tensor(value, dtype=torch.float32) for value in affine)
-        modules.append(Dense(weight.shape[0], weight.shape[1], activation_function=nn.Identity(),
-                             init_weight=weight.T.contiguous(), init_bias=bias))
-    if normalize:
+    if normalize[0]:
+        modules.append(Normalize())
+    if affine is not None:
+        modules.append(affine_module(affine))
+    if normalize[1]:
         modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+
+
+def affine_module(affine: tuple[np.ndarray, np.ndarray]) -> nn.Module:
+    """A fitted conditioning ``x -> x A + c`` (``A (d, k)``, ``c (k,)``) as a sentence-transformers ``Dense``
+    module: a linear layer with weight ``A^T``, no activation."""
+    from sentence_transformers.base.modules import Dense
+
+    weight, bias = (torch.as_tensor(value, dtype=torch.float32) for value in affine)
+    return Dense(weight.shape[0], weight.shape[1], activation_function=nn.Identity(),
+                 init_weight=weight.T.contiguous(), init_bias=bias)
 
 
 def encode_speed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,

@@ -16,12 +16,14 @@ embeddings of unlabelled texts, are known to repair it:
 Each is an affine map ``x -> x A + c``, one per layer, computed in float64 and applied with one
 batched matrix product; a sentence-transformers ``Dense`` module carries it into an exported model.
 An optional L2 normalization of each embedding comes last (what a sentence-transformers model's final
-``Normalize`` module does; layerscope's layers are taken before it).
+``Normalize`` module does; layerscope's layers are taken before it). Some layers may be L2-normalized
+*first*, before the fit and the map: the last layer of a model that ships normalized, as it ships.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,7 +33,10 @@ from layerscope.config import parse_condition
 from layerscope.errors import LayerscopeError
 from layerscope.metrics.functional import as_tensor
 
-__all__ = ["Conditioner", "fit_conditioner"]
+if TYPE_CHECKING:
+    from layerscope.config import ExtractConfig
+
+__all__ = ["Conditioner", "fit_conditioner", "l2_normalize_layers", "normalize_record"]
 
 #: Principal variances below this fraction of the largest are treated as zero (no whitening blow-up).
 _RELATIVE_FLOOR = 1e-10
@@ -49,6 +54,10 @@ class Conditioner:
     bias : Tensor, shape (layers, k), float64
     n_fit : int
         Texts it was fitted on.
+    normalize : bool
+        L2-normalize every embedding last.
+    normalize_first : tuple of int
+        Positions on the layer axis L2-normalized before the map (and before the fit).
     """
 
     spec: str
@@ -56,6 +65,7 @@ class Conditioner:
     bias: Tensor | None
     n_fit: int
     normalize: bool = False
+    normalize_first: tuple[int, ...] = ()
 
     @property
     def dim(self) -> int | None:
@@ -64,7 +74,7 @@ class Conditioner:
 
     def apply(self, embeddings: Tensor | np.ndarray) -> Tensor:
         """``(layers, ..., d)`` embeddings -> ``(layers, ..., k)`` float64 (any leading axes after layers)."""
-        out = x = as_tensor(embeddings, torch.float64)
+        out = x = l2_normalize_layers(as_tensor(embeddings, torch.float64), self.normalize_first)
         if self.weight is not None and self.bias is not None:
             if x.shape[0] != self.weight.shape[0] or x.shape[-1] != self.weight.shape[1]:
                 raise LayerscopeError(f"conditioning fitted on {tuple(self.weight.shape[:2])} (layers, features) "
@@ -83,12 +93,27 @@ class Conditioner:
         return self.weight[position].numpy(), self.bias[position].numpy()
 
     def describe(self) -> dict[str, object]:
-        return {"condition": self.spec, "n_fit": self.n_fit, "dim": self.dim, "normalize": self.normalize}
+        described: dict[str, object] = {"condition": self.spec, "n_fit": self.n_fit, "dim": self.dim,
+                                        "normalize": self.normalize}
+        if self.normalize_first:
+            described["normalize_first"] = list(self.normalize_first)
+        return described
 
 
-def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool = False) -> Conditioner | None:
+def l2_normalize_layers(x: Tensor, positions: tuple[int, ...]) -> Tensor:
+    """``(layers, ..., d)`` ``x`` with the slices ``positions`` of its layer axis L2-normalized (a new
+    tensor where any is: ``x`` may share memory with the caller's array)."""
+    if not positions:
+        return x
+    index = torch.as_tensor(positions, device=x.device)
+    chosen = x.index_select(0, index)
+    return x.index_copy(0, index, chosen / torch.linalg.vector_norm(chosen, dim=-1, keepdim=True).clamp_min(1e-300))
+
+
+def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool = False,
+                    normalize_first: tuple[int, ...] = ()) -> Conditioner | None:
     """Fit a conditioning per layer on unlabelled embeddings ``(layers, n, d)``; None when there is nothing
-    to do (``"none"`` without ``normalize``).
+    to do (``"none"`` without any normalization).
 
     Parameters
     ----------
@@ -98,11 +123,17 @@ def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool 
         ``none``, ``standardize``, ``whiten[:rank]`` or ``remove-top[:k]``.
     normalize : bool
         L2-normalize each embedding last.
+    normalize_first : tuple of int
+        Positions on the layer axis L2-normalized first (fitted and applied so): the last layer of a
+        model that ships normalized (``ExtractConfig.normalized_layers``).
     """
     name, count = parse_condition(spec)
+    normalize_first = tuple(int(position) for position in normalize_first)
     if name == "none":
-        return Conditioner(str(spec), None, None, int(np.shape(embeddings)[1]), True) if normalize else None
-    x = as_tensor(embeddings, torch.float64)
+        if not (normalize or normalize_first):
+            return None
+        return Conditioner(str(spec), None, None, int(np.shape(embeddings)[1]), normalize, normalize_first)
+    x = l2_normalize_layers(as_tensor(embeddings, torch.float64), normalize_first)
     if x.ndim != 3 or x.shape[1] < 2:
         raise LayerscopeError(f"conditioning needs embeddings (layers, n >= 2, d), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
@@ -128,4 +159,19 @@ def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool 
             top = vectors[:, :, :k]
             weight = torch.eye(d, dtype=torch.float64) - top @ top.mT  # (layers, d, d)
     bias = -(mean.unsqueeze(1) @ weight).squeeze(1)  # (layers, k): the fitted mean maps to 0
-    return Conditioner(str(spec), weight, bias, n, normalize)
+    return Conditioner(str(spec), weight, bias, n, normalize, normalize_first)
+
+
+def normalize_record(extraction: ExtractConfig, model: Any) -> dict[str, Any]:
+    """How the layers were L2-normalized, for a run's record: the setting, the layers normalized before
+    any conditioning (the last layer as a model that ships normalized ships it) and why."""
+    shipped = list(extraction.normalized_layers(model))
+    if extraction.normalize is not None:
+        how = "every layer, after any conditioning" if extraction.normalize else "no layer (raw layers)"
+    elif shipped:
+        how = (f"the last layer ({shipped[0]}) before any conditioning, as the model ships it (its "
+               "sentence-transformers pipeline ends in Normalize); the other layers raw")
+    else:
+        how = "no layer (the model does not ship normalized)"
+    return {"setting": "auto" if extraction.normalize is None else bool(extraction.normalize),
+            "normalized_as_shipped": shipped[0] if shipped else None, "applied": how}

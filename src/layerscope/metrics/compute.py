@@ -190,9 +190,11 @@ def measure(
     # 4. metrics of every set, on the device of the model where it is a GPU; a conditioning is fitted
     # on all the texts' embeddings (no labels) and applied to them and to the views
     start = time.perf_counter()
-    from layerscope.extract.conditioning import fit_conditioner
+    from layerscope.extract.conditioning import fit_conditioner, normalize_record
 
-    conditioner = fit_conditioner(base.pooled, extraction.condition, extraction.normalize)
+    shipped = [layer for layer in extraction.normalized_layers(model) if layer in base.layers]
+    conditioner = fit_conditioner(base.pooled, extraction.condition, bool(extraction.normalize),
+                                  tuple(base.layers.index(layer) for layer in shipped))
     device = _metrics_device(model, base.pooled)
     pooled = base.tensor(torch.float64).to(device)  # (layers, n_kept, d)
     if conditioner is not None:
@@ -224,6 +226,7 @@ def measure(
         "views": plan_record(plan, views, union=union),
         "estimated_s": None if estimate is None else round(estimate.seconds, 1),
         "conditioning": None if conditioner is None else conditioner.describe(),
+        "normalize": normalize_record(extraction, model),
         **{key: round(value, 3) for key, value in timings.items()},
     }
     return Measurement(table[[*METRIC_COLUMNS, "dataset"]], _prompt_frame(token_values), base, plan, record,

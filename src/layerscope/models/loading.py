@@ -59,6 +59,9 @@ class LoadedModel:
     max_length : int or None
         The model's own maximum sequence length, where it configures one (a sentence-transformers
         model's ``max_seq_length``); extraction truncates there unless told otherwise.
+    ships_normalized : bool
+        Whether the model ships as a sentence-transformers pipeline ending in ``Normalize``: its last
+        layer is then L2-normalized by default where layers are scored (``ExtractConfig.normalize``).
     """
 
     model: nn.Module
@@ -69,6 +72,7 @@ class LoadedModel:
     adapter: Adapter = field(default=None)  # type: ignore[assignment]
     source: str = ""
     max_length: int | None = None
+    ships_normalized: bool = False
 
     def __post_init__(self) -> None:
         if self.final_norm not in FINAL_NORM_OPTIONS:
@@ -126,6 +130,7 @@ class LoadedModel:
             "hidden_size": self.hidden_size,
             "final_norm": self.final_norm,
             "max_length": self.max_length,
+            "ships_normalized": self.ships_normalized,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
@@ -270,6 +275,7 @@ def load_model(
             loaded = wrap_model(model, tokenizer, name_or_path, revision, source="huggingface hub")
     loaded.final_norm = final_norm
     loaded.max_length = configured_max_length(loaded)
+    loaded.ships_normalized = configured_normalize(loaded)
     loaded.__post_init__()
     if device_map is None and loaded.device != torch_device:
         loaded.model.to(torch_device)
@@ -440,21 +446,36 @@ def _write_model_cache(target: Path, key: str, model: nn.Module, tokenizer: Any,
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def configured_max_length(model: LoadedModel) -> int | None:
-    """The model's own maximum sequence length: a sentence-transformers ``max_seq_length`` saved
-    beside its weights (``sentence_bert_config.json``), or None where it configures none."""
+def _sentence_transformers_file(model: LoadedModel, name: str) -> Any:
+    """A sentence-transformers configuration file saved beside the model's weights, parsed, or None."""
     from transformers.utils import cached_file
 
     source = getattr(model.model.config, "_name_or_path", "") or model.model_id
     try:
-        path = cached_file(source, "sentence_bert_config.json", _raise_exceptions_for_missing_entries=False,
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
                            _raise_exceptions_for_connection_errors=False, local_files_only=Path(source).exists())
     except (OSError, ValueError):
         return None
     if not path:
         return None
     try:
-        value = json.loads(Path(path).read_text()).get("max_seq_length")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
         return None
+
+
+def configured_max_length(model: LoadedModel) -> int | None:
+    """The model's own maximum sequence length: a sentence-transformers ``max_seq_length`` saved
+    beside its weights (``sentence_bert_config.json``), or None where it configures none."""
+    config = _sentence_transformers_file(model, "sentence_bert_config.json")
+    value = config.get("max_seq_length") if isinstance(config, dict) else None
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def configured_normalize(model: LoadedModel) -> bool:
+    """Whether the model's sentence-transformers pipeline (``modules.json`` beside its weights) ends in
+    ``Normalize``: the embedding it ships is then its last layer, pooled and L2-normalized."""
+    modules = _sentence_transformers_file(model, "modules.json")
+    if not isinstance(modules, list) or not modules or not isinstance(modules[-1], dict):
+        return False
+    return str(modules[-1].get("type", "")).rsplit(".", 1)[-1] == "Normalize"
