@@ -667,3 +667,27 @@ def test_read_only_arrays_are_read_silently_and_equal_to_a_copy(tmp_path):
     value, views = (eval(part) for part in done.stdout.strip().split("|"))  # noqa: S307 - our own repr output
     np.testing.assert_allclose(value, [ref_matrix_entropy(layer, 1.0, "maxEntropy") for layer in pooled], rtol=1e-8)
     np.testing.assert_allclose(views, ref_infonce(pooled[0], pooled[1], 0.1), rtol=1e-8)
+
+
+def test_the_ranks_and_the_dataset_entropy_share_one_spectrum_and_it_is_never_stale(monkeypatch):
+    calls = []
+    real = F.eigvalsh
+    monkeypatch.setattr(F, "eigvalsh", lambda matrix: calls.append(matrix.shape) or real(matrix))
+    rng = np.random.default_rng(0)
+    Z = torch.from_numpy(rng.standard_normal((3, 40, 12)))  # (layers, n, d)
+    first = (F.dataset_entropy(Z), F.entropy_rank(Z), F.effective_rank(Z))
+    assert len(calls) == 1  # one decomposition serves the three metrics of the normalized rows
+    F.effective_rank(Z, normalize_rows=False)  # RankMe: the raw rows, another spectrum
+    assert len(calls) == 2
+    # the shared values are those of a fresh computation on an equal tensor (another object): bit for bit,
+    # as the operations are the same
+    fresh = Z.clone()
+    again = (F.dataset_entropy(fresh), F.entropy_rank(fresh), F.effective_rank(fresh))
+    for shared, computed in zip(first, again, strict=True):
+        torch.testing.assert_close(shared, computed, rtol=0, atol=0)
+    # an in-place change of the tensor is a new version: its spectrum is computed again
+    Z[:, :, 0] = 0.0
+    changed = F.dataset_entropy(Z)
+    assert len(calls) == 4
+    torch.testing.assert_close(changed, F.dataset_entropy(Z.clone()), rtol=0, atol=0)
+    assert not torch.equal(changed, first[0])

@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from layerscope.errors import LayerscopeError, unknown
 from layerscope.metrics import eigen
@@ -410,6 +411,31 @@ def _smaller_gram(Z: Tensor, side: Side = "auto", clamp_gram: bool = False) -> T
     return matrix.clamp_min(0.0) if clamp_gram else matrix
 
 
+#: Spectra already computed, per input tensor (held weakly: an entry goes with its tensor) and per
+#: (version, normalize_rows, side, clamp_gram): the dataset entropy, the entropy rank and the effective
+#: rank of one stack of pooled embeddings share one eigendecomposition instead of three.
+_SPECTRA: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _spectrum(Z: Tensor, normalize_rows: bool, side: Side = "auto", clamp_gram: bool = False) -> Tensor:
+    """Eigenvalues of the smaller Gram of ``Z`` (of :func:`normalize` (Z) with ``normalize_rows``), ascending.
+
+    Computed once per tensor object and version: the metrics of one set of embeddings are called
+    with the same tensor, and the values are those of a fresh computation (the same operations).
+    """
+    key = (Z._version, normalize_rows, side, clamp_gram)
+    memo = _SPECTRA.get(Z)
+    if memo is not None and key in memo:
+        return memo[key]
+    X = _as_float64(Z, "Z")
+    values = eigvalsh(_smaller_gram(normalize(X) if normalize_rows else X, side, clamp_gram))
+    if memo is None or memo.get("version") != Z._version:  # an in-place change makes the old spectra stale
+        memo = {"version": Z._version}
+        _SPECTRA[Z] = memo
+    memo[key] = values
+    return values
+
+
 def gram_eigenvalues(Z: Tensor, *, side: Side = "auto", clamp_gram: bool = False) -> Tensor:
     """Eigenvalues of the Gram matrix ``Z Z^T``, via the smaller of ``Z Z^T`` and ``Z^T Z``.
 
@@ -556,11 +582,12 @@ def matrix_entropy(
     """
     alpha = _check_alpha(alpha)
     _check_normalization(normalization)
-    Z = _as_float64(Z, "Z")
-    n, d = Z.shape[-2:]
-    if normalize_rows:
-        Z = normalize(Z)
-    entropy = _entropy_of_matrix(_smaller_gram(Z, side, clamp_gram), alpha, tol)
+    X = _as_float64(Z, "Z")  # bad input fails here, every call
+    n, d = X.shape[-2:]
+    if alpha == 2.0:  # the Frobenius shortcut needs no eigenvalues
+        entropy = _entropy_of_matrix(_smaller_gram(normalize(X) if normalize_rows else X, side, clamp_gram), alpha, tol)
+    else:
+        entropy = entropy_from_eigenvalues(_spectrum(Z, normalize_rows, side, clamp_gram), alpha, tol)
     return normalize_entropy(entropy, normalization, n, d)
 
 
@@ -608,10 +635,8 @@ def effective_rank(Z: Tensor, *, normalize_rows: bool = True, tol: float = DEFAU
     Tensor, float64, shape (...,)
         In ``[1, min(n, d)]``; 1 for a zero matrix.
     """
-    Z = _as_float64(Z, "Z")
-    if normalize_rows:
-        Z = normalize(Z)
-    lam = eigvalsh(_smaller_gram(Z))
+    _as_float64(Z, "Z")  # bad input fails here, every call
+    lam = _spectrum(Z, normalize_rows)
     lam_max = lam.amax(dim=-1, keepdim=True)
     singular = torch.where((lam > tol * lam_max) & (lam > 0), lam, 0.0).sqrt()
     # Shannon entropy of q = s / sum(s) is the alpha = 1 entropy of "eigenvalues" s.
