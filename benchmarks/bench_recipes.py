@@ -38,7 +38,7 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
     grid = [recipe.text for recipe in recipe_grid()]
     if path.is_file():
         kept = pd.read_parquet(path)
-        if set(grid) <= set(kept["recipe"]):
+        if set(grid) <= set(kept["recipe"]) and "starts_from" in kept.columns:
             return kept
     from layerscope import load_model
     from layerscope.cli import default_cache_dir
@@ -54,8 +54,12 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
     extraction = extract(model, collect_texts(task_list), cache_dir=default_cache_dir(), progress=True,
                          **ExtractConfig().extract_options())
     encoded = time.perf_counter()
-    frame = evaluate_recipes(extraction, grid, task_list, name=f"layerscope/{model.model_id}", eval_workers=workers)
-    frame = frame.drop(columns="scores").assign(model=model_name)
+    # the last layer as the model ships it (a sentence-transformers model ending in Normalize: L2-normalized)
+    normalized = ExtractConfig().normalized_layers(model)
+    frame = evaluate_recipes(extraction, grid, task_list, name=f"layerscope/{model.model_id}", eval_workers=workers,
+                             normalized=normalized)
+    frame = frame.drop(columns="scores").assign(
+        model=model_name, starts_from="last layer L2-normalized as shipped" if normalized else "raw layers")
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path)
     print(f"{model_name}: {len(extraction.texts)} texts encoded in {encoded - started:.0f} s "

@@ -20,6 +20,7 @@ from layerscope.config import (
     DEFAULT_VIEW_MAX_LENGTH,
     DEFAULT_VIEW_TEXTS,
     AnalysisConfig,
+    ExtractConfig,
     MetricsConfig,
     ViewConfig,
 )
@@ -162,7 +163,7 @@ def test_measure_says_the_line_before_the_work_and_records_the_effective_sizes(t
     assert again.record["views"]["view_texts"] == "all" and said[-1].endswith(": 96 extra forward passes")
 
 
-def test_views_are_cut_at_their_token_budget_and_the_texts_are_not(tiny_llama, monkeypatch):
+def test_views_are_cut_at_their_token_budget_and_the_texts_are_not(tiny_llama, monkeypatch, caplog):
     from layerscope.metrics import compute
 
     lengths: dict[str, list[int]] = {"texts": [], "views": []}
@@ -187,6 +188,11 @@ def test_views_are_cut_at_their_token_budget_and_the_texts_are_not(tiny_llama, m
     assert max(lengths["texts"]) > 5  # the texts' pass keeps their full length (each has over 5 tokens)
     assert lengths["views"] and max(lengths["views"]) <= 5
     assert measured.record["views"]["view_max_length"] == 5
+    # cut by design and said in the budget line: no "reached max_length" warning for the views
+    assert not [r for r in caplog.records if "reached max_length" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="layerscope.extract.engine"):
+        ls.measure(tiny_llama, TEXTS, metrics="dataset_entropy", extraction=ExtractConfig(max_length=5), progress=False)
+    assert [r for r in caplog.records if "reached max_length" in r.getMessage()]  # the texts' cut is still said
 
 
 def test_the_estimate_is_said_from_a_probe_of_the_planned_passes(tiny_llama, monkeypatch):

@@ -11,7 +11,9 @@ one list of texts (the rows of one extraction), and the union of the sets' view 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,9 +203,29 @@ def encode_views(model: Any, texts: Sequence[str] | torch.Tensor, n_views: int, 
     texts = list(texts)
     views = text_views(texts, n_views, seed=seed)  # (views, n)
     flat = [view if view.strip() else original for row in views for view, original in zip(row, texts, strict=True)]
-    encoded = extract(model, flat, **extract_options)
+    with _quiet_about_cut_views():
+        encoded = extract(model, flat, **extract_options)
     stacked = encoded.tensor(torch.float64)
     return stacked.reshape(stacked.shape[0], n_views, len(texts), -1), len(flat)
+
+
+class _CutViews(logging.Filter):
+    """Drops the extraction's "texts reached max_length" warning: views are cut by design (the budget's
+    ``view_max_length``, said in the budget line before the work)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "reached max_length" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_about_cut_views() -> Iterator[None]:
+    engine_logger = logging.getLogger("layerscope.extract.engine")
+    quiet = _CutViews()
+    engine_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        engine_logger.removeFilter(quiet)
 
 
 def encode_planned(model: Any, inputs: Sequence[str] | torch.Tensor, plan: ViewPlan, seed: int,
