@@ -21,6 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -490,6 +491,33 @@ def best_and_last(frame: pd.DataFrame) -> dict[str, float]:
         "last_layer": int(last["layer"]),
         "last_average": float(last["average"]),
     }
+
+
+def save_scores(frame: pd.DataFrame, summary: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """Write an evaluation into ``out``: every score, the per-layer summary and the run's record.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        :func:`evaluate_layers`'s (or :func:`run_mteb`'s) frame; its ``attrs["record"]`` is the record.
+    summary : pandas.DataFrame
+        The per-layer table written beside it (:func:`layer_table`, perhaps with more columns).
+    out : pathlib.Path
+        An existing folder.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``scores`` (``scores.csv``), ``layers`` (``layers.csv``) and ``record`` (``record.json``), each
+        written atomically.
+    """
+    from layerscope.atomic import atomic_write_bytes, atomic_write_json
+
+    written = {"scores": out / "scores.csv", "layers": out / "layers.csv", "record": out / "record.json"}
+    atomic_write_bytes(written["scores"], frame.to_csv(index=False).encode())
+    atomic_write_bytes(written["layers"], summary.to_csv(index=False).encode())
+    atomic_write_json(written["record"], frame.attrs.get("record", {}))
+    return written
 
 
 def run_mteb(

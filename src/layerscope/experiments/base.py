@@ -39,6 +39,7 @@ import pandas as pd
 
 from layerscope.config import DEFAULT_MAX_LENGTH, Config, ExtractConfig, ModelConfig, TextConfig, option
 from layerscope.errors import LayerscopeError, unknown
+from layerscope.experiments import COMMON_DEFAULTS, COMMON_OPTIONS
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["COMMON_DEFAULTS", "COMMON_OPTIONS", "DEFAULT_DATASET", "DEFAULT_METRICS", "CommonOptions",
@@ -188,13 +189,6 @@ class CommonOptions(TypedDict, total=False):
     final_norm: str
 
 
-#: Defaults of the common options (an experiment may declare its own, see :func:`common_options`).
-COMMON_DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    "dataset": None, "limit": 64, "seed": 0, "max_length": 128, "batch_size": "auto", "out": None, "progress": True,
-    "revision": None, "device": None, "dtype": None, "final_norm": "none",
-})
-#: Keyword options every experiment built on :class:`Setup` shares (the CLI offers them once).
-COMMON_OPTIONS = ("model", "texts", *COMMON_DEFAULTS)
 
 
 def common_options(

@@ -30,7 +30,7 @@ from torch import nn
 
 from layerscope.errors import LayerscopeError
 
-__all__ = ["ExportResult", "encode_speed", "export_layer", "truncated_config"]
+__all__ = ["ExportResult", "SpeedComparison", "compare_speed", "encode_speed", "export_layer", "truncated_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -338,3 +338,44 @@ def encode_speed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batc
                 model(**batch)
             best = min(best, time.perf_counter() - start)
     return best
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """Encode time of the source model and of its export (:func:`compare_speed`).
+
+    Attributes
+    ----------
+    n_texts, threads : int
+        Texts encoded and torch's CPU threads.
+    full_s, exported_s : float
+        Seconds of the source model and of the exported one (best of three passes each).
+    """
+
+    n_texts: int
+    threads: int
+    full_s: float
+    exported_s: float
+
+
+def compare_speed(model: Any, result: ExportResult) -> SpeedComparison:
+    """Time the source model against its export, loaded back with ``AutoModel`` as a user would load it.
+
+    Both encode the :data:`PROBE_TEXTS` 32 times over (numbered, so no two texts are equal), truncated
+    at the export's maximum length, in batches of 32, with the source model's tokenizer.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        The model :func:`export_layer` exported.
+    result : ExportResult
+        What it wrote.
+    """
+    from transformers import AutoModel
+
+    exported = AutoModel.from_pretrained(str(result.out)).eval()
+    texts = [f"{text} ({index})" for index in range(32) for text in PROBE_TEXTS]
+    length = result.record["max_length"]
+    return SpeedComparison(n_texts=len(texts), threads=torch.get_num_threads(),
+                           full_s=encode_speed(model.model, model.tokenizer, texts, max_length=length),
+                           exported_s=encode_speed(exported, model.tokenizer, texts, max_length=length))
