@@ -32,14 +32,8 @@ from layerscope.config import (
             dataset=Group(TextConfig, {"dataset": None}, optional=True), config=AnalysisConfig, cache=CacheOptions,
             task_files=TaskFileConfig, intervals=Group(IntervalConfig, {"bootstrap": 0}))
 def analyze_command(
-    config: AnalysisConfig,
-    cache: CacheOptions,
-    model: ModelConfig,
-    extraction: ExtractConfig,
-    views: ViewConfig,
-    dataset: TextConfig | None,
-    task_files: TaskFileConfig,
-    intervals: IntervalConfig,
+    config: AnalysisConfig, cache: CacheOptions, model: ModelConfig, extraction: ExtractConfig, views: ViewConfig,
+    dataset: TextConfig | None, task_files: TaskFileConfig, intervals: IntervalConfig,
     out: Annotated[Path, typer.Option(help="Output folder: results.duckdb, plots, report.html.")] = Path("runs/analyze"),
     eval_workers: EvalWorkersOption = "auto",
 ) -> None:

@@ -44,13 +44,8 @@ def print_scores(frame: Any, out: Path | None, title: str, paper: bool = False) 
 
 @configured(scoring=ScoringOptions, model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions,
             task_files=TaskFileConfig)
-def evaluate_command(
-    scoring: ScoringOptions,
-    model: ModelConfig,
-    extraction: ExtractConfig,
-    cache: CacheOptions,
-    task_files: TaskFileConfig,
-) -> None:
+def evaluate_command(scoring: ScoringOptions, model: ModelConfig, extraction: ExtractConfig, cache: CacheOptions,
+                     task_files: TaskFileConfig) -> None:
     """Score every layer on downstream tasks with MTEB's evaluators (texts encoded once).
 
     --tasks also takes labelled files: text + label (classification; --clustering adds clustering),

@@ -8,15 +8,7 @@ from typing import Annotated
 
 import typer
 
-from layerscope.cli.options import (
-    DEFAULT_DATASET,
-    CacheOptions,
-    Group,
-    configured,
-    corpus_rows,
-    load,
-    output_folder,
-)
+from layerscope.cli.options import CORPUS, CacheOptions, configured, corpus_rows, load, output_folder
 from layerscope.cli.output import console, err_console
 from layerscope.config import ExtractConfig, ModelConfig, TextConfig
 from layerscope.errors import LayerscopeError
@@ -24,8 +16,7 @@ from layerscope.errors import LayerscopeError
 
 @configured(model=ModelConfig, extraction=ExtractConfig)
 def export_command(
-    model: ModelConfig,
-    extraction: ExtractConfig,
+    model: ModelConfig, extraction: ExtractConfig,
     layer: Annotated[int, typer.Option("--layer", "-l", help="The layer to keep (1..L; negative counts from the last).")],
     out: Annotated[Path, typer.Option(help="Folder of the exported model.")],
     fit_dataset: Annotated[str | None, typer.Option("--fit-dataset", help="Unlabelled texts (corpus, file) the "
@@ -54,13 +45,10 @@ def export_command(
     console.print(f"use it: SentenceTransformer({str(result.out)!r}).encode(texts)")
 
 
-@configured(model=ModelConfig, texts=Group(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+@configured(model=ModelConfig, texts=CORPUS, extraction=ExtractConfig,
             cache=CacheOptions)
 def embed_command(
-    model: ModelConfig,
-    texts: TextConfig,
-    extraction: ExtractConfig,
-    cache: CacheOptions,
+    model: ModelConfig, texts: TextConfig, extraction: ExtractConfig, cache: CacheOptions,
     layer: Annotated[int, typer.Option("--layer", "-l", help="The layer (0..L; negative counts from the last).")],
     out: Annotated[Path, typer.Option(help="Output file: .parquet (id, embedding) or .npy (structured id, embedding).")],
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Texts per extraction (memory bound; each chunk "

@@ -9,26 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from layerscope.cli.options import (
-    DEFAULT_DATASET,
-    CacheOptions,
-    Group,
-    configured,
-    corpus_rows,
-    load,
-    output_folder,
-)
+from layerscope.cli.options import CORPUS, CacheOptions, configured, corpus_rows, load, output_folder
 from layerscope.cli.output import console, print_layer_table, print_table, write_json
 from layerscope.config import ExtractConfig, ModelConfig, TextConfig, ViewConfig
 
 
-@configured(model=ModelConfig, texts=Group(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+@configured(model=ModelConfig, texts=CORPUS, extraction=ExtractConfig,
             cache=CacheOptions)
 def extract_command(
-    model: ModelConfig,
-    texts: TextConfig,
-    extraction: ExtractConfig,
-    cache: CacheOptions,
+    model: ModelConfig, texts: TextConfig, extraction: ExtractConfig, cache: CacheOptions,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/extract"),
 ) -> None:
     """Pooled embeddings of every layer in one pass; writes embeddings.npy and record.json."""
@@ -68,14 +57,10 @@ def print_metric_list() -> None:
                   "yes" if spec.random else "no", spec.description) for spec in available()), overflow="fold")
 
 
-@configured(model=ModelConfig, texts=Group(TextConfig, {"dataset": DEFAULT_DATASET}), extraction=ExtractConfig,
+@configured(model=ModelConfig, texts=CORPUS, extraction=ExtractConfig,
             views=ViewConfig, cache=CacheOptions)
 def metrics_command(
-    model: ModelConfig,
-    texts: TextConfig,
-    extraction: ExtractConfig,
-    views: ViewConfig,
-    cache: CacheOptions,
+    model: ModelConfig, texts: TextConfig, extraction: ExtractConfig, views: ViewConfig, cache: CacheOptions,
     metrics: Annotated[str, typer.Option(help="all, or a comma list (layerscope metrics --list).")] = "all",
     out: Annotated[Path | None, typer.Option(help="Write metrics.csv, prompt_values.csv, record.json here.")] = None,
     list_metrics: Annotated[bool, typer.Option("--list", help="List the metrics and exit.")] = False,

@@ -245,3 +245,7 @@ def corpus_rows(texts: TextConfig) -> tuple[Any, TextConfig]:
     err_console.print(f"{len(rows.texts)} texts from {texts.dataset}"
                       + (f" (seeded subset of --limit {texts.limit})" if texts.limit else ""), highlight=False)
     return rows, texts
+
+
+#: The texts of extract, metrics and embed: the text options, with the default corpus.
+CORPUS = Group(TextConfig, {"dataset": DEFAULT_DATASET})

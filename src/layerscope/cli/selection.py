@@ -26,11 +26,7 @@ from layerscope.config import ExtractConfig, ModelConfig, SelectConfig, TaskFile
 @configured(model=ModelConfig, extraction=ExtractConfig, cache=CacheOptions, task_files=TaskFileConfig,
             choice=SelectConfig)
 def select_command(
-    model: ModelConfig,
-    extraction: ExtractConfig,
-    cache: CacheOptions,
-    task_files: TaskFileConfig,
-    choice: SelectConfig,
+    model: ModelConfig, extraction: ExtractConfig, cache: CacheOptions, task_files: TaskFileConfig, choice: SelectConfig,
     tasks: Annotated[str, typer.Option("--tasks", "-t", help="Task files (.csv, .tsv, .jsonl, .parquet) and task "
                                        "names, comma-separated.")],
     layers: LayersOption = "all",

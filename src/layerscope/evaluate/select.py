@@ -16,7 +16,6 @@ tasks) with MTEB's evaluators from one encoding pass, then:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from layerscope.models import LoadedModel
 
 __all__ = ["AVERAGE", "LayerChoice", "check_choice", "few_label_choice", "select_layer_with_labels"]
-
-logger = logging.getLogger(__name__)
 
 #: The ``task`` of rows that average over the tasks.
 AVERAGE = "average"

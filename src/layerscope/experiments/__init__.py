@@ -35,7 +35,6 @@ import ast
 import importlib
 import importlib.util
 import inspect
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMON_DEFAULTS", "COMMON_OPTIONS", "EXPERIMENTS", "Experiment", "ExperimentResult", "get", "names",
            "run_cli", "run_experiment"]
-
-logger = logging.getLogger(__name__)
 
 #: Parent of the default output directories of :func:`run_cli` (``runs/experiments/<name>``).
 DEFAULT_OUT_ROOT = Path("runs") / "experiments"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,8 +30,6 @@ from torch import nn
 from layerscope.errors import LayerscopeError
 
 __all__ = ["ExportResult", "SpeedComparison", "compare_speed", "encode_speed", "export_layer", "truncated_config"]
-
-logger = logging.getLogger(__name__)
 
 #: Texts the export is checked on (different lengths, so padding is exercised).
 PROBE_TEXTS = (
@@ -340,22 +337,13 @@ def encode_speed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batc
     return best
 
 
-@dataclass(frozen=True)
-class SpeedComparison:
-    """Encode time of the source model and of its export (:func:`compare_speed`).
+class SpeedComparison(NamedTuple):
+    """Encode time of the source model and of its export (:func:`compare_speed`), best of three passes each."""
 
-    Attributes
-    ----------
-    n_texts, threads : int
-        Texts encoded and torch's CPU threads.
-    full_s, exported_s : float
-        Seconds of the source model and of the exported one (best of three passes each).
-    """
-
-    n_texts: int
-    threads: int
-    full_s: float
-    exported_s: float
+    n_texts: int  # texts encoded
+    threads: int  # torch's CPU threads
+    full_s: float  # seconds of the source model
+    exported_s: float  # seconds of the exported model
 
 
 def compare_speed(model: Any, result: ExportResult) -> SpeedComparison:

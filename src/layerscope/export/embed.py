@@ -9,7 +9,6 @@ structured array (fields ``id`` and ``embedding``), one row per non-empty text, 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ import numpy as np
 from layerscope.errors import LayerscopeError
 
 __all__ = ["EmbedResult", "embed_layer"]
-
-logger = logging.getLogger(__name__)
 
 FORMATS = (".parquet", ".npy")
 
