@@ -1,12 +1,18 @@
 """Benchmark: the shape of the source tree (issue 24): import cycles, the largest files and functions,
-and the import time of ``import layerscope`` and of the CLI's ``--help``.
+the repeated blocks, and the import time of ``import layerscope`` and of the CLI's ``--help``.
 
 - **Cycles**: the import graph of ``src/layerscope`` read with :mod:`ast` (``tests/import_graph.py``:
   module-level and lazy imports both count; an import of ``a.b.c`` also runs the ``__init__`` of the
   packages above it). Printed as groups of modules that import each other (strongly connected
   components), once over the import statements alone and once with the package ``__init__`` they run.
 - **Sizes**: lines of each file; lines of each function's body after its docstring (blank lines and
-  comments inside included), the measure of the project's 90-line limit.
+  comments inside included), the measure of the project's 90-line limit (``tests/source_sizes.py``,
+  which ``tests/test_architecture.py`` checks the limits with).
+- **Repeated blocks**: the pairs of places in ``src`` that share six or more lines (the same lines, or
+  the same shape with other names), as the ``duplicates`` tool counts them where it is installed
+  (``duplicates --repo SRC --most 200``); elsewhere the command to run is printed.
+- **Heavy imports**: which of torch, transformers, mteb, ray and sentence-transformers ``layerscope
+  --help`` imports (none, since the CLI became a package that imports the library where it runs).
 - **Import time**: the median over ``--runs`` fresh interpreters of the wall time of
   ``python -c "import layerscope"`` and of ``layerscope --help`` (the console script's call), and of the cumulative
   time ``python -X importtime`` reports for the ``layerscope`` and ``layerscope.cli`` modules.
@@ -19,8 +25,8 @@ compared on the same machine in one sitting.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import import_graph  # noqa: E402
+import source_sizes  # noqa: E402
 
 
 def cycles(src: Path) -> None:
@@ -45,33 +52,28 @@ def cycles(src: Path) -> None:
                   import_graph.describe(import_graph.shortest_cycle(adjacency, group)))
 
 
-def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
-    """Lines from the first statement after the docstring to the function's last line."""
-    body = node.body
-    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-            and isinstance(body[0].value.value, str):
-        body = body[1:]
-    return node.end_lineno - body[0].lineno + 1
-
-
 def sizes(src: Path, top: int) -> None:
-    files, functions = [], []
-    for path in sorted((src / "layerscope").rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        name = str(path.relative_to(src))
-        files.append((len(text.splitlines()), name))
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                functions.append((body_lines(node), f"{name}:{node.name}"))
-    files.sort(reverse=True)
-    functions.sort(reverse=True)
-    print(f"files: {len(files)}, {sum(n for n, _ in files)} lines; over 800 lines: "
-          f"{sum(n > 800 for n, _ in files)}; largest:")
-    for lines, name in files[:top]:
-        print(f"  {lines:5d}  {name}")
-    print(f"functions: {len(functions)}; over 90 lines of code: {sum(n > 90 for n, _ in functions)}; largest:")
-    for lines, name in functions[:top]:
-        print(f"  {lines:5d}  {name}")
+    files, functions = source_sizes.files_and_functions(src)
+    print(f"files: {len(files)}, {sum(item.lines for item in files)} lines; over 800 lines: "
+          f"{sum(item.lines > 800 for item in files)}; largest:")
+    for item in files[:top]:
+        print(f"  {item.lines:5d}  {item.name}")
+    print(f"functions: {len(functions)}; over 90 lines of code: {sum(item.lines > 90 for item in functions)}; "
+          "largest:")
+    for item in functions[:top]:
+        print(f"  {item.lines:5d}  {item.name}")
+
+
+def duplicates(src: Path) -> None:
+    command = ["duplicates", "--repo", str(src), "--most", "200", "--seconds", "120"]
+    if shutil.which("duplicates") is None:
+        print("repeated blocks: the duplicates tool is not installed here; where it is, run:", " ".join(command))
+        return
+    # it lists the files git tracks (and the untracked ones it does not ignore) below --repo
+    lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+    print("repeated blocks (" + " ".join(command[:-2]) + "): " + (lines[0] if lines else "no output"))
+    for line in lines[1:]:
+        print("  " + line)
 
 
 #: What the ``layerscope`` console script runs for ``layerscope --help``.
@@ -87,8 +89,25 @@ def _importtime(stderr: str, module: str) -> float:
     raise SystemExit(f"-X importtime reported no '{module}'")
 
 
+#: The modules no ``--help`` may import.
+HEAVY = ("torch", "transformers", "mteb", "ray", "sentence_transformers")
+
+
+def _environment(src: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def heavy_imports(src: Path) -> None:
+    script = (f"import sys\nsys.argv = ['layerscope', '--help']\nfrom layerscope.cli import main\n"
+              f"try:\n    main()\nexcept SystemExit:\n    pass\n"
+              f"print(sorted(name for name in {HEAVY!r} if name in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script], env=_environment(src), capture_output=True, text=True,
+                          check=True)
+    print(f"heavy modules imported by layerscope --help: {done.stderr.strip().splitlines()[-1]}")
+
+
 def import_times(src: Path, runs: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = _environment(src)
     for label, args, module in (("import layerscope", ["-c", "import layerscope"], "layerscope"),
                                 ("layerscope --help", ["-c", HELP], "layerscope.cli")):
         walls, cumulative = [], []
@@ -112,6 +131,8 @@ def main() -> None:
     src = args.src.resolve()
     cycles(src)
     sizes(src, args.top)
+    duplicates(src)
+    heavy_imports(src)
     import_times(src, args.runs)
 
 

@@ -1,8 +1,10 @@
-"""The layer contract of ``src/layerscope``: imports only point down, and no module imports itself back.
+"""The shape of ``src/layerscope``: imports only point down, no module imports itself back, and every
+module and function fits in a head (file and function sizes, the command line as a package).
 
 Layers, bottom to top (a module may import modules of its own layer or below, never above)::
 
-    9  cli                      the command line: every command a call into the library
+    9  cli                      the command line (a package, one module per command family): every
+                                command a call into the library; nothing imports it
     8  sweep                    many runs (Ray or local): pipelines of units
     7  report, experiments,     what users run and read: the HTML report, the paper's experiments,
        pipeline                 analyze (extract -> measure -> evaluate -> store -> summarize)
@@ -43,6 +45,13 @@ alike, relative imports, ``importlib.import_module`` of a literal name, the pack
 import runs, and names served by a package's lazy ``__getattr__``. Imports under ``if TYPE_CHECKING:``
 obey the layer rule but never run, so they are left out of the cycle check. There are no exemptions:
 :data:`EXEMPTIONS` is empty and a new entry needs its reason written beside it.
+
+Sizes (``tests/source_sizes.py`` counts them, as ``benchmarks/bench_architecture.py`` reports them): no
+file over :data:`MAX_FILE_LINES` lines but those of :data:`LONG_FILES`; no function over
+:data:`MAX_FUNCTION_LINES` lines of code, counted with :mod:`ast` from the first statement after the
+docstring to the function's last line (signature, decorators and docstring left out; blank and comment
+lines inside the body counted); the command line a package whose modules each stay under
+:data:`MAX_CLI_MODULE_LINES` lines.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from pathlib import Path
 import pytest
 
 import import_graph
+import source_sizes
 from import_graph import Import
 
 #: Bottom to top: (layer name, the modules and packages in it). A module belongs to the most specific
@@ -74,6 +84,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: (importing module, imported module) -> why the upward import is needed. Keep it empty; an entry
 #: must say why moving the code down or passing it in from above does not work.
 EXEMPTIONS: dict[tuple[str, str], str] = {}
+
+
+#: The size limits (see the module docstring for how lines are counted).
+MAX_FILE_LINES = 800
+MAX_FUNCTION_LINES = 90
+MAX_CLI_MODULE_LINES = 400
+#: Files allowed over MAX_FILE_LINES, by name, and why.
+LONG_FILES: dict[str, str] = {
+    "layerscope/metrics/functional.py": "the metric math as pure tensor functions, one per formula of SPEC section "
+                                        "4 with its docstring; split, it would scatter the formulas the tests check "
+                                        "one by one",
+}
 
 
 def layer_of(module: str) -> int | None:
@@ -140,6 +162,36 @@ def test_no_import_cycles() -> None:
 def test_the_exemptions_are_still_needed() -> None:
     edges = {(edge.source, edge.target) for edge in import_graph.imports()}
     assert [pair for pair in EXEMPTIONS if pair not in edges] == []
+
+
+def test_the_cli_is_the_top_layer() -> None:
+    assert LAYERS[-1] == ("cli", ("layerscope.cli",))
+    importers = sorted({edge.where for edge in import_graph.imports()
+                        if layer_of(edge.target) == len(LAYERS) - 1 and layer_of(edge.source) != len(LAYERS) - 1})
+    assert importers == []
+
+
+def test_no_file_is_too_long() -> None:
+    files, _ = source_sizes.files_and_functions()
+    long = [f"{item.name}: {item.lines} lines" for item in files
+            if item.lines > MAX_FILE_LINES and item.name not in LONG_FILES]
+    assert not long, f"files over {MAX_FILE_LINES} lines (split them by what they do): {long}"
+    assert [name for name in LONG_FILES if name not in {item.name for item in files}] == []
+
+
+def test_no_function_is_too_long() -> None:
+    _, functions = source_sizes.files_and_functions()
+    long = [f"{item.name}: {item.lines} lines" for item in functions if item.lines > MAX_FUNCTION_LINES]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines of code (give their steps names): {long}"
+
+
+def test_the_cli_is_a_package_of_command_modules() -> None:
+    package = import_graph.SRC / "layerscope" / "cli"
+    assert (package / "__init__.py").is_file() and not (package.parent / "cli.py").exists()
+    sizes = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in package.glob("*.py")}
+    assert {"__init__.py", "__main__.py", "options.py", "output.py"} <= set(sizes)
+    assert len(sizes) >= 8, sorted(sizes)  # the command families have modules of their own
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_CLI_MODULE_LINES} == {}
 
 
 # ------------------------------------------------------------------------------------------ the checker itself
@@ -213,3 +265,22 @@ def test_the_graph_reads_every_kind_of_import(tmp_path: Path) -> None:
 ])
 def test_layer_of_takes_the_most_specific_entry(module: str, layer: int | None) -> None:
     assert layer_of(module) == layer
+
+
+def test_the_size_counts(tmp_path: Path) -> None:
+    # 91 lines of code: the first statement, a comment and a blank line, 87 statements, the return; the
+    # signature (two lines), the docstring (four) and the comment above the first statement do not count
+    statements = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 3))
+    long = ('def long(a,\n         b):\n    """Doc.\n\n    More.\n    """\n    # not counted: before the first '
+            f"statement\n    first = 0\n    # counted: inside the body\n\n{statements}    return a\n")
+    src = _tree(tmp_path, {
+        "layerscope/__init__.py": "",
+        "layerscope/big.py": long + "\n\ndef short():\n    return 1\n",
+        "layerscope/tall.py": "x = 1\n" * (MAX_FILE_LINES + 1),
+    })
+    files, functions = source_sizes.files_and_functions(src)
+    assert [(item.name, item.lines) for item in files] == [
+        ("layerscope/tall.py", MAX_FILE_LINES + 1), ("layerscope/big.py", 7 + MAX_FUNCTION_LINES + 1 + 4),
+        ("layerscope/__init__.py", 0)]
+    assert [(item.name, item.lines) for item in functions] == [
+        ("layerscope/big.py:long", MAX_FUNCTION_LINES + 1), ("layerscope/big.py:short", 1)]

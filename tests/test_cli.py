@@ -28,6 +28,34 @@ def test_help_lists_the_commands_without_importing_transformers():
     assert result.stdout.strip().splitlines()[-1] == "False"  # transformers is imported by the first model load
 
 
+#: What no help text may import: each takes from a tenth of a second (ray) to seconds (torch, mteb).
+HEAVY = ("torch", "transformers", "mteb", "ray", "sentence_transformers")
+
+
+def test_help_of_every_command_imports_no_heavy_module():
+    """``layerscope --help`` and ``layerscope COMMAND --help`` for every command and subcommand, through the
+    real entry point: each exits 0 and none of them imports torch, transformers, MTEB, Ray or
+    sentence-transformers (the commands import the library where they run)."""
+    script = (
+        "import sys\nfrom layerscope.cli import app, main\n"
+        "groups = [(group.name, group.typer_instance) for group in app.registered_groups]\n"
+        "every = [[]] + [[command.name] for command in app.registered_commands] + [[name] for name, _ in groups]"
+        " + [[name, command.name] for name, sub in groups for command in sub.registered_commands]\n"
+        "for words in every:\n"
+        "    sys.argv = ['layerscope', *words, '--help']\n"
+        "    try:\n        main()\n    except SystemExit as exit:\n        assert exit.code in (0, None), (words, exit)\n"
+        "    print('help:', ' '.join(words), flush=True)\n"
+        f"print('imported:', sorted(name for name in {HEAVY!r} if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    helped = [line.removeprefix("help: ") for line in lines if line.startswith("help:")]
+    assert {"", "extract", "evaluate", "analyze", "select", "experiment", "sweep", "data", "data fetch"} <= set(helped)
+    assert len(helped) == 18  # the top level, 15 commands, the data group and its fetch
+    assert lines[-1] == "imported: []"
+
+
 def test_user_errors_are_one_line_with_status_2(tmp_path):
     result = _cli("extract", "--model", "smollm2-135m", "--dataset", str(tmp_path / "missing.txt"))
     assert result.returncode == 2

@@ -108,6 +108,18 @@ def test_common_options_are_declared_once(llama):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_declared_options_read_from_the_source_are_the_function_options(name):
+    """What ``layerscope experiment --help`` lists (the source, read without importing the module) is what the
+    imported function takes, less the common options."""
+    from layerscope.experiments import COMMON_OPTIONS
+
+    experiment = EXPERIMENTS[name]
+    declared, options = experiment.declared_options(), list(experiment.options())
+    assert [key for key in declared if key not in COMMON_OPTIONS] == [key for key in options if key not in COMMON_OPTIONS]
+    assert declared == [key for key in options if key in declared]  # the signature's own names, in its order
+
+
 def test_train_tiny_options_reach_training_and_progression(monkeypatch, tmp_path):
     import inspect
 

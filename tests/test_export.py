@@ -135,3 +135,30 @@ def test_minilm_matches_sentence_transformers_and_its_export(tmp_path):
     encoded = SentenceTransformer(str(tmp_path), device="cpu").encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(encoded, expected, atol=1e-5)
     assert result.record["max_length"] == 256
+
+
+def test_export_command_reports_what_it_kept_and_its_speed(tmp_path):
+    """``layerscope export``: the parameters it reports are those of the folder it wrote, and the speed line
+    times the source model against the export loaded back with ``AutoModel`` (96 probe texts)."""
+    import re
+
+    import torch
+    from transformers import AutoModel
+
+    from cli_helpers import cli_runs
+
+    model = tiny_model("llama", num_layers=3)
+    model.model.save_pretrained(str(tmp_path / "model"))
+    model.tokenizer.save_pretrained(str(tmp_path / "model"))
+    [(code, errors, out)] = cli_runs(["export", "--model", str(tmp_path / "model"), "--layer", "2", "--out",
+                                      str(tmp_path / "export"), "--max-length", "32"])
+    assert code == 0, errors
+    printed = " ".join(out.split())
+    kept = sum(p.numel() for p in AutoModel.from_pretrained(str(tmp_path / "export")).parameters())
+    full = sum(p.numel() for p in model.model.parameters())
+    assert f"layer 2 of 3 -> {tmp_path / 'export'}: {kept:,} of {full:,} parameters kept" in printed
+    speed = re.search(r"encode time of (\d+) texts, (\d+) threads: full model ([\d.]+) s, exported ([\d.]+) s "
+                      r"\(([\d.]+)x faster\)", printed)
+    assert speed is not None, printed
+    assert int(speed[1]) == 96 and int(speed[2]) == torch.get_num_threads()
+    assert f"use it: SentenceTransformer({str(tmp_path / 'export')!r}).encode(texts)" in printed

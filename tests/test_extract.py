@@ -290,3 +290,24 @@ def test_extract_token_ids_equals_extract_on_the_same_tokens(tiny_llama, texts):
     np.testing.assert_allclose(from_tensor.pooled, by_text.pooled, atol=TOL)
     with pytest.raises(LayerscopeError, match="empty"):
         extract_token_ids(tiny_llama, [[], []], progress=False)
+
+
+@pytest.mark.numeric
+def test_pooled_summary_against_the_pairwise_cosines():
+    """``layerscope extract``'s table: mean norm and anisotropy = mean cosine over ordered pairs of different
+    texts, against the n x n cosine matrix in float64 (the summary uses the sum of unit vectors instead)."""
+    from layerscope.extract.pooling import pooled_summary
+
+    rng = np.random.default_rng(0)
+    pooled = rng.normal(size=(3, 7, 5)).astype(np.float32) + np.array([0.0, 1.0, 4.0])[:, None, None]  # (layers, n, d)
+    rows = pooled_summary(pooled, num_layers=2)
+    for layer, row in enumerate(rows):
+        x = pooled[layer].astype(np.float64)
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        cosines = unit @ unit.T
+        off_diagonal = cosines[~np.eye(7, dtype=bool)]
+        assert row["layer"] == layer and row["depth_pct"] == 50.0 * layer
+        # float64 both ways, summed in another order: a few ulps of values of O(1)
+        assert row["mean_norm"] == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-12)
+        assert row["anisotropy"] == pytest.approx(off_diagonal.mean(), rel=1e-10, abs=1e-12)
+    assert rows[0]["anisotropy"] < 0.3 < 0.9 < rows[2]["anisotropy"]  # a shared offset makes the texts alike

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +41,6 @@ from layerscope.config import (
 from layerscope.errors import LayerscopeError
 
 __all__ = ["ALL_TASKS", "AnalysisResult", "TaskTexts", "analyze", "run_analysis", "task_texts"]
-
-logger = logging.getLogger(__name__)
 
 #: The ``dataset`` label of metrics computed on the union of all tasks' texts.
 ALL_TASKS = ALL_TEXTS

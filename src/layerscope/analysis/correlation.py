@@ -16,7 +16,6 @@ has fewer than three layers gives NaN with a ``reason``; it is never averaged in
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,8 +35,6 @@ from layerscope.analysis.tables import (
 from layerscope.errors import LayerscopeError, unknown
 
 __all__ = ["CORRELATION_METHODS", "correlate", "correlation", "correlation_uncertainty"]
-
-logger = logging.getLogger(__name__)
 
 CORRELATION_METHODS: tuple[str, ...] = ("dcor", "spearman", "kendall")
 MIN_LAYERS = 3

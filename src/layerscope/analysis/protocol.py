@@ -35,19 +35,13 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from layerscope.analysis.rules import (
-    FixedDepth,
-    LastLayer,
-    MetricRule,
-    ModelData,
-    RankAggregateRule,
-    RuleScore,
-    SelectionRule,
-    ValleyFractionRule,
-    ValleyRecoveryRule,
-    WindowMetricRule,
-    score_rule,
-)
+from layerscope.analysis.rules.base import SelectionRule
+from layerscope.analysis.rules.depth import FixedDepth, LastLayer
+from layerscope.analysis.rules.metric import MetricRule, WindowMetricRule
+from layerscope.analysis.rules.model_data import ModelData
+from layerscope.analysis.rules.rank import RankAggregateRule
+from layerscope.analysis.rules.scoring import RuleScore, score_rule
+from layerscope.analysis.rules.valley import ValleyFractionRule, ValleyRecoveryRule
 from layerscope.errors import LayerscopeError, unknown
 
 __all__ = [

@@ -6,15 +6,12 @@ get a one-line :class:`~layerscope.errors.LayerscopeError` instead of a hang or 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from layerscope.errors import LayerscopeError
 from layerscope.hub import offline_reason, require_hub
 
 __all__ = ["ALIASES", "HubDataset", "load_hub_texts", "offline_reason", "parse_name", "require_hub"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ is defined: a new offline task is one class here, declared by its class keywords
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,8 +57,6 @@ __all__ = [
     "suite_record",
     "task_metadata",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: MTEB's main score of each task type, as the offline suite and task files use them.
 MAIN_SCORES = {

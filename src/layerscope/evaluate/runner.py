@@ -21,6 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -492,18 +493,39 @@ def best_and_last(frame: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def save_scores(frame: pd.DataFrame, summary: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """Write an evaluation into ``out``: every score, the per-layer summary and the run's record.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        :func:`evaluate_layers`'s (or :func:`run_mteb`'s) frame; its ``attrs["record"]`` is the record.
+    summary : pandas.DataFrame
+        The per-layer table written beside it (:func:`layer_table`, perhaps with more columns).
+    out : pathlib.Path
+        An existing folder.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``scores`` (``scores.csv``), ``layers`` (``layers.csv``) and ``record`` (``record.json``), each
+        written atomically.
+    """
+    from layerscope.atomic import atomic_write_bytes, atomic_write_json
+
+    written = {"scores": out / "scores.csv", "layers": out / "layers.csv", "record": out / "record.json"}
+    atomic_write_bytes(written["scores"], frame.to_csv(index=False).encode())
+    atomic_write_bytes(written["layers"], summary.to_csv(index=False).encode())
+    atomic_write_json(written["record"], frame.attrs.get("record", {}))
+    return written
+
+
 def run_mteb(
     model: LoadedModel | str,
     tasks: str | Iterable[str | AbsTask] = "paper32",
-    layers: str | int | Sequence[int] = "all",
-    pooling: str = "mean",
     seed: int | None = None,
-    max_length: int | None = None,
-    batch_size: int | str = "auto",
-    cache_dir: str | None = None,
     progress: bool = True,
-    eval_workers: int | str = "auto",
-    **extract_options: Any,
+    **options: Any,
 ) -> pd.DataFrame:
     """Score every layer on real MTEB hub tasks (default: the paper's 32), one task at a time.
 
@@ -514,10 +536,14 @@ def run_mteb(
 
     Parameters
     ----------
-    model, layers, pooling, seed, max_length, batch_size, cache_dir, progress, eval_workers, **extract_options
+    model, seed, progress
         As for :func:`evaluate_layers`.
     tasks : str or iterable
         ``"paper32"`` (default), a comma-separated string or a list of MTEB task names/instances.
+    **options
+        Further keyword options of :func:`evaluate_layers`, passed to it for each task: ``layers``,
+        ``pooling``, ``max_length``, ``batch_size``, ``cache_dir``, ``eval_workers`` and the options
+        of :func:`layerscope.extract`.
 
     Returns
     -------
@@ -535,19 +561,7 @@ def run_mteb(
         model = load_model(model)
     frames = []
     for task in tqdm(task_list, desc="MTEB tasks", unit="task", disable=not progress):
-        frame = evaluate_layers(
-            model,
-            [task],
-            layers=layers,
-            pooling=pooling,
-            seed=seed,
-            max_length=max_length,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            progress=progress,
-            eval_workers=eval_workers,
-            **extract_options,
-        )
+        frame = evaluate_layers(model, [task], seed=seed, progress=progress, **options)
         frames.append(frame)
         task.unload_data()
     result = pd.concat(frames, ignore_index=True)

@@ -16,10 +16,10 @@ tasks) with MTEB's evaluators from one encoding pass, then:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from layerscope.models import LoadedModel
 
 __all__ = ["AVERAGE", "LayerChoice", "check_choice", "few_label_choice", "select_layer_with_labels"]
-
-logger = logging.getLogger(__name__)
 
 #: The ``task`` of rows that average over the tasks.
 AVERAGE = "average"
@@ -105,6 +103,37 @@ class LayerChoice:
             "few_labels": rows(self.few_labels), "cv_scores": rows(self.cv_scores),
             "notes": list(self.notes), "record": self.record,
         }
+
+    def write(self, folder: Path, config: Mapping[str, Any]) -> list[str]:
+        """Write everything of the choice under ``folder``, enough to rerun and check it.
+
+        ``select.json`` (:meth:`to_dict` and ``config``, the settings that made it), the tables as CSV
+        (``layers``, ``task_scores``, ``scores``, and ``few_labels``, ``cv_scores`` where present) and
+        the bootstrap draws (``resamples.npz``, where there are any), each file written atomically.
+
+        Returns
+        -------
+        list of str
+            The names of the files written, in that order.
+        """
+        import io
+
+        from layerscope.atomic import atomic_write_bytes, atomic_write_json
+
+        atomic_write_json(folder / "select.json", {**self.to_dict(), "config": dict(config)})
+        written = ["select.json"]
+        tables = {"layers.csv": self.layers, "task_scores.csv": self.task_scores, "scores.csv": self.scores,
+                  "few_labels.csv": self.few_labels, "cv_scores.csv": self.cv_scores}
+        for name, frame in tables.items():
+            if frame is not None:
+                atomic_write_bytes(folder / name, frame.to_csv(index=False).encode())
+                written.append(name)
+        if self.resamples:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **self.resamples)
+            atomic_write_bytes(folder / "resamples.npz", buffer.getvalue())
+            written.append("resamples.npz")
+        return written
 
 
 def check_choice(tasks: Sequence[AbsTask], *, bootstrap: int = 100, labels_per_class: int | None = None,

@@ -24,28 +24,52 @@ configurations, store runs, plots), with :mod:`~layerscope.experiments.curves` a
 with its function, one :class:`Experiment` line in :data:`EXPERIMENTS`, and one line of small options in
 the conformance test (``tests/test_experiments.py``), which then checks it like every other.
 
-Modules are imported on first use, so ``import layerscope.experiments`` is cheap.
+Modules are imported on first use, so ``import layerscope.experiments`` is cheap: the registry, the
+common options and :meth:`Experiment.declared_options` (what ``layerscope experiment --help`` lists)
+import neither torch nor the experiment modules.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from layerscope.errors import LayerscopeError, unknown
-from layerscope.experiments.base import ExperimentResult
 
-__all__ = ["EXPERIMENTS", "Experiment", "ExperimentResult", "get", "names", "run_cli", "run_experiment"]
+if TYPE_CHECKING:
+    from layerscope.experiments.base import ExperimentResult
 
-logger = logging.getLogger(__name__)
+__all__ = ["COMMON_DEFAULTS", "COMMON_OPTIONS", "EXPERIMENTS", "Experiment", "ExperimentResult", "get", "names",
+           "run_cli", "run_experiment"]
 
 #: Parent of the default output directories of :func:`run_cli` (``runs/experiments/<name>``).
 DEFAULT_OUT_ROOT = Path("runs") / "experiments"
+
+#: Defaults of the options every experiment shares (:class:`~layerscope.experiments.base.CommonOptions`;
+#: an experiment may declare its own defaults, see :func:`~layerscope.experiments.base.common_options`).
+#: Here, not in :mod:`~layerscope.experiments.base`, so that the CLI's help lists them without torch.
+COMMON_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "dataset": None, "limit": 64, "seed": 0, "max_length": 128, "batch_size": "auto", "out": None, "progress": True,
+    "revision": None, "device": None, "dtype": None, "final_norm": "none",
+})
+#: Keyword options every experiment built on :class:`~layerscope.experiments.base.Setup` shares (the
+#: CLI offers them once).
+COMMON_OPTIONS = ("model", "texts", *COMMON_DEFAULTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ExperimentResult":  # the skeleton imports pandas and the model loaders: on first use
+        from layerscope.experiments import base
+
+        return base.ExperimentResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,27 @@ class Experiment:
     def key(self) -> str:
         """The name with underscores (``extreme_prompts``): store rows, PNG and folder names."""
         return self.name.replace("-", "_")
+
+    def declared_options(self) -> list[str]:
+        """Names of the parameters the experiment's function declares in its source, read with :mod:`ast`.
+
+        The module is not imported (``layerscope experiment --help`` stays free of torch): the names
+        are those of :meth:`options` but for the common options a ``common_options`` decorator adds
+        (``**common`` and ``*args`` are left out). Falls back to :meth:`options` where the source cannot
+        be read.
+        """
+        module, _, attribute = self.target.partition(":")
+        spec = importlib.util.find_spec(module)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        if origin is None or origin.suffix != ".py" or not origin.is_file():
+            return list(self.options())
+        tree = ast.parse(origin.read_text(encoding="utf-8"), filename=str(origin))
+        function = next((node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                         and node.name == attribute), None)
+        if function is None:  # not a plain definition (assigned, re-exported): ask the function itself
+            return list(self.options())
+        arguments = function.args
+        return [argument.arg for argument in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)]
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the function and their defaults (``inspect.Parameter.empty`` if required)."""

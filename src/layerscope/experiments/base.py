@@ -39,6 +39,7 @@ import pandas as pd
 
 from layerscope.config import DEFAULT_MAX_LENGTH, Config, ExtractConfig, ModelConfig, TextConfig, option
 from layerscope.errors import LayerscopeError, unknown
+from layerscope.experiments import COMMON_DEFAULTS, COMMON_OPTIONS
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["COMMON_DEFAULTS", "COMMON_OPTIONS", "DEFAULT_DATASET", "DEFAULT_METRICS", "CommonOptions",
@@ -188,13 +189,6 @@ class CommonOptions(TypedDict, total=False):
     final_norm: str
 
 
-#: Defaults of the common options (an experiment may declare its own, see :func:`common_options`).
-COMMON_DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    "dataset": None, "limit": 64, "seed": 0, "max_length": 128, "batch_size": "auto", "out": None, "progress": True,
-    "revision": None, "device": None, "dtype": None, "final_norm": "none",
-})
-#: Keyword options every experiment built on :class:`Setup` shares (the CLI offers them once).
-COMMON_OPTIONS = ("model", "texts", *COMMON_DEFAULTS)
 
 
 def common_options(
@@ -529,17 +523,27 @@ class Setup:
                 config = config.replace(extraction=config.extraction.replace(final_norm=loaded.final_norm))
         return config.to_dict()
 
-    def write(self, run: StoreRun) -> str | None:
+    def rows(self, frame: pd.DataFrame, condition: str | Sequence[str] | None, key: str | Sequence[str],
+             value: str = "value", layer: str | None = "layer") -> pd.DataFrame:
+        """Rows of the store's ``experiment_values`` table for this experiment (:func:`experiment_rows`)."""
+        return experiment_rows(frame, self.experiment, condition, key, value, layer)
+
+    def write(self, run: StoreRun | None = None, /, **fields: Any) -> str | None:
         """Write one run into ``<out>/results.duckdb`` in one transaction (nothing without ``out``).
 
-        The run id hashes the recorded configuration, so re-running the same configuration replaces
-        its rows.
+        The run is ``run``, or the :class:`StoreRun` that ``fields`` make (``details``, ``model``, its
+        tables...). The run id hashes the recorded configuration, so re-running the same configuration
+        replaces its rows.
 
         Returns
         -------
         str or None
             The run id.
         """
+        if run is None:
+            run = StoreRun(**fields)
+        elif fields:
+            raise TypeError("Setup.write takes a StoreRun or its fields, not both")
         if self.out is None:
             return None
         from layerscope.store import ResultsStore
@@ -700,7 +704,7 @@ def measure_models(
         frames.append(frame)
         setup.write(StoreRun(
             {condition: entry.label}, loaded, revision=entry.revision or loaded.revision,
-            experiment_values=experiment_rows(frame, setup.experiment, condition, ["metric", "normalization"]),
+            experiment_values=setup.rows(frame, condition, ["metric", "normalization"]),
             metrics=measured.metrics.assign(dataset=texts.source)))
         del loaded  # a model loaded here is freed before the next one is loaded
     return pd.concat(frames, ignore_index=True), described

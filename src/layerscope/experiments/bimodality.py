@@ -26,7 +26,6 @@ per layer, so a split caused by length is visible.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,14 +34,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import (
-    ExperimentResult,
-    Plot,
-    Setup,
-    StoreRun,
-    common_options,
-    experiment_rows,
-)
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, common_options
 from layerscope.experiments.curves import rounded
 from layerscope.models.loading import LoadedModel
 
@@ -52,8 +44,6 @@ if TYPE_CHECKING:
     from layerscope.experiments.base import CommonOptions
 
 __all__ = ["BIMODAL_THRESHOLD", "bimodality", "bimodality_coefficient", "sample_moments", "two_group_split"]
-
-logger = logging.getLogger(__name__)
 
 EXPERIMENT = "bimodality"
 #: Sarle's coefficient of a uniform distribution; larger values suggest bimodality.
@@ -227,14 +217,14 @@ def bimodality(
     stored = coefficients.assign(bimodal=coefficients["bimodal"].astype(float),
                                  above_threshold=coefficients["above_threshold"].astype(float))
     rows = pd.concat(
-        [experiment_rows(stored.assign(key=key), EXPERIMENT, None, "key", value=key)
+        [setup.rows(stored.assign(key=key), None, "key", value=key)
          for key in ("bimodality_coefficient", "bimodal", "above_threshold", "minor_share", "ashman_d",
                      "skewness", "excess_kurtosis", "mean", "std", "length_spearman")],
         ignore_index=True,
     ).assign(condition=f"{metric}:{normalization}")
     # the store keeps each metric's per-prompt values in one normalization: the one examined here
     prompt_values = values_long.drop(columns="normalization").assign(dataset=source)
-    setup.write(StoreRun(model=loaded, experiment_values=rows, metrics=metrics_frame, prompt_values=prompt_values))
+    setup.write(model=loaded, experiment_values=rows, metrics=metrics_frame, prompt_values=prompt_values)
     return setup.finish(tables, summary, _plots)
 
 

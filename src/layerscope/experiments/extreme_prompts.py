@@ -36,9 +36,7 @@ from layerscope.experiments.base import (
     ExperimentResult,
     Plot,
     Setup,
-    StoreRun,
     common_options,
-    experiment_rows,
     float_list,
     int_list,
     log2_ticks,
@@ -241,16 +239,14 @@ def extreme_prompts(
     summary.update(model=str(loaded.model_id), n_prompts=len(token_ids), mean_tokens=round(float(np.mean(lengths)), 1),
                    tokens_kept=True, dataset=setup.texts.source, skip_tokens=skip_tokens)
 
-    rows = [experiment_rows(entropy, EXPERIMENT, ["perturbation", "p"], ["metric", "normalization"])]
+    rows = [setup.rows(entropy, ["perturbation", "p"], ["metric", "normalization"])]
     if not length.empty:
-        rows.append(experiment_rows(length.assign(metric="prefix_entropy"), EXPERIMENT, "prefix_length",
-                                    ["metric", "normalization"]))
+        rows.append(setup.rows(length.assign(metric="prefix_entropy"), "prefix_length", ["metric", "normalization"]))
     if not buckets.empty:
-        rows.append(experiment_rows(buckets.assign(metric="prompt_entropy_by_length"), EXPERIMENT, "bucket",
-                                    ["metric", "normalization"]))
-    setup.write(StoreRun({"prefix_lengths": prefixes, "n_prompts": len(token_ids)}, loaded,
-                         experiment_values=pd.concat(rows, ignore_index=True),
-                         metrics=layer_frame(original["prompt_entropy"], num_layers).assign(dataset=setup.texts.source)))
+        rows.append(setup.rows(buckets.assign(metric="prompt_entropy_by_length"), "bucket", ["metric", "normalization"]))
+    setup.write(details={"prefix_lengths": prefixes, "n_prompts": len(token_ids)}, model=loaded,
+                experiment_values=pd.concat(rows, ignore_index=True),
+                metrics=layer_frame(original["prompt_entropy"], num_layers).assign(dataset=setup.texts.source))
     return setup.finish(tables, summary, _plots)
 
 

@@ -16,7 +16,6 @@ intermediate layers, i.e. compresses its context less.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +28,7 @@ from layerscope.experiments.base import (
     ExperimentResult,
     Plot,
     Setup,
-    StoreRun,
     common_options,
-    experiment_rows,
     int_list,
     log2_ticks,
     model_label,
@@ -48,8 +45,6 @@ if TYPE_CHECKING:
     from layerscope.experiments.base import CommonOptions
 
 __all__ = ["compare_finetune"]
-
-logger = logging.getLogger(__name__)
 
 EXPERIMENT = "compare_finetune"
 DEFAULT_PREFIX_LENGTHS = (4, 8, 16, 32, 64, 128)  # t = 2 is always 0: two centered tokens are rank one
@@ -131,10 +126,9 @@ def compare_finetune(
         prefix_frames.append(prefix.assign(model=label, role=role))
         depth_counts.append(loaded.num_layers)
         described[role] = str(loaded.model_id)
-        setup.write(StoreRun({"role": role, "label": label}, loaded,
-                             experiment_values=_store_rows(entropy_frames[-1], prefix_frames[-1]),
-                             metrics=layer_frame(values["prompt_entropy"], loaded.num_layers)
-                             .assign(dataset=setup.texts.source)))
+        setup.write(details={"role": role, "label": label}, model=loaded,
+                    experiment_values=_store_rows(setup, entropy_frames[-1], prefix_frames[-1]),
+                    metrics=layer_frame(values["prompt_entropy"], loaded.num_layers).assign(dataset=setup.texts.source))
         del loaded  # a model loaded here is freed before the next one is loaded
 
     entropy_table = _first(pd.concat(entropy_frames, ignore_index=True), ["model", "role"])
@@ -192,14 +186,14 @@ def _role_tables(values: dict[str, Any], num_layers: int, normalizations: tuple[
             pd.concat(prefix_frames, ignore_index=True))
 
 
-def _store_rows(entropy: pd.DataFrame, prefix: pd.DataFrame) -> pd.DataFrame:
+def _store_rows(setup: Setup, entropy: pd.DataFrame, prefix: pd.DataFrame) -> pd.DataFrame:
     """``experiment_values`` rows of one model: mean and spread of prompt and prefix entropy."""
     frames = []
     for metric, table, condition in (("prompt_entropy", entropy, "model"),
                                      ("prefix_entropy", prefix, ["model", "prefix_length"])):
         for stat in ("mean", "std"):
             keyed = table.assign(key=metric + ":" + table["normalization"] + ":" + stat)
-            frames.append(experiment_rows(keyed, EXPERIMENT, condition, "key", value=stat))
+            frames.append(setup.rows(keyed, condition, "key", value=stat))
     return pd.concat(frames, ignore_index=True)
 
 

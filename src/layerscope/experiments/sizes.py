@@ -9,7 +9,6 @@ that larger models of a family compress more in their intermediate layers (a dee
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from layerscope.experiments.base import CommonOptions
 
 __all__ = ["model_sizes"]
-
-logger = logging.getLogger(__name__)
 
 EXPERIMENT = "sizes"
 

@@ -33,14 +33,7 @@ import pandas as pd
 import torch
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import (
-    ExperimentResult,
-    Plot,
-    Setup,
-    StoreRun,
-    common_options,
-    experiment_rows,
-)
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, common_options
 from layerscope.experiments.curves import main_normalization, values_at_depths
 from layerscope.models.adapters import HOOK_POINTS, BlockPointCapture
 from layerscope.models.loading import LoadedModel
@@ -179,8 +172,8 @@ def sublayers(
             summary[f"{metric}:{normalization}"] = values_at_depths(
                 part[part["sublayer"] != REFERENCE_POINT], group="sublayer")
     summary["prompt_entropy_change"] = _changes(table)
-    setup.write(StoreRun({"style": capture.points.name}, loaded,
-                         experiment_values=experiment_rows(table, EXPERIMENT, "sublayer", ["metric", "normalization"])))
+    setup.write(details={"style": capture.points.name}, model=loaded,
+                experiment_values=setup.rows(table, "sublayer", ["metric", "normalization"]))
     return setup.finish({"sublayers": table}, summary, _plots)
 
 

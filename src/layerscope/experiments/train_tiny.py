@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import os
 import shutil
@@ -32,20 +31,9 @@ import pandas as pd
 import torch
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import (
-    ExperimentResult,
-    Plot,
-    Setup,
-    StoreRun,
-    experiment_rows,
-    int_list,
-    progress_bar,
-    texts_digest,
-)
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, int_list, progress_bar, texts_digest
 
 __all__ = ["checkpoint_steps", "train_tiny", "train_tokenizer", "tiny_neox_config"]
-
-logger = logging.getLogger(__name__)
 
 EXPERIMENT = "train_tiny"
 EOS_TOKEN = "<|endoftext|>"
@@ -351,8 +339,8 @@ def _train(
         "architecture": architecture,
     }
     atomic_write_json(directory / f"{EXPERIMENT}.json", summary)
-    setup.write(StoreRun({"steps": step}, model_id=str(checkpoint_dir), revision=f"step{step}",
-                         data_hash=texts_digest(training), experiment_values=_checkpoint_rows(table)))
+    setup.write(details={"steps": step}, model_id=str(checkpoint_dir), revision=f"step{step}",
+                data_hash=texts_digest(training), experiment_values=_checkpoint_rows(setup, table))
     return setup.finish({"log": log, "checkpoints": table}, summary, _plots)
 
 
@@ -401,11 +389,11 @@ def _losses(log: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _checkpoint_rows(table: pd.DataFrame) -> pd.DataFrame:
+def _checkpoint_rows(setup: Setup, table: pd.DataFrame) -> pd.DataFrame:
     """The experiment's values for the store: training and held-out loss and tokens seen per checkpoint."""
     return pd.concat([
-        experiment_rows(table.assign(condition="step" + table["step"].astype(str), key=key), EXPERIMENT, "condition",
-                        "key", value=key, layer=None)
+        setup.rows(table.assign(condition="step" + table["step"].astype(str), key=key), "condition", "key", value=key,
+                   layer=None)
         for key in ("train_loss", "val_loss", "tokens_seen")
     ], ignore_index=True)
 

@@ -16,14 +16,13 @@ images come from :func:`layerscope.data.images.load_images` (default: scikit-lea
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.experiments.base import ExperimentResult, Plot, Setup, StoreRun, common_options, metric_names
+from layerscope.experiments.base import ExperimentResult, Plot, Setup, common_options, metric_names
 from layerscope.experiments.curves import main_rows
 from layerscope.models.loading import LoadedModel
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from layerscope.experiments.base import CommonOptions
 
 __all__ = ["vision"]
-
-logger = logging.getLogger(__name__)
 
 EXPERIMENT = "vision"
 DEFAULT_METRICS = "prompt_entropy,dataset_entropy,effective_rank,infonce,dime,lidar"
@@ -138,8 +135,8 @@ def vision(
     }
     # an ordinary analysis run (layer metrics + the probe as a task), so the report's selection and
     # correlations apply
-    setup.write(StoreRun({"task_to_dataset": {task: source}, "n_images": len(base.kept)}, loaded, metrics=metrics_frame,
-                         scores=scores, data_source=source, data_hash=base.record.get("images_sha256")))
+    setup.write(details={"task_to_dataset": {task: source}, "n_images": len(base.kept)}, model=loaded,
+                metrics=metrics_frame, scores=scores, data_source=source, data_hash=base.record.get("images_sha256"))
     tables = {"metrics": metrics_frame, "probe": probe, "selection": selection, "correlations": correlations}
     return setup.finish(tables, summary, _plots)
 

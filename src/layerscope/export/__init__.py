@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,9 +32,8 @@ from torch import nn
 
 from layerscope.errors import LayerscopeError
 
-__all__ = ["ExportResult", "affine_module", "encode_speed", "export_layer", "truncated_config"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ExportResult", "SpeedComparison", "affine_module", "compare_speed", "encode_speed", "export_layer",
+           "truncated_config"]
 
 #: Texts the export is checked on (different lengths, so padding is exercised).
 PROBE_TEXTS = (
@@ -378,3 +376,35 @@ def encode_speed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batc
                 model(**batch)
             best = min(best, time.perf_counter() - start)
     return best
+
+
+class SpeedComparison(NamedTuple):
+    """Encode time of the source model and of its export (:func:`compare_speed`), best of three passes each."""
+
+    n_texts: int  # texts encoded
+    threads: int  # torch's CPU threads
+    full_s: float  # seconds of the source model
+    exported_s: float  # seconds of the exported model
+
+
+def compare_speed(model: Any, result: ExportResult) -> SpeedComparison:
+    """Time the source model against its export, loaded back with ``AutoModel`` as a user would load it.
+
+    Both encode the :data:`PROBE_TEXTS` 32 times over (numbered, so no two texts are equal), truncated
+    at the export's maximum length, in batches of 32, with the source model's tokenizer.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        The model :func:`export_layer` exported.
+    result : ExportResult
+        What it wrote.
+    """
+    from transformers import AutoModel
+
+    exported = AutoModel.from_pretrained(str(result.out)).eval()
+    texts = [f"{text} ({index})" for index in range(32) for text in PROBE_TEXTS]
+    length = result.record["max_length"]
+    return SpeedComparison(n_texts=len(texts), threads=torch.get_num_threads(),
+                           full_s=encode_speed(model.model, model.tokenizer, texts, max_length=length),
+                           exported_s=encode_speed(exported, model.tokenizer, texts, max_length=length))

@@ -10,7 +10,6 @@ its record (model, layer or recipe, normalization, what a recipe was fitted on) 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ import numpy as np
 from layerscope.errors import LayerscopeError
 
 __all__ = ["EmbedResult", "embed_chunks", "embed_layer", "output_file", "record_path", "write_embeddings"]
-
-logger = logging.getLogger(__name__)
 
 FORMATS = (".parquet", ".npy")
 

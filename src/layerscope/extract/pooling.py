@@ -70,3 +70,35 @@ def outlier_tokens(states: torch.Tensor, mask: torch.Tensor, factor: float) -> t
     real = mask.to(norms.device).bool().expand_as(norms)
     median = torch.where(real, norms, torch.nan).nanmedian(dim=-1, keepdim=True).values
     return real & (norms > factor * median)
+
+
+def pooled_summary(pooled: object, num_layers: int) -> list[dict[str, float]]:
+    """Per-layer mean norm and anisotropy (mean cosine between different texts) of pooled embeddings.
+
+    Parameters
+    ----------
+    pooled : array-like, shape (layers, n, dim)
+        Pooled embeddings of every layer (a tensor or an array; computed in float64).
+    num_layers : int
+        The model's number of blocks ``L``: ``depth_pct`` is ``100 * layer / L``.
+
+    Returns
+    -------
+    list of dict
+        One ``{"layer", "depth_pct", "mean_norm", "anisotropy"}`` per layer. The anisotropy is the
+        mean of ``cos(x_i, x_j)`` over ordered pairs ``i != j``, from the sum of unit vectors
+        (``(|sum u|^2 - n) / (n (n - 1))``): no ``n x n`` matrix.
+    """
+    import numpy as np
+
+    stack = torch.from_numpy(np.array(pooled, dtype=np.float64))  # (layers, n, d)
+    norms = stack.norm(dim=-1)
+    unit = stack / norms.clamp_min(1e-12)[..., None]
+    n = stack.shape[1]
+    summed = unit.sum(1)
+    mean_cos = ((summed * summed).sum(-1) - n) / max(n * (n - 1), 1)
+    return [
+        {"layer": layer, "depth_pct": 100.0 * layer / num_layers, "mean_norm": float(norms[layer].mean()),
+         "anisotropy": float(mean_cos[layer])}
+        for layer in range(stack.shape[0])
+    ]

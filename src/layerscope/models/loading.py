@@ -18,21 +18,10 @@ from torch import nn
 from layerscope.errors import LayerscopeError, suggest
 from layerscope.models.adapters import Adapter, adapter_for, get_module
 from layerscope.models.bundled import BUNDLED, model_cache_dir, resolve_bundled
+from layerscope.models.load_bars import load_bars_shown
+from layerscope.models.load_bars import show_load_bars as show_load_bars  # its former home
 
 logger = logging.getLogger(__name__)
-
-# Whether transformers draws its per-load "Loading weights" bars (see show_load_bars).
-_LOAD_BARS = {"show": True}
-
-
-def show_load_bars(show: bool) -> None:
-    """Let transformers draw (or not) its per-load "Loading weights" bars in :func:`load_model`.
-
-    The CLI turns them off so they do not break into its own progress display; hub download bars
-    belong to huggingface_hub and stay. Applied at the next load, so that merely deciding it costs
-    no transformers import.
-    """
-    _LOAD_BARS["show"] = bool(show)
 
 FINAL_NORM_OPTIONS = ("none", "all")
 
@@ -244,7 +233,7 @@ def load_model(
     """
     if final_norm not in FINAL_NORM_OPTIONS:
         raise LayerscopeError(f"final_norm must be one of {', '.join(FINAL_NORM_OPTIONS)}, got '{final_norm}'")
-    if not _LOAD_BARS["show"]:
+    if not load_bars_shown():
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()

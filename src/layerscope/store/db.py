@@ -431,17 +431,10 @@ class ResultsStore:
             )
 
     @contextlib.contextmanager
-    def run(
-        self,
-        config: Mapping[str, Any],
-        *,
-        model_id: str | None = None,
-        revision: str | None = None,
-        data_source: str | None = None,
-        data_hash: str | None = None,
-    ) -> Iterator[RunWriter]:
-        """A run as a ``with`` block: registered on entry, marked finished at the end of the block, or
-        failed (with the one-line reason, ``interrupted`` for Ctrl-C) if the block raises.
+    def run(self, config: Mapping[str, Any], **options: Any) -> Iterator[RunWriter]:
+        """A run as a ``with`` block: registered on entry (:meth:`begin_run`, which takes ``options``:
+        ``model_id``, ``revision``, ``data_source``, ``data_hash``...), marked finished at the end of
+        the block, or failed (with the one-line reason, ``interrupted`` for Ctrl-C) if the block raises.
 
         Examples
         --------
@@ -449,8 +442,7 @@ class ResultsStore:
         ...     run.write_metrics(metrics)
         ...     run.skipped["empty_texts"] = 2
         """
-        run_id = self.begin_run(config, model_id=model_id, revision=revision, data_source=data_source,
-                                data_hash=data_hash)
+        run_id = self.begin_run(config, **options)
         writer = RunWriter(self, run_id)
         try:
             yield writer
@@ -614,7 +606,11 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ reads
 
-    def _read(self, table: str, filters: Iterable[tuple[str, list[Any] | None]]) -> pd.DataFrame:
+    def _read(self, table: str, run_id: str | Sequence[str] | None = None, **equal: Any) -> pd.DataFrame:
+        """Rows of ``table`` of the runs ``run_id`` (None: every run) whose ``column`` equals each value of
+        ``equal`` (a value None leaves its column free), in the table's own order."""
+        filters = [("run_id", _as_id_list(run_id)),
+                   *((column, None if value is None else [value]) for column, value in equal.items())]
         clauses: list[str] = []
         parameters: list[Any] = []
         for column, values in filters:
@@ -634,7 +630,7 @@ class ResultsStore:
 
     def runs(self, *, status: str | None = None) -> pd.DataFrame:
         """All runs (one row each, oldest first); optionally only those with ``status``."""
-        return self._read("runs", [("status", None if status is None else [status])])
+        return self._read("runs", status=status)
 
     def run_config(self, run_id: str) -> dict[str, Any]:
         """The stored configuration of a run, parsed from JSON."""
@@ -652,16 +648,11 @@ class ResultsStore:
         self, run_id: str | Sequence[str] | None = None, *, metric: str | None = None
     ) -> pd.DataFrame:
         """Per-layer metrics of one run, several, or all (``run_id=None``)."""
-        return self._read(
-            "layer_metrics",
-            [("run_id", _as_id_list(run_id)), ("metric", None if metric is None else [metric])],
-        )
+        return self._read("layer_metrics", run_id, metric=metric)
 
     def scores(self, run_id: str | Sequence[str] | None = None, *, task: str | None = None) -> pd.DataFrame:
         """Per-layer task scores of one run, several, or all (``run_id=None``)."""
-        return self._read(
-            "task_scores", [("run_id", _as_id_list(run_id)), ("task", None if task is None else [task])]
-        )
+        return self._read("task_scores", run_id, task=task)
 
     def prompt_values(
         self,
@@ -671,23 +662,13 @@ class ResultsStore:
         layer: int | None = None,
     ) -> pd.DataFrame:
         """Per-prompt values, optionally of one metric and one layer."""
-        return self._read(
-            "prompt_values",
-            [
-                ("run_id", _as_id_list(run_id)),
-                ("metric", None if metric is None else [metric]),
-                ("layer", None if layer is None else [int(layer)]),
-            ],
-        )
+        return self._read("prompt_values", run_id, metric=metric, layer=None if layer is None else int(layer))
 
     def experiment_values(
         self, run_id: str | Sequence[str] | None = None, *, experiment: str | None = None
     ) -> pd.DataFrame:
         """Rows of the generic experiment table, optionally of one experiment."""
-        return self._read(
-            "experiment_values",
-            [("run_id", _as_id_list(run_id)), ("experiment", None if experiment is None else [experiment])],
-        )
+        return self._read("experiment_values", run_id, experiment=experiment)
 
 
 _CONFLICT_POLICIES = ("replace", "skip", "error")

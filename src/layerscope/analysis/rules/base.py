@@ -38,11 +38,6 @@ def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
         raise LayerscopeError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
-def _check_window(lo: float, hi: float) -> None:
-    if not (0.0 <= lo <= hi <= 1.0):
-        raise LayerscopeError(f"depth window must satisfy 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
-
-
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise LayerscopeError(f"{name} must lie in [0, 1], got {value}")
@@ -183,10 +178,29 @@ def _best_in(
     return np.where(found, model.layers[rows], np.nan)
 
 
-def _empty_window(model: ModelData, lo: float, hi: float, n_columns: int) -> np.ndarray:
-    """The scored layer nearest to the middle of a window that holds none, for every column."""
-    middle = model.nearest_layer(0.5 * (lo + hi) * model.last_layer)
-    return np.full(n_columns, float(middle))
+class _Windowed:
+    """What the rules restricted to a depth window share: the window ``lo <= layer / L <= hi`` (fields
+    ``lo`` and ``hi`` of each rule), its check, its words in the rule's name and its candidates."""
+
+    if TYPE_CHECKING:
+        lo: float
+        hi: float
+
+    def _check_window(self) -> None:
+        if not (0.0 <= self.lo <= self.hi <= 1.0):
+            raise LayerscopeError(f"depth window must satisfy 0 <= lo <= hi <= 1, got [{self.lo}, {self.hi}]")
+
+    def _window_text(self) -> str:
+        return f" in depth {100 * self.lo:g}-{_percent(self.hi)}"
+
+    def _window_mask(self, model: ModelData, n_columns: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The candidate rows of ``model.layers`` (a mask) and, when the window holds no scored layer,
+        the choice for every column instead: the scored layer nearest to the window's middle."""
+        mask = model.window_mask(self.lo, self.hi)
+        if mask.any():
+            return mask, None
+        middle = model.nearest_layer(0.5 * (self.lo + self.hi) * model.last_layer)
+        return mask, np.full(n_columns, float(middle))
 
 
 def _source_suffix(texts: str, fallback: str) -> str:

@@ -12,11 +12,9 @@ from layerscope.analysis.rules.base import (
     _DIRECTIONS,
     _best_in,
     _check_choice,
-    _check_window,
     _default_direction,
-    _empty_window,
     _OneMetric,
-    _percent,
+    _Windowed,
 )
 from layerscope.analysis.rules.model_data import ModelData
 
@@ -80,7 +78,7 @@ class MetricRule(_BestOfMetric):
 
 
 @dataclass(frozen=True)
-class WindowMetricRule(_BestOfMetric):
+class WindowMetricRule(_BestOfMetric, _Windowed):
     """The layer where one metric is best among the layers in a depth window.
 
     Candidates are the scored layers with ``lo <= layer / L <= hi``. If the window holds no scored
@@ -113,15 +111,13 @@ class WindowMetricRule(_BestOfMetric):
     family: ClassVar[str] = "window_metric"
 
     def __post_init__(self) -> None:
-        _check_window(self.lo, self.hi)
+        self._check_window()
         super().__post_init__()
 
     @property
     def name(self) -> str:
-        return self._described(f"{self.resolved_direction} ", f" in depth {100 * self.lo:g}-{_percent(self.hi)}")
+        return self._described(f"{self.resolved_direction} ", self._window_text())
 
     def _decide(self, model: ModelData, columns: Sequence[str], arrays: list[np.ndarray]) -> np.ndarray:
-        mask = model.window_mask(self.lo, self.hi)
-        if not mask.any():
-            return _empty_window(model, self.lo, self.hi, len(columns))
-        return _best_in(model, arrays[0], self.resolved_direction, mask)
+        mask, empty = self._window_mask(model, len(columns))
+        return empty if empty is not None else _best_in(model, arrays[0], self.resolved_direction, mask)

@@ -12,12 +12,10 @@ from layerscope.analysis.rules.base import (
     _DIRECTIONS,
     _best_in,
     _check_choice,
-    _check_window,
     _default_direction,
-    _empty_window,
     _MetricBased,
-    _percent,
     _source_suffix,
+    _Windowed,
 )
 from layerscope.analysis.rules.model_data import ModelData
 from layerscope.errors import LayerscopeError
@@ -39,7 +37,7 @@ def _average_ranks(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class RankAggregateRule(_MetricBased):
+class RankAggregateRule(_MetricBased, _Windowed):
     """The layer with the best average rank over several metrics, optionally inside a depth window.
 
     Over the candidate layers (scored layers with ``lo <= layer / L <= hi`` where every metric has
@@ -79,7 +77,7 @@ class RankAggregateRule(_MetricBased):
                 raise LayerscopeError("rank aggregation: give one direction per metric")
             for direction in self.directions:
                 _check_choice("direction", direction, _DIRECTIONS)
-        _check_window(self.lo, self.hi)
+        self._check_window()
         super().__post_init__()
 
     @property
@@ -92,7 +90,7 @@ class RankAggregateRule(_MetricBased):
         parts = ", ".join(
             f"{direction} {metric}" for metric, direction in zip(self.metrics, self.resolved_directions, strict=True)
         )
-        window = "" if (self.lo, self.hi) == (0.0, 1.0) else f" in depth {100 * self.lo:g}-{_percent(self.hi)}"
+        window = "" if (self.lo, self.hi) == (0.0, 1.0) else self._window_text()
         return f"rank-average({parts}){window}{_source_suffix(self.texts, self.fallback)}"
 
     def metrics_used(self) -> tuple[str, ...]:
@@ -102,9 +100,9 @@ class RankAggregateRule(_MetricBased):
         return [(metric, None) for metric in self.metrics]
 
     def _decide(self, model: ModelData, columns: Sequence[str], arrays: list[np.ndarray]) -> np.ndarray:
-        mask = model.window_mask(self.lo, self.hi)
-        if not mask.any():
-            return _empty_window(model, self.lo, self.hi, len(columns))
+        mask, empty = self._window_mask(model, len(columns))
+        if empty is not None:
+            return empty
         stack = np.stack(arrays)  # (metrics, layers, sources)
         valid = np.isfinite(stack).all(axis=0) & mask[:, None]
         signs = np.array([1.0 if direction == "min" else -1.0 for direction in self.resolved_directions])
