@@ -10,9 +10,10 @@ Layers, bottom to top (a module may import modules of its own layer or below, ne
        pipeline                 analyze (extract -> measure -> evaluate -> store -> summarize)
     6  analysis                 summaries, correlations, label-free selection rules and their protocol
     5  store                    the results database and run folders
-    4  metrics.compute,         what runs a model: the one measurement path (metrics.compute, views),
-       metrics.views, evaluate, downstream evaluation through MTEB, export of a layer as a model
-       export
+    4  metrics.compute,         what runs a model: the one measurement path (metrics.compute, views,
+       metrics.views,           and budget: the views budget said and timed before the work),
+       metrics.budget,          downstream evaluation through MTEB, export of a layer as a model
+       evaluate, export
     3  extract                  hidden states -> pooled embeddings, cached; conditioning
     2  config                   typed configurations and the grammar of their options (--select-by)
     1  models, data, augment,   model loading and adapters; texts and labelled data; augmented views;
@@ -73,7 +74,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("configuration", ("layerscope.config",)),
     ("extraction", ("layerscope.extract",)),
     ("measurement, evaluation, export", ("layerscope.metrics.compute", "layerscope.metrics.views",
-                                         "layerscope.evaluate", "layerscope.export")),
+                                         "layerscope.metrics.budget", "layerscope.evaluate", "layerscope.export")),
     ("store", ("layerscope.store",)),
     ("analysis", ("layerscope.analysis",)),
     ("report, experiments, pipeline", ("layerscope.report", "layerscope.experiments", "layerscope.pipeline")),
