@@ -12,22 +12,41 @@ other families) and scores it on each model in turn. It prints:
 (b) wins, losses, mean and worst gain per scheme; the set chosen on every model (what ``auto`` would
     give a new model) and whether it beats the raw last layer held out.
 
-The last line is ``gain: <leave-one-model-out mean gain over the raw last layer, points x 100>``.
+``--write-record FILE`` writes the set chosen on every model and its held-out evidence as JSON
+(:func:`record`); ``layerscope analyze --recipes auto`` reads it from
+``src/layerscope/analysis/recipe_record.json``, where the record is shipped:
 
-    python benchmarks/bench_recipes.py [MODEL ...] [--tasks offline] [--out runs/recipes]
+    python benchmarks/bench_recipes.py MODEL ... --write-record src/layerscope/analysis/recipe_record.json
+
+With fewer than two models there is nothing to hold out: the record then has no held-out evidence and
+``beats_last_held_out`` false (``auto`` stays the last layer).
+
+The last line is ``gain: <leave-one-model-out mean gain over the raw last layer, points x 100>`` (``nan``
+without held-out evidence).
+
+    python benchmarks/bench_recipes.py [MODEL ...] [--tasks offline] [--out runs/recipes] [--write-record FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import re
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from layerscope.analysis import format_table
-from layerscope.analysis.recipe_protocol import recipe_grid, run_recipe_protocol
+from layerscope.analysis.recipe_protocol import (
+    RecipeProtocol,
+    choose_recipe_set,
+    recipe_grid,
+    run_recipe_protocol,
+)
 from layerscope.analysis.recipes import evaluate_recipes
 from layerscope.analysis.rules import model_family
 
@@ -68,16 +87,74 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
     return frame
 
 
-def main() -> None:
+def pretrained(model: str) -> bool:
+    """Whether a model is a pretrained one (the tiny models, random or trained here, are not)."""
+    return model_family(model) != "tiny-neox" and not model.lower().rsplit("/", 1)[-1].startswith("tiny")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def record(scores: pd.DataFrame, result: RecipeProtocol | None, args: argparse.Namespace,
+           argv: list[str]) -> dict[str, Any]:
+    """What ``analyze --recipes auto`` reads: the set chosen on every model, and how it did held out.
+
+    ``beats_last_held_out`` is the protocol's verdict (leave-one-model-out: more wins than losses against
+    the raw last layer, and a positive mean gain); false without held-out evidence (fewer than 2 models).
+    """
+    from layerscope.evaluate.offline import SUITES
+
+    order = [recipe.text for recipe in recipe_grid()]
+    chosen = result.chosen if result is not None else choose_recipe_set(scores, order)
+    held: dict[str, Any] = {}
+    for scheme in ([] if result is None else list(dict.fromkeys(result.held_out["scheme"]))):
+        rows = result.held_out[result.held_out["scheme"] == scheme]
+        summary = result.summary(scheme)
+        kept = rows[[pretrained(model) for model in rows["model"]]]
+        worst = kept.loc[kept["gain"].idxmin()] if len(kept) else None
+        held[scheme] = {
+            **{key: _plain(value) for key, value in summary.items()},
+            "worst_pretrained": None if worst is None else {"model": worst["model"], "gain": float(worst["gain"])},
+            "per_model": [{**{key: _plain(value) for key, value in row.items()}, "pretrained": pretrained(row["model"])}
+                          for row in rows.drop(columns="scheme").to_dict("records")]}
+    models = list(dict.fromkeys(scores["model"]))
+    starts = scores.drop_duplicates("model").set_index("model")["starts_from"] if "starts_from" in scores else {}
+    return {
+        "recipe_set": chosen.text,
+        "beats_last_held_out": bool(result is not None and result.beats_last()),
+        "verdict": "leave-one-model-out: wins > losses against the raw last layer and mean gain > 0",
+        "held_out": held,
+        "note": None if result is not None else f"{len(models)} model: nothing to hold out, auto stays the last layer",
+        "trained_on": {"n_models": len(models), "models": [
+            {"model": model, "family": model_family(model), "pretrained": pretrained(model),
+             "starts_from": starts.get(model) if len(starts) else None} for model in models]},
+        "suite": {"name": args.tasks, "version": SUITES.get(args.tasks),
+                  "tasks": sorted(scores["task"].unique().tolist())},
+        "grid": order, "n_boot": args.n_boot,
+        "command": "python benchmarks/bench_recipes.py " + " ".join(argv),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", default=["minilm-l6", "smollm2-135m"])
     parser.add_argument("--tasks", default="offline", help="task group (default: the offline suite)")
     parser.add_argument("--out", type=Path, default=Path("runs/recipes"), help="where recipe scores are kept")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--eval-workers", default="auto")
-    args = parser.parse_args()
+    parser.add_argument("--write-record", type=Path, default=None,
+                        help="write the chosen recipe set and its held-out record as JSON (analyze --recipes auto)")
+    args = parser.parse_args(argv)
 
     scores = pd.concat([recipe_scores(name, args.tasks, args.out, args.eval_workers) for name in args.models])
+    if scores["model"].nunique() < 2:
+        print(f"only {scores['model'].nunique()} model: the held-out protocol needs 2 or more")
+        if args.write_record is not None:
+            write(args.write_record, record(scores, None, args, list(sys.argv[1:] if argv is None else argv)))
+        print("gain: nan")
+        return
     result = run_recipe_protocol(scores, model_family, n_boot=args.n_boot)
     table = result.held_out.assign(interval=[f"[{low:+.1f}, {high:+.1f}]" for low, high
                                              in zip(result.held_out["low"], result.held_out["high"], strict=True)])
@@ -89,7 +166,17 @@ def main() -> None:
     verdict = "beats" if result.beats_last() else "does not beat"
     print(f"chosen on all {scores['model'].nunique()} models: {result.chosen.text} ({verdict} the raw last layer "
           "held out)")
+    if args.write_record is not None:
+        write(args.write_record, record(scores, result, args, list(sys.argv[1:] if argv is None else argv)))
     print(f"gain: {result.summary()['mean_gain']:.2f}")
+
+
+def write(path: Path, written: dict[str, Any]) -> None:
+    """The record as JSON, written atomically."""
+    from layerscope.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(written, indent=1) + "\n")
+    print(f"record -> {path}")
 
 
 if __name__ == "__main__":

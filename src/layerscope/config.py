@@ -47,6 +47,8 @@ __all__ = [
     "FALLBACK_SPEC",
     "FINAL_NORMS",
     "POOLINGS",
+    "RECIPE_RECORD_FILE",
+    "RECIPE_SEPARATOR",
     "RECORD_FILE",
     "AnalysisConfig",
     "Config",
@@ -64,6 +66,7 @@ __all__ = [
     "option",
     "parse_cap",
     "parse_select_by",
+    "recipe_record",
 ]
 
 POOLINGS = ("mean", "last", "first")
@@ -227,6 +230,9 @@ AUTO = "auto"
 #: The held-out protocol's choice of the default rule, beside :mod:`layerscope.analysis.choice`
 #: (written by ``benchmarks/bench_selection.py --write-record``).
 RECORD_FILE = "label_free_record.json"
+#: The recipe protocol's choice of the recipe set ``--recipes auto`` stands for, beside
+#: :mod:`layerscope.analysis.recipe_runs` (written by ``benchmarks/bench_recipes.py --write-record``).
+RECIPE_RECORD_FILE = "recipe_record.json"
 #: Used when no record has been written (a fresh checkout before the benchmark ran).
 FALLBACK_SPEC = "dime"
 
@@ -235,18 +241,31 @@ _WINDOW = re.compile(r"^(?P<body>[^@]+)@(?P<lo>[0-9.]+%?)-(?P<hi>[0-9.]+%?)$")
 VALLEY_KINDS = ("valley", "recovery")
 
 
-@functools.cache
-def held_out_record() -> dict[str, Any] | None:
-    """The default rule and how it did on models it was not chosen on (None before the benchmark ran)."""
+def _package_record(name: str, benchmark: str) -> dict[str, Any] | None:
+    """A JSON record shipped beside :mod:`layerscope.analysis` (None when it has not been written)."""
     try:  # read as a file of the package: importing layerscope.analysis here would point up the layers
-        text = (resources.files("layerscope") / "analysis" / RECORD_FILE).read_text("utf-8")
+        text = (resources.files("layerscope") / "analysis" / name).read_text("utf-8")
     except OSError:
         return None
     try:
         return json.loads(text)
     except ValueError as error:
-        raise LayerscopeError(f"{RECORD_FILE} is not valid JSON ({error}): rerun benchmarks/bench_selection.py "
+        raise LayerscopeError(f"{name} is not valid JSON ({error}): rerun benchmarks/{benchmark} "
                               "with --write-record") from None
+
+
+@functools.cache
+def held_out_record() -> dict[str, Any] | None:
+    """The default rule and how it did on models it was not chosen on (None before the benchmark ran)."""
+    return _package_record(RECORD_FILE, "bench_selection.py")
+
+
+@functools.cache
+def recipe_record() -> dict[str, Any] | None:
+    """The recipe set the held-out recipe protocol chose, and how it did against the raw last layer on models
+    it was not chosen on (None before ``benchmarks/bench_recipes.py --write-record`` ran); ``--recipes auto``
+    reads it (:func:`layerscope.analysis.recipe_runs.auto_recipe_set`)."""
+    return _package_record(RECIPE_RECORD_FILE, "bench_recipes.py")
 
 
 def _depth_fraction(text: str) -> float:
@@ -605,6 +624,11 @@ class AnalysisConfig(Config):
                             "pick; the last layer while no label-free rule beats it held out), a metric (dime, "
                             "max:lidar), depth:0.75, dime@0.5-0.9, rank:infonce+lidar, valley:dime:0.75, "
                             "recovery:dime:0.5, last.", label="Label-free choice by")
+    recipes: tuple[str, ...] = option(("auto",), "Recipe sets scored beside the layers from the cached per-layer "
+                                      "embeddings (no forward pass), separated by |: auto (the set the held-out "
+                                      "recipe protocol chose, where it beat the last layer on models it was not "
+                                      "chosen on; else none), none, or sets such as "
+                                      "'classification=zmean:0.5-1;*=last+standardize'.", label="Recipes")
     seed: int = option(0, "Seed of subsets, views and evaluations.", label="Seed")
     eval_seed: int | None = option(None, "Seed of the evaluations (default: each MTEB task's own seed, 42, as a plain "
                                    "MTEB run).", label="Evaluation seed")
@@ -624,6 +648,25 @@ class AnalysisConfig(Config):
             raise LayerscopeError(f"--select-by {' and '.join(absent)} is not among the metrics computed "
                                   f"({', '.join(metrics)}): add it to --metrics")
         object.__setattr__(self, "select_by", select_by)
+        object.__setattr__(self, "recipes", _recipe_texts(self.recipes))
+
+
+#: Separates recipe sets in one ``--recipes`` value (the recipe grammar uses ``;``, ``,`` nowhere, ``|`` never).
+RECIPE_SEPARATOR = "|"
+
+
+def _recipe_texts(value: Any) -> tuple[str, ...]:
+    """``--recipes`` as a tuple of recipe-set texts (``auto`` kept as the word; ``none``: no recipes).
+
+    The grammar of a set is checked where it is read (:mod:`layerscope.analysis.recipes`, a layer above),
+    before any model loads.
+    """
+    items = (value,) if isinstance(value, str) else tuple(value or ())
+    texts = tuple(dict.fromkeys(part.strip() for item in items for part in str(item).split(RECIPE_SEPARATOR)
+                                if part.strip()))
+    if "none" in texts and len(texts) > 1:
+        raise LayerscopeError(f"--recipes none cannot be given with other recipe sets ({' | '.join(texts)})")
+    return () if texts == ("none",) else texts
 
 
 #: ``kind`` -> configuration class, for :func:`config_from_dict`.

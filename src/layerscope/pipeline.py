@@ -10,7 +10,8 @@
    (and, with ``bootstrap``, on resamples of every task's evaluation examples: score intervals);
 4. the store, through a run that is marked finished or failed;
 5. :func:`~layerscope.analysis.summarize`: best layer, label-free layer, selection table,
-   correlations (the same function the report uses);
+   correlations (the same function the report uses), and the recipe sets of ``recipes`` scored from
+   the same pass (:mod:`~layerscope.analysis.recipe_runs`);
 6. the report.
 """
 
@@ -147,6 +148,7 @@ def analyze(
     lidar_texts: int | str | None = DEFAULT_LIDAR_TEXTS,
     view_max_length: int | str | None = DEFAULT_VIEW_MAX_LENGTH,
     select_by: str = "auto",
+    recipes: str | Sequence[str] = "auto",
     seed: int = 0,
     eval_seed: int | None = None,
     task_files: Any = None,
@@ -196,6 +198,11 @@ def analyze(
         default: the rule the held-out protocol chose on the paper authors' models), a metric
         (``dime``: its registered direction; ``max:lidar``), ``depth:0.75``, ``dime@0.5-0.9``,
         ``rank:infonce+lidar``, ``last``.
+    recipes : str or sequence of str
+        Recipe sets scored beside the layers from the same pass (:mod:`layerscope.analysis.recipe_runs`),
+        separated by ``|`` or given as a list: ``auto`` (the default: the held-out recipe protocol's set
+        where it beat the last layer on models it was not chosen on, else nothing more than the last
+        layer), ``none``, or sets such as ``classification=zmean:0.5-1;*=last+standardize``.
     seed : int
         Seed of text subsets and views.
     eval_seed : int, optional
@@ -234,6 +241,7 @@ def analyze(
         metrics=metrics,
         dataset=None if dataset is None else TextConfig(dataset, column, limit, seed),
         select_by=select_by,
+        recipes=recipes,
         seed=seed,
         eval_seed=eval_seed,
     )
@@ -257,9 +265,10 @@ def run_analysis(
     """:func:`analyze` from a configuration (``tasks``: its task objects, if already built; ``intervals``:
     bootstrap score intervals, none by default; ``notify``: gets the lines said before the work, see
     :func:`~layerscope.metrics.compute.measure`)."""
+    from layerscope.analysis.recipe_runs import resolve_recipes
     from layerscope.evaluate import evaluate_layers
     from layerscope.evaluate.catalog import resolve as resolve_tasks
-    from layerscope.evaluate.offline import suite_label, suite_record
+    from layerscope.evaluate.offline import suite_label
     from layerscope.metrics.compute import measure
     from layerscope.store import ResultsStore
 
@@ -267,6 +276,7 @@ def run_analysis(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task_list = list(tasks) if tasks is not None else resolve_tasks(list(config.tasks), seed=config.eval_seed)
+    recipe_sets = resolve_recipes(config.recipes)  # a bad recipe set fails before the model loads
     bootstrap = intervals is not None and intervals.bootstrap > 0
     if bootstrap:
         from layerscope.evaluate.uncertainty import check_bootstrap_tasks
@@ -298,6 +308,9 @@ def run_analysis(
                                       seed=config.eval_seed, name=f"layerscope/{model.model_id}",
                                       revision=model.revision, progress=progress, eval_workers=eval_workers)
             timings["bootstrap_s"] = time.perf_counter() - step
+        recipe_scores = _score_recipes(model, config, measured.extraction, recipe_sets, task_list, eval_workers,
+                                       timings)
+        run.write_recipe_scores(recipe_scores)
         run.write_metrics(measured.metrics)
         run.write_scores(scores)
         run.write_prompt_values(main_prompt_values(measured.prompt_values))
@@ -308,20 +321,11 @@ def run_analysis(
 
     from layerscope.analysis.summary import summarize
 
-    summary = summarize(measured.metrics, scores, select_by=config.select_by, task_to_dataset=texts.task_to_dataset)
+    summary = summarize(measured.metrics, scores, select_by=config.select_by, task_to_dataset=texts.task_to_dataset,
+                        recipe_scores=recipe_scores)
     timings.update({key: measured.record[key] for key in ("extract_s", "views_s", "metrics_s")})
-    record = {
-        "layerscope": __version__, "run_id": run.run_id, "config": config.to_dict(), "model": model.describe(),
-        "suite": suite_record(config.tasks, task_list),
-        "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
-        "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
-        "n_forward_texts": measured.record["n_forward_texts"],
-        "views": measured.record["views"],
-        "normalize": measured.record["normalize"],  # which layers were L2-normalized (the last, as shipped?)
-        "intervals": intervals.to_dict() if bootstrap and intervals is not None else None,
-        "extraction": {k: v for k, v in measured.extraction.record.items()
-                       if isinstance(v, (int, float, str, bool, type(None)))},
-    }
+    record = _run_record(config, run.run_id, model, task_list, texts, measured, recipe_sets,
+                         intervals if bootstrap else None)
     result = AnalysisResult(out, run.run_id, config, measured.metrics, scores, summary, record)
     if report:
         step = time.perf_counter()
@@ -333,6 +337,41 @@ def run_analysis(
 
     atomic_write_json(out / "record.json", result.record)
     return result
+
+
+def _score_recipes(model: Any, config: AnalysisConfig, extraction: Any, recipe_sets: Sequence[Any],
+                   tasks: Sequence[Any], eval_workers: int | str, timings: dict[str, float]) -> pd.DataFrame:
+    """The run's recipe sets scored from its raw per-layer embeddings (the last layer as the model ships it)."""
+    from layerscope.analysis.recipe_runs import score_recipe_sets
+
+    step = time.perf_counter()
+    frame = score_recipe_sets(extraction, recipe_sets, tasks, normalized=config.extraction.normalized_layers(model),
+                              seed=config.eval_seed, name=f"layerscope/{model.model_id}", eval_workers=eval_workers)
+    if recipe_sets:
+        timings["recipes_s"] = time.perf_counter() - step
+    return frame
+
+
+def _run_record(config: AnalysisConfig, run_id: str, model: Any, tasks: Sequence[Any], texts: TaskTexts,
+                measured: Any, recipe_sets: Sequence[Any], intervals: IntervalConfig | None) -> dict[str, Any]:
+    """What ``record.json`` says of a run: its configuration, model, suite, texts, views, recipes, extraction."""
+    from layerscope.analysis.recipe_runs import recipes_record
+    from layerscope.evaluate.offline import suite_record
+
+    return {
+        "layerscope": __version__, "run_id": run_id, "config": config.to_dict(), "model": model.describe(),
+        "suite": suite_record(config.tasks, tasks),
+        "n_texts": len(texts.texts), "n_kept": len(measured.extraction.texts),
+        "n_skipped_empty": measured.extraction.record["n_skipped_empty"],
+        "n_forward_texts": measured.record["n_forward_texts"],
+        "views": measured.record["views"],
+        "normalize": measured.record["normalize"],  # which layers were L2-normalized (the last, as shipped?)
+        "recipes": recipes_record(config.recipes, recipe_sets, int(model.num_layers),
+                                  config.extraction.normalized_layers(model)),
+        "intervals": intervals.to_dict() if intervals is not None else None,
+        "extraction": {k: v for k, v in measured.extraction.record.items()
+                       if isinstance(v, (int, float, str, bool, type(None)))},
+    }
 
 
 def main_prompt_values(prompt_values: pd.DataFrame) -> pd.DataFrame:

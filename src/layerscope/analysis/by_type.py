@@ -204,9 +204,9 @@ def selection_text_table(summary: Summary) -> TextTable | None:
         types = []
     rows = []
     for _, row in frame.iterrows():
-        layer = ("by type" if row["rule"] == BEST_PER_TYPE_RULE else "varies" if pd.isna(row["layer"])
-                 else str(int(row["layer"])))
-        rows.append((str(row["rule"]), layer, f"{row['depth_pct']:.0f}", _cell(row["average"]),
+        layer = ("by type" if row["rule"] == BEST_PER_TYPE_RULE else "recipe" if row["kind"] == "recipe"
+                 else "varies" if pd.isna(row["layer"]) else str(int(row["layer"])))
+        rows.append((str(row["rule"]), layer, _cell(row["depth_pct"], 0), _cell(row["average"]),
                      f"{row['gain_vs_last']:+.1f}", *(_cell(row[task_type]) for task_type in types)))
     notes: list[str] = []
     best = best_layers_by_type(summary.per_layer)

@@ -65,6 +65,14 @@ class Summary:
         difference from the last layer (:func:`~layerscope.evaluate.uncertainty.layer_intervals`).
     verdict : BestVersusLast or None
         With bootstrapped scores: whether the best layer beats the last beyond the noise.
+    recipes : pandas.DataFrame or None
+        The run's task scores under recipe sets (``analyze --recipes``; one row per set and task, see
+        :mod:`layerscope.analysis.recipe_runs`); their rows are in ``selection`` too (kind ``recipe``).
+    recipe_types : pandas.DataFrame or None
+        :func:`~layerscope.analysis.recipe_runs.recipe_type_table`: each set against the last layer per type.
+    chosen_recipe : str or None
+        The recipe set that is the answer without labels (the one ``--recipes auto`` stood for, with the
+        default label-free layer rule); None: the answer is ``chosen_layer``.
     notes : list of str
         Things the reader should know (incomplete coverage, analyses that could not run).
     """
@@ -78,6 +86,9 @@ class Summary:
     correlations: pd.DataFrame | None = None
     intervals: pd.DataFrame | None = None
     verdict: BestVersusLast | None = None
+    recipes: pd.DataFrame | None = None
+    recipe_types: pd.DataFrame | None = None
+    chosen_recipe: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -124,6 +135,18 @@ class Summary:
         if chosen is None or last is None or chosen >= last:
             return None
         return last - chosen
+
+    def recipe_score(self, recipe_set: str | None) -> tuple[float, float] | None:
+        """A recipe set's task average (x 100) and its gain over the last layer, from Table 2 (None: not scored)."""
+        if recipe_set is None or self.selection is None or self.recipes is None:
+            return None
+        sources = self.recipes.loc[self.recipes["recipe_set"] == recipe_set, "source"]
+        if sources.empty:
+            return None
+        from layerscope.analysis.recipe_runs import recipe_rule
+
+        hit = self.selection[self.selection["rule"] == recipe_rule(recipe_set, str(sources.iloc[0]))]
+        return None if hit.empty else (float(hit["average"].iloc[0]), float(hit["gain_vs_last"].iloc[0]))
 
     def score_at(self, layer: int | None) -> float | None:
         """Task-averaged score (x 100) at ``layer``, if known."""
@@ -179,6 +202,7 @@ def summarize(
     task_to_dataset: Mapping[str, str] | None = None,
     all_texts: str = ALL_TEXTS,
     correlation_methods: Sequence[str] = CORRELATION_METHODS,
+    recipe_scores: pd.DataFrame | None = None,
 ) -> Summary:
     """Per-layer table, best and label-free layers, selection table and correlations of a run.
 
@@ -198,6 +222,9 @@ def summarize(
         Name of the all-texts set.
     correlation_methods : sequence of str
         Correlation methods (distance correlation is left out, with a note, if ``dcor`` is missing).
+    recipe_scores : pandas.DataFrame, optional
+        Task scores under recipe sets (:func:`~layerscope.analysis.recipe_runs.score_recipe_sets`): rows of
+        Table 2, the per-type comparison with the last layer, and possibly the label-free answer.
 
     Returns
     -------
@@ -237,7 +264,22 @@ def summarize(
             summary.notes.append(f"Selection table not available: {error}")
         if metrics is not None:
             summary.correlations = _correlations(metrics, scores, mapping, correlation_methods, summary.notes)
+        if recipe_scores is not None and not recipe_scores.empty:
+            _add_recipes(summary, scores, recipe_scores)
     return summary
+
+
+def _add_recipes(summary: Summary, scores: pd.DataFrame, recipe_scores: pd.DataFrame) -> None:
+    """Recipe rows in Table 2, the per-type comparison, and the recipe set answering without labels."""
+    from layerscope.analysis.recipe_runs import headline_recipe, recipe_type_table, with_recipe_rows
+
+    summary.recipes = recipe_scores
+    if summary.selection is None:
+        summary.notes.append("Recipe scores are stored but not shown: Table 2 could not be built.")
+        return
+    summary.selection = with_recipe_rows(summary.selection, recipe_scores)
+    summary.recipe_types = recipe_type_table(recipe_scores, scores, summary.selection)
+    summary.chosen_recipe = headline_recipe(recipe_scores, summary.chosen_rule)
 
 
 def _choose(summary: Summary, reference: pd.DataFrame | None, scores: pd.DataFrame | None,

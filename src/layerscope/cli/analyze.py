@@ -72,12 +72,14 @@ def print_analysis(result: Any) -> None:
         interval_note = (f"; {100 * attrs['confidence']:g}% interval from {attrs['n_resamples']} bootstrap resamples "
                          "of each task's evaluation examples")
     from layerscope.analysis.by_type import scores_by_type_table, selection_text_table, without_type_columns
+    from layerscope.analysis.recipe_runs import recipe_headline_text, recipe_text_table
 
     print_layer_table(without_type_columns(per_layer), f"{model['model_id']}: {model['num_layers'] + 1} layers, "
                       f"{result.record['n_kept']} texts, {result.scores['task'].nunique()} tasks "
                       f"(metrics on all task texts; avg score x 100{interval_note})", marks)
     print_text_table(scores_by_type_table(summary, marks))
     print_text_table(selection_text_table(summary))
+    print_text_table(recipe_text_table(summary))
     last, best, chosen = summary.last_layer, summary.best_layer, summary.chosen_layer
     last_score = summary.score_at(last)
     if best is not None and last_score is not None:
@@ -85,7 +87,9 @@ def print_analysis(result: Any) -> None:
                       f"last layer {last} ({last_score:.1f}): {summary.score_at(best) - last_score:+.1f} points")
     if summary.verdict is not None:
         console.print(f"with intervals: {summary.verdict.describe()}", highlight=False)
-    if chosen is not None and last_score is not None:
+    if recipe_headline_text(summary) is not None:
+        console.print(recipe_headline_text(summary), highlight=False)
+    elif chosen is not None and last_score is not None:
         where = " on all texts" if summary.chosen_uses_metrics else ""
         console.print(f"chosen without labels ({summary.chosen_label}{where}): layer {chosen} "
                       f"({summary.score_at(chosen):.1f}, {summary.score_at(chosen) - last_score:+.1f} vs last)")

@@ -26,6 +26,7 @@ from layerscope.analysis.summary import Summary, summarize
 from layerscope.errors import LayerscopeError
 from layerscope.report import plots, sections
 from layerscope.report.elements import escape, render_page
+from layerscope.report.recipe_sections import recipe_section
 from layerscope.store import atomic_write_json, atomic_write_text
 from layerscope.store.runs import RunData, load_run
 
@@ -98,6 +99,7 @@ def summarize_run(run: RunData, *, select_by: str | None = None, uncertainty: bo
         run.scores if not run.scores.empty else None,
         select_by=select_by or run.config.get("select_by"),
         task_to_dataset=mapping,
+        recipe_scores=run.recipes if not run.recipes.empty else None,
     )
     if uncertainty and summary.correlations is not None and not summary.correlations.empty:
         try:
@@ -294,6 +296,7 @@ def build_report(
         sections.per_layer_section(run, summary),
         sections.plots_section(run, summary, images),
         sections.selection_section(run, summary),
+        *([] if (recipes := recipe_section(run, summary)) is None else [recipes]),
         sections.correlation_section(run, summary, images),
         sections.examples_section(run, summary, load_examples(run, examples)[:max_examples],
                                   f"the analyze command writes them to {EXAMPLES_FILENAME}"),

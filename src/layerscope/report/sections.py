@@ -43,6 +43,7 @@ from layerscope.report.elements import (
     timestamp,
     two_lines,
 )
+from layerscope.report.recipe_sections import recipe_card, recipe_lead
 from layerscope.store.runs import RunData
 
 __all__ = [
@@ -71,6 +72,7 @@ _RULE_GROUPS = {
     "baseline": "Without labels: baselines",
     "depth": "Without labels: baselines",
     "headline": "Without labels: the summary's choice (one layer for every task)",
+    "recipe": "Without labels: recipe sets (one recipe per task type, from the cached layers)",
     "metric": "Without labels: metric rules per task (each task's layer from the metric on that task's own texts)",
 }
 
@@ -134,7 +136,10 @@ def summary_section(run: RunData, summary: Summary) -> Section:
         gain = None if best_score is None or last_score is None else best_score - last_score
         card("best", "Best layer with labels", summary.best_layer,
              f"average score {escape(number(best_score, 1))}; {signed(gain)} vs. last layer")
-    if summary.chosen_layer is not None:
+    recipe = recipe_card(summary)
+    if recipe is not None:
+        cards.append(recipe)
+    elif summary.chosen_layer is not None:
         chosen_score = summary.score_at(summary.chosen_layer)
         if chosen_score is not None and last_score is not None:
             detail = (f"{escape(headline)}: average score {escape(number(chosen_score, 1))}; "
@@ -184,7 +189,9 @@ def _lead(summary: Summary, metric_texts: str) -> str:
                 f"An intermediate layer ({summary.best_layer}, {summary.depth_of(summary.best_layer):.0f}% depth) "
                 f"beats the last layer by {best_score - last_score:.1f} points on the task average."
             )
-    if summary.chosen_layer is not None and summary.chosen_metric is not None:
+    if recipe_lead(summary) is not None:
+        sentences.append(recipe_lead(summary))
+    elif summary.chosen_layer is not None and summary.chosen_metric is not None:
         direction = "highest" if summary.chosen_higher_is_better else "lowest"
         sentences.append(f"Without labels, the layer where {metric_label(summary.chosen_metric)} "
                          f"{metric_texts} is {direction} is layer {summary.chosen_layer}.")
@@ -230,7 +237,6 @@ def _label_free_record(run: RunData, summary: Summary) -> str:
         parts.append(f"; on {unseen['n_models']} models it never saw it beat the last layer on {unseen['wins']} "
                      f"(mean regret {unseen['mean_regret']:.1f})")
     return f'<p class="caption">{escape(" ".join(parts))}. Numbers from: {escape(record["command"])}.</p>'
-
 
 
 def _scale_caption(run: RunData, summary: Summary) -> str:
@@ -434,8 +440,9 @@ def selection_section(run: RunData, summary: Summary) -> Section:
     frame = _with_headline(run, summary, frame, type_columns)
     per_type = "by type: " + best_layers_text(summary.best_layer_by_type, None)
     frame = frame.assign(layer_text=[
-        per_type if rule == BEST_PER_TYPE_RULE else VARIES if is_missing(layer) else str(int(layer))
-        for rule, layer in zip(frame["rule"], frame["layer"], strict=True)])
+        per_type if rule == BEST_PER_TYPE_RULE else "by task type" if kind == "recipe" else VARIES
+        if is_missing(layer) else str(int(layer)) for rule, kind, layer in zip(frame["rule"], frame["kind"],
+                                                                             frame["layer"], strict=True)])
     columns: list[tuple[str, str, Callable[[Any], str]]] = [
         ("rule", "rule", escape),
         ("layer_text", "layer", escape),

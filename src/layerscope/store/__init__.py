@@ -20,9 +20,9 @@ from layerscope.store.db import (
     STORE_FILENAME,
     ResultsStore,
     RunWriter,
-    merge_stores,
     run_id_for,
 )
+from layerscope.store.merge import merge_stores
 from layerscope.store.runs import RunData, load_run, load_runs
 
 __all__ = [

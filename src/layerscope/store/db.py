@@ -14,6 +14,11 @@ Tables
     the evaluator's scores).
 ``prompt_values``
     ``run_id, layer, prompt_index, metric, value, dataset`` (per-prompt values for histograms).
+``recipe_scores``
+    ``run_id, recipe_set, source, recipe, task, task_type, main_score, scores``: each task's score under
+    each recipe set of ``analyze --recipes`` (``recipe``: the set's recipe for the task's type; ``source``:
+    ``auto`` or ``given``). A database written before this table existed gets it, empty, when it is next
+    opened for writing; read-only, it reads as empty.
 ``experiment_values``
     ``run_id, experiment, condition, layer, key, value``: a generic long table for the further
     experiments (SPEC section 7).
@@ -38,7 +43,7 @@ Concurrency
 DuckDB allows one process to open a database file for writing (it takes a file lock); other
 processes then cannot open it at all, and several processes may open it only if all are
 read-only. Parallel units of a sweep therefore each write their own file and are combined
-afterwards with :func:`merge_stores`. Inside one process a :class:`ResultsStore` holds a single
+afterwards with :func:`~layerscope.store.merge.merge_stores`. Inside one process a :class:`ResultsStore` holds a single
 connection and is not thread-safe.
 """
 
@@ -49,7 +54,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -58,7 +63,7 @@ import pandas as pd
 
 from layerscope.errors import LayerscopeError, disk_full, unknown
 
-__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "RunWriter", "merge_stores", "run_id_for"]
+__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "RunWriter", "run_id_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +87,8 @@ _DATA_TABLES: dict[str, _Table] = {
                             required=("layer", "prompt_index", "metric", "value")),
     "experiment_values": _Table(("experiment", "condition", "layer", "key", "value"),
                                 required=("experiment", "key", "value")),
+    "recipe_scores": _Table(("recipe_set", "source", "recipe", "task", "task_type", "main_score", "scores"),
+                            required=("recipe_set", "recipe", "task", "main_score")),
 }
 
 _RUN_COLUMNS: tuple[str, ...] = ("run_id", "config", "layerscope_version", "model_id", "revision", "data_source",
@@ -204,6 +211,10 @@ class RunWriter:
     def write_experiment_values(self, frame: pd.DataFrame) -> int:
         """See :meth:`ResultsStore.write_experiment_values`."""
         return self.store.write_experiment_values(self.run_id, frame)
+
+    def write_recipe_scores(self, frame: pd.DataFrame) -> int:
+        """See :meth:`ResultsStore.write_recipe_scores`."""
+        return self.store.write_recipe_scores(self.run_id, frame)
 
 
 class ResultsStore:
@@ -489,7 +500,7 @@ class ResultsStore:
         if extra:
             logger.warning("%s: ignoring column(s) the store does not keep: %s", table, ", ".join(extra))
         frame = frame.reset_index(drop=True)
-        if table == "task_scores" and "scores" in frame.columns:
+        if table in ("task_scores", "recipe_scores") and "scores" in frame.columns:
             frame = frame.assign(
                 scores=frame["scores"].map(
                     lambda value: value if value is None or isinstance(value, str) else _canonical_json(value)
@@ -571,6 +582,11 @@ class ResultsStore:
             where = (f" AND experiment IN ({', '.join('?' for _ in experiments)})", list(experiments))
         return self._insert("experiment_values", run_id, frame, replace=replace, replace_where=where)
 
+    def write_recipe_scores(self, run_id: str, frame: pd.DataFrame, *, replace: bool = True) -> int:
+        """Store task scores under recipe sets: ``recipe_set, recipe, task, main_score`` (+ ``source, task_type,
+        scores``), one row per (set, task). See :meth:`write_metrics`."""
+        return self._insert("recipe_scores", run_id, frame, replace=replace)
+
     def write_run(
         self,
         config: Mapping[str, Any],
@@ -625,6 +641,7 @@ class ResultsStore:
             "task_scores": "run_id, task, layer",
             "prompt_values": "run_id, metric, layer, prompt_index",
             "experiment_values": "run_id, experiment, condition, layer, key",
+            "recipe_scores": "run_id, recipe_set, task",
         }[table]
         return self.connection.execute(f"SELECT * FROM {table}{where} ORDER BY {order}", parameters).df()
 
@@ -664,112 +681,18 @@ class ResultsStore:
         """Per-prompt values, optionally of one metric and one layer."""
         return self._read("prompt_values", run_id, metric=metric, layer=None if layer is None else int(layer))
 
+    def recipe_scores(self, run_id: str | Sequence[str] | None = None) -> pd.DataFrame:
+        """Task scores under recipe sets (one row per run, set and task); empty for a database older than the
+        table, opened read-only."""
+        present = self.connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'recipe_scores' AND database_name = "
+            "current_database()").fetchone()[0]
+        if not present:
+            return pd.DataFrame(columns=["run_id", *_DATA_TABLES["recipe_scores"].columns])
+        return self._read("recipe_scores", run_id)
+
     def experiment_values(
         self, run_id: str | Sequence[str] | None = None, *, experiment: str | None = None
     ) -> pd.DataFrame:
         """Rows of the generic experiment table, optionally of one experiment."""
         return self._read("experiment_values", run_id, experiment=experiment)
-
-
-_CONFLICT_POLICIES = ("replace", "skip", "error")
-
-
-def merge_stores(
-    target: str | os.PathLike[str],
-    sources: Iterable[str | os.PathLike[str]],
-    *,
-    on_conflict: str = "replace",
-) -> list[str]:
-    """Copy every run of several result databases into one.
-
-    Sweep units each write their own database (DuckDB admits one writing process per file); this
-    combines them. Each source is merged in its own transaction, so an interrupted merge leaves
-    whole runs only.
-
-    Parameters
-    ----------
-    target : str or os.PathLike
-        Database file or directory to merge into (created if needed).
-    sources : iterable of str or os.PathLike
-        Database files or directories holding ``results.duckdb``; opened read-only. A source that
-        is the target itself is skipped.
-    on_conflict : {"replace", "skip", "error"}, default "replace"
-        What to do with a run id already present in the target: replace its rows with the
-        source's, keep the target's, or raise.
-
-    Returns
-    -------
-    list of str
-        The run ids copied into the target.
-    """
-    import duckdb
-
-    if on_conflict not in _CONFLICT_POLICIES:
-        raise unknown("conflict policy", on_conflict, _CONFLICT_POLICIES)
-    merged: list[str] = []
-    with ResultsStore(target) as store:
-        connection = store.connection
-        target_path = store.path.resolve()
-        for index, source in enumerate(sources):
-            source_path = _resolve_path(source)
-            if not source_path.exists():
-                raise LayerscopeError(f"no results database at {source_path}")
-            if source_path.resolve() == target_path:
-                logger.info("merge_stores: skipping %s (it is the target)", source_path)
-                continue
-            alias = f"layerscope_source_{index}"
-            try:
-                connection.execute(f"ATTACH {_quote_literal(str(source_path))} AS {alias} (READ_ONLY)")
-            except duckdb.Error as error:
-                raise LayerscopeError(
-                    f"cannot read results database {source_path}: {_first_line(error)}"
-                ) from error
-            try:
-                merged.extend(_merge_one(store, alias, on_conflict, source_path))
-            finally:
-                connection.execute(f"DETACH {alias}")
-    return merged
-
-
-def _merge_one(store: ResultsStore, alias: str, on_conflict: str, source_path: Path) -> list[str]:
-    """Copy the runs of the attached database ``alias`` into ``store`` (one transaction)."""
-    connection = store.connection
-    present = {
-        row[0]: set()
-        for row in connection.execute(
-            "SELECT DISTINCT table_name FROM duckdb_tables() WHERE database_name = ?", [alias]
-        ).fetchall()
-    }
-    if "runs" not in present:
-        raise LayerscopeError(f"{source_path} is not a layerscope results database (no 'runs' table)")
-    for table_name, column_name in connection.execute(
-        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = ?", [alias]
-    ).fetchall():
-        present[table_name].add(column_name)
-
-    source_runs = [row[0] for row in connection.execute(f"SELECT run_id FROM {alias}.runs").fetchall()]
-    existing = {row[0] for row in connection.execute("SELECT run_id FROM runs").fetchall()}
-    conflicts = sorted(set(source_runs) & existing)
-    if conflicts and on_conflict == "error":
-        raise LayerscopeError(f"run(s) {', '.join(conflicts)} of {source_path} already exist in {store.path}")
-    chosen = [run for run in source_runs if on_conflict == "replace" or run not in existing]
-    if not chosen:
-        return []
-
-    placeholders = ", ".join("?" for _ in chosen)
-    target_columns = {"runs": list(_RUN_COLUMNS)}
-    target_columns.update({table: ["run_id", *spec.columns] for table, spec in _DATA_TABLES.items()})
-    with store.transaction():
-        for table in _ALL_TABLES:
-            connection.execute(f"DELETE FROM {table} WHERE run_id IN ({placeholders})", chosen)
-            if table not in present:
-                continue
-            columns = [name for name in target_columns[table] if name in present[table]]
-            column_list = ", ".join(columns)
-            connection.execute(
-                f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {alias}.{table} "
-                f"WHERE run_id IN ({placeholders})",
-                chosen,
-            )
-    logger.info("merge_stores: %d run(s) from %s", len(chosen), source_path)
-    return chosen

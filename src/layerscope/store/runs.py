@@ -52,6 +52,9 @@ class RunData:
         ``experiment_values`` of every run in the directory (experiments are often separate runs).
     runs : pandas.DataFrame
         The directory's ``runs`` table.
+    recipes : pandas.DataFrame
+        Its task scores under recipe sets (``recipe_scores``: ``recipe_set, source, recipe, task, task_type,
+        main_score, scores``; empty for a run without recipes).
     """
 
     directory: Path
@@ -63,6 +66,7 @@ class RunData:
     prompt_values: pd.DataFrame
     experiments: pd.DataFrame = field(default_factory=pd.DataFrame)
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    recipes: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def model(self) -> str:
@@ -193,6 +197,7 @@ def load_run(directory: str | os.PathLike[str], run_id: str | None = None) -> Ru
             prompt_values=store.prompt_values(run_id),
             experiments=store.experiment_values(),
             runs=runs,
+            recipes=store.recipe_scores(run_id),
         )
 
 
