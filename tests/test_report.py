@@ -224,6 +224,17 @@ def test_titles_from_data_are_shown_as_text(tmp_path: Path) -> None:
     assert_png(plots.save_figure(figure, tmp_path / "dollars.png"))  # no mathtext parse error
 
 
+def test_layer_marks_are_keywords_of_the_per_layer_figures() -> None:
+    frames = synthetic_frames()
+    # the marks are one TypedDict (LayerMarks) for both figures: a misspelt one is still Python's TypeError
+    for function, frame in ((plots.metric_curves_figure, frames["metrics"]), (plots.task_scores_figure, frames["scores"])):
+        with pytest.raises(TypeError, match=rf"^{function.__name__}\(\) got an unexpected keyword argument 'best_layr'$"):
+            function(frame, best_layr=7)
+    figure = plots.task_scores_figure(frames["scores"], best_layer=7, chosen_layer=3, last_layer=12)
+    markers = [line for line in figure.axes[0].get_lines() if line.get_gid() == "marker"]
+    assert [line.get_xdata()[0] for line in markers] == pytest.approx([100 * 7 / 12, 100 * 3 / 12])
+
+
 def test_task_scores_panels_per_type_plus_average(tmp_path: Path) -> None:
     scores = synthetic_frames()["scores"]
     figure = plots.task_scores_figure(scores, best_layer=7)

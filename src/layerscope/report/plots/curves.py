@@ -17,12 +17,14 @@ from layerscope.errors import LayerscopeError
 from layerscope.metrics.registry import metric_label, order_metrics
 from layerscope.report.plots.style import (
     OKABE_ITO,
+    LayerMarks,
     auto_columns,
     categorical_colors,
     depth_axis,
     direction_note,
     finish,
     layer_markers,
+    layer_marks,
     line_styles,
     panel_figure,
     plot_style,
@@ -34,6 +36,7 @@ from layerscope.report.plots.style import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from typing_extensions import Unpack
 
 __all__ = ["metric_curves_figure", "plot_metric_curves", "plot_run_overlay", "run_overlay_figure"]
 
@@ -43,12 +46,9 @@ def metric_curves_figure(
     *,
     metric_names: Sequence[str] | None = None,
     normalization: str | Mapping[str, str] | None = None,
-    best_layer: int | None = None,
-    chosen_layer: int | None = None,
-    chosen_label: str | None = None,
-    last_layer: int | None = None,
     title: str | None = None,
     n_columns: int | None = None,
+    **marks: Unpack[LayerMarks],
 ) -> Figure:
     """Per-layer curves of every metric, one panel per metric.
 
@@ -62,17 +62,13 @@ def metric_curves_figure(
     normalization : str or Mapping, optional
         Normalization to draw (one for all, or per metric); default: each metric's default
         (``maxEntropy`` for entropies, else ``raw``).
-    best_layer, chosen_layer : int, optional
-        Layers marked on every panel: best with labels (dashed black) and the label-free choice
-        (dotted vermillion); the last layer gets a grey triangle beside them.
-    chosen_label : str, optional
-        Legend text of the label-free choice, e.g. ``"min DiME on all texts"``.
-    last_layer : int, optional
-        The model's last layer L (default: inferred from ``depth_pct``).
     title : str, optional
         Figure title.
     n_columns : int, optional
         Panels per row (default: 2 for 2 or 4 panels, else 3).
+    **marks
+        The layers marked on every panel (:class:`~layerscope.report.plots.LayerMarks`):
+        ``best_layer``, ``chosen_layer``, ``chosen_label`` and ``last_layer``.
 
     Returns
     -------
@@ -82,6 +78,8 @@ def metric_curves_figure(
         (``"all"``) when there is one, else the mean over the sources. Otherwise one line.
     """
     require(metrics, ("layer", "metric", "value"), "metric curves")
+    marks = layer_marks("metric_curves_figure", marks)
+    last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(metrics)
     frame = with_depth(metrics, last_layer)
     present = order_metrics(frame["metric"].dropna().astype(str).unique())
@@ -124,7 +122,7 @@ def metric_curves_figure(
             note = direction_note(name)
             axis.set_title(metric_label(name, norm) + (f"\n{note}" if note else ""), fontsize=10.5)
             depth_axis(axis)
-        handles, labels = layer_markers(axes, last, best_layer, chosen_layer, chosen_label)
+        handles, labels = layer_markers(axes, last, marks)
         finish(figure, title, [*legend.values(), *handles], [*legend, *labels])
     return figure
 
