@@ -13,7 +13,7 @@ import pandas as pd
 from layerscope.analysis.by_type import type_columns
 from layerscope.analysis.summary import ALL_TEXTS
 from layerscope.analysis.tables import default_normalization, infer_last_layer
-from layerscope.errors import LayerscopeError
+from layerscope.errors import LayerscopeError, check_keywords
 from layerscope.metrics.registry import metric_label, order_metrics
 from layerscope.report.plots.style import (
     OKABE_ITO,
@@ -24,7 +24,6 @@ from layerscope.report.plots.style import (
     direction_note,
     finish,
     layer_markers,
-    layer_marks,
     line_styles,
     panel_figure,
     plot_style,
@@ -78,7 +77,7 @@ def metric_curves_figure(
         (``"all"``) when there is one, else the mean over the sources. Otherwise one line.
     """
     require(metrics, ("layer", "metric", "value"), "metric curves")
-    marks = layer_marks("metric_curves_figure", marks)
+    check_keywords("metric_curves_figure", marks, LayerMarks)
     last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(metrics)
     frame = with_depth(metrics, last_layer)

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.tables import infer_last_layer, score_grid
+from layerscope.errors import check_keywords
 from layerscope.report.plots.style import (
     LayerMarks,
     categorical_colors,
     depth_axis,
     finish,
     layer_markers,
-    layer_marks,
     legend_beside,
     line_styles,
     panel_figure,
@@ -65,7 +65,7 @@ def task_scores_figure(
         :func:`layerscope.analysis.score_grid`).
     """
     require(scores, ("layer", "task", "main_score"), "task scores")
-    marks = layer_marks("task_scores_figure", marks)
+    check_keywords("task_scores_figure", marks, LayerMarks)
     last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(scores)
     frame = with_depth(scores, last_layer)
