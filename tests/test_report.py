@@ -320,6 +320,23 @@ def test_heatmap_labels_and_annotations(tmp_path: Path) -> None:
         plots.heatmap_figure(matrix.to_numpy(), ["a"], ["x", "y", "z"])
 
 
+def test_axis_texts_are_keywords_of_the_generic_plots() -> None:
+    frame = pd.DataFrame({"layer": [0, 1, 2] * 2, "p": [0.0] * 3 + [1.0] * 3, "entropy": [1.0, 2.0, 3.0, 2.0, 1.0, 0.5]})
+    matrix = np.arange(6.0).reshape(2, 3)
+    texts = {"title": "entropy", "xlabel": "checkpoint", "ylabel": "layer"}
+    lines = plots.lines_by_condition_figure(frame, "layer", "entropy", "p", **texts)
+    heat = plots.heatmap_figure(matrix, **texts)
+    assert (lines.get_suptitle(), lines.axes[0].get_xlabel(), lines.axes[0].get_ylabel()) == tuple(texts.values())
+    assert (heat.axes[0].get_title(), heat.axes[0].get_xlabel(), heat.axes[0].get_ylabel()) == tuple(texts.values())
+    default = plots.lines_by_condition_figure(frame, "layer", "entropy", "p")  # labels default to the columns
+    assert (default.get_suptitle(), default.axes[0].get_xlabel(), default.axes[0].get_ylabel()) == ("", "layer", "entropy")
+    # the texts are one TypedDict (AxisTexts) for both plots: a misspelt one is still Python's TypeError
+    with pytest.raises(TypeError, match=r"^lines_by_condition_figure\(\) got an unexpected keyword argument 'x_label'$"):
+        plots.lines_by_condition_figure(frame, "layer", "entropy", "p", x_label="layer")
+    with pytest.raises(TypeError, match=r"^heatmap_figure\(\) got an unexpected keyword argument 'titel'$"):
+        plots.heatmap_figure(matrix, titel="entropy")
+
+
 def test_run_overlay_one_line_per_run() -> None:
     small = per_layer_table(synthetic_frames(12)["metrics"], synthetic_frames(12)["scores"])
     deep = per_layer_table(synthetic_frames(24, shift=0.1)["metrics"], synthetic_frames(24)["scores"])

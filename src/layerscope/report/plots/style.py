@@ -14,9 +14,9 @@ import contextlib
 import math
 import os
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["DPI", "OKABE_ITO", "LayerMarks", "data_lines", "save_figure"]
+__all__ = ["DPI", "OKABE_ITO", "AxisTexts", "LayerMarks", "data_lines", "save_figure"]
 
 DPI = 120
 
@@ -116,6 +116,22 @@ def save_figure(figure: Figure, out: str | os.PathLike[str], *, dpi: int = DPI) 
     with plot_style(), atomic_path(out) as temporary:
         figure.savefig(temporary, format="png", dpi=dpi)
     return Path(out)
+
+
+class AxisTexts(TypedDict, total=False):
+    """A figure's title and axis labels, taken as keyword arguments (``**texts``) by the generic plots.
+
+    Attributes
+    ----------
+    title : str or None
+        Figure title (wrapped to the figure's width).
+    xlabel, ylabel : str or None
+        Axis labels (each plot says its defaults).
+    """
+
+    title: str | None
+    xlabel: str | None
+    ylabel: str | None
 
 
 def wrap_title(title: str, width_inches: float) -> str:
@@ -246,14 +262,6 @@ class LayerMarks(TypedDict, total=False):
     chosen_layer: int | None
     chosen_label: str | None
     last_layer: int | None
-
-
-def layer_marks(function: str, marks: Mapping[str, Any]) -> LayerMarks:
-    """``marks`` as :class:`LayerMarks`; another keyword is the TypeError Python gives for a named one."""
-    for name in marks:
-        if name not in LayerMarks.__optional_keys__:
-            raise TypeError(f"{function}() got an unexpected keyword argument '{name}'")
-    return cast(LayerMarks, marks)
 
 
 def layer_markers(axes: Sequence[Axes], last_layer: int, marks: LayerMarks) -> tuple[list[Any], list[str]]:
