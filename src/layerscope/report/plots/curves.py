@@ -12,7 +12,7 @@ import pandas as pd
 
 from layerscope.analysis.by_type import type_columns
 from layerscope.analysis.summary import ALL_TEXTS
-from layerscope.analysis.tables import default_normalization, infer_last_layer
+from layerscope.analysis.tables import asked_normalization, infer_last_layer
 from layerscope.errors import LayerscopeError, check_keywords
 from layerscope.metrics.registry import metric_label, order_metrics
 from layerscope.report.plots.style import (
@@ -94,9 +94,7 @@ def metric_curves_figure(
         figure, axes = panel_figure(len(names), auto_columns(len(names), n_columns), (4.2, 3.0))
         for axis, name in zip(axes, names, strict=True):
             rows = frame[frame["metric"] == name]
-            norm = normalization.get(name) if isinstance(normalization, Mapping) else normalization
-            if norm is None:
-                norm = default_normalization(frame, name)
+            norm = asked_normalization(frame, name, normalization)
             if norm is not None and "normalization" in rows.columns:
                 rows = rows[rows["normalization"] == norm]
             rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
