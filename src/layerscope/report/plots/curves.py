@@ -76,8 +76,8 @@ def metric_curves_figure(
         per source, named in the legend below the panels, and a thick line: the all-texts set
         (``"all"``) when there is one, else the mean over the sources. Otherwise one line.
     """
-    require(metrics, ("layer", "metric", "value"), "metric curves")
     check_keywords("metric_curves_figure", marks, LayerMarks)
+    require(metrics, ("layer", "metric", "value"), "metric curves")
     last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(metrics)
     frame = with_depth(metrics, last_layer)

@@ -99,10 +99,10 @@ def lines_by_condition_figure(
     matplotlib.figure.Figure
         One axes per facet value; each holds one line per hue value present in it.
     """
-    needed = [x, y, hue] + ([facet] if facet else [])
-    require(frame, needed, "lines by condition")
     check_keywords("lines_by_condition_figure", texts, AxisTexts)
     title, xlabel, ylabel = texts.get("title"), texts.get("xlabel"), texts.get("ylabel")
+    needed = [x, y, hue] + ([facet] if facet else [])
+    require(frame, needed, "lines by condition")
     if spread not in (None, "std", "iqr"):
         raise LayerscopeError(f"spread must be None, 'std' or 'iqr', got '{spread}'")
     data = frame[np.isfinite(pd.to_numeric(frame[y], errors="coerce").to_numpy(dtype=float))]

@@ -64,8 +64,8 @@ def task_scores_figure(
         layer, named in the legend) and the overall average (the complete layer x task grid of
         :func:`layerscope.analysis.score_grid`).
     """
-    require(scores, ("layer", "task", "main_score"), "task scores")
     check_keywords("task_scores_figure", marks, LayerMarks)
+    require(scores, ("layer", "task", "main_score"), "task scores")
     last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(scores)
     frame = with_depth(scores, last_layer)
