@@ -224,6 +224,17 @@ def test_titles_from_data_are_shown_as_text(tmp_path: Path) -> None:
     assert_png(plots.save_figure(figure, tmp_path / "dollars.png"))  # no mathtext parse error
 
 
+def test_layer_marks_are_keywords_of_the_per_layer_figures() -> None:
+    frames = synthetic_frames()
+    # the marks are one TypedDict (LayerMarks) for both figures: a misspelt one is still Python's TypeError
+    for function, frame in ((plots.metric_curves_figure, frames["metrics"]), (plots.task_scores_figure, frames["scores"])):
+        with pytest.raises(TypeError, match=rf"^{function.__name__}\(\) got an unexpected keyword argument 'best_layr'$"):
+            function(frame, best_layr=7)
+    figure = plots.task_scores_figure(frames["scores"], best_layer=7, chosen_layer=3, last_layer=12)
+    markers = [line for line in figure.axes[0].get_lines() if line.get_gid() == "marker"]
+    assert [line.get_xdata()[0] for line in markers] == pytest.approx([100 * 7 / 12, 100 * 3 / 12])
+
+
 def test_task_scores_panels_per_type_plus_average(tmp_path: Path) -> None:
     scores = synthetic_frames()["scores"]
     figure = plots.task_scores_figure(scores, best_layer=7)
@@ -307,6 +318,23 @@ def test_heatmap_labels_and_annotations(tmp_path: Path) -> None:
     assert_png(out)
     with pytest.raises(LayerscopeError, match="labels do not match"):
         plots.heatmap_figure(matrix.to_numpy(), ["a"], ["x", "y", "z"])
+
+
+def test_axis_texts_are_keywords_of_the_generic_plots() -> None:
+    frame = pd.DataFrame({"layer": [0, 1, 2] * 2, "p": [0.0] * 3 + [1.0] * 3, "entropy": [1.0, 2.0, 3.0, 2.0, 1.0, 0.5]})
+    matrix = np.arange(6.0).reshape(2, 3)
+    texts = {"title": "entropy", "xlabel": "checkpoint", "ylabel": "layer"}
+    lines = plots.lines_by_condition_figure(frame, "layer", "entropy", "p", **texts)
+    heat = plots.heatmap_figure(matrix, **texts)
+    assert (lines.get_suptitle(), lines.axes[0].get_xlabel(), lines.axes[0].get_ylabel()) == tuple(texts.values())
+    assert (heat.axes[0].get_title(), heat.axes[0].get_xlabel(), heat.axes[0].get_ylabel()) == tuple(texts.values())
+    default = plots.lines_by_condition_figure(frame, "layer", "entropy", "p")  # labels default to the columns
+    assert (default.get_suptitle(), default.axes[0].get_xlabel(), default.axes[0].get_ylabel()) == ("", "layer", "entropy")
+    # the texts are one TypedDict (AxisTexts) for both plots: a misspelt one is still Python's TypeError
+    with pytest.raises(TypeError, match=r"^lines_by_condition_figure\(\) got an unexpected keyword argument 'x_label'$"):
+        plots.lines_by_condition_figure(frame, "layer", "entropy", "p", x_label="layer")
+    with pytest.raises(TypeError, match=r"^heatmap_figure\(\) got an unexpected keyword argument 'titel'$"):
+        plots.heatmap_figure(matrix, titel="entropy")
 
 
 def test_run_overlay_one_line_per_run() -> None:

@@ -180,6 +180,23 @@ def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
         store.runs()
 
 
+def test_run_info_is_one_set_of_keywords(tmp_path: Path) -> None:
+    # begin_run, run and write_run take the run's searchable copies as RunInfo keywords: stored alike
+    info = {"model_id": "org/tiny", "revision": "step1", "data_source": "bbc", "data_hash": "abc"}
+    with ResultsStore(tmp_path / STORE_FILENAME) as store:
+        written = store.write_run({"how": "write_run"}, metrics=metrics_frame(), **info)
+        with store.run({"how": "run"}, **info) as run:
+            run.write_metrics(metrics_frame())
+        runs = store.runs().set_index("run_id")
+        for run_id in (written, run.run_id):
+            assert runs.loc[run_id, list(info)].to_dict() == info
+        with pytest.raises(TypeError, match=r"^write_run\(\) got an unexpected keyword argument 'model'$"):
+            store.write_run({"how": "misspelt"}, metrics=metrics_frame(), model="org/tiny")
+        with pytest.raises(TypeError, match=r"^begin_run\(\) got an unexpected keyword argument 'hash'$"):
+            store.begin_run({"how": "misspelt"}, hash="abc")
+        assert len(store.runs()) == 2  # a misspelt keyword registers no run
+
+
 _WRITER = textwrap.dedent(
     """
     import sys

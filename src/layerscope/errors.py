@@ -6,7 +6,7 @@ import difflib
 import errno
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -24,6 +24,14 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> LayerscopeError:
     """Build the error for an unknown name, suggesting the nearest and listing what exists."""
     choices = sorted(choices)
     return LayerscopeError(f"unknown {kind} '{name}'{suggest(name, choices)}; available: {', '.join(choices)}")
+
+
+def check_keywords(function: str, given: Mapping[str, Any], accepted: type) -> None:
+    """Python's TypeError for a keyword ``function`` does not take, where it takes ``**kwargs`` typed by a
+    TypedDict (``accepted``): Python checks their names only for a type checker, not when called."""
+    for name in given:
+        if name not in accepted.__annotations__:
+            raise TypeError(f"{function}() got an unexpected keyword argument '{name}'")
 
 
 class DiskFullError(LayerscopeError, OSError):

@@ -42,7 +42,7 @@ import pandas as pd
 from layerscope.analysis.by_type import BEST_PER_TYPE_RULE
 from layerscope.analysis.tables import (
     ScoreGrid,
-    default_normalization,
+    asked_normalization,
     infer_last_layer,
     metric_datasets,
     metric_profile,
@@ -381,9 +381,7 @@ def select_layers(
         for metric in chosen_metrics:
             if metric not in found:
                 continue
-            norm = normalization.get(metric) if isinstance(normalization, Mapping) else normalization
-            if norm is None:
-                norm = default_normalization(metrics_df, metric)
+            norm = asked_normalization(metrics_df, metric, normalization)
             profiles = metric_profiles_for_tasks(
                 metrics_df, metric, norm, grid.tasks, task_to_dataset, fallback_dataset
             )

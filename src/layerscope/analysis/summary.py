@@ -15,7 +15,6 @@ all-texts set; the selection table and the per-task correlations use each task's
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,8 +31,6 @@ from layerscope.evaluate.intervals import BestVersusLast, best_versus_last, has_
 from layerscope.metrics.registry import metric_label
 
 __all__ = ["ALL_TEXTS", "Summary", "reference_metrics", "summarize"]
-
-logger = logging.getLogger(__name__)
 
 #: The ``dataset`` label of metrics computed on the union of a run's text sets.
 ALL_TEXTS = "all"

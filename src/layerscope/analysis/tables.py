@@ -268,6 +268,15 @@ def default_normalization(metrics_df: pd.DataFrame, metric: str) -> str | None:
     return min(present) if present else None
 
 
+def asked_normalization(
+    metrics_df: pd.DataFrame, metric: str, normalization: str | Mapping[str, str] | None
+) -> str | None:
+    """The normalization asked for ``metric`` (one for all metrics, or metric -> normalization), else its
+    :func:`default_normalization`."""
+    asked = normalization.get(metric) if isinstance(normalization, Mapping) else normalization
+    return asked if asked is not None else default_normalization(metrics_df, metric)
+
+
 def metric_datasets(metrics_df: pd.DataFrame) -> list[str]:
     """Distinct text sources of a metric table (empty when it has no ``dataset`` column)."""
     if "dataset" not in metrics_df.columns:
@@ -396,9 +405,7 @@ def per_layer_table(
         for metric in chosen:
             if metric not in present:
                 raise unknown("metric", metric, present)
-            norm = normalization.get(metric) if isinstance(normalization, Mapping) else normalization
-            if norm is None:
-                norm = default_normalization(metrics_df, metric)
+            norm = asked_normalization(metrics_df, metric, normalization)
             rows = metrics_df[metrics_df["metric"] == metric]
             if norm is not None and "normalization" in rows.columns:
                 rows = rows[rows["normalization"] == norm]

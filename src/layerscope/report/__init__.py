@@ -8,7 +8,9 @@ Modules, one job each: :mod:`~layerscope.report.plots` (a package, one module pe
 :mod:`~layerscope.report.elements` (HTML primitives), :mod:`~layerscope.report.sections` (the
 sections of a run report), :mod:`~layerscope.report.run_report` (one run's report and plots) and
 :mod:`~layerscope.report.comparison` (several runs). Runs are read back by
-:mod:`layerscope.store.runs` (``RunData`` and ``load_run`` are re-exported here).
+:mod:`layerscope.store.runs` (``RunData`` and ``load_run`` are re-exported here), and the public
+names of :mod:`~layerscope.report.plots` (its ``__all__``: the ``plot_*`` writers, the ``*_figure``
+functions) are those of this package too.
 
 Importing this package does not import matplotlib; it is loaded when a figure is drawn.
 """
@@ -17,16 +19,9 @@ from __future__ import annotations
 
 from layerscope.report import plots
 from layerscope.report.comparison import COMPARE_FILENAME, compare_runs
-from layerscope.report.plots import (
-    plot_correlations,
-    plot_heatmap,
-    plot_lines_by_condition,
-    plot_metric_curves,
-    plot_prompt_histogram,
-    plot_run_overlay,
-    plot_task_scores,
-    save_figure,
-)
+
+# every public name of the plots package, from the one list of it (plots.__all__)
+from layerscope.report.plots import *  # noqa: F403
 from layerscope.report.run_report import (
     EXAMPLES_FILENAME,
     PLOTS_DIRNAME,
@@ -49,15 +44,8 @@ __all__ = [
     "build_report",
     "compare_runs",
     "load_run",
-    "plot_correlations",
-    "plot_heatmap",
-    "plot_lines_by_condition",
-    "plot_metric_curves",
-    "plot_prompt_histogram",
-    "plot_run_overlay",
-    "plot_task_scores",
     "plots",
-    "save_figure",
+    *plots.__all__,
     "summarize_run",
     "write_examples",
     "write_plots",

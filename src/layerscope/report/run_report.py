@@ -26,6 +26,7 @@ from layerscope.analysis.summary import Summary, summarize
 from layerscope.errors import LayerscopeError
 from layerscope.report import plots, sections
 from layerscope.report.elements import escape, render_page
+from layerscope.report.plots import LayerMarks
 from layerscope.report.recipe_sections import recipe_section
 from layerscope.store import atomic_write_json, atomic_write_text
 from layerscope.store.runs import RunData, load_run
@@ -147,7 +148,7 @@ def write_plots(
     summary = summary or summarize_run(run, select_by=select_by)
     target = Path(plots_dir) if plots_dir is not None else run.directory / PLOTS_DIRNAME
     title = run_title(run)
-    markers = {
+    markers: LayerMarks = {
         "best_layer": summary.best_layer,
         "chosen_layer": summary.chosen_layer,
         "chosen_label": sections.headline_label(run, summary),

@@ -19,6 +19,7 @@ from layerscope.store.db import (
     SCHEMA_VERSION,
     STORE_FILENAME,
     ResultsStore,
+    RunInfo,
     RunWriter,
     run_id_for,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "STORE_FILENAME",
     "ResultsStore",
     "RunData",
+    "RunInfo",
     "RunWriter",
     "atomic_open",
     "atomic_path",

@@ -57,13 +57,16 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import pandas as pd
 
-from layerscope.errors import LayerscopeError, disk_full, unknown
+from layerscope.errors import LayerscopeError, check_keywords, disk_full, unknown
 
-__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "RunWriter", "run_id_for"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["STORE_FILENAME", "SCHEMA_VERSION", "ResultsStore", "RunInfo", "RunWriter", "run_id_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,27 @@ _DATA_TABLES: dict[str, _Table] = {
 
 _RUN_COLUMNS: tuple[str, ...] = ("run_id", "config", "layerscope_version", "model_id", "revision", "data_source",
                                  "data_hash", "status", "created_at", "finished_at", "skipped", "error")
+
+
+class RunInfo(TypedDict, total=False):
+    """What a run measured, stored in the ``runs`` table beside its configuration (searchable copies).
+
+    :meth:`ResultsStore.begin_run`, :meth:`ResultsStore.run` and :meth:`ResultsStore.write_run` take it as
+    keyword arguments (``**info``); each is optional.
+
+    Attributes
+    ----------
+    model_id, revision : str or None
+        The run's model and its revision.
+    data_source, data_hash : str or None
+        Its text source and the hash of the text content.
+    """
+
+    model_id: str | None
+    revision: str | None
+    data_source: str | None
+    data_hash: str | None
+
 
 #: SQL type of a column, the same in every table: VARCHAR unless listed here.
 _COLUMN_TYPES: dict[str, str] = {
@@ -347,12 +371,9 @@ class ResultsStore:
         self,
         config: Mapping[str, Any],
         *,
-        model_id: str | None = None,
-        revision: str | None = None,
-        data_source: str | None = None,
-        data_hash: str | None = None,
         run_id: str | None = None,
         resume: bool = False,
+        **info: Unpack[RunInfo],
     ) -> str:
         """Register a run and return its id.
 
@@ -360,19 +381,21 @@ class ResultsStore:
         ----------
         config : Mapping
             The full run configuration, stored as JSON; its hash is the run id.
-        model_id, revision, data_source, data_hash : str, optional
-            Searchable copies of the run's model, revision, text source and text content hash.
         run_id : str, optional
             Explicit id; defaults to :func:`run_id_for` of ``config``.
         resume : bool, default False
             Keep the rows this run already has (a resumed run adds what is missing). By default
             the run's existing rows in every table are deleted, so a re-run replaces them.
+        **info
+            Searchable copies of the run's model, revision, text source and text content hash
+            (:class:`RunInfo`: ``model_id``, ``revision``, ``data_source``, ``data_hash``).
 
         Returns
         -------
         str
             The run id.
         """
+        check_keywords("begin_run", info, RunInfo)
         self._require_writable()
         run_id = run_id or run_id_for(config)
         from layerscope import __version__
@@ -396,10 +419,7 @@ class ResultsStore:
                     run_id,
                     _canonical_json(dict(config)),
                     __version__,
-                    model_id,
-                    revision,
-                    data_source,
-                    data_hash,
+                    *(info.get(name) for name in RunInfo.__annotations__),  # its order: that of the columns
                     _utc_now(),
                 ],
             )
@@ -444,8 +464,8 @@ class ResultsStore:
     @contextlib.contextmanager
     def run(self, config: Mapping[str, Any], **options: Any) -> Iterator[RunWriter]:
         """A run as a ``with`` block: registered on entry (:meth:`begin_run`, which takes ``options``:
-        ``model_id``, ``revision``, ``data_source``, ``data_hash``...), marked finished at the end of
-        the block, or failed (with the one-line reason, ``interrupted`` for Ctrl-C) if the block raises.
+        ``run_id``, ``resume`` and the :class:`RunInfo` ones), marked finished at the end of the block,
+        or failed (with the one-line reason, ``interrupted`` for Ctrl-C) if the block raises.
 
         Examples
         --------
@@ -595,20 +615,16 @@ class ResultsStore:
         scores: pd.DataFrame | None = None,
         prompt_values: pd.DataFrame | None = None,
         experiment_values: pd.DataFrame | None = None,
-        model_id: str | None = None,
-        revision: str | None = None,
-        data_source: str | None = None,
-        data_hash: str | None = None,
         skipped: Mapping[str, int] | None = None,
+        **info: Unpack[RunInfo],
     ) -> str:
         """Write a complete run in one transaction (all of it or nothing) and return its id.
 
         Parameters are those of :meth:`begin_run`, the ``write_*`` methods and :meth:`finish_run`.
         """
+        check_keywords("write_run", info, RunInfo)
         with self.transaction():
-            run_id = self.begin_run(
-                config, model_id=model_id, revision=revision, data_source=data_source, data_hash=data_hash
-            )
+            run_id = self.begin_run(config, **info)
             if metrics is not None:
                 self.write_metrics(run_id, metrics)
             if scores is not None:

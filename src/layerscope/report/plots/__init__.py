@@ -7,7 +7,8 @@ tests). matplotlib is imported only when a figure is drawn.
 
 One module per kind of plot:
 
-- :mod:`~layerscope.report.plots.style`: palette, rc style, saving, the depth axis, layer markers;
+- :mod:`~layerscope.report.plots.style`: palette, rc style, saving, the depth axis, layer markers
+  (:class:`LayerMarks`: the layers a per-layer figure marks; :class:`AxisTexts`: title and axis labels);
 - :mod:`~layerscope.report.plots.curves`: metric curves of a run, several runs overlaid;
 - :mod:`~layerscope.report.plots.scores`: task scores per layer;
 - :mod:`~layerscope.report.plots.correlations`: metric-score correlations;
@@ -39,11 +40,13 @@ from layerscope.report.plots.generic import (
 )
 from layerscope.report.plots.prompts import plot_prompt_histogram, prompt_histogram_figure
 from layerscope.report.plots.scores import plot_task_scores, task_scores_figure
-from layerscope.report.plots.style import DPI, OKABE_ITO, data_lines, save_figure
+from layerscope.report.plots.style import DPI, OKABE_ITO, AxisTexts, LayerMarks, data_lines, save_figure
 
 __all__ = [
     "DPI",
     "OKABE_ITO",
+    "AxisTexts",
+    "LayerMarks",
     "correlation_figure",
     "data_lines",
     "heatmap_figure",

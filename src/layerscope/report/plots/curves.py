@@ -12,11 +12,12 @@ import pandas as pd
 
 from layerscope.analysis.by_type import type_columns
 from layerscope.analysis.summary import ALL_TEXTS
-from layerscope.analysis.tables import default_normalization, infer_last_layer
-from layerscope.errors import LayerscopeError
+from layerscope.analysis.tables import asked_normalization, infer_last_layer
+from layerscope.errors import LayerscopeError, check_keywords
 from layerscope.metrics.registry import metric_label, order_metrics
 from layerscope.report.plots.style import (
     OKABE_ITO,
+    LayerMarks,
     auto_columns,
     categorical_colors,
     depth_axis,
@@ -34,6 +35,7 @@ from layerscope.report.plots.style import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from typing_extensions import Unpack
 
 __all__ = ["metric_curves_figure", "plot_metric_curves", "plot_run_overlay", "run_overlay_figure"]
 
@@ -43,12 +45,9 @@ def metric_curves_figure(
     *,
     metric_names: Sequence[str] | None = None,
     normalization: str | Mapping[str, str] | None = None,
-    best_layer: int | None = None,
-    chosen_layer: int | None = None,
-    chosen_label: str | None = None,
-    last_layer: int | None = None,
     title: str | None = None,
     n_columns: int | None = None,
+    **marks: Unpack[LayerMarks],
 ) -> Figure:
     """Per-layer curves of every metric, one panel per metric.
 
@@ -62,17 +61,13 @@ def metric_curves_figure(
     normalization : str or Mapping, optional
         Normalization to draw (one for all, or per metric); default: each metric's default
         (``maxEntropy`` for entropies, else ``raw``).
-    best_layer, chosen_layer : int, optional
-        Layers marked on every panel: best with labels (dashed black) and the label-free choice
-        (dotted vermillion); the last layer gets a grey triangle beside them.
-    chosen_label : str, optional
-        Legend text of the label-free choice, e.g. ``"min DiME on all texts"``.
-    last_layer : int, optional
-        The model's last layer L (default: inferred from ``depth_pct``).
     title : str, optional
         Figure title.
     n_columns : int, optional
         Panels per row (default: 2 for 2 or 4 panels, else 3).
+    **marks
+        The layers marked on every panel (:class:`~layerscope.report.plots.LayerMarks`):
+        ``best_layer``, ``chosen_layer``, ``chosen_label`` and ``last_layer``.
 
     Returns
     -------
@@ -81,7 +76,9 @@ def metric_curves_figure(
         per source, named in the legend below the panels, and a thick line: the all-texts set
         (``"all"``) when there is one, else the mean over the sources. Otherwise one line.
     """
+    check_keywords("metric_curves_figure", marks, LayerMarks)
     require(metrics, ("layer", "metric", "value"), "metric curves")
+    last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(metrics)
     frame = with_depth(metrics, last_layer)
     present = order_metrics(frame["metric"].dropna().astype(str).unique())
@@ -97,9 +94,7 @@ def metric_curves_figure(
         figure, axes = panel_figure(len(names), auto_columns(len(names), n_columns), (4.2, 3.0))
         for axis, name in zip(axes, names, strict=True):
             rows = frame[frame["metric"] == name]
-            norm = normalization.get(name) if isinstance(normalization, Mapping) else normalization
-            if norm is None:
-                norm = default_normalization(frame, name)
+            norm = asked_normalization(frame, name, normalization)
             if norm is not None and "normalization" in rows.columns:
                 rows = rows[rows["normalization"] == norm]
             rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
@@ -124,7 +119,7 @@ def metric_curves_figure(
             note = direction_note(name)
             axis.set_title(metric_label(name, norm) + (f"\n{note}" if note else ""), fontsize=10.5)
             depth_axis(axis)
-        handles, labels = layer_markers(axes, last, best_layer, chosen_layer, chosen_label)
+        handles, labels = layer_markers(axes, last, marks)
         finish(figure, title, [*legend.values(), *handles], [*legend, *labels])
     return figure
 

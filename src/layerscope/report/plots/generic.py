@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from layerscope.errors import LayerscopeError
+from layerscope.errors import LayerscopeError, check_keywords
 from layerscope.report.plots.style import (
     OKABE_ITO,
     SEQUENTIAL_MAP,
+    AxisTexts,
     auto_columns,
     categorical_colors,
     depth_axis,
@@ -30,6 +31,7 @@ from layerscope.report.plots.style import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from typing_extensions import Unpack
 
 __all__ = ["heatmap_figure", "lines_by_condition_figure", "plot_heatmap", "plot_lines_by_condition"]
 
@@ -56,12 +58,10 @@ def lines_by_condition_figure(
     hue_order: Sequence[Any] | None = None,
     ordered: bool | None = None,
     spread: str | None = None,
-    title: str | None = None,
-    xlabel: str | None = None,
-    ylabel: str | None = None,
     hue_label: str | None = None,
     logx: bool = False,
     n_columns: int | None = None,
+    **texts: Unpack[AxisTexts],
 ) -> Figure:
     """Lines of ``y`` against ``x``, one per value of ``hue`` (optionally one panel per ``facet``).
 
@@ -84,18 +84,23 @@ def lines_by_condition_figure(
     spread : {None, "std", "iqr"}, default None
         Several rows at the same (facet, hue, x) are averaged; ``"std"`` shades mean +/- one
         standard deviation, ``"iqr"`` the 25-75% range around the median.
-    title, xlabel, ylabel, hue_label : str, optional
-        Texts; labels default to the column names.
+    hue_label : str, optional
+        Title of the legend (default: ``hue``).
     logx : bool, default False
         Logarithmic x-axis (e.g. training steps).
     n_columns : int, optional
         Panels per row (default: 2 for 2 or 4 panels, else 3).
+    **texts
+        ``title``, ``xlabel`` and ``ylabel`` (:class:`~layerscope.report.plots.AxisTexts`); the labels
+        default to the column names.
 
     Returns
     -------
     matplotlib.figure.Figure
         One axes per facet value; each holds one line per hue value present in it.
     """
+    check_keywords("lines_by_condition_figure", texts, AxisTexts)
+    title, xlabel, ylabel = texts.get("title"), texts.get("xlabel"), texts.get("ylabel")
     needed = [x, y, hue] + ([facet] if facet else [])
     require(frame, needed, "lines by condition")
     if spread not in (None, "std", "iqr"):
@@ -161,14 +166,12 @@ def heatmap_figure(
     row_labels: Sequence[Any] | None = None,
     col_labels: Sequence[Any] | None = None,
     *,
-    title: str | None = None,
-    xlabel: str | None = None,
-    ylabel: str | None = None,
     colorbar_label: str | None = None,
     cmap: str = SEQUENTIAL_MAP,
     center: float | None = None,
     annotate: bool | None = None,
     decimals: int = 2,
+    **texts: Unpack[AxisTexts],
 ) -> Figure:
     """A labelled heat map, e.g. prompt entropy of layer x checkpoint.
 
@@ -179,8 +182,8 @@ def heatmap_figure(
         columns.
     row_labels, col_labels : sequence, optional
         Tick labels (rows top to bottom, columns left to right).
-    title, xlabel, ylabel, colorbar_label : str, optional
-        Texts.
+    colorbar_label : str, optional
+        Label of the colour bar.
     cmap : str, default "cividis"
         Colour map; with ``center`` set, a diverging map (``"RdBu_r"``) is used unless one is given.
     center : float, optional
@@ -189,12 +192,16 @@ def heatmap_figure(
         Write each value in its cell (default: when the matrix has at most 20 x 20 cells).
     decimals : int, default 2
         Decimals of the annotations.
+    **texts
+        ``title``, ``xlabel`` and ``ylabel`` (:class:`~layerscope.report.plots.AxisTexts`); none by default.
 
     Returns
     -------
     matplotlib.figure.Figure
         One heat-map axes and a colour bar.
     """
+    check_keywords("heatmap_figure", texts, AxisTexts)
+    title, xlabel, ylabel = texts.get("title"), texts.get("xlabel"), texts.get("ylabel")
     if isinstance(matrix, pd.DataFrame):
         row_labels = list(matrix.index) if row_labels is None else row_labels
         col_labels = list(matrix.columns) if col_labels is None else col_labels

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 from layerscope.analysis.tables import infer_last_layer, score_grid
+from layerscope.errors import check_keywords
 from layerscope.report.plots.style import (
+    LayerMarks,
     categorical_colors,
     depth_axis,
     finish,
@@ -26,6 +28,7 @@ from layerscope.report.plots.style import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from typing_extensions import Unpack
 
 __all__ = ["plot_task_scores", "task_scores_figure"]
 
@@ -33,12 +36,9 @@ __all__ = ["plot_task_scores", "task_scores_figure"]
 def task_scores_figure(
     scores: pd.DataFrame,
     *,
-    best_layer: int | None = None,
-    chosen_layer: int | None = None,
-    chosen_label: str | None = None,
-    last_layer: int | None = None,
     title: str | None = None,
     n_columns: int | None = None,
+    **marks: Unpack[LayerMarks],
 ) -> Figure:
     """Task scores per layer: one panel per task type, plus the average over all tasks.
 
@@ -47,10 +47,13 @@ def task_scores_figure(
     scores : pandas.DataFrame
         Per-layer task scores of one run: ``layer, task, main_score`` (+ ``task_type,
         depth_pct``). Scores in 0..1 are drawn x 100.
-    best_layer, chosen_layer, chosen_label, last_layer, title
-        As in :func:`~layerscope.report.plots.metric_curves_figure`.
+    title : str, optional
+        Figure title.
     n_columns : int, optional
         Panels per row (default 2: every panel has its legend beside it).
+    **marks
+        The layers marked on every panel (:class:`~layerscope.report.plots.LayerMarks`), as in
+        :func:`~layerscope.report.plots.metric_curves_figure`.
 
     Returns
     -------
@@ -61,7 +64,9 @@ def task_scores_figure(
         layer, named in the legend) and the overall average (the complete layer x task grid of
         :func:`layerscope.analysis.score_grid`).
     """
+    check_keywords("task_scores_figure", marks, LayerMarks)
     require(scores, ("layer", "task", "main_score"), "task scores")
+    last_layer = marks.get("last_layer")
     last = last_layer if last_layer is not None else infer_last_layer(scores)
     frame = with_depth(scores, last_layer)
     if "task_type" not in frame.columns:
@@ -106,7 +111,7 @@ def task_scores_figure(
             axis.set_ylabel("Score (x100)")
             depth_axis(axis)
             legend_beside(axis, *axis.get_legend_handles_labels())
-        finish(figure, title, *layer_markers(axes, last, best_layer, chosen_layer, chosen_label))
+        finish(figure, title, *layer_markers(axes, last, marks))
     return figure
 
 

@@ -16,7 +16,7 @@ import os
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["DPI", "OKABE_ITO", "data_lines", "save_figure"]
+__all__ = ["DPI", "OKABE_ITO", "AxisTexts", "LayerMarks", "data_lines", "save_figure"]
 
 DPI = 120
 
@@ -116,6 +116,22 @@ def save_figure(figure: Figure, out: str | os.PathLike[str], *, dpi: int = DPI) 
     with plot_style(), atomic_path(out) as temporary:
         figure.savefig(temporary, format="png", dpi=dpi)
     return Path(out)
+
+
+class AxisTexts(TypedDict, total=False):
+    """A figure's title and axis labels, taken as keyword arguments (``**texts``) by the generic plots.
+
+    Attributes
+    ----------
+    title : str or None
+        Figure title (wrapped to the figure's width).
+    xlabel, ylabel : str or None
+        Axis labels (each plot says its defaults).
+    """
+
+    title: str | None
+    xlabel: str | None
+    ylabel: str | None
 
 
 def wrap_title(title: str, width_inches: float) -> str:
@@ -225,13 +241,30 @@ def layer_depth(layer: int | None, last_layer: int) -> float | None:
     return 100.0 * float(layer) / last_layer if last_layer > 0 else 0.0
 
 
-def layer_markers(
-    axes: Sequence[Axes],
-    last_layer: int,
-    best_layer: int | None,
-    chosen_layer: int | None,
-    chosen_label: str | None,
-) -> tuple[list[Any], list[str]]:
+class LayerMarks(TypedDict, total=False):
+    """The layers a per-layer figure marks on every panel, taken as keyword arguments (``**marks``).
+
+    The report draws the metric curves and the task scores of a run with the same marks
+    (:func:`~layerscope.report.write_plots`).
+
+    Attributes
+    ----------
+    best_layer, chosen_layer : int or None
+        The best layer with labels (dashed black) and the label-free choice (dotted vermillion); the
+        last layer gets a grey triangle beside them.
+    chosen_label : str or None
+        Legend text of the label-free choice, e.g. ``"min DiME on all texts"``.
+    last_layer : int or None
+        The model's last layer L (default: inferred from the table's ``depth_pct``).
+    """
+
+    best_layer: int | None
+    chosen_layer: int | None
+    chosen_label: str | None
+    last_layer: int | None
+
+
+def layer_markers(axes: Sequence[Axes], last_layer: int, marks: LayerMarks) -> tuple[list[Any], list[str]]:
     """Mark the best layer (labels), the label-free choice and the last layer on every panel.
 
     Best and chosen get vertical lines (gid ``"marker"``: dashed black, dotted vermillion). All three
@@ -242,18 +275,20 @@ def layer_markers(
     from matplotlib.lines import Line2D
     from matplotlib.transforms import offset_copy
 
-    marks = [(best_layer, BEST_COLOR, "--", 1.2, f"best layer with labels ({best_layer})"),
+    best_layer, chosen_layer = marks.get("best_layer"), marks.get("chosen_layer")
+    chosen_label = marks.get("chosen_label")
+    drawn = [(best_layer, BEST_COLOR, "--", 1.2, f"best layer with labels ({best_layer})"),
              (chosen_layer, CHOSEN_COLOR, ":", 1.8, f"{chosen_label or 'label-free choice'} ({chosen_layer})"),
              (last_layer, LAST_COLOR, "", 0.0, f"last layer ({last_layer})")]
     if best_layer is None and chosen_layer is None:
         return [], []  # the last layer alone is not worth a legend: it is the axis' right end
-    marks = [mark for mark in marks if mark[0] is not None]
+    drawn = [mark for mark in drawn if mark[0] is not None]
     handles, labels = [], []
     shared: dict[int, int] = {}
-    for layer, *_ in marks:
+    for layer, *_ in drawn:
         shared[layer] = shared.get(layer, 0) + 1
     seen: dict[int, int] = {}
-    for layer, color, style, width, label in marks:
+    for layer, color, style, width, label in drawn:
         depth = layer_depth(layer, last_layer)
         slot = seen.get(layer, 0)
         seen[layer] = slot + 1
