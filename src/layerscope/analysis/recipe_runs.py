@@ -334,9 +334,7 @@ def recipe_text_table(summary: Summary) -> TextTable | None:
 
 def recipe_headline_text(summary: Summary) -> str | None:
     """The answer-without-labels line of a run whose answer is a recipe set (None otherwise), for a terminal."""
-    scored = summary.recipe_score(summary.chosen_recipe)
-    if scored is None:
-        return None
-    average, gain = scored
-    return (f"chosen without labels (recipes auto, held out against the last layer): {summary.chosen_recipe} "
-            f"({average:.1f}, {gain:+.1f} vs last)")
+    chosen = summary.chosen_recipe_score()
+    return None if chosen is None else (
+        "chosen without labels (recipes auto, held out against the last layer): {} ({:.1f}, {:+.1f} vs last)"
+        .format(*chosen))

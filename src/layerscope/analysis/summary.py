@@ -145,6 +145,12 @@ class Summary:
         hit = self.selection[self.selection["rule"] == recipe_rule(recipe_set, str(sources.iloc[0]))]
         return None if hit.empty else (float(hit["average"].iloc[0]), float(hit["gain_vs_last"].iloc[0]))
 
+    def chosen_recipe_score(self) -> tuple[str, float, float] | None:
+        """The run's answer without labels when it is a recipe set: the set, its task average (x 100) and
+        its gain over the last layer (None: the answer is a layer)."""
+        scored = self.recipe_score(self.chosen_recipe)
+        return None if scored is None else (str(self.chosen_recipe), *scored)
+
     def score_at(self, layer: int | None) -> float | None:
         """Task-averaged score (x 100) at ``layer``, if known."""
         if layer is None or self.per_layer is None or "avg_score" not in self.per_layer.columns:

@@ -14,7 +14,6 @@ views, not ``n_views + 2``).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from layerscope.metrics.views import ViewPlan, plan_views
 
 __all__ = ["PROBE_FROM_PASSES", "PROBE_TEXTS", "SAY_FROM_SECONDS", "WorkEstimate", "budget_line", "estimate_work",
            "kept_inputs", "plan_ahead", "plan_record", "timed_probe"]
-
-logger = logging.getLogger(__name__)
 
 #: Texts (and as many of their views) in the timed probe batch of :func:`estimate_work`.
 PROBE_TEXTS = 32

@@ -23,11 +23,11 @@ __all__ = ["recipe_card", "recipe_lead", "recipe_section"]
 
 def recipe_card(summary: Summary) -> str | None:
     """The "Chosen without labels" card of a run whose answer is a recipe set (None otherwise)."""
-    scored = summary.recipe_score(summary.chosen_recipe)
-    if scored is None:
+    chosen = summary.chosen_recipe_score()
+    if chosen is None:
         return None
-    average, gain = scored
-    detail = (f"{escape(summary.chosen_recipe)}: average score {escape(number(average, 1))}; {signed(gain)} vs. last "
+    recipe_set, average, gain = chosen
+    detail = (f"{escape(recipe_set)}: average score {escape(number(average, 1))}; {signed(gain)} vs. last "
               "layer (the held-out recipe protocol's set, from the cached layers)")
     return (f'<div class="card chosen"><div class="k">Chosen without labels</div><div class="v">recipe set</div>'
             f'<div class="d">{detail}</div></div>')
@@ -35,13 +35,10 @@ def recipe_card(summary: Summary) -> str | None:
 
 def recipe_lead(summary: Summary) -> str | None:
     """The lead sentence of a run whose answer without labels is a recipe set (None otherwise)."""
-    scored = summary.recipe_score(summary.chosen_recipe)
-    if scored is None:
-        return None
-    average, gain = scored
-    return (f"Without labels, layerscope's answer is the recipe set {summary.chosen_recipe} (one recipe per task "
-            f"type, chosen on other models and held out against the last layer): average {average:.1f}, "
-            f"{gain:+.1f} points vs. the last layer.")
+    chosen = summary.chosen_recipe_score()
+    return None if chosen is None else (
+        "Without labels, layerscope's answer is the recipe set {} (one recipe per task type, chosen on other models "
+        "and held out against the last layer): average {:.1f}, {:+.1f} points vs. the last layer.".format(*chosen))
 
 
 def _record_caption(run: RunData) -> str:
