@@ -230,7 +230,9 @@ def test_metrics_are_equal_with_the_batched_solver_on_and_off(monkeypatch):
     original = eigen.eigvalsh
     monkeypatch.setattr(eigen, "eigvalsh", lambda matrix: calls.append(matrix.shape) or original(matrix))
     batched = metric_values()
-    assert len(calls) >= len(batched)  # every metric went through the batched solver
+    # every metric went through the batched solver; effective_rank(pooled) reuses the decomposition that
+    # dataset_entropy(pooled) made (one spectrum per tensor, functional._spectrum), hence one call fewer
+    assert len(calls) >= len(batched) - 1
     for name, value in lapack.items():
         assert torch.isfinite(value).any(), name
         torch.testing.assert_close(batched[name], value, rtol=0, atol=1e-10, equal_nan=True, msg=name)

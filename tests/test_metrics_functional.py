@@ -679,6 +679,10 @@ def test_the_ranks_and_the_dataset_entropy_share_one_spectrum_and_it_is_never_st
     assert len(calls) == 1  # one decomposition serves the three metrics of the normalized rows
     F.effective_rank(Z, normalize_rows=False)  # RankMe: the raw rows, another spectrum
     assert len(calls) == 2
+    monkeypatch.setattr(F, "EIGVALSH_BACKEND", "lapack")  # another solver asked: computed again, not reused
+    F.entropy_rank(Z)
+    assert len(calls) == 3
+    monkeypatch.setattr(F, "EIGVALSH_BACKEND", "auto")
     # the shared values are those of a fresh computation on an equal tensor (another object): bit for bit,
     # as the operations are the same
     fresh = Z.clone()
@@ -688,6 +692,6 @@ def test_the_ranks_and_the_dataset_entropy_share_one_spectrum_and_it_is_never_st
     # an in-place change of the tensor is a new version: its spectrum is computed again
     Z[:, :, 0] = 0.0
     changed = F.dataset_entropy(Z)
-    assert len(calls) == 4
+    assert len(calls) == 5
     torch.testing.assert_close(changed, F.dataset_entropy(Z.clone()), rtol=0, atol=0)
     assert not torch.equal(changed, first[0])

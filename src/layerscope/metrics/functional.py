@@ -423,7 +423,7 @@ def _spectrum(Z: Tensor, normalize_rows: bool, side: Side = "auto", clamp_gram: 
     Computed once per tensor object and version: the metrics of one set of embeddings are called
     with the same tensor, and the values are those of a fresh computation (the same operations).
     """
-    key = (Z._version, normalize_rows, side, clamp_gram)
+    key = (Z._version, normalize_rows, side, clamp_gram, EIGVALSH_BACKEND)  # a solver switch recomputes
     memo = _SPECTRA.get(Z)
     if memo is not None and key in memo:
         return memo[key]
