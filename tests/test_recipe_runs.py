@@ -292,6 +292,7 @@ def test_analyze_prints_the_recipe_rows_and_the_per_type_table(recipe_run, tmp_p
     rows = [[cell.strip() for cell in line.split("\u2502")[1:-1]] for line in lines[start + 4:start + 7]]
     assert [row[1:4] for row in rows] == [["clf", "mean:0.5-1", "1"], ["sts", "mean:0.5-1", "1"],
                                           ["average", "mean:0.5-1", "2"]]
+    assert rows[0][0].startswith("recipes") and rows[1][0] == rows[2][0] == ""  # the set named once
     for row, kind in zip(rows, ["Classification", "STS"], strict=False):
         assert close(row[4:], [100 * last[kind], 100 * stored[kind], 100 * (stored[kind] - last[kind])])
 

@@ -322,11 +322,14 @@ def recipe_text_table(summary: Summary) -> TextTable | None:
     frame = summary.recipe_types
     if frame is None or frame.empty:
         return None
-    rows = []
+    rows, named = [], set()
     for row in frame.itertuples(index=False):
         kind = row.task_type if row.task_type == "average" else type_label(str(row.task_type))
-        rows.append((recipe_rule(str(row.recipe_set), str(row.source)), kind, str(row.recipe), str(row.n_tasks),
+        rule = recipe_rule(str(row.recipe_set), str(row.source))
+        # a set's text once, on its first row: the "recipe" column says what each type gets
+        rows.append(("" if rule in named else rule, kind, str(row.recipe), str(row.n_tasks),
                      f"{row.last:.1f}", f"{row.score:.1f}", f"{row.gain:+.1f}"))
+        named.add(rule)
     return TextTable(title="Recipes vs the last layer per task type, x 100 (from the cached layers, no forward pass)",
                      columns=("recipe set", "type", "recipe", "tasks", "last layer", "recipe", "vs last"),
                      rows=tuple(rows), left=("recipe set", "type", "recipe"))
