@@ -596,6 +596,19 @@ def test_model_sizes(tmp_path):
     assert [path.name for path in result.plots] == ["sizes_metrics.png"]
     with pytest.raises(LayerscopeError, match="labels"):
         model_sizes([small, large], PROMPTS, labels="a")
+    with pytest.raises(LayerscopeError, match=r"model labels must be distinct, got \['same', 'same'\]"):
+        model_sizes([small, large], PROMPTS, labels="same,same", out=tmp_path / "same", progress=False)
+
+
+def test_loaded_checkpoints_without_distinct_revisions_are_refused(tmp_path):
+    """Two loaded models labelled alike would merge into one curve; measure_models refuses them."""
+    from layerscope.experiments.checkpoints import checkpoint_progression
+
+    first, second = tiny_model("gpt_neox", num_layers=2, seed=0), tiny_model("gpt_neox", num_layers=2, seed=1)
+    first.revision = second.revision = "main"
+    with pytest.raises(LayerscopeError, match=r"checkpoint labels must be distinct, got \['main', 'main'\]"):
+        checkpoint_progression([first, second], texts=PROMPTS, metrics="prompt_entropy", out=tmp_path,
+                               progress=False)
 
 
 # ------------------------------------------------------------------------------------------ train tiny

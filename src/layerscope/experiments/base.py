@@ -694,6 +694,9 @@ def measure_models(
 
     texts = setup.texts
     assert texts is not None, "load the texts first"
+    labels = [entry.label for entry in entries]
+    if len(set(labels)) != len(labels):
+        raise LayerscopeError(f"{condition} labels must be distinct, got {labels}")
     frames, described = [], []
     for order, entry in enumerate(progress_bar(entries, setup.progress, setup.experiment, total=len(entries))):
         loaded = setup.load(entry.model, entry.revision)

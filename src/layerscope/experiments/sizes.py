@@ -83,8 +83,6 @@ def model_sizes(
     for index, item in enumerate(items):
         default = model_label(item) if isinstance(item, LoadedModel) else str(item).rstrip("/").split("/")[-1]
         entries.append(ModelEntry(names[index] if names else default, item))
-    if len({entry.label for entry in entries}) != len(entries):
-        raise LayerscopeError(f"model labels must be distinct, got {[entry.label for entry in entries]}")
     setup = Setup.from_options(
         EXPERIMENT, model=items, texts=texts, options={"labels": names, "metrics": metric_names(metrics)}, **common)
     setup.load_texts()
