@@ -327,8 +327,10 @@ def test_bootstrap_refuses_what_it_cannot_resample(run) -> None:
 # ------------------------------------------------------------------------------------------ few labels
 
 
-def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """The few-label choice written with scikit-learn directly: CV-best layer, CV accuracy, out-of-fold hits."""
+def _reference_cv(model, files, labels_per_class: int, seed: int, vectors_of=None) -> tuple[int, np.ndarray, np.ndarray]:
+    """The few-label choice written with scikit-learn directly: CV-best layer, CV accuracy, out-of-fold hits.
+
+    ``vectors_of(texts) -> (n_layers, n, dim)`` gives the embeddings (default: every layer of ``model``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
@@ -339,7 +341,8 @@ def _reference_cv(model, files, labels_per_class: int, seed: int) -> tuple[int, 
     rng = np.random.default_rng([seed, zlib.crc32(b"topics/default")])
     drawn = np.sort(np.concatenate([np.flatnonzero(labels == c)[rng.permutation(int((labels == c).sum()))[:labels_per_class]]
                                     for c in range(3)]))
-    vectors = extract(model, train["text"].iloc[drawn].tolist(), progress=False).pooled  # (layers, n, dim)
+    texts = train["text"].iloc[drawn].tolist()
+    vectors = extract(model, texts, progress=False).pooled if vectors_of is None else vectors_of(texts)
     y = labels[drawn]
     folds = StratifiedKFold(n_splits=min(5, labels_per_class), shuffle=True, random_state=seed)
     accuracy, out_of_fold = [], np.zeros((len(vectors), len(y)), dtype=bool)
@@ -398,6 +401,59 @@ def test_labels_per_class_is_deterministic_and_equals_scikit_learn(model, files)
     assert row["regret"] == pytest.approx(test.max() - test[chosen]) and row["regret"] >= 0
     assert first.few_labels.iloc[-1]["task"] == "average"
     assert not any("fewer training examples" in note for note in first.notes)  # every class had K
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_recipes_are_candidates_scored_bootstrapped_and_chosen_like_layers(model, files) -> None:
+    """select's recipe candidates: the scores of the recipes scored on their own, a by-type set taking each
+    task's scores and resamples from its type's recipe, the last layer still last, the few-label CV on them."""
+    from layerscope.analysis.recipe_runs import RunRecipeSet, recipe_candidates
+    from layerscope.analysis.recipes import evaluate_recipes, parse_recipe_set, recipe_embeddings
+
+    text = "classification=zmean:0.5-1;*=last+standardize"
+    tasks = resolve([files / "topics.csv", files / "similarity.csv"], files=SPLIT)
+    candidates = recipe_candidates([RunRecipeSet(parse_recipe_set(text), "given")],
+                                   [task.metadata.type for task in tasks], model.num_layers)
+    assert candidates.names == ("recipe zmean:0.5-1", "recipe last+standardize")
+    assert dict(candidates.by_type) == {f"recipes {text}": {"Classification": "recipe zmean:0.5-1",
+                                                            "STS": "recipe last+standardize"}}
+    choice = select_layer_with_labels(model, tasks, bootstrap=N_RESAMPLES, resample_seed=RESAMPLE_SEED,
+                                      labels_per_class=4, progress=False, eval_workers=1, candidates=candidates)
+    ids = {name: key for key, name in choice.candidates.items()}
+    zmean, standardize, by_type = ids["recipe zmean:0.5-1"], ids["recipe last+standardize"], ids[f"recipes {text}"]
+    assert [zmean, standardize, by_type] == [-3, -2, -1]
+    assert choice.layers["layer"].tolist() == [-3, -2, -1, *range(model.num_layers + 1)]  # the last layer stays last
+    assert choice.last_layer == model.num_layers and choice.layers["candidate"].iloc[0] == "recipe zmean:0.5-1"
+    assert choice.layers.set_index("layer").loc[[-3, -2, -1], "depth_pct"].isna().all()
+
+    # the same scores as the recipes scored on their own (analyze's path), on the same texts
+    _load(tasks)
+    extraction = extract(model, collect_texts(tasks), progress=False)
+    alone = evaluate_recipes(extraction, ["zmean:0.5-1", "last+standardize"], tasks, eval_workers=1)
+    alone = alone.set_index(["recipe", "task"])["main_score"]
+    scores = choice.scores.set_index(["layer", "task"])
+    for recipe, key in (("zmean:0.5-1", zmean), ("last+standardize", standardize)):
+        for task in ("topics", "similarity"):
+            # float32 embeddings of the same float64 computation, fitted on the same rows: rel 1e-6
+            assert scores.loc[(key, task), "main_score"] == pytest.approx(alone[(recipe, task)], rel=1e-6)
+    # the by-type set: each task's score and its resamples from its type's recipe, exactly (copied rows)
+    assert scores.loc[(by_type, "topics"), "scores"] == scores.loc[(zmean, "topics"), "scores"]
+    assert scores.loc[(by_type, "similarity"), "scores"] == scores.loc[(standardize, "similarity"), "scores"]
+    expected = 50 * (scores.loc[(zmean, "topics"), "main_score"] + scores.loc[(standardize, "similarity"), "main_score"])
+    assert choice.layers.set_index("layer").loc[by_type, "score"] == pytest.approx(expected, rel=1e-12)
+
+    # the few-label CV reads the classification recipe's embeddings (the by-type set: the same ones)
+    cv = choice.cv_scores.set_index("layer")["cv_accuracy"]
+    assert cv[by_type] == cv[zmean]
+    position = {text: row for row, text in enumerate(extraction.texts)}
+    recipe_vectors = recipe_embeddings(extraction.pooled, extraction.layers, "zmean:0.5-1",
+                                       last_layer=model.num_layers).numpy()
+
+    def vectors_of(texts):
+        return recipe_vectors[[position[text] for text in texts]][None].astype(np.float32)
+
+    _, accuracy, _ = _reference_cv(model, files, 4, RESAMPLE_SEED, vectors_of=vectors_of)
+    assert cv[zmean] == pytest.approx(accuracy[0], abs=1e-9)  # accuracies are counts / n: equal when the fits agree
 
 
 def _planted_choice(signal_layer: int | None, seed: int):
@@ -511,6 +567,8 @@ def test_bad_options_get_one_line_and_status_2(files) -> None:
         ("--tasks", topics, "--labels-per-class", "1"): "labels_per_class must be an integer >= 2",
         ("--tasks", topics, "--bootstrap", "many"): "Invalid value for '--bootstrap'",
         ("--bootstrap", "10",): "Missing option '--tasks'",
+        ("--tasks", topics, "--recipes", "classification=zmaen:0.5-1"): "--recipes: ",
+        ("--tasks", topics, "--recipes", "none|auto"): "--recipes none cannot be given with other recipe sets",
     }
     # the model is never loaded (its name does not even exist): the options fail first
     results = cli_runs(*(["select", "--model", "not-a-model", *args] for args in expected))
@@ -536,7 +594,15 @@ def test_select_command_end_to_end(files, tmp_path) -> None:
     saved_choice = json.loads((tmp_path / "out" / "select.json").read_text())
     assert saved_choice["last_layer"] == 2 and saved_choice["verdict"]["n_resamples"] == 3
     assert saved_choice["record"]["resample_seed"] == 0 and saved_choice["config"]["select"]["labels_per_class"] == 4
-    assert [row["layer"] for row in saved_choice["layers"]] == [0, 1, 2]
+    # the default recipes (auto): the set's recipe for classification, a candidate before the layers
+    from layerscope.analysis.recipe_runs import auto_recipe_set
+    from layerscope.analysis.recipes import recipe_for
+
+    recipe = f"recipe {recipe_for(auto_recipe_set(), 'Classification').text}"
+    assert [row["layer"] for row in saved_choice["layers"]] == [-1, 0, 1, 2]
+    assert saved_choice["candidates"] == {"-1": recipe} and saved_choice["layers"][0]["candidate"] == recipe
+    assert saved_choice["config"]["select"]["recipes"] == ["auto"]
+    assert recipe in out
     with np.load(tmp_path / "out" / "resamples.npz") as resamples:
         assert resamples["topics/default/test/0"].shape == (3, 18)
     few = pd.read_csv(tmp_path / "out" / "few_labels.csv").set_index("task")

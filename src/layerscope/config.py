@@ -777,7 +777,12 @@ class SelectConfig(IntervalConfig):
                                           "classification task (cross-validated at every layer) and report how "
                                           "the choice scores on the test set, e.g. 8, 16, 32.",
                                           label="Labels per class")
+    recipes: tuple[str, ...] = option(("auto",), "Recipe sets scored beside the layers (same intervals, same "
+                                      "few-label choice), separated by |: auto (the set the held-out recipe "
+                                      "protocol chose), none, or sets such as "
+                                      "'classification=zmean:0.5-1;*=last+standardize'.", label="Recipes")
 
     def validate(self) -> None:
         super().validate()
         _positive(self.labels_per_class, "labels_per_class", minimum=2, allow_none=True)
+        object.__setattr__(self, "recipes", _recipe_texts(self.recipes))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from layerscope.analysis.by_type import TextTable, type_label
 from layerscope.analysis.recipes import RecipeSet, evaluate_recipes, parse_recipe_set, recipe_set_scores
@@ -33,6 +34,7 @@ from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
     from layerscope.analysis.summary import Summary
+    from layerscope.evaluate.select import Candidates
     from layerscope.extract import Extraction
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "RunRecipeSet",
     "auto_recipe_set",
     "headline_recipe",
+    "recipe_candidates",
     "recipe_headline_text",
     "recipe_rule",
     "recipe_text_table",
@@ -141,6 +144,53 @@ def resolve_recipes(texts: Iterable[str], *, record: Mapping[str, Any] | None = 
         if auto or recipe_set.text not in chosen:
             chosen[recipe_set.text] = RunRecipeSet(recipe_set, AUTO if auto else "given")
     return list(chosen.values())
+
+
+def recipe_candidates(sets: Sequence[RunRecipeSet], task_types: Iterable[str], last_layer: int, *,
+                      normalized: Sequence[int] = ()) -> Candidates | None:
+    """The recipes of ``sets`` as candidates beside the layers of ``select`` (issue 23, point 4).
+
+    Every recipe a set gives to one of ``task_types`` is a candidate scored on every task (named
+    ``recipe <text>``); a set giving the types different recipes is one more candidate that takes each
+    task's scores from its type's recipe (named ``recipes auto`` or ``recipes <set text>``).
+
+    Parameters
+    ----------
+    sets : sequence of RunRecipeSet
+        :func:`resolve_recipes` of ``select --recipes``.
+    task_types : iterable of str
+        MTEB types of the tasks (``Classification``, ...).
+    last_layer : int
+        ``L`` of the model.
+    normalized : sequence of int
+        Canonical layers the recipes start from L2-normalized (``ExtractConfig.normalized_layers``).
+
+    Returns
+    -------
+    Candidates or None
+        None when there is no set.
+    """
+    from layerscope.analysis.recipes import recipe_embeddings
+    from layerscope.evaluate.select import Candidates
+
+    types = list(dict.fromkeys(task_types))
+    if not sets or not types:
+        return None
+    recipes, by_type = {}, {}
+    for item in sets:
+        chosen = {kind: item.recipe_set.for_type(kind) for kind in types}
+        for recipe in chosen.values():
+            recipes.setdefault(f"recipe {recipe.text}", recipe)
+        if len({recipe.text for recipe in chosen.values()}) > 1:
+            label = AUTO if item.source == AUTO else item.text
+            by_type[f"recipes {label}"] = {kind: f"recipe {recipe.text}" for kind, recipe in chosen.items()}
+
+    def compute(extraction: Extraction) -> list[np.ndarray]:
+        return [recipe_embeddings(extraction.pooled, extraction.layers, recipe, last_layer=last_layer,
+                                  normalized=normalized).to(dtype=torch.float32).numpy() for recipe in recipes.values()]
+
+    reads = sorted({layer for recipe in recipes.values() for layer in recipe.layers(last_layer)})
+    return Candidates(tuple(recipes), tuple(reads), compute, by_type)
 
 
 def recipes_record(texts: Sequence[str], sets: Sequence[RunRecipeSet], last_layer: int,

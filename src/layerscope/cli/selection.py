@@ -42,23 +42,34 @@ def select_command(
     --labels-per-class K also chooses the layer by cross-validation on K labelled examples per class
     of each classification task and reports how that choice scores on the test set.
     """
+    from layerscope.analysis.recipe_runs import recipe_candidates, resolve_recipes
     from layerscope.evaluate import resolve
     from layerscope.evaluate.select import check_choice, select_layer_with_labels
 
     folder = output_folder(out)
     task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before the model loads
     check_choice(task_list, bootstrap=choice.bootstrap, labels_per_class=choice.labels_per_class)
+    recipe_sets = resolve_recipes(choice.recipes)  # a bad recipe set too
     loaded = load(model, extraction)
+    candidates = recipe_candidates(recipe_sets, [task.metadata.type for task in task_list], loaded.num_layers,
+                                   normalized=extraction.normalized_layers(loaded))
     result = select_layer_with_labels(
         loaded, task_list, bootstrap=choice.bootstrap, confidence=choice.confidence,
         labels_per_class=choice.labels_per_class, resample_seed=choice.resample_seed, seed=seed, layers=layers,
-        cache_dir=cache.resolve(), eval_workers=workers(eval_workers), **extraction.extract_options())
+        cache_dir=cache.resolve(), eval_workers=workers(eval_workers), candidates=candidates,
+        **extraction.extract_options())
     print_choice(result, f"{loaded.model_id}: {len(task_list)} task{'s' if len(task_list) != 1 else ''}, "
                  f"{extraction.pooling} pooling")
     if folder is not None:
         write_choice(result, folder, {"model": model.to_dict(), "extraction": extraction.to_dict(),
                                       "task_files": task_files.to_dict(), "select": choice.to_dict(),
                                       "tasks": tasks, "layers": layers, "seed": seed})
+
+
+def _label(result: Any, layer: Any) -> str:
+    """A layer's number, or a candidate's name (a recipe), for the tables."""
+    layer = int(layer)
+    return str(layer) if layer >= 0 else result.name(layer)
 
 
 def _units_text(units: dict[str, str]) -> str:
@@ -93,7 +104,7 @@ def print_choice(result: Any, title: str) -> None:
         table.add_column(header, justify="right")
     table.add_column("", justify="left")
     for row in layers.itertuples(index=False):
-        cells = [str(int(row.layer)), f"{row.depth_pct:.0f}", f"{row.score:.1f}"]
+        cells = [_label(result, row.layer), "-" if row.layer < 0 else f"{row.depth_pct:.0f}", f"{row.score:.1f}"]
         if bootstrapped:
             last = int(row.layer) == result.last_layer
             cells += [interval_text(row.low, row.high), "" if last else f"{row.vs_last:+.1f}",
@@ -107,7 +118,7 @@ def print_choice(result: Any, title: str) -> None:
                       "above 0; '<= last' is the share of resamples where a layer does not beat the last)",
                       highlight=False)
     else:
-        console.print(f"best layer {result.best_layer}, last layer {result.last_layer} (no intervals: --bootstrap 0)",
+        console.print(f"best: {result.name(result.best_layer)}, last layer {result.last_layer} (no intervals: --bootstrap 0)",
                       highlight=False)
     if len(set(result.task_scores["task"])) > 1:
         _print_task_table(result, bootstrapped)
@@ -130,7 +141,7 @@ def _print_task_table(result: Any, bootstrapped: bool) -> None:
         table.add_column(task, justify="right", overflow="fold")
     for layer, rows in frame.groupby("layer", sort=True):
         by_task = rows.set_index("task")
-        table.add_row(str(int(layer)), *(f"{by_task.loc[task, 'score']:.1f}" + (
+        table.add_row(_label(result, layer), *(f"{by_task.loc[task, 'score']:.1f}" + (
             f" {interval_text(by_task.loc[task, 'low'], by_task.loc[task, 'high'])}" if bootstrapped else "")
             for task in tasks))
     console.print(table)
@@ -151,8 +162,9 @@ def _print_few_labels(result: Any) -> None:
     for row in few.itertuples(index=False):
         gain = "" if row.cv_best_layer == result.last_layer else (
             f"{row.cv_gain:+.1f} {interval_text(row.cv_gain_low, row.cv_gain_high, signed=True)}")
-        table.add_row(str(row.task), str(row.n_labelled), f"{row.cv_best_layer} ({row.cv_accuracy:.1f})", gain,
-                      str(row.chosen_layer), f"{row.score:.1f}", f"{row.best_layer} ({row.best_score:.1f})",
+        table.add_row(str(row.task), str(row.n_labelled), f"{_label(result, row.cv_best_layer)} ({row.cv_accuracy:.1f})",
+                      gain, _label(result, row.chosen_layer), f"{row.score:.1f}",
+                      f"{_label(result, row.best_layer)} ({row.best_score:.1f})",
                       f"{row.last_score:.1f}", f"{row.regret:.1f}", f"{row.vs_last:+.1f}")
     console.print(table)
     console.print("chosen = the best CV layer when its gain over the last layer on the held-out labelled examples is "
@@ -161,7 +173,7 @@ def _print_few_labels(result: Any) -> None:
     overruled = few[few["chosen_layer"] != few["cv_best_layer"]]
     if len(overruled):
         row = overruled.iloc[-1]
-        console.print(f"({row.task}: the best CV layer {row.cv_best_layer} would score {row.cv_best_score:.1f} on the "
+        console.print(f"({row.task}: the best CV {result.name(row.cv_best_layer)} would score {row.cv_best_score:.1f} on the "
                       f"test set, {row.cv_best_score - row.last_score:+.1f} vs last)", highlight=False)
 
 

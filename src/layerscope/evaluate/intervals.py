@@ -274,6 +274,9 @@ class BestVersusLast:
         Resamples left out because a task's score was undefined on them (see ``undefined_tasks``).
     undefined_tasks : tuple of str
         The tasks with an undefined score on some resample.
+    best_name : str, optional
+        The best's name when it is a candidate beside the layers (a recipe; ``best_layer`` is then its
+        negative id, see :class:`~layerscope.evaluate.select.Candidates`).
     """
 
     best_layer: int
@@ -293,6 +296,7 @@ class BestVersusLast:
     n_resamples: int
     n_undefined: int = 0
     undefined_tasks: tuple[str, ...] = ()
+    best_name: str | None = None
 
     def describe(self) -> str:
         """One sentence: the verdict, the difference and its interval, and the share of resamples."""
@@ -304,7 +308,8 @@ class BestVersusLast:
                     f"{interval_text(self.last_low, self.last_high)}){left_out}")
         verdict = "beats the last layer beyond the noise" if self.beyond_noise else "is within the noise of the last layer"
         rule = "excludes 0" if self.beyond_noise else "includes 0"
-        return (f"best layer {self.best_layer} ({self.best_score:.1f}) {verdict} {self.last_layer} "
+        best = f"best layer {self.best_layer}" if self.best_name is None else f"best: {self.best_name}"
+        return (f"{best} ({self.best_score:.1f}) {verdict} {self.last_layer} "
                 f"({self.last_score:.1f}): {self.difference:+.1f} points, {level} interval of the paired difference "
                 f"{interval_text(self.low, self.high, signed=True)} {rule}; best <= last in "
                 f"{100 * self.not_above:.0f}% of {self.n_resamples - self.n_undefined} resamples{left_out}")

@@ -186,7 +186,7 @@ def evaluate_layers(
         ``.tsv``, ``.jsonl``, ``.parquet``) or MTEB task instances, in any mix (see
         :func:`layerscope.evaluate.catalog.resolve`).
     layers : "all", "last", int or list of int
-        Canonical layers to score.
+        Canonical layers to score; with ``extraction``, ``"all"`` is every slice it holds.
     pooling : {"mean", "last", "first"}
         Pooling of token states (see :func:`layerscope.extract`).
     seed : int, optional
@@ -290,7 +290,8 @@ def _restricted(extraction: Extraction, texts: Sequence[str], layers: Any, num_l
     """The rows of ``texts`` and the requested layers of a larger extraction (no copy when they match)."""
     from layerscope.extract import Extraction, resolve_layers
 
-    wanted = resolve_layers(layers, num_layers)
+    # "all": every slice the extraction holds (candidates beside the layers included, see evaluate.select)
+    wanted = list(extraction.layers) if isinstance(layers, str) and layers == "all" else resolve_layers(layers, num_layers)
     positions = [extraction.layers.index(layer) for layer in wanted]
     if list(extraction.texts) == list(texts) and positions == list(range(len(extraction.layers))):
         return extraction

@@ -11,13 +11,19 @@ tasks) with MTEB's evaluators from one encoding pass, then:
   classification task the layer with the best cross-validated accuracy on K labelled training examples
   per class, taken only when its gain over the last layer on those examples is beyond the noise (else
   the last layer), and how both score on the test set against the best and the last layer (regret);
-  the K examples are encoded in the same pass.
+  the K examples are encoded in the same pass;
+- **candidates beside the layers** (:class:`Candidates`, e.g. the recipes of
+  :func:`layerscope.analysis.recipe_runs.recipe_candidates`): embeddings computed from the layers of
+  the same pass, scored, bootstrapped (paired with the last layer) and offered to the few-label choice
+  exactly as a layer is. They take negative ids in the frames (``candidate`` names them), so the
+  last layer stays the last row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +43,41 @@ if TYPE_CHECKING:
     from layerscope.extract import Extraction
     from layerscope.models import LoadedModel
 
-__all__ = ["AVERAGE", "LayerChoice", "check_choice", "few_label_choice", "select_layer_with_labels"]
+__all__ = ["AVERAGE", "Candidates", "LayerChoice", "check_choice", "few_label_choice", "select_layer_with_labels"]
 
 #: The ``task`` of rows that average over the tasks.
 AVERAGE = "average"
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Embeddings scored beside the layers, computed from the layers of the same pass (e.g. recipes).
+
+    Attributes
+    ----------
+    names : tuple of str
+        The candidates computed by ``compute``, one name each (shown where a layer number would be).
+    reads : tuple of int
+        Canonical layers they are computed from: extracted whatever ``layers`` asks.
+    compute : callable
+        ``compute(extraction) -> sequence of (n_texts, k) arrays``, one per name, rows in the
+        extraction's text order, ``k`` at most the extraction's dimension (narrower ones are padded
+        with zero columns, which changes no evaluator's score).
+    by_type : mapping of str to mapping of str to str
+        Candidates made of others by task type: name -> {MTEB task type -> name in ``names``} (a recipe
+        set with one recipe per type). Each task takes the scores (and resamples) of its type's entry;
+        the few-label choice, on classification tasks only, reads the ``Classification`` entry.
+    """
+
+    names: tuple[str, ...]
+    reads: tuple[int, ...]
+    compute: Callable[[Extraction], Sequence[np.ndarray]]
+    by_type: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def ids(self) -> dict[int, str]:
+        """Negative id -> name, in listing order (computed first, then the by-type ones; ascending ids)."""
+        names = [*self.names, *self.by_type]
+        return {position - len(names): name for position, name in enumerate(names)}
 
 
 @dataclass
@@ -77,6 +114,9 @@ class LayerChoice:
     resamples : dict of str to numpy.ndarray
         The bootstrap draws, ``(B, n_units)`` indices per evaluation part
         (:func:`~layerscope.evaluate.uncertainty.bootstrap_draws`); empty without a bootstrap.
+    candidates : dict of int to str
+        The candidates beside the layers (:class:`Candidates`): their negative id in every frame's
+        ``layer`` column (and in ``best_layer``, ``chosen_layer``...) -> name; empty without any.
     """
 
     scores: pd.DataFrame
@@ -90,6 +130,11 @@ class LayerChoice:
     notes: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
     resamples: dict[str, np.ndarray] = field(default_factory=dict)
+    candidates: dict[int, str] = field(default_factory=dict)
+
+    def name(self, layer: int) -> str:
+        """``layer 12``, or a candidate's name."""
+        return self.candidates.get(int(layer), f"layer {int(layer)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values of everything but the raw scores frame."""
@@ -102,6 +147,7 @@ class LayerChoice:
             "layers": rows(self.layers), "task_scores": rows(self.task_scores),
             "few_labels": rows(self.few_labels), "cv_scores": rows(self.cv_scores),
             "notes": list(self.notes), "record": self.record,
+            "candidates": {str(key): value for key, value in self.candidates.items()},
         }
 
     def write(self, folder: Path, config: Mapping[str, Any]) -> list[str]:
@@ -174,6 +220,7 @@ def select_layer_with_labels(
     cache_dir: str | None = None,
     progress: bool = True,
     eval_workers: int | str = "auto",
+    candidates: Candidates | None = None,
     **extract_options: Any,
 ) -> LayerChoice:
     """Score every layer on labelled tasks, with intervals, and optionally choose it from K labels per class.
@@ -207,6 +254,9 @@ def select_layer_with_labels(
         As for :func:`layerscope.extract`.
     eval_workers : int or "auto"
         Processes running the evaluators (see :func:`~layerscope.evaluate.evaluate_layers`).
+    candidates : Candidates, optional
+        Embeddings scored beside the layers (recipes): computed from the same pass, with the same
+        intervals paired with the last layer, and offered to the few-label choice.
 
     Returns
     -------
@@ -241,10 +291,14 @@ def select_layer_with_labels(
     texts = collect_texts(task_list, seed)
     known = set(texts)  # the drawn examples MTEB's own draws did not ask for are encoded in the same pass
     texts += [text for text in dict.fromkeys(t for draw in draws for t in draw.texts) if text not in known]
-    extraction = extract(model, texts, pooling=pooling, layers=wanted, batch_size=batch_size, max_length=max_length,
+    read = sorted(set(wanted) | set(candidates.reads if candidates is not None else ()))
+    extraction = extract(model, texts, pooling=pooling, layers=read, batch_size=batch_size, max_length=max_length,
                          cache_dir=cache_dir, progress=progress, **extract_options)
+    ids: dict[int, str] = {}
+    if candidates is not None:
+        extraction, ids = _with_candidates(extraction, candidates, wanted)
     encoded = time.perf_counter()
-    scores = evaluate_layers(model, task_list, layers=wanted, seed=seed, extraction=extraction, progress=progress,
+    scores = evaluate_layers(model, task_list, layers="all", seed=seed, extraction=extraction, progress=progress,
                              eval_workers=eval_workers)
     evaluated = time.perf_counter()
     notes: list[str] = []
@@ -255,10 +309,12 @@ def select_layer_with_labels(
         scores = bootstrap_layers(scores, extraction, task_list, n_resamples=bootstrap, confidence=confidence,
                                   resample_seed=resample_seed, seed=seed, name=name, revision=model.revision,
                                   progress=progress, eval_workers=eval_workers, plans=plans)
+        scores = _by_type_rows(scores, candidates, ids)
         per_layer = layer_intervals(scores)
         per_task = task_intervals(scores)
         verdict = best_versus_last(per_layer)
     else:
+        scores = _by_type_rows(scores, candidates, ids)
         per_task = scores[["layer", "task"]].assign(score=scores["main_score"] * 100)
         per_layer = (scores.groupby(["layer", "depth_pct"], as_index=False)["main_score"].mean()
                      .rename(columns={"main_score": "score"}).assign(score=lambda f: f["score"] * 100))
@@ -273,11 +329,16 @@ def select_layer_with_labels(
         if other:
             notes.append(f"the few-label choice covers the classification tasks only (not {', '.join(other)})")
     best = int(per_layer.loc[per_layer["score"].idxmax(), "layer"])
+    if ids:
+        per_layer, per_task = _named(per_layer, ids), _named(per_task, ids)
+        if verdict is not None:
+            verdict = dataclasses.replace(verdict, best_name=ids.get(verdict.best_layer))
     record = {
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
         "tasks": {task.metadata.name: {"type": task.metadata.type, "seed": task_seed(task, seed)}
                   for task in task_list},
-        "layers": wanted, "seed": seed, "bootstrap": bootstrap, "confidence": confidence,
+        "layers": wanted, "candidates": {str(key): value for key, value in ids.items()},
+        "seed": seed, "bootstrap": bootstrap, "confidence": confidence,
         "resample_seed": resample_seed, "labels_per_class": labels_per_class,
         "extraction": {key: value for key, value in extraction.record.items()
                        if isinstance(value, (int, float, str, bool, type(None)))},
@@ -290,7 +351,59 @@ def select_layer_with_labels(
     }
     resamples = {key: index for plan in plans for key, index in plan.indices.items()}
     return LayerChoice(scores, per_layer.reset_index(drop=True), per_task.reset_index(drop=True), best,
-                       int(per_layer["layer"].iloc[-1]), verdict, few, cv, notes, record, resamples)
+                       int(per_layer["layer"].iloc[-1]), verdict, few, cv, notes, record, resamples, ids)
+
+
+def _with_candidates(extraction: Extraction, candidates: Candidates,
+                     wanted: Sequence[int]) -> tuple[Extraction, dict[int, str]]:
+    """The extraction's ``wanted`` layers after the candidates' embeddings (negative ids), and id -> name."""
+    from layerscope.extract import Extraction
+
+    ids = candidates.ids()
+    computed = dict(zip(candidates.names, candidates.compute(extraction), strict=True))
+    for name, parts in candidates.by_type.items():
+        unknown = sorted(set(parts.values()) - set(computed))
+        if unknown:
+            raise LayerscopeError(f"candidate '{name}' takes its scores from {', '.join(unknown)}, not computed")
+        computed[name] = computed[parts.get("Classification", next(iter(parts.values())))]
+    n, dim = len(extraction.texts), int(extraction.pooled.shape[-1])
+    stacked = np.zeros((len(ids), n, dim), dtype=np.float32)  # narrower ones (whitened) padded with zeros
+    for position, name in enumerate(ids.values()):
+        vectors = np.asarray(computed[name], dtype=np.float32)
+        if vectors.shape[0] != n or vectors.shape[1] > dim:
+            raise LayerscopeError(f"candidate '{name}' gave embeddings of shape {vectors.shape}, expected ({n}, <= {dim})")
+        stacked[position, :, : vectors.shape[1]] = vectors
+    positions = [extraction.layers.index(layer) for layer in wanted]
+    pooled = np.concatenate([stacked, np.asarray(extraction.pooled)[positions]], axis=0)
+    return Extraction(pooled, [*ids, *wanted], list(extraction.texts), extraction.kept, dict(extraction.record),
+                      extraction.from_cache), ids
+
+
+def _by_type_rows(scores: pd.DataFrame, candidates: Candidates | None, ids: Mapping[int, str]) -> pd.DataFrame:
+    """Each by-type candidate's rows replaced by those of its task type's entry (bootstrap resamples included)."""
+    if candidates is None or not candidates.by_type:
+        return scores
+    id_of = {name: key for key, name in ids.items()}
+    scores = scores.set_index(["layer", "task"]).sort_index()
+    for name, parts in candidates.by_type.items():
+        target = id_of[name]
+        for task, task_type in scores.loc[target, "task_type"].items():
+            source = parts.get(task_type)
+            if source is None:
+                raise LayerscopeError(f"candidate '{name}' names no entry for {task} ({task_type})")
+            scores.loc[(target, task)] = scores.loc[(id_of[source], task)]
+    return scores.reset_index()
+
+
+def _named(frame: pd.DataFrame, ids: Mapping[int, str]) -> pd.DataFrame:
+    """``candidate`` (the name; ``layer N`` for a layer) beside ``layer``; no depth for a candidate."""
+    candidate = [ids.get(int(layer), f"layer {int(layer)}") for layer in frame["layer"]]
+    if "depth_pct" in frame.columns:
+        frame = frame.assign(depth_pct=frame["depth_pct"].where(frame["layer"] >= 0))
+    else:
+        frame = frame.copy()
+    frame.insert(1, "candidate", candidate)
+    return frame
 
 
 def few_label_choice(extraction: Extraction, draws: Sequence[LabelDraw], scores: pd.DataFrame, *, seed: int,
@@ -374,7 +487,8 @@ def _comparison(task: str, cv_accuracy: np.ndarray, hits: Mapping[str, np.ndarra
                 n_labelled: int, seed: int, confidence: float) -> dict[str, Any]:
     from layerscope.evaluate.few_labels import choose_layer, gain_over_last
 
-    cv_best = choose_layer(cv_accuracy, layers)
+    preference = sorted(range(len(layers)), key=lambda i: (layers[i] < 0, i))  # ties: a layer before a candidate
+    cv_best = choose_layer(np.asarray(cv_accuracy)[preference], [layers[i] for i in preference])
     gain, low, high = gain_over_last(hits, layers.index(cv_best), confidence=confidence, seed=seed)
     chosen = cv_best if low > 0 else layers[-1]
     best = int(test.idxmax())
