@@ -9,8 +9,11 @@ other families) and scores it on each model in turn. It prints:
 
 (a) per scheme and model: the recipe set chosen without that model, its raw last layer's and the set's
     task average x 100, the gain with its 95% bootstrap interval over the model's tasks;
-(b) wins, losses, mean and worst gain per scheme; the set chosen on every model (what ``auto`` would
-    give a new model) and whether it beats the raw last layer held out.
+(b) wins, losses, mean and worst gain per scheme, over every model and per model kind (a held-out
+    model's recipes are chosen on the other models of its kind only: ``language-model`` or
+    ``sentence-encoder``, from the model's own files; none left, the raw last layer); per kind, the set
+    chosen on its models (what ``auto`` gives a new model of that kind) and whether it beats the raw last
+    layer held out.
 
 ``--write-record FILE`` writes the set chosen on every model and its held-out evidence as JSON
 (:func:`record`); ``layerscope analyze --recipes auto`` reads it from
@@ -58,6 +61,11 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
     if path.is_file():
         kept = pd.read_parquet(path)
         if set(grid) <= set(kept["recipe"]) and "starts_from" in kept.columns:
+            if "kind" not in kept.columns:  # kept before kinds: the model's files say it (loading is enough)
+                from layerscope import load_model
+
+                kept = kept.assign(kind=load_model(model_name).kind)
+                kept.to_parquet(path)
             return kept
     from layerscope import load_model
     from layerscope.cli import default_cache_dir
@@ -78,7 +86,8 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
     frame = evaluate_recipes(extraction, grid, task_list, name=f"layerscope/{model.model_id}", eval_workers=workers,
                              normalized=normalized)
     frame = frame.drop(columns="scores").assign(
-        model=model_name, starts_from="last layer L2-normalized as shipped" if normalized else "raw layers")
+        model=model_name, starts_from="last layer L2-normalized as shipped" if normalized else "raw layers",
+        kind=model.kind)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path)
     print(f"{model_name}: {len(extraction.texts)} texts encoded in {encoded - started:.0f} s "
@@ -96,39 +105,55 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _held_out(result: RecipeProtocol, scheme: str, kind: str | None = None) -> dict[str, Any]:
+    """One scheme's summary (of one kind's models), its worst pretrained model and every held-out row."""
+    rows = result.held_out[result.held_out["scheme"] == scheme]
+    if kind is not None:
+        rows = rows[rows["kind"] == kind]
+    kept = rows[[pretrained(model) for model in rows["model"]]]
+    worst = kept.loc[kept["gain"].idxmin()] if len(kept) else None
+    return {
+        **{key: _plain(value) for key, value in result.summary(scheme, kind).items()},
+        "worst_pretrained": None if worst is None else {"model": worst["model"], "gain": float(worst["gain"])},
+        "per_model": [{**{key: _plain(value) for key, value in row.items()}, "pretrained": pretrained(row["model"])}
+                      for row in rows.drop(columns="scheme").to_dict("records")]}
+
+
 def record(scores: pd.DataFrame, result: RecipeProtocol | None, args: argparse.Namespace,
            argv: list[str]) -> dict[str, Any]:
-    """What ``analyze --recipes auto`` reads: the set chosen on every model, and how it did held out.
+    """What ``analyze --recipes auto`` reads: per model kind, the set chosen on that kind's models and how
+    it did held out.
 
-    ``beats_last_held_out`` is the protocol's verdict (leave-one-model-out: more wins than losses against
-    the raw last layer, and a positive mean gain); false without held-out evidence (fewer than 2 models).
+    A kind's ``beats_last_held_out`` is the protocol's verdict on its models (leave-one-model-out: more
+    wins than losses against the raw last layer, and a positive mean gain); false without held-out
+    evidence (a kind of one model: held out, it has no model of its kind to be chosen on).
     """
     from layerscope.evaluate.offline import SUITES
 
     order = [recipe.text for recipe in recipe_grid()]
-    chosen = result.chosen if result is not None else choose_recipe_set(scores, order)
-    held: dict[str, Any] = {}
-    for scheme in ([] if result is None else list(dict.fromkeys(result.held_out["scheme"]))):
-        rows = result.held_out[result.held_out["scheme"] == scheme]
-        summary = result.summary(scheme)
-        kept = rows[[pretrained(model) for model in rows["model"]]]
-        worst = kept.loc[kept["gain"].idxmin()] if len(kept) else None
-        held[scheme] = {
-            **{key: _plain(value) for key, value in summary.items()},
-            "worst_pretrained": None if worst is None else {"model": worst["model"], "gain": float(worst["gain"])},
-            "per_model": [{**{key: _plain(value) for key, value in row.items()}, "pretrained": pretrained(row["model"])}
-                          for row in rows.drop(columns="scheme").to_dict("records")]}
     models = list(dict.fromkeys(scores["model"]))
-    starts = scores.drop_duplicates("model").set_index("model")["starts_from"] if "starts_from" in scores else {}
+    kind_of = scores.drop_duplicates("model").set_index("model")["kind"].to_dict()
+    schemes = [] if result is None else list(dict.fromkeys(result.held_out["scheme"]))
+    kinds: dict[str, Any] = {}
+    for kind in dict.fromkeys(kind_of.values()):
+        members = [model for model in models if kind_of[model] == kind]
+        chosen = (result.chosen_by_kind[kind] if result is not None
+                  else choose_recipe_set(scores[scores["model"].isin(members)], order))
+        kinds[kind] = {"recipe_set": chosen.text,
+                       "beats_last_held_out": bool(result is not None and result.beats_last(kind=kind)),
+                       "models": members,
+                       "held_out": {scheme: _held_out(result, scheme, kind) for scheme in schemes}}
+    starts = scores.drop_duplicates("model").set_index("model")["starts_from"]
     return {
-        "recipe_set": chosen.text,
-        "beats_last_held_out": bool(result is not None and result.beats_last()),
-        "verdict": "leave-one-model-out: wins > losses against the raw last layer and mean gain > 0",
-        "held_out": held,
+        "kinds": kinds,
+        "beats_last_held_out": any(entry["beats_last_held_out"] for entry in kinds.values()),
+        "verdict": "per model kind, leave-one-model-out: wins > losses against the raw last layer and mean gain > 0; "
+                   "a held-out model's recipes are chosen on the other models of its kind (none: the last layer)",
+        "held_out": {scheme: _held_out(result, scheme) for scheme in schemes},
         "note": None if result is not None else f"{len(models)} model: nothing to hold out, auto stays the last layer",
         "trained_on": {"n_models": len(models), "models": [
-            {"model": model, "family": model_family(model), "pretrained": pretrained(model),
-             "starts_from": starts.get(model) if len(starts) else None} for model in models]},
+            {"model": model, "family": model_family(model), "kind": kind_of[model], "pretrained": pretrained(model),
+             "starts_from": starts.get(model)} for model in models]},
         "suite": {"name": args.tasks, "version": SUITES.get(args.tasks),
                   "tasks": sorted(scores["task"].unique().tolist())},
         "grid": order, "n_boot": args.n_boot,
@@ -155,17 +180,23 @@ def main(argv: list[str] | None = None) -> None:
             write(args.write_record, record(scores, None, args, list(sys.argv[1:] if argv is None else argv)))
         print("gain: nan")
         return
-    result = run_recipe_protocol(scores, model_family, n_boot=args.n_boot)
+    kind_of = scores.drop_duplicates("model").set_index("model")["kind"].to_dict()
+    result = run_recipe_protocol(scores, model_family, kinds=kind_of, n_boot=args.n_boot)
     table = result.held_out.assign(interval=[f"[{low:+.1f}, {high:+.1f}]" for low, high
                                              in zip(result.held_out["low"], result.held_out["high"], strict=True)])
-    print(format_table(table[["scheme", "model", "recipe_set", "last", "score", "gain", "interval"]], decimals=1))
+    print(format_table(table[["scheme", "model", "kind", "recipe_set", "last", "score", "gain", "interval"]],
+                       decimals=1))
     for scheme in table["scheme"].unique():
-        summary = result.summary(scheme)
-        print(f"{scheme}: mean gain {summary['mean_gain']:+.2f}, {summary['wins']} wins / {summary['losses']} losses "
-              f"of {summary['models']} models, worst {summary['worst']:+.2f}")
-    verdict = "beats" if result.beats_last() else "does not beat"
-    print(f"chosen on all {scores['model'].nunique()} models: {result.chosen.text} ({verdict} the raw last layer "
-          "held out)")
+        for kind in [None, *dict.fromkeys(kind_of.values())]:
+            summary = result.summary(scheme, kind)
+            print(f"{scheme}{'' if kind is None else f' ({kind})'}: mean gain {summary['mean_gain']:+.2f}, "
+                  f"{summary['wins']} wins / {summary['losses']} losses of {summary['models']} models, "
+                  f"worst {summary['worst']:+.2f}")
+    for kind, chosen in result.chosen_by_kind.items():
+        count = sum(value == kind for value in kind_of.values())
+        verdict = "beats" if result.beats_last(kind=kind) else "does not beat"
+        print(f"chosen on the {count} {kind} model{'s' if count != 1 else ''}: {chosen.text} ({verdict} the raw last "
+              f"layer held out: auto = {'this set' if result.beats_last(kind=kind) else 'the last layer'})")
     if args.write_record is not None:
         write(args.write_record, record(scores, result, args, list(sys.argv[1:] if argv is None else argv)))
     print(f"gain: {result.summary()['mean_gain']:.2f}")

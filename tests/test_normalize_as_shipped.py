@@ -49,8 +49,12 @@ def test_a_model_that_ships_normalized_is_read_from_its_modules(shipped, tmp_pat
     assert shipped.ships_normalized and shipped.describe()["ships_normalized"] is True
     (tmp_path / "pooled").mkdir()
     (tmp_path / "plain").mkdir()
-    assert not saved(tmp_path / "pooled", PIPELINE[:2]).ships_normalized  # ends in Pooling
-    assert not saved(tmp_path / "plain", None).ships_normalized  # no sentence-transformers pipeline
+    pooled, plain = saved(tmp_path / "pooled", PIPELINE[:2]), saved(tmp_path / "plain", None)
+    assert not pooled.ships_normalized  # ends in Pooling
+    assert not plain.ships_normalized  # no sentence-transformers pipeline
+    # the kind: a sentence-transformers pipeline, normalized or not, makes a sentence encoder
+    assert (shipped.kind, pooled.kind, plain.kind) == ("sentence-encoder", "sentence-encoder", "language-model")
+    assert shipped.describe()["kind"] == "sentence-encoder"
     assert ExtractConfig().normalized_layers(shipped) == (3,)
     assert ExtractConfig(normalize=False).normalized_layers(shipped) == ()
     assert ExtractConfig(normalize=True).normalized_layers(shipped) == ()  # every layer, but after conditioning

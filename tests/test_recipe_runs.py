@@ -53,8 +53,23 @@ def test_the_shipped_record_is_the_benchmarks_and_auto_follows_its_verdict() -> 
 
     record = recipe_record()
     assert record is not None and record["command"].startswith("python benchmarks/bench_recipes.py")
-    parse_recipe_set(record["recipe_set"])  # the set it names parses
-    assert auto_recipe_set() == (record["recipe_set"] if record["beats_last_held_out"] else "last")
+    assert set(record["kinds"]) <= {"language-model", "sentence-encoder"}
+    for kind, entry in record["kinds"].items():
+        parse_recipe_set(entry["recipe_set"])  # the set it names parses
+        assert auto_recipe_set(kind=kind) == (entry["recipe_set"] if entry["beats_last_held_out"] else "last")
+    # a kind it holds no model of, or no kind at all: no evidence, the last layer
+    assert auto_recipe_set(kind="vision-encoder") == auto_recipe_set() == "last"
+
+
+def test_auto_follows_the_model_kind(tmp_path) -> None:
+    record = write_record(tmp_path / "kinds.json", kinds={
+        "language-model": {**BEATS, "models": ["a", "b"]},
+        "sentence-encoder": {**BEATS, "recipe_set": "*=last+standardize", "beats_last_held_out": False}})
+    assert auto_recipe_set(record, "language-model") == BEATS["recipe_set"]
+    assert auto_recipe_set(record, "sentence-encoder") == "last"  # its set lost held out
+    assert resolve_recipes(["auto"], record=record, kind="sentence-encoder") == []
+    (chosen,) = resolve_recipes(["auto"], record=record, kind="language-model")
+    assert chosen.text == parse_recipe_set(BEATS["recipe_set"]).text
 
 
 def test_recipes_option_splits_on_the_bar_and_bad_sets_are_one_line() -> None:
@@ -257,6 +272,17 @@ def test_auto_with_a_record_that_beats_the_last_layer_is_the_answer_without_labe
     assert plain.summary.recipes is None and plain.summary.chosen_recipe is None
     assert "recipe" not in set(plain.selection["kind"])
     assert json.loads((tmp_path / "out" / "record.json").read_text())["recipes"]["auto"]["recipe_set"] == "last"
+    # a record with kinds: auto is the entry of the model's kind (a sentence encoder's lost: the last layer)
+    kinds = {"kinds": {"language-model": {**BEATS, "models": ["a", "b"]},
+                       "sentence-encoder": {**BEATS, "beats_last_held_out": False}}, "command": BEATS["command"]}
+    monkeypatch.setattr(layerscope.config, "recipe_record", lambda: kinds)
+    for kind, expected in (("language-model", text), ("sentence-encoder", "last")):
+        monkeypatch.setattr(model, "kind", kind)
+        analyze(loaded_model=model, tasks=[str(root / "topics.csv"), str(root / "similar.csv")],
+                task_files={"split_column": "split"}, metrics="prompt_entropy", out=tmp_path / "out",
+                cache_dir=str(root / "cache"), progress=False, report=False, eval_workers=1)
+        auto = json.loads((tmp_path / "out" / "record.json").read_text())["recipes"]["auto"]
+        assert (auto["recipe_set"], auto["kind"]) == (expected, kind)
 
 
 def test_analyze_prints_the_recipe_rows_and_the_per_type_table(recipe_run, tmp_path) -> None:
@@ -315,6 +341,7 @@ def planted(out: Path, gains: dict[str, dict[tuple[str, str], float]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for model, planted_gains in gains.items():
         rows = [{"recipe": recipe.text, "task": task, "task_type": kind, "model": model, "starts_from": "raw layers",
+                 "kind": "sentence-encoder" if model.startswith("enc") else "language-model",
                  "main_score": 0.6 + planted_gains.get((kind, recipe.text), 0.0) / 100}
                 for kind, task in [("Classification", "c1"), ("Classification", "c2"), ("STS", "s1"), ("STS", "s2")]
                 for recipe in recipe_grid()]
@@ -339,11 +366,16 @@ def test_the_benchmark_writes_the_record_auto_reads(tmp_path, capsys) -> None:
     assert lomo["worst_pretrained"] == {"model": "alpha-1", "gain": pytest.approx(2.5)}
     assert set(record["held_out"]) == {"leave-one-model-out", "leave-one-family-out"}
     assert record["beats_last_held_out"] is True
-    # on all four: per type the planted recipes; over all tasks last+standardize (gain 1 on every model) beats
-    # zmean:0.5-1 (1.5 on three models, -2 on tiny-x)
-    assert record["recipe_set"] == "classification=zmean:0.5-1;sts=last+standardize;*=last+standardize"
+    # on all four (one kind): per type the planted recipes; over all tasks last+standardize (gain 1 on every
+    # model) beats zmean:0.5-1 (1.5 on three models, -2 on tiny-x)
+    entry = record["kinds"]["language-model"]
+    assert set(record["kinds"]) == {"language-model"} and entry["beats_last_held_out"] is True
+    assert entry["recipe_set"] == "classification=zmean:0.5-1;sts=last+standardize;*=last+standardize"
+    assert entry["models"] == ["alpha-1", "beta-1", "gamma-1", "tiny-x"]
+    assert entry["held_out"]["leave-one-model-out"]["mean_gain"] == pytest.approx(6.5 / 4)
     assert record["suite"] == {"name": "planted", "version": None, "tasks": ["c1", "c2", "s1", "s2"]}
-    assert auto_recipe_set(record) == record["recipe_set"]
+    assert auto_recipe_set(record, "language-model") == entry["recipe_set"]
+    assert auto_recipe_set(record, "sentence-encoder") == "last"  # no model of that kind: no evidence
     last_line = capsys.readouterr().out.splitlines()[-1]
     assert last_line.startswith("gain: ") and float(last_line.split()[-1]) == pytest.approx(6.5 / 4, abs=0.005)
     # where it loses on more models than it wins, auto stays the last layer: each model's own recipe helps the
@@ -355,7 +387,17 @@ def test_the_benchmark_writes_the_record_auto_reads(tmp_path, capsys) -> None:
     bench_recipes().main(["alpha-1", "beta-1", "gamma-1", "--tasks", "planted", "--out", str(tmp_path / "losing"),
                           "--n-boot", "50", "--write-record", str(path)])
     record = json.loads(path.read_text())
-    assert record["beats_last_held_out"] is False and auto_recipe_set(record) == "last"
+    assert record["beats_last_held_out"] is False and auto_recipe_set(record, "language-model") == "last"
+    # a lone sentence encoder beside them: held out, nothing of its kind to choose on, gain 0 (the last layer)
+    planted(tmp_path / "scores", {"enc-1": helps})
+    bench_recipes().main(["alpha-1", "beta-1", "gamma-1", "enc-1", "--tasks", "planted", "--out",
+                          str(tmp_path / "scores"), "--n-boot", "50", "--write-record", str(path)])
+    record = json.loads(path.read_text())
+    lone = [row for row in record["held_out"]["leave-one-model-out"]["per_model"] if row["model"] == "enc-1"]
+    assert [(row["kind"], row["recipe_set"], row["gain"]) for row in lone] == [("sentence-encoder", "*=last", 0.0)]
+    assert record["kinds"]["sentence-encoder"]["beats_last_held_out"] is False
+    assert auto_recipe_set(record, "sentence-encoder") == "last"
+    assert auto_recipe_set(record, "language-model") == record["kinds"]["language-model"]["recipe_set"]
     # one model: nothing to hold out, no evidence, the last layer
     bench_recipes().main(["alpha-1", "--tasks", "planted", "--out", str(tmp_path / "scores"), "--write-record",
                           str(path)])

@@ -329,6 +329,37 @@ def test_leave_one_family_out_hides_the_siblings() -> None:
     assert held.loc[("leave-one-family-out", "p-small"), "gain"] < held.loc[("leave-one-model-out", "p-small"), "gain"]
 
 
+def test_kinds_choose_on_their_own_models_and_a_lone_kind_keeps_the_last_layer() -> None:
+    from layerscope.analysis.recipe_protocol import run_recipe_protocol
+
+    # three language models gain from zmean on classification; two sentence encoders lose 6 points from it
+    # and gain 1 from last+standardize on STS: mixed, the encoders' rows would change nothing for the
+    # language models (3 x +3 against 2 x -6 is -1.2 on average: zmean would lose)
+    gains = {m: {("Classification", "zmean:0.5-1"): 3.0} for m in ("lm-a", "lm-b", "lm-c")}
+    gains |= {m: {("Classification", "zmean:0.5-1"): -6.0, ("STS", "last+standardize"): 1.0} for m in ("enc-a", "enc-b")}
+    kinds = {"lm-a": "language-model", "lm-b": "language-model", "lm-c": "language-model",
+             "enc-a": "sentence-encoder", "enc-b": "sentence-encoder"}
+    scores = planted_scores(gains)
+    mixed = run_recipe_protocol(scores, n_boot=50)
+    assert mixed.chosen.for_type("Classification").text != "zmean:0.5-1"
+    result = run_recipe_protocol(scores, kinds=kinds, n_boot=50)
+    held = result.held_out.query("scheme == 'leave-one-model-out'").set_index("model")
+    assert held["kind"].to_dict() == kinds
+    # each language model is chosen for by the two others only: zmean on classification pays off
+    assert all(held.loc[m, "recipe_set"].startswith("classification=zmean:0.5-1") for m in ("lm-a", "lm-b", "lm-c"))
+    # each encoder by the other encoder only: no zmean, and last+standardize on STS
+    assert all("zmean" not in held.loc[m, "recipe_set"] and "sts=last+standardize" in held.loc[m, "recipe_set"]
+               for m in ("enc-a", "enc-b"))
+    assert result.chosen_by_kind["language-model"].for_type("Classification").text == "zmean:0.5-1"
+    assert result.beats_last(kind="language-model") and result.beats_last(kind="sentence-encoder")
+    assert result.summary(kind="sentence-encoder")["models"] == 2
+    # a kind of one model: held out, nobody of its kind is left to choose on, so it keeps the raw last layer
+    alone = run_recipe_protocol(scores[scores["model"] != "enc-b"], kinds=kinds, n_boot=50)
+    lone = alone.held_out.query("scheme == 'leave-one-model-out'").set_index("model").loc["enc-a"]
+    assert (lone["recipe_set"], lone["gain"], lone["low"], lone["high"]) == ("*=last", 0.0, 0.0, 0.0)
+    assert not alone.beats_last(kind="sentence-encoder") and alone.beats_last(kind="language-model")
+
+
 def test_the_raw_last_layer_wins_ties_and_one_model_is_refused() -> None:
     from layerscope.analysis.recipe_protocol import choose_recipe_set, run_recipe_protocol
 

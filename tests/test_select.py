@@ -598,7 +598,7 @@ def test_select_command_end_to_end(files, tmp_path) -> None:
     from layerscope.analysis.recipe_runs import auto_recipe_set
     from layerscope.analysis.recipes import recipe_for
 
-    recipe = f"recipe {recipe_for(auto_recipe_set(), 'Classification').text}"
+    recipe = f"recipe {recipe_for(auto_recipe_set(kind='language-model'), 'Classification').text}"  # no modules.json
     assert [row["layer"] for row in saved_choice["layers"]] == [-1, 0, 1, 2]
     assert saved_choice["candidates"] == {"-1": recipe} and saved_choice["layers"][0]["candidate"] == recipe
     assert saved_choice["config"]["select"]["recipes"] == ["auto"]

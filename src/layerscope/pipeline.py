@@ -283,6 +283,7 @@ def run_analysis(
 
         check_bootstrap_tasks(task_list)  # an unsupported task type fails before the model loads
     model = loaded_model or config.model.load(config.extraction.final_norm)
+    recipe_sets = resolve_recipes(config.recipes, kind=getattr(model, "kind", None))  # auto: for the model's kind
     step = time.perf_counter()
     texts = task_texts(task_list, config.eval_seed, config.dataset)
     timings = {"prepare_s": time.perf_counter() - step}
@@ -367,7 +368,7 @@ def _run_record(config: AnalysisConfig, run_id: str, model: Any, tasks: Sequence
         "views": measured.record["views"],
         "normalize": measured.record["normalize"],  # which layers were L2-normalized (the last, as shipped?)
         "recipes": recipes_record(config.recipes, recipe_sets, int(model.num_layers),
-                                  config.extraction.normalized_layers(model)),
+                                  config.extraction.normalized_layers(model), kind=getattr(model, "kind", None)),
         "intervals": intervals.to_dict() if intervals is not None else None,
         "extraction": {k: v for k, v in measured.extraction.record.items()
                        if isinstance(v, (int, float, str, bool, type(None)))},

@@ -13,6 +13,10 @@ choice to recipes (:mod:`layerscope.analysis.recipes`) and judges it the same wa
    model's family is left out, so a sibling cannot leak its answer).
 3. The held-out model's score is the mean over its tasks of its own scores under the chosen recipes;
    the gain is that minus its raw last layer's mean, with a bootstrap interval over its tasks.
+4. With model *kinds* (``language-model``, ``sentence-encoder``: what the model's files say it was
+   trained for, :attr:`~layerscope.models.LoadedModel.kind`), a held-out model's recipes are chosen
+   on the other models of its kind only; where none is left, it keeps the raw last layer (no evidence
+   for its kind, no change). The verdict is then per kind.
 
 Nothing about the held-out model enters its choice: :func:`choose_recipe_set` only ever receives the
 training models' rows.
@@ -29,7 +33,7 @@ import pandas as pd
 from layerscope.analysis.recipes import TASK_TYPES, Recipe, RecipeSet, parse_recipe
 from layerscope.errors import LayerscopeError
 
-__all__ = ["LAST", "RecipeProtocol", "choose_recipe_set", "recipe_grid", "run_recipe_protocol"]
+__all__ = ["ALL_KINDS", "LAST", "RecipeProtocol", "choose_recipe_set", "recipe_grid", "run_recipe_protocol"]
 
 #: The raw last layer, the baseline every gain is measured against.
 LAST = "last"
@@ -99,21 +103,27 @@ class RecipeProtocol:
         mean task score x 100 under the raw last layer and under the chosen set), ``gain``, ``low``,
         ``high`` (bootstrap interval of the gain over the model's tasks).
     chosen : RecipeSet
-        The set chosen on every model: what a new model gets.
+        The set chosen on every model, kinds aside.
+    chosen_by_kind : dict of str to RecipeSet
+        The set chosen on every model of each kind: what a new model of that kind gets (one entry,
+        ``all``, without kinds).
     """
 
     held_out: pd.DataFrame
     chosen: RecipeSet
+    chosen_by_kind: dict[str, RecipeSet]
 
-    def summary(self, scheme: str = "leave-one-model-out") -> dict[str, float]:
-        """Mean gain, wins and losses against the raw last layer under one scheme."""
+    def summary(self, scheme: str = "leave-one-model-out", kind: str | None = None) -> dict[str, float]:
+        """Mean gain, wins and losses against the raw last layer under one scheme (of one kind's models)."""
         rows = self.held_out[self.held_out["scheme"] == scheme]
+        if kind is not None:
+            rows = rows[rows["kind"] == kind]
         return {"mean_gain": float(rows["gain"].mean()), "wins": int((rows["gain"] > 0).sum()),
                 "losses": int((rows["gain"] < 0).sum()), "worst": float(rows["gain"].min()), "models": len(rows)}
 
-    def beats_last(self, scheme: str = "leave-one-model-out") -> bool:
+    def beats_last(self, scheme: str = "leave-one-model-out", kind: str | None = None) -> bool:
         """Held out, the chosen recipes beat the raw last layer on more models than they lose, on average."""
-        summary = self.summary(scheme)
+        summary = self.summary(scheme, kind)
         return summary["wins"] > summary["losses"] and summary["mean_gain"] > 0
 
 
@@ -124,7 +134,18 @@ def _interval(gains: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
+#: The one kind of every model when the protocol is given no kinds.
+ALL_KINDS = "all"
+
+
+def _lookup(mapping: Callable[[str], str] | dict[str, str] | None, default: Callable[[str], str]) -> Callable[[str], str]:
+    if callable(mapping):
+        return mapping
+    return lambda model: (mapping or {}).get(model, default(model))
+
+
 def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | dict[str, str] | None = None, *,
+                        kinds: Callable[[str], str] | dict[str, str] | None = None,
                         n_boot: int = 1000, seed: int = 0) -> RecipeProtocol:
     """The held-out protocol over recipe scores of several models.
 
@@ -135,6 +156,9 @@ def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | d
         each model, the raw last layer (``"last"``) among them.
     families : callable or dict, optional
         Model -> family, for leave-one-family-out (default: each model its own family).
+    kinds : callable or dict, optional
+        Model -> kind (``language-model``, ``sentence-encoder``): a held-out model's recipes are chosen
+        on models of its kind only, the raw last layer where there is none (default: one kind, ``all``).
     n_boot : int
         Bootstrap resamples of the held-out model's tasks.
     seed : int
@@ -143,7 +167,8 @@ def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | d
     models = list(dict.fromkeys(scores["model"]))
     if len(models) < 2:
         raise LayerscopeError(f"the recipe protocol needs at least 2 models, got {len(models)}")
-    family_of = (families if callable(families) else (lambda m: (families or {}).get(m, m)))
+    family_of = _lookup(families, lambda model: model)
+    kind_of = _lookup(kinds, lambda model: ALL_KINDS) if kinds is not None else (lambda model: ALL_KINDS)
     order = list(dict.fromkeys(scores["recipe"]))
     if LAST in order:
         order.insert(0, order.pop(order.index(LAST)))
@@ -152,10 +177,12 @@ def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | d
         for model in models:
             left_out = {model} if scheme == "leave-one-model-out" else {m for m in models
                                                                        if family_of(m) == family_of(model)}
-            train = scores[~scores["model"].isin(left_out)]
-            if train.empty:
+            kin = [m for m in models if kind_of(m) == kind_of(model) and m not in left_out]
+            if not kin and kinds is None:
                 continue  # every model is of one family: nothing to choose on
-            chosen = choose_recipe_set(train, order)
+            # no model of its kind left to choose on: the raw last layer (no evidence, no change)
+            chosen = choose_recipe_set(scores[scores["model"].isin(kin)], order) if kin else \
+                RecipeSet((("*", parse_recipe(LAST)),))
             own = scores[scores["model"] == model]
             last = own[own["recipe"] == LAST].set_index("task")["main_score"]
             picked = [own[(own["task"] == task) & (own["recipe"] == chosen.for_type(kind).text)]["main_score"]
@@ -166,7 +193,9 @@ def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | d
             score = np.array([float(p.iloc[0]) for p in picked])
             gains = 100 * (score - last.reindex(tasks).to_numpy())
             low, high = _interval(gains, n_boot, seed)
-            rows.append({"scheme": scheme, "model": model, "family": family_of(model), "recipe_set": chosen.text,
-                         "last": 100 * float(last.mean()), "score": 100 * float(score.mean()),
-                         "gain": float(gains.mean()), "low": low, "high": high})
-    return RecipeProtocol(pd.DataFrame(rows), choose_recipe_set(scores, order))
+            rows.append({"scheme": scheme, "model": model, "family": family_of(model), "kind": kind_of(model),
+                         "recipe_set": chosen.text, "last": 100 * float(last.mean()),
+                         "score": 100 * float(score.mean()), "gain": float(gains.mean()), "low": low, "high": high})
+    by_kind = {kind: choose_recipe_set(scores[[kind_of(m) == kind for m in scores["model"]]], order)
+               for kind in dict.fromkeys(kind_of(m) for m in models)}
+    return RecipeProtocol(pd.DataFrame(rows), choose_recipe_set(scores, order), by_kind)

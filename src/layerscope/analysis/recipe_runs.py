@@ -44,6 +44,7 @@ __all__ = [
     "RunRecipeSet",
     "auto_recipe_set",
     "headline_recipe",
+    "kind_record",
     "recipe_candidates",
     "recipe_headline_text",
     "recipe_rule",
@@ -84,23 +85,41 @@ def _record(record: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return recipe_record() or {}
 
 
-def auto_recipe_set(record: Mapping[str, Any] | None = None) -> str:
-    """The recipe-set text ``--recipes auto`` stands for.
+def kind_record(record: Mapping[str, Any] | None = None, kind: str | None = None) -> Mapping[str, Any]:
+    """The part of a recipe record that speaks for models of ``kind``.
+
+    A record written with model kinds (``kinds``: one entry per kind, see
+    :func:`~layerscope.analysis.recipe_protocol.run_recipe_protocol`) gives that kind's entry, empty for a
+    kind it holds no model of (or no kind given); a record without kinds speaks for every model.
+    """
+    record = _record(record)
+    kinds = record.get("kinds")
+    if isinstance(kinds, Mapping):
+        entry = kinds.get(kind) if kind is not None else None
+        return entry if isinstance(entry, Mapping) else {}
+    return record
+
+
+def auto_recipe_set(record: Mapping[str, Any] | None = None, kind: str | None = None) -> str:
+    """The recipe-set text ``--recipes auto`` stands for (for a model of ``kind``).
 
     Parameters
     ----------
     record : mapping, optional
         A recipe record (``bench_recipes.py --write-record``); default the one shipped with layerscope
         (an empty mapping: no record).
+    kind : str, optional
+        The model's kind (:attr:`~layerscope.models.LoadedModel.kind`), for a record written with kinds.
 
     Returns
     -------
     str
-        The record's ``recipe_set`` when its ``beats_last_held_out`` is true, else ``"last"``.
+        The ``recipe_set`` of the record (of its entry for ``kind``) when its ``beats_last_held_out`` is
+        true, else ``"last"``: a kind the record holds no model of keeps the last layer.
     """
-    record = _record(record)
-    if record.get("beats_last_held_out") is True and record.get("recipe_set"):
-        return str(record["recipe_set"])
+    entry = kind_record(record, kind)
+    if entry.get("beats_last_held_out") is True and entry.get("recipe_set"):
+        return str(entry["recipe_set"])
     return "last"
 
 
@@ -108,7 +127,8 @@ def _is_last(recipe_set: RecipeSet) -> bool:
     return all(recipe.text == "last" for recipe in recipe_set.recipes)
 
 
-def resolve_recipes(texts: Iterable[str], *, record: Mapping[str, Any] | None = None) -> list[RunRecipeSet]:
+def resolve_recipes(texts: Iterable[str], *, record: Mapping[str, Any] | None = None,
+                    kind: str | None = None) -> list[RunRecipeSet]:
     """The recipe sets a run scores: ``--recipes`` read, ``auto`` resolved, the plain last layer left out.
 
     Parameters
@@ -117,6 +137,8 @@ def resolve_recipes(texts: Iterable[str], *, record: Mapping[str, Any] | None = 
         ``AnalysisConfig.recipes``: recipe-set texts and ``auto``.
     record : mapping, optional
         The recipe record ``auto`` reads (default: the one shipped with layerscope).
+    kind : str, optional
+        The model's kind, which ``auto`` depends on (see :func:`auto_recipe_set`).
 
     Returns
     -------
@@ -133,7 +155,7 @@ def resolve_recipes(texts: Iterable[str], *, record: Mapping[str, Any] | None = 
     for text in texts:
         auto = str(text).strip() == AUTO
         try:
-            recipe_set = parse_recipe_set(auto_recipe_set(record) if auto else text)
+            recipe_set = parse_recipe_set(auto_recipe_set(record, kind) if auto else text)
         except LayerscopeError as error:
             if auto:
                 raise LayerscopeError(f"--recipes auto: the set of {RECIPE_RECORD_FILE} does not parse ({error}): "
@@ -194,7 +216,8 @@ def recipe_candidates(sets: Sequence[RunRecipeSet], task_types: Iterable[str], l
 
 
 def recipes_record(texts: Sequence[str], sets: Sequence[RunRecipeSet], last_layer: int,
-                   normalized: Sequence[int], *, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   normalized: Sequence[int], *, record: Mapping[str, Any] | None = None,
+                   kind: str | None = None) -> dict[str, Any]:
     """What a run's ``record.json`` says of its recipes: the texts asked, the sets scored, where ``auto`` came from.
 
     Parameters
@@ -209,18 +232,24 @@ def recipes_record(texts: Sequence[str], sets: Sequence[RunRecipeSet], last_laye
         Layers the recipes start from L2-normalized (the last, as shipped).
     record : mapping, optional
         The recipe record (default: the one shipped with layerscope).
+    kind : str, optional
+        The model's kind (``auto`` reads that kind's entry of a record written with kinds).
     """
     from layerscope.analysis.recipes import recipe_layers
 
     full = _record(record)
     auto = None
     if AUTO in texts:
-        held = (full.get("held_out") or {}).get("leave-one-model-out") or {}
-        auto = {"recipe_set": auto_recipe_set(full), "from": RECORD_PATH if full else "no recipe record: the last layer",
-                "record_set": full.get("recipe_set"), "beats_last_held_out": full.get("beats_last_held_out"),
+        entry = kind_record(full, kind)
+        held = (entry.get("held_out") or {}).get("leave-one-model-out") or {}
+        source = RECORD_PATH if full else "no recipe record: the last layer"
+        if full and not entry:
+            source += f": no model of kind {kind} in it, the last layer"
+        auto = {"recipe_set": auto_recipe_set(full, kind), "from": source, "kind": kind,
+                "record_set": entry.get("recipe_set"), "beats_last_held_out": entry.get("beats_last_held_out"),
                 "held_out_mean_gain": held.get("mean_gain"), "wins": held.get("wins"), "losses": held.get("losses"),
-                "trained_on": (full.get("trained_on") or {}).get("models"), "command": full.get("command"),
-                "date": full.get("date")}
+                "trained_on": entry.get("models", (full.get("trained_on") or {}).get("models")),
+                "command": full.get("command"), "date": full.get("date")}
     return {"asked": list(texts), "auto": auto,
             "starts_from": "last layer L2-normalized as shipped" if normalized else "raw layers",
             "sets": [{"recipe_set": item.text, "source": item.source,

@@ -51,6 +51,7 @@ def select_command(
     check_choice(task_list, bootstrap=choice.bootstrap, labels_per_class=choice.labels_per_class)
     recipe_sets = resolve_recipes(choice.recipes)  # a bad recipe set too
     loaded = load(model, extraction)
+    recipe_sets = resolve_recipes(choice.recipes, kind=loaded.kind)  # auto: the set for the model's kind
     candidates = recipe_candidates(recipe_sets, [task.metadata.type for task in task_list], loaded.num_layers,
                                    normalized=extraction.normalized_layers(loaded))
     result = select_layer_with_labels(

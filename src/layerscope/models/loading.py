@@ -51,6 +51,10 @@ class LoadedModel:
     ships_normalized : bool
         Whether the model ships as a sentence-transformers pipeline ending in ``Normalize``: its last
         layer is then L2-normalized by default where layers are scored (``ExtractConfig.normalize``).
+    kind : {"language-model", "sentence-encoder"}
+        ``sentence-encoder`` where the model ships a sentence-transformers pipeline (``modules.json``
+        beside its weights: it was trained to embed sentences), else ``language-model``. Known without
+        labels; ``--recipes auto`` takes the recipe set chosen held out on models of the same kind.
     """
 
     model: nn.Module
@@ -62,6 +66,7 @@ class LoadedModel:
     source: str = ""
     max_length: int | None = None
     ships_normalized: bool = False
+    kind: str = "language-model"
 
     def __post_init__(self) -> None:
         if self.final_norm not in FINAL_NORM_OPTIONS:
@@ -120,6 +125,7 @@ class LoadedModel:
             "final_norm": self.final_norm,
             "max_length": self.max_length,
             "ships_normalized": self.ships_normalized,
+            "kind": self.kind,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
@@ -265,6 +271,7 @@ def load_model(
     loaded.final_norm = final_norm
     loaded.max_length = configured_max_length(loaded)
     loaded.ships_normalized = configured_normalize(loaded)
+    loaded.kind = configured_kind(loaded)
     loaded.__post_init__()
     if device_map is None and loaded.device != torch_device:
         loaded.model.to(torch_device)
@@ -459,6 +466,17 @@ def configured_max_length(model: LoadedModel) -> int | None:
     config = _sentence_transformers_file(model, "sentence_bert_config.json")
     value = config.get("max_seq_length") if isinstance(config, dict) else None
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+#: What a model was trained for, as its files say (:attr:`LoadedModel.kind`).
+MODEL_KINDS = ("language-model", "sentence-encoder")
+
+
+def configured_kind(model: LoadedModel) -> str:
+    """``sentence-encoder`` where a sentence-transformers pipeline (``modules.json``) ships beside the
+    model's weights, else ``language-model``."""
+    modules = _sentence_transformers_file(model, "modules.json")
+    return MODEL_KINDS[1] if isinstance(modules, list) and modules else MODEL_KINDS[0]
 
 
 def configured_normalize(model: LoadedModel) -> bool:

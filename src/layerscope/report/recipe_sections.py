@@ -47,14 +47,19 @@ def _record_caption(run: RunData) -> str:
 
     record = recipe_record() or {}
     auto = run.recipes.loc[run.recipes["source"] == AUTO, "recipe_set"] if not run.recipes.empty else []
-    if not len(auto) or record.get("recipe_set") != auto.iloc[0]:
+    kinds = record.get("kinds")
+    entries = list(kinds.items()) if isinstance(kinds, dict) else [(None, record)]
+    matching = [(kind, entry) for kind, entry in entries if len(auto) and entry.get("recipe_set") == auto.iloc[0]]
+    if not matching:
         return ""
-    held = (record.get("held_out") or {}).get("leave-one-model-out") or {}
-    models = (record.get("trained_on") or {}).get("n_models")
+    kind, entry = matching[0]
+    held = (entry.get("held_out") or {}).get("leave-one-model-out") or {}
+    models = (record.get("trained_on") or {}).get("n_models") if kind is None else len(entry.get("models") or [])
     if not held:
         return ""
-    return (f'<p class="caption">auto = the set the held-out recipe protocol chose on {models} models; leave-one-model-'
-            f"out it gained {held['mean_gain']:+.2f} points over the raw last layer on average, with "
+    of_kind = "" if kind is None else f" {escape(kind)}"
+    return (f'<p class="caption">auto = the set the held-out recipe protocol chose on {models}{of_kind} models; '
+            f"leave-one-model-out it gained {held['mean_gain']:+.2f} points over the raw last layer on average, with "
             f"{held['wins']} wins and {held['losses']} losses. Numbers from: {escape(record.get('command', ''))}.</p>")
 
 
