@@ -456,6 +456,46 @@ def test_recipes_are_candidates_scored_bootstrapped_and_chosen_like_layers(model
     assert cv[zmean] == pytest.approx(accuracy[0], abs=1e-9)  # accuracies are counts / n: equal when the fits agree
 
 
+@pytest.mark.numeric
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_select_scores_layers_as_analyze_does_shipped_normalization_and_conditioning(files, tmp_path) -> None:
+    """A model shipping a sentence-transformers pipeline that ends in Normalize: its last layer is scored
+    L2-normalized by default (MTEB's score of the model as shipped), raw with normalize=False, and a
+    conditioning is fitted on the tasks' texts; each equal to MTEB run directly on embeddings made here."""
+    import layerscope as ls
+
+    folder = tmp_path / "shipped"
+    tiny = tiny_model("llama", num_layers=2)
+    tiny.model.save_pretrained(str(folder))
+    tiny.tokenizer.save_pretrained(str(folder))
+    modules = [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+               for i, (path, kind) in enumerate([("", "Transformer"), ("1_Pooling", "Pooling"),
+                                                 ("2_Normalize", "Normalize")])]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    model = ls.load_model(str(folder), device="cpu")
+    assert model.ships_normalized
+    tasks = resolve(files / "topics.csv", files=SPLIT)
+    _load(tasks)
+    raw = extract(model, collect_texts(tasks), progress=False)
+    last = raw.pooled[2].astype(np.float64)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def z_scores(x):
+        return (x - x.mean(axis=0)) / x.std(axis=0)
+
+    for normalize, condition, vectors in ((None, "none", unit(last)), (False, "none", last),
+                                          (None, "standardize", z_scores(unit(last)))):
+        choice = select_layer_with_labels(model, tasks, bootstrap=0, progress=False, eval_workers=1,
+                                          normalize=normalize, condition=condition, cache_dir=None)
+        expected = _main_score(FixedEncoder(list(raw.texts), vectors), tasks[0])
+        # float32 embeddings of the same float64 formula: the classifier lands on the same predictions
+        assert choice.layers.set_index("layer").loc[2, "score"] == pytest.approx(100 * expected, abs=1e-6)
+        assert choice.record["normalize"]["normalized_as_shipped"] == (None if normalize is False else 2)
+        assert choice.record["condition"] == condition
+
+
 def _planted_choice(signal_layer: int | None, seed: int):
     """few_label_choice on 3 layers x 2 tasks of planted embeddings: class means far apart at
     ``signal_layer`` only (None: pure noise everywhere); test scores 50 / 70 / 60 at layers 0 / 1 / 2."""

@@ -58,7 +58,7 @@ def select_command(
         loaded, task_list, bootstrap=choice.bootstrap, confidence=choice.confidence,
         labels_per_class=choice.labels_per_class, resample_seed=choice.resample_seed, seed=seed, layers=layers,
         cache_dir=cache.resolve(), eval_workers=workers(eval_workers), candidates=candidates,
-        **extraction.extract_options())
+        condition=extraction.condition, normalize=extraction.normalize, **extraction.extract_options())
     print_choice(result, f"{loaded.model_id}: {len(task_list)} task{'s' if len(task_list) != 1 else ''}, "
                  f"{extraction.pooling} pooling")
     if folder is not None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.runner import task_seed
@@ -221,6 +222,8 @@ def select_layer_with_labels(
     progress: bool = True,
     eval_workers: int | str = "auto",
     candidates: Candidates | None = None,
+    condition: str = "none",
+    normalize: bool | None = None,
     **extract_options: Any,
 ) -> LayerChoice:
     """Score every layer on labelled tasks, with intervals, and optionally choose it from K labels per class.
@@ -257,6 +260,11 @@ def select_layer_with_labels(
     candidates : Candidates, optional
         Embeddings scored beside the layers (recipes): computed from the same pass, with the same
         intervals paired with the last layer, and offered to the few-label choice.
+    condition, normalize
+        As ``analyze`` conditions the layers (``ExtractConfig``): a conditioning fitted on the tasks'
+        texts without their labels, and the last layer L2-normalized where the model ships normalized
+        (``normalize`` None, the default; False: raw layers; True: every layer after the conditioning).
+        Candidates start from the raw layers (a recipe states its own conditioning).
 
     Returns
     -------
@@ -264,7 +272,7 @@ def select_layer_with_labels(
     """
     from layerscope.evaluate.catalog import resolve
     from layerscope.evaluate.few_labels import draw_labels, is_classification
-    from layerscope.evaluate.runner import _load, collect_texts, evaluate_layers
+    from layerscope.evaluate.runner import _load, evaluate_layers
     from layerscope.evaluate.uncertainty import (
         best_versus_last,
         bootstrap_layers,
@@ -272,7 +280,7 @@ def select_layer_with_labels(
         layer_intervals,
         task_intervals,
     )
-    from layerscope.extract import extract, resolve_layers
+    from layerscope.extract import resolve_layers
 
     started = time.perf_counter()
     task_list = resolve(tasks, seed=seed, files=task_files)  # bad names and files fail before the model loads
@@ -288,15 +296,9 @@ def select_layer_with_labels(
 
         model = load_model(model)
     wanted = sorted(set(resolve_layers(layers, model.num_layers)) | {model.num_layers})
-    texts = collect_texts(task_list, seed)
-    known = set(texts)  # the drawn examples MTEB's own draws did not ask for are encoded in the same pass
-    texts += [text for text in dict.fromkeys(t for draw in draws for t in draw.texts) if text not in known]
-    read = sorted(set(wanted) | set(candidates.reads if candidates is not None else ()))
-    extraction = extract(model, texts, pooling=pooling, layers=read, batch_size=batch_size, max_length=max_length,
-                         cache_dir=cache_dir, progress=progress, **extract_options)
-    ids: dict[int, str] = {}
-    if candidates is not None:
-        extraction, ids = _with_candidates(extraction, candidates, wanted)
+    extraction, ids = _encoded(model, task_list, draws, wanted, seed, candidates, condition, normalize,
+                               pooling=pooling, batch_size=batch_size, max_length=max_length, cache_dir=cache_dir,
+                               progress=progress, **extract_options)
     encoded = time.perf_counter()
     scores = evaluate_layers(model, task_list, layers="all", seed=seed, extraction=extraction, progress=progress,
                              eval_workers=eval_workers)
@@ -338,6 +340,7 @@ def select_layer_with_labels(
         "tasks": {task.metadata.name: {"type": task.metadata.type, "seed": task_seed(task, seed)}
                   for task in task_list},
         "layers": wanted, "candidates": {str(key): value for key, value in ids.items()},
+        "normalize": _normalize_record(model, condition, normalize), "condition": condition,
         "seed": seed, "bootstrap": bootstrap, "confidence": confidence,
         "resample_seed": resample_seed, "labels_per_class": labels_per_class,
         "extraction": {key: value for key, value in extraction.record.items()
@@ -354,9 +357,50 @@ def select_layer_with_labels(
                        int(per_layer["layer"].iloc[-1]), verdict, few, cv, notes, record, resamples, ids)
 
 
-def _with_candidates(extraction: Extraction, candidates: Candidates,
-                     wanted: Sequence[int]) -> tuple[Extraction, dict[int, str]]:
-    """The extraction's ``wanted`` layers after the candidates' embeddings (negative ids), and id -> name."""
+def _encoded(model: Any, tasks: Sequence[AbsTask], draws: Sequence[LabelDraw], wanted: Sequence[int], seed: int | None,
+             candidates: Candidates | None, condition: str, normalize: bool | None,
+             **extract_options: Any) -> tuple[Extraction, dict[int, str]]:
+    """One pass over the tasks' texts and the drawn examples; the layers conditioned, the candidates beside."""
+    from layerscope.evaluate.runner import collect_texts
+    from layerscope.extract import extract
+
+    texts = collect_texts(tasks, seed)
+    known = set(texts)  # the drawn examples MTEB's own draws did not ask for are encoded in the same pass
+    texts += [text for text in dict.fromkeys(t for draw in draws for t in draw.texts) if text not in known]
+    read = sorted(set(wanted) | set(candidates.reads if candidates is not None else ()))
+    extraction = extract(model, texts, layers=read, **extract_options)
+    conditioned = _conditioned(extraction, model, condition, normalize)
+    if candidates is None:  # read == wanted: the extraction's own layers (a memory map stays one)
+        return (extraction if conditioned is extraction.pooled else
+                dataclasses.replace(extraction, pooled=conditioned)), {}
+    return _with_candidates(extraction, candidates, wanted, conditioned)
+
+
+def _conditioned(extraction: Extraction, model: Any, condition: str, normalize: bool | None) -> np.ndarray:
+    """The extraction's layers as ``analyze`` scores them: the last layer as the model ships it, conditioned."""
+    from layerscope.config import ExtractConfig
+    from layerscope.extract.conditioning import fit_conditioner
+
+    shipped = [layer for layer in ExtractConfig(normalize=normalize).normalized_layers(model)
+               if layer in extraction.layers]
+    conditioner = fit_conditioner(extraction.pooled, condition, bool(normalize),
+                                  tuple(extraction.layers.index(layer) for layer in shipped))
+    if conditioner is None:
+        return extraction.pooled
+    return conditioner.apply(extraction.pooled).to(dtype=torch.float32).numpy()
+
+
+def _normalize_record(model: Any, condition: str, normalize: bool | None) -> dict[str, Any]:
+    from layerscope.config import ExtractConfig
+    from layerscope.extract.conditioning import normalize_record
+
+    return normalize_record(ExtractConfig(condition=condition, normalize=normalize), model)
+
+
+def _with_candidates(extraction: Extraction, candidates: Candidates, wanted: Sequence[int],
+                     layers: np.ndarray | None = None) -> tuple[Extraction, dict[int, str]]:
+    """The ``wanted`` slices of ``layers`` (default: the extraction's own) after the candidates' embeddings
+    (negative ids, computed from the extraction), and id -> name."""
     from layerscope.extract import Extraction
 
     ids = candidates.ids()
@@ -366,7 +410,8 @@ def _with_candidates(extraction: Extraction, candidates: Candidates,
         if unknown:
             raise LayerscopeError(f"candidate '{name}' takes its scores from {', '.join(unknown)}, not computed")
         computed[name] = computed[parts.get("Classification", next(iter(parts.values())))]
-    n, dim = len(extraction.texts), int(extraction.pooled.shape[-1])
+    source = np.asarray(extraction.pooled if layers is None else layers)
+    n, dim = len(extraction.texts), max(int(extraction.pooled.shape[-1]), int(source.shape[-1]))
     stacked = np.zeros((len(ids), n, dim), dtype=np.float32)  # narrower ones (whitened) padded with zeros
     for position, name in enumerate(ids.values()):
         vectors = np.asarray(computed[name], dtype=np.float32)
@@ -374,7 +419,10 @@ def _with_candidates(extraction: Extraction, candidates: Candidates,
             raise LayerscopeError(f"candidate '{name}' gave embeddings of shape {vectors.shape}, expected ({n}, <= {dim})")
         stacked[position, :, : vectors.shape[1]] = vectors
     positions = [extraction.layers.index(layer) for layer in wanted]
-    pooled = np.concatenate([stacked, np.asarray(extraction.pooled)[positions]], axis=0)
+    kept = source[positions]
+    if kept.shape[-1] < dim:  # whitened layers: zero columns change no evaluator's score
+        kept = np.concatenate([kept, np.zeros((*kept.shape[:-1], dim - kept.shape[-1]), dtype=kept.dtype)], axis=-1)
+    pooled = np.concatenate([stacked, kept.astype(np.float32, copy=False)], axis=0)
     return Extraction(pooled, [*ids, *wanted], list(extraction.texts), extraction.kept, dict(extraction.record),
                       extraction.from_cache), ids
 
