@@ -23,7 +23,7 @@ import numpy as np
 
 from layerscope.config import ViewConfig
 from layerscope.metrics.registry import MetricSpec
-from layerscope.metrics.views import ViewPlan, plan_views
+from layerscope.metrics.views import ViewPlan, plan_for, set_rows
 
 __all__ = ["PROBE_FROM_PASSES", "PROBE_TEXTS", "SAY_FROM_SECONDS", "WorkEstimate", "budget_line", "estimate_work",
            "kept_inputs", "plan_ahead", "plan_record", "timed_probe"]
@@ -58,18 +58,8 @@ def plan_ahead(
     The pass skips empty texts (images are all kept), so each set's rows are its non-empty inputs
     numbered as the pass numbers them; sets with fewer than 2 such texts get no metrics, as there.
     """
-    kept = kept_inputs(inputs, vision=vision)
-    row_of_input = np.full(len(inputs), -1, dtype=np.int64)
-    row_of_input[kept] = np.arange(len(kept))
-    usable = {}
-    for name, members in sets.items():
-        rows = row_of_input[np.unique(np.asarray(list(members), dtype=np.int64))]
-        if (rows >= 0).sum() >= 2:
-            usable[name] = rows[rows >= 0]
-    view_specs = [spec for spec in specs if spec.n_views > 0]
-    return plan_views(usable, n_views=views.n_views, view_texts=views.view_texts, lidar_texts=views.lidar_texts,
-                      needs_pairs=any(spec.n_views == 2 for spec in view_specs),
-                      needs_lidar=any(spec.n_views > 2 for spec in view_specs), seed=seed, union=union)
+    usable, _ = set_rows(sets, kept_inputs(inputs, vision=vision), len(inputs), warn=False)
+    return plan_for(usable, [spec.n_views for spec in specs], views, seed, union=union)
 
 
 def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | None = None,

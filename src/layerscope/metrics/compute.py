@@ -32,7 +32,7 @@ from layerscope.extract import extract
 from layerscope.metrics.accumulators import TokenMetrics
 from layerscope.metrics.budget import WorkEstimate, plan_record
 from layerscope.metrics.registry import MetricSpec, resolve
-from layerscope.metrics.views import ViewPlan, encode_planned, encode_views, plan_views
+from layerscope.metrics.views import ViewPlan, encode_planned, encode_views, plan_for, set_rows
 from layerscope.models.loading import LoadedModel
 
 __all__ = ["METRIC_COLUMNS", "Measurement", "announce", "compute_metrics", "encode_views", "measure", "metric_rows",
@@ -172,14 +172,12 @@ def measure(
     timings["extract_s"] = time.perf_counter() - start
 
     # 2. the sets as rows of the pass (empty texts never reached the model: counted as skipped)
-    usable, missing = _set_rows(sets, base.kept, n_inputs)
+    usable, missing = set_rows(sets, base.kept, n_inputs)
 
     # 3. the planned views, encoded once
     start = time.perf_counter()
     view_specs = [spec for spec in specs if spec.n_views > 0]
-    plan = plan_views(usable, n_views=views.n_views, view_texts=views.view_texts, lidar_texts=views.lidar_texts,
-                      needs_pairs=any(spec.n_views == 2 for spec in view_specs),
-                      needs_lidar=any(spec.n_views > 2 for spec in view_specs), seed=seed, union=union)
+    plan = plan_for(usable, [spec.n_views for spec in view_specs], views, seed, union=union)
     if union is not None:
         missing[union] = sum(missing.values())
     view_inputs = texts if vision else base.texts
@@ -290,22 +288,6 @@ def announce(
     if estimate.seconds >= budget.SAY_FROM_SECONDS:
         say(estimate.describe())
     return estimate
-def _set_rows(sets: Mapping[str, Sequence[int]], kept: np.ndarray,
-              n_inputs: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Each set's rows in the pass (``kept``: the input of each row), for the sets of 2 texts or more,
-    and how many of each set's inputs were skipped (empty texts never reach the model)."""
-    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
-    row_of_input[kept] = np.arange(len(kept))
-    set_rows, missing = {}, {}
-    for name, members in sets.items():
-        positions = np.unique(np.asarray(list(members), dtype=np.int64))
-        rows = row_of_input[positions]
-        set_rows[name], missing[name] = rows[rows >= 0], int((rows < 0).sum())
-        if len(set_rows[name]) < 2:
-            logger.warning("text set '%s' has fewer than 2 texts: no metrics", name)
-    return {name: rows for name, rows in set_rows.items() if len(rows) >= 2}, missing
-
-
 def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:
     """The model's GPU when it has one and the float64 embeddings (and their Grams) fit, else the CPU."""
     device = model.device

@@ -22,7 +22,10 @@ import torch
 
 from layerscope.extract import extract
 
-__all__ = ["MIN_SET_TEXTS", "SetViews", "ViewPlan", "encode_planned", "encode_views", "plan_views", "shares"]
+__all__ = ["MIN_SET_TEXTS", "SetViews", "ViewPlan", "encode_planned", "encode_views", "plan_for", "plan_views",
+           "set_rows", "shares"]
+
+logger = logging.getLogger(__name__)
 
 #: Texts given views in every set of 2 texts or more, whatever its share of the budget: the fewest
 #: an invariance metric is defined on.
@@ -173,6 +176,33 @@ def plan_views(
     lidar_rows = np.unique(np.concatenate([part.lidar_rows for part in planned.values()] + [empty]))
     pair_rows = np.unique(np.concatenate([part.pair_rows for part in planned.values()] + [empty]))
     return ViewPlan(planned, lidar_rows, np.setdiff1d(pair_rows, lidar_rows), n_views)
+
+
+def set_rows(sets: Mapping[str, Sequence[int]], kept: np.ndarray, n_inputs: int, *,
+             warn: bool = True) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each set's rows in the pass (``kept``: the input of each row) for the sets of at least
+    :data:`MIN_SET_TEXTS` kept texts (``warn``: a warning names each other set), and how many of each
+    set's inputs were skipped (empty texts never reach the model)."""
+    row_of_input = np.full(n_inputs, -1, dtype=np.int64)
+    row_of_input[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept))
+    usable, missing = {}, {}
+    for name, members in sets.items():
+        rows = row_of_input[np.unique(np.asarray(list(members), dtype=np.int64))]
+        missing[name] = int((rows < 0).sum())
+        if (rows >= 0).sum() >= MIN_SET_TEXTS:
+            usable[name] = rows[rows >= 0]
+        elif warn:
+            logger.warning("text set '%s' has fewer than %d texts: no metrics", name, MIN_SET_TEXTS)
+    return usable, missing
+
+
+def plan_for(usable: Mapping[str, np.ndarray], view_counts: Sequence[int], views: Any, seed: int, *,
+             union: str | None = None) -> ViewPlan:
+    """:func:`plan_views` for metrics needing ``view_counts`` views each (2: a pair; more: LiDAR's) under a
+    ``ViewConfig`` budget."""
+    return plan_views(usable, n_views=views.n_views, view_texts=views.view_texts, lidar_texts=views.lidar_texts,
+                      needs_pairs=any(count == 2 for count in view_counts),
+                      needs_lidar=any(count > 2 for count in view_counts), seed=seed, union=union)
 
 
 def encode_views(model: Any, texts: Sequence[str] | torch.Tensor, n_views: int, seed: int,
