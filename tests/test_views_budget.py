@@ -307,3 +307,21 @@ def test_plan_ahead_is_the_plan_measure_makes(tiny_llama):
         for key in ("rows", "pair_rows", "lidar_rows"):
             np.testing.assert_array_equal(getattr(ahead.sets[name], key), getattr(measured.plan.sets[name], key))
     assert ahead.n_encoded == measured.plan.n_encoded
+
+
+def test_set_rows_number_the_kept_inputs_and_name_the_sets_left_without_metrics(caplog):
+    """A set's rows are its kept inputs numbered as the pass numbers them; skipped inputs are counted;
+    a set with fewer than 2 kept texts gets no rows and a warning (none when asked not to warn)."""
+    from layerscope.metrics.views import set_rows
+
+    kept = np.array([0, 2, 3, 5])  # inputs 1 and 4 were empty: the pass has 4 rows
+    sets = {"a": [0, 1, 2], "b": [3, 4, 5, 5], "c": [1, 2]}
+    with caplog.at_level(logging.WARNING, logger="layerscope.metrics.views"):
+        usable, missing = set_rows(sets, kept, 6)
+    assert {name: rows.tolist() for name, rows in usable.items()} == {"a": [0, 1], "b": [2, 3]}
+    assert missing == {"a": 1, "b": 1, "c": 1}
+    assert [record.getMessage() for record in caplog.records] == ["text set 'c' has fewer than 2 texts: no metrics"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="layerscope.metrics.views"):
+        assert set(set_rows(sets, kept, 6, warn=False)[0]) == {"a", "b"}
+    assert not caplog.records
