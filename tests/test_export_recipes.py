@@ -236,6 +236,20 @@ def test_embed_and_export_commands_take_a_recipe_or_say_what_is_wrong(table, tmp
     want = recipe_embeddings(whole.pooled, whole.layers, "mean:0.5-1+whiten:3", last_layer=4).numpy()
     # whitened coordinates have unit variance on the fitting texts: the comparison's scale is O(1)
     assert close(np.load(tmp_path / "v.npy")["embedding"], want)
+    # --recipe auto: the recipe record's set for the model's kind (a model without modules.json: a language
+    # model), its classification recipe with --task-type
+    from layerscope.analysis.recipe_runs import auto_recipe_set
+    from layerscope.analysis.recipes import recipe_for
+
+    [(code, lines, said)] = cli_runs(["embed", *common, "--dataset", str(table), "--id-column", "ticket", "--recipe",
+                                      "auto", "--task-type", "classification", "--out", str(tmp_path / "a.npy")])
+    chosen = auto_recipe_set(kind="language-model")
+    assert code == 0, lines
+    said_line = "".join("".join(lines).split())  # the console wraps the long set: compare without whitespace
+    assert f"--recipeautoforalanguage-model:{chosen}" in said_line
+    auto = recipe_for(chosen, "classification").text
+    assert close(np.load(tmp_path / "a.npy")["embedding"],
+                 recipe_embeddings(whole.pooled, whole.layers, auto, last_layer=4).numpy())
     assert [(code, lines) for code, lines, _ in failures] == [
         (2, ["error: bad recipe 'zmean:0.5-1+standardise': unknown conditioning 'standardise' (did you mean "
              "'standardize'?); use one of none, standardize, whiten, remove-top"]),

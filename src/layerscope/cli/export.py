@@ -16,7 +16,8 @@ from layerscope.errors import LayerscopeError
 RecipeOption = Annotated[str | None, typer.Option(
     "--recipe", help="A recipe instead of a layer: last | layer:L | depth:F | mean:A-B | zmean:A-B, optionally "
     "+standardize | +whiten[:rank] | +remove-top[:k] (fitted on unlabelled texts), or one per task type "
-    "('classification=zmean:0.5-1;*=last+standardize', with --task-type).")]
+    "('classification=zmean:0.5-1;*=last+standardize', with --task-type), or auto (the held-out recipe "
+    "record's set for the model's kind).")]
 TaskTypeOption = Annotated[str | None, typer.Option(
     "--task-type", help="The task type the embedding is for (classification, clustering, sts, ...): picks the "
     "recipe of a per-type --recipe.")]
@@ -44,6 +45,7 @@ def export_command(
     fit_texts = corpus_rows(TextConfig(fit_dataset))[0].texts if fit_dataset else None
     output_folder(out)
     loaded = load(model.replace(device="cpu") if model.device == "auto" else model, extraction)
+    recipe = _auto(recipe, loaded)
     with err_console.status(f"exporting {f'layer {layer}' if recipe is None else recipe} of {loaded.model_id}"):
         if recipe is not None:
             from layerscope.analysis.recipe_export import export_recipe
@@ -90,6 +92,7 @@ def embed_command(
     rows = texts.rows()
     err_console.print(f"{len(rows.texts)} texts from {texts.dataset}", highlight=False)
     loaded = load(model, extraction)
+    recipe = _auto(recipe, loaded)
     if recipe is not None:
         from layerscope.analysis.recipe_export import embed_recipe
 
@@ -103,11 +106,25 @@ def embed_command(
                   + (f"; {result.n_skipped} empty texts skipped" if result.n_skipped else ""), highlight=False)
 
 
+def _auto(recipe: str | None, loaded: object) -> str | None:
+    """``--recipe auto`` as the recipe record's set for the loaded model's kind (said on stderr)."""
+    if recipe is None or recipe.strip() != "auto":
+        return recipe
+    from layerscope.analysis.recipe_runs import auto_recipe_set
+
+    kind = getattr(loaded, "kind", None)
+    chosen = auto_recipe_set(kind=kind)
+    why = ("the set chosen held out on models of its kind" if chosen != "last" else
+           "no recipe beat the last layer held out on models of its kind")
+    err_console.print(f"--recipe auto for a {kind}: {chosen} ({why})", highlight=False)
+    return chosen
+
+
 def _layer_or_recipe(layer: int | None, recipe: str | None, extraction: ExtractConfig) -> None:
     """One of --layer and --recipe, and a recipe's conditioning in the recipe (one-line errors)."""
     if (layer is None) == (recipe is None):
         raise LayerscopeError("give --layer or --recipe (one of them)")
-    if recipe is not None:
+    if recipe is not None and recipe.strip() != "auto":
         from layerscope.analysis.recipes import parse_recipe_set
 
         parse_recipe_set(recipe)  # a bad recipe fails before the model loads
