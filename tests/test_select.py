@@ -650,3 +650,15 @@ def test_select_command_end_to_end(files, tmp_path) -> None:
     average = few.loc["average"]
     assert average["chosen_layer"] == (average["cv_best_layer"] if average["cv_gain_low"] > 0 else 2)
     assert "beyond the noise (interval above 0), else the last layer" in " ".join(out.split())
+    # the same model shipped as a sentence encoder: the record has no recipe for its kind, and select says so
+    from layerscope.analysis.recipe_runs import kind_record
+
+    if not kind_record(kind="sentence-encoder").get("beats_last_held_out"):
+        (tmp_path / "model" / "modules.json").write_text(json.dumps(
+            [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]))
+        [(code, lines, out)] = cli_runs(["select", "--model", str(tmp_path / "model"), "--device", "cpu", "--tasks",
+                                         str(files / "topics.csv"), "--split-column", "split", "--bootstrap", "0",
+                                         "--no-cache", "--eval-workers", "1", "--out", str(tmp_path / "encoder")])
+        assert code == 0, lines
+        assert "--recipes auto is the last layer for a sentence-encoder" in " ".join(out.split())
+        assert json.loads((tmp_path / "encoder" / "select.json").read_text())["candidates"] == {}

@@ -52,6 +52,9 @@ def select_command(
     recipe_sets = resolve_recipes(choice.recipes)  # a bad recipe set too
     loaded = load(model, extraction)
     recipe_sets = resolve_recipes(choice.recipes, kind=loaded.kind)  # auto: the set for the model's kind
+    if "auto" in choice.recipes and not any(item.source == "auto" for item in recipe_sets):
+        console.print(f"--recipes auto is the last layer for a {loaded.kind} (no recipe set beat it held out on "
+                      "models of its kind)", highlight=False)
     candidates = recipe_candidates(recipe_sets, [task.metadata.type for task in task_list], loaded.num_layers,
                                    normalized=extraction.normalized_layers(loaded))
     result = select_layer_with_labels(
