@@ -441,6 +441,10 @@ def test_recipes_are_candidates_scored_bootstrapped_and_chosen_like_layers(model
     assert scores.loc[(by_type, "similarity"), "scores"] == scores.loc[(standardize, "similarity"), "scores"]
     expected = 50 * (scores.loc[(zmean, "topics"), "main_score"] + scores.loc[(standardize, "similarity"), "main_score"])
     assert choice.layers.set_index("layer").loc[by_type, "score"] == pytest.approx(expected, rel=1e-12)
+    # without a bootstrap too: one row per candidate, the by-type set's score the mean of its types' recipes
+    plain = select_layer_with_labels(model, tasks, bootstrap=0, progress=False, eval_workers=1, candidates=candidates)
+    assert plain.layers["layer"].tolist() == choice.layers["layer"].tolist()
+    assert plain.layers.set_index("layer").loc[by_type, "score"] == pytest.approx(expected, rel=1e-12)
 
     # the few-label CV reads the classification recipe's embeddings (the by-type set: the same ones)
     cv = choice.cv_scores.set_index("layer")["cv_accuracy"]

@@ -439,7 +439,8 @@ def _by_type_rows(scores: pd.DataFrame, candidates: Candidates | None, ids: Mapp
             source = parts.get(task_type)
             if source is None:
                 raise LayerscopeError(f"candidate '{name}' names no entry for {task} ({task_type})")
-            scores.loc[(target, task)] = scores.loc[(id_of[source], task)]
+            columns = ["main_score", "scores"]  # the target keeps its own layer id and depth
+            scores.loc[(target, task), columns] = scores.loc[(id_of[source], task), columns]
     return scores.reset_index()
 
 
