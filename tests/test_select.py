@@ -500,6 +500,27 @@ def test_select_scores_layers_as_analyze_does_shipped_normalization_and_conditio
         assert choice.record["condition"] == condition
 
 
+def test_the_use_hint_names_the_export_of_what_the_choice_took() -> None:
+    from types import SimpleNamespace
+
+    from layerscope.cli.selection import use_hint
+    from layerscope.evaluate.select import LayerChoice
+
+    def choice(best: int, beyond: bool, few_chosen: int | None, candidates: dict[int, str]) -> LayerChoice:
+        few = None if few_chosen is None else pd.DataFrame({"chosen_layer": [few_chosen]})
+        scores = pd.DataFrame({"task_type": ["Classification", "STS"]})
+        return LayerChoice(scores, pd.DataFrame(), pd.DataFrame(), best, 6, SimpleNamespace(best_layer=best,
+                           beyond_noise=beyond), few, None, [], {"model": {"model_id": "m"}}, {}, candidates)
+
+    assert use_hint(choice(4, False, None, {})) is None  # within the noise: the last layer stays
+    assert use_hint(choice(6, True, 6, {})) is None
+    assert use_hint(choice(4, True, None, {})) == ("to use it: layerscope export --model m --layer 4 "
+                                                   "--fit-dataset YOUR_TEXTS --out DIR")
+    recipes = {-2: "recipe zmean:0.5-1", -1: "recipes auto"}
+    assert "--recipe 'zmean:0.5-1' --fit-dataset" in use_hint(choice(4, False, -2, recipes))  # the few labels'
+    assert "--recipe 'auto' --task-type classification|sts --fit-dataset" in use_hint(choice(-1, True, None, recipes))
+
+
 def _planted_choice(signal_layer: int | None, seed: int):
     """few_label_choice on 3 layers x 2 tasks of planted embeddings: class means far apart at
     ``signal_layer`` only (None: pure noise everywhere); test scores 50 / 70 / 60 at layers 0 / 1 / 2."""

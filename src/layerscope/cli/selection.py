@@ -70,6 +70,28 @@ def select_command(
                                       "tasks": tasks, "layers": layers, "seed": seed})
 
 
+def use_hint(result: Any) -> str | None:
+    """The export command of what the choice took over the last layer (the best beyond the noise, or the
+    few-label choice), or None when it keeps the last layer."""
+    pick = None
+    if result.verdict is not None and result.verdict.beyond_noise:
+        pick = result.verdict.best_layer
+    few = result.few_labels
+    if few is not None and int(few["chosen_layer"].iloc[-1]) != result.last_layer:
+        pick = int(few["chosen_layer"].iloc[-1])
+    if pick is None or pick == result.last_layer:
+        return None
+    model = (result.record.get("model") or {}).get("model_id", "MODEL")
+    if pick >= 0:
+        what = f"--layer {pick}"
+    else:
+        name = result.name(pick)
+        recipe = name.removeprefix("recipes ").removeprefix("recipe ")
+        types = "|".join(sorted({str(kind).lower() for kind in result.scores["task_type"].unique()}))
+        what = f"--recipe '{recipe}'" + (f" --task-type {types}" if name.startswith("recipes ") else "")
+    return f"to use it: layerscope export --model {model} {what} --fit-dataset YOUR_TEXTS --out DIR"
+
+
 def _label(result: Any, layer: Any) -> str:
     """A layer's number, or a candidate's name (a recipe), for the tables."""
     layer = int(layer)
@@ -128,6 +150,9 @@ def print_choice(result: Any, title: str) -> None:
         _print_task_table(result, bootstrapped)
     if few is not None:
         _print_few_labels(result)
+    hint = use_hint(result)
+    if hint is not None:
+        console.print(hint, highlight=False)
     for note_text in result.notes:
         console.print(f"note: {note_text}", highlight=False)
     console.print(f"{result.record['seconds']['total']:.0f} s (bootstrap {result.record['seconds']['bootstrap']:.0f} s)",
