@@ -325,3 +325,17 @@ def test_set_rows_number_the_kept_inputs_and_name_the_sets_left_without_metrics(
     with caplog.at_level(logging.WARNING, logger="layerscope.metrics.views"):
         assert set(set_rows(sets, kept, 6, warn=False)[0]) == {"a", "b"}
     assert not caplog.records
+
+
+def test_the_probe_is_scaled_by_the_padding_of_its_batches_against_the_planned_pass(tiny_llama):
+    """padding_scale: padded tokens per text of the planned pass / of the probe, both batched as extract
+    batches them (length-sorted, a token budget per batch), written out here with a fixed batch size."""
+    lengths = np.array([5, 40, 7, 38, 6, 39, 8, 37])
+    probe, planned = [0, 1], list(range(8))
+    # batch size 2, longest first: the probe pads 5 to 40 -> 80 tokens for 2 texts; the planned pass
+    # pairs (40, 39), (38, 37), (8, 7), (6, 5) -> 2 * (40 + 38 + 8 + 6) = 184 tokens for 8 texts
+    assert budget.padding_scale(lengths, probe, planned, tiny_llama, batch_size=2) == (184 / 8) / (80 / 2)
+    # and estimate_work multiplies the probe's seconds per text and per view by the scales it is given
+    estimate = budget.estimate_work(100, 50, lambda rows: None, lambda rows: None, 8, probe=2,
+                                    clock=FakeClock([0.0, 4.0, 0.0, 8.0]), scale=lambda rows: (0.5, 0.25))
+    assert (estimate.text_seconds, estimate.view_seconds) == (4.0 / 2 * 0.5, 8.0 / 2 * 0.25)

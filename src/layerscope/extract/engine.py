@@ -285,7 +285,7 @@ class TokenizedTexts:
         return input_ids, mask.long()
 
 
-def _plan_batches(
+def plan_batches(
     lengths: torch.Tensor, rows: np.ndarray, batch_size: int | str, model: LoadedModel
 ) -> list[np.ndarray]:
     """Batches of rows sorted by length (longest first, so memory trouble shows up at once)."""
@@ -591,7 +591,7 @@ def _run(
         cache.save_progress(output, done, hook)
 
     try:
-        queue = _plan_batches(tokenized.lengths, todo, batch_size, model)
+        queue = plan_batches(tokenized.lengths, todo, batch_size, model)
         while queue:
             rows = queue.pop(0)
             row_tensor = torch.from_numpy(rows)

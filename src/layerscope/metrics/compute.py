@@ -284,10 +284,30 @@ def announce(
     def run_views(rows: Sequence[int]) -> None:
         encode_views(model, pick(rows), 1, seed, **{**options, "max_length": views.view_length(extraction.max_length)})
 
-    estimate = budget.estimate_work(len(kept), plan.n_encoded, run_texts, run_views, len(kept), seed=seed)
+    estimate = budget.estimate_work(len(kept), plan.n_encoded, run_texts, run_views, len(kept), seed=seed,
+                                    scale=None if vision else _padding(model, pick(range(len(kept))), extraction, views))
     if estimate.seconds >= budget.SAY_FROM_SECONDS:
         say(estimate.describe())
     return estimate
+def _padding(model: LoadedModel, texts: Sequence[str], extraction: ExtractConfig,
+             views: ViewConfig) -> Callable[[Sequence[int]], tuple[float, float]]:
+    """``scale`` of :func:`~layerscope.metrics.budget.estimate_work`: the texts' token lengths (views cut at
+    the views' length) batched as the pass batches them, against the probe's."""
+    from layerscope.extract.engine import TokenizedTexts, resolve_max_length
+    from layerscope.metrics.budget import padding_scale
+
+    max_length, _ = resolve_max_length(model, extraction.max_length)
+    lengths = TokenizedTexts.from_texts(model, texts, max_length).lengths
+    view_lengths = lengths.clamp(max=views.view_length(max_length) or max_length)
+    every = range(len(texts))
+
+    def scale(rows: Sequence[int]) -> tuple[float, float]:
+        return (padding_scale(lengths, rows, every, model, extraction.batch_size),
+                padding_scale(view_lengths, rows, every, model, extraction.batch_size))
+
+    return scale
+
+
 def _metrics_device(model: LoadedModel, pooled: np.ndarray) -> torch.device:
     """The model's GPU when it has one and the float64 embeddings (and their Grams) fit, else the CPU."""
     device = model.device
