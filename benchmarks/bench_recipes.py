@@ -60,7 +60,9 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
     grid = [recipe.text for recipe in recipe_grid()]
     if path.is_file():
         kept = pd.read_parquet(path)
-        if set(grid) <= set(kept["recipe"]) and "starts_from" in kept.columns:
+        names = _task_names(tasks)  # scores kept for another version of the suite are not reused
+        if (set(grid) <= set(kept["recipe"]) and "starts_from" in kept.columns
+                and (names is None or set(kept["task"]) == names)):
             if "kind" not in kept.columns:  # kept before kinds: the model's files say it (loading is enough)
                 from layerscope import load_model
 
@@ -94,6 +96,17 @@ def recipe_scores(model_name: str, tasks: str, out: Path, workers: str) -> pd.Da
           f"({'cache' if extraction.from_cache else 'model'}), {len(grid)} recipes scored in "
           f"{time.perf_counter() - encoded:.0f} s")
     return frame
+
+
+def _task_names(tasks: str) -> set[str] | None:
+    """The task names of a task group, or None for a name layerscope does not resolve (kept scores only)."""
+    from layerscope.errors import LayerscopeError
+    from layerscope.evaluate import resolve
+
+    try:
+        return {task.metadata.name for task in resolve(tasks)}
+    except LayerscopeError:
+        return None
 
 
 def pretrained(model: str) -> bool:

@@ -423,3 +423,14 @@ def test_a_database_from_before_recipes_reads_and_migrates(tmp_path) -> None:
                                                                             0.5]]
     assert json.loads(got["scores"].iloc[0]) == {"main_score": 0.5}
 
+
+
+def test_kept_scores_of_another_suite_are_not_reused(tmp_path) -> None:
+    """Scores kept under a suite's name whose tasks are not that suite's (an older version) are recomputed:
+    here the model must load again, and this one does not exist."""
+    planted(tmp_path, {"alpha-1": {}})
+    (tmp_path / "alpha-1-planted.parquet").rename(tmp_path / "alpha-1-offline-v1.parquet")
+    module = bench_recipes()
+    assert module._task_names("offline-v1") != {"c1", "c2", "s1", "s2"}
+    with pytest.raises(LayerscopeError, match="alpha-1"):
+        module.recipe_scores("alpha-1", "offline-v1", tmp_path, "1")

@@ -168,7 +168,7 @@ def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | d
     if len(models) < 2:
         raise LayerscopeError(f"the recipe protocol needs at least 2 models, got {len(models)}")
     family_of = _lookup(families, lambda model: model)
-    kind_of = _lookup(kinds, lambda model: ALL_KINDS) if kinds is not None else (lambda model: ALL_KINDS)
+    kind_of = _lookup(kinds, lambda model: ALL_KINDS)
     order = list(dict.fromkeys(scores["recipe"]))
     if LAST in order:
         order.insert(0, order.pop(order.index(LAST)))
@@ -196,6 +196,6 @@ def run_recipe_protocol(scores: pd.DataFrame, families: Callable[[str], str] | d
             rows.append({"scheme": scheme, "model": model, "family": family_of(model), "kind": kind_of(model),
                          "recipe_set": chosen.text, "last": 100 * float(last.mean()),
                          "score": 100 * float(score.mean()), "gain": float(gains.mean()), "low": low, "high": high})
-    by_kind = {kind: choose_recipe_set(scores[[kind_of(m) == kind for m in scores["model"]]], order)
+    by_kind = {kind: choose_recipe_set(scores[scores["model"].isin([m for m in models if kind_of(m) == kind])], order)
                for kind in dict.fromkeys(kind_of(m) for m in models)}
     return RecipeProtocol(pd.DataFrame(rows), choose_recipe_set(scores, order), by_kind)

@@ -43,6 +43,7 @@ __all__ = [
     "RECIPE_SEPARATOR",
     "RunRecipeSet",
     "auto_recipe_set",
+    "candidate_recipe",
     "headline_recipe",
     "kind_record",
     "recipe_candidates",
@@ -202,10 +203,10 @@ def recipe_candidates(sets: Sequence[RunRecipeSet], task_types: Iterable[str], l
     for item in sets:
         chosen = {kind: item.recipe_set.for_type(kind) for kind in types}
         for recipe in chosen.values():
-            recipes.setdefault(f"recipe {recipe.text}", recipe)
+            recipes.setdefault(RECIPE_PREFIX + recipe.text, recipe)
         if len({recipe.text for recipe in chosen.values()}) > 1:
             label = AUTO if item.source == AUTO else item.text
-            by_type[f"recipes {label}"] = {kind: f"recipe {recipe.text}" for kind, recipe in chosen.items()}
+            by_type[SET_PREFIX + label] = {kind: RECIPE_PREFIX + recipe.text for kind, recipe in chosen.items()}
 
     def compute(extraction: Extraction) -> list[np.ndarray]:
         return [recipe_embeddings(extraction.pooled, extraction.layers, recipe, last_layer=last_layer,
@@ -213,6 +214,20 @@ def recipe_candidates(sets: Sequence[RunRecipeSet], task_types: Iterable[str], l
 
     reads = sorted({layer for recipe in recipes.values() for layer in recipe.layers(last_layer)})
     return Candidates(tuple(recipes), tuple(reads), compute, by_type)
+
+
+#: How :func:`recipe_candidates` names a recipe and a by-type recipe set among ``select``'s candidates.
+RECIPE_PREFIX, SET_PREFIX = "recipe ", "recipes "
+
+
+def candidate_recipe(name: str) -> tuple[str, bool]:
+    """What ``--recipe`` of ``export`` computes a candidate of :func:`recipe_candidates`: the recipe (or
+    set) text, and whether it needs ``--task-type`` (a set with one recipe per type)."""
+    if name.startswith(SET_PREFIX):
+        return name.removeprefix(SET_PREFIX), True
+    if name.startswith(RECIPE_PREFIX):
+        return name.removeprefix(RECIPE_PREFIX), False
+    raise LayerscopeError(f"'{name}' is not a recipe candidate")
 
 
 def recipes_record(texts: Sequence[str], sets: Sequence[RunRecipeSet], last_layer: int,

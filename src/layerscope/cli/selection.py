@@ -85,10 +85,11 @@ def use_hint(result: Any) -> str | None:
     if pick >= 0:
         what = f"--layer {pick}"
     else:
-        name = result.name(pick)
-        recipe = name.removeprefix("recipes ").removeprefix("recipe ")
+        from layerscope.analysis.recipe_runs import candidate_recipe
+
+        recipe, per_type = candidate_recipe(result.name(pick))
         types = "|".join(sorted({str(kind).lower() for kind in result.scores["task_type"].unique()}))
-        what = f"--recipe '{recipe}'" + (f" --task-type {types}" if name.startswith("recipes ") else "")
+        what = f"--recipe '{recipe}'" + (f" --task-type {types}" if per_type else "")
     return f"to use it: layerscope export --model {model} {what} --fit-dataset YOUR_TEXTS --out DIR"
 
 

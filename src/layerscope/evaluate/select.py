@@ -32,9 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from layerscope.config import ExtractConfig
 from layerscope.errors import LayerscopeError
 from layerscope.evaluate.runner import task_seed
 from layerscope.evaluate.uncertainty import BestVersusLast
+from layerscope.extract.conditioning import normalize_record
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
@@ -340,7 +342,8 @@ def select_layer_with_labels(
         "tasks": {task.metadata.name: {"type": task.metadata.type, "seed": task_seed(task, seed)}
                   for task in task_list},
         "layers": wanted, "candidates": {str(key): value for key, value in ids.items()},
-        "normalize": _normalize_record(model, condition, normalize), "condition": condition,
+        "normalize": normalize_record(ExtractConfig(condition=condition, normalize=normalize), model),
+        "condition": condition,
         "seed": seed, "bootstrap": bootstrap, "confidence": confidence,
         "resample_seed": resample_seed, "labels_per_class": labels_per_class,
         "extraction": {key: value for key, value in extraction.record.items()
@@ -369,32 +372,21 @@ def _encoded(model: Any, tasks: Sequence[AbsTask], draws: Sequence[LabelDraw], w
     texts += [text for text in dict.fromkeys(t for draw in draws for t in draw.texts) if text not in known]
     read = sorted(set(wanted) | set(candidates.reads if candidates is not None else ()))
     extraction = extract(model, texts, layers=read, **extract_options)
-    conditioned = _conditioned(extraction, model, condition, normalize)
+    conditioned = _conditioned(extraction, model, ExtractConfig(condition=condition, normalize=normalize))
     if candidates is None:  # read == wanted: the extraction's own layers (a memory map stays one)
         return (extraction if conditioned is extraction.pooled else
                 dataclasses.replace(extraction, pooled=conditioned)), {}
     return _with_candidates(extraction, candidates, wanted, conditioned)
 
 
-def _conditioned(extraction: Extraction, model: Any, condition: str, normalize: bool | None) -> np.ndarray:
+def _conditioned(extraction: Extraction, model: Any, config: ExtractConfig) -> np.ndarray:
     """The extraction's layers as ``analyze`` scores them: the last layer as the model ships it, conditioned."""
-    from layerscope.config import ExtractConfig
-    from layerscope.extract.conditioning import fit_conditioner
+    from layerscope.extract.conditioning import fit_configured
 
-    shipped = [layer for layer in ExtractConfig(normalize=normalize).normalized_layers(model)
-               if layer in extraction.layers]
-    conditioner = fit_conditioner(extraction.pooled, condition, bool(normalize),
-                                  tuple(extraction.layers.index(layer) for layer in shipped))
+    conditioner = fit_configured(extraction.pooled, extraction.layers, config, model)
     if conditioner is None:
         return extraction.pooled
     return conditioner.apply(extraction.pooled).to(dtype=torch.float32).numpy()
-
-
-def _normalize_record(model: Any, condition: str, normalize: bool | None) -> dict[str, Any]:
-    from layerscope.config import ExtractConfig
-    from layerscope.extract.conditioning import normalize_record
-
-    return normalize_record(ExtractConfig(condition=condition, normalize=normalize), model)
 
 
 def _with_candidates(extraction: Extraction, candidates: Candidates, wanted: Sequence[int],

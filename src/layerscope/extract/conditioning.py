@@ -22,6 +22,7 @@ An optional L2 normalization of each embedding comes last (what a sentence-trans
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from layerscope.metrics.functional import as_tensor
 if TYPE_CHECKING:
     from layerscope.config import ExtractConfig
 
-__all__ = ["Conditioner", "fit_conditioner", "l2_normalize_layers", "normalize_record"]
+__all__ = ["Conditioner", "fit_conditioner", "fit_configured", "l2_normalize_layers", "normalize_record"]
 
 #: Principal variances below this fraction of the largest are treated as zero (no whitening blow-up).
 _RELATIVE_FLOOR = 1e-10
@@ -160,6 +161,16 @@ def fit_conditioner(embeddings: Tensor | np.ndarray, spec: str, normalize: bool 
             weight = torch.eye(d, dtype=torch.float64) - top @ top.mT  # (layers, d, d)
     bias = -(mean.unsqueeze(1) @ weight).squeeze(1)  # (layers, k): the fitted mean maps to 0
     return Conditioner(str(spec), weight, bias, n, normalize, normalize_first)
+
+
+def fit_configured(pooled: Tensor | np.ndarray, layers: Sequence[int], extraction: ExtractConfig,
+                   model: Any) -> Conditioner | None:
+    """The conditioning an ``ExtractConfig`` asks for, fitted on ``pooled`` (one slice per canonical layer
+    in ``layers``): its ``condition``, and the last layer L2-normalized first where the model ships
+    normalized (``normalized_layers``) or every layer last (``normalize=True``). None: nothing to do."""
+    shipped = [layer for layer in extraction.normalized_layers(model) if layer in layers]
+    return fit_conditioner(pooled, extraction.condition, bool(extraction.normalize),
+                           tuple(list(layers).index(layer) for layer in shipped))
 
 
 def normalize_record(extraction: ExtractConfig, model: Any) -> dict[str, Any]:

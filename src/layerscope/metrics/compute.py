@@ -188,11 +188,9 @@ def measure(
     # 4. metrics of every set, on the device of the model where it is a GPU; a conditioning is fitted
     # on all the texts' embeddings (no labels) and applied to them and to the views
     start = time.perf_counter()
-    from layerscope.extract.conditioning import fit_conditioner, normalize_record
+    from layerscope.extract.conditioning import fit_configured, normalize_record
 
-    shipped = [layer for layer in extraction.normalized_layers(model) if layer in base.layers]
-    conditioner = fit_conditioner(base.pooled, extraction.condition, bool(extraction.normalize),
-                                  tuple(base.layers.index(layer) for layer in shipped))
+    conditioner = fit_configured(base.pooled, base.layers, extraction, model)
     device = _metrics_device(model, base.pooled)
     pooled = base.tensor(torch.float64).to(device)  # (layers, n_kept, d)
     if conditioner is not None:
