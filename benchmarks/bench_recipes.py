@@ -25,7 +25,9 @@ With fewer than two models there is nothing to hold out: the record then has no 
 ``beats_last_held_out`` false (``auto`` stays the last layer).
 
 The last line is ``gain: <leave-one-model-out mean gain over the raw last layer, points x 100>`` (``nan``
-without held-out evidence).
+without held-out evidence). A kind with a single model has no held-out evidence (its model keeps the
+raw last layer, gain 0 by rule), and the script says so: the defaults (MiniLM, a sentence encoder, and
+SmolLM2, a language model) are one of each, so the record's run adds Gemma-3 (``gemma3-270m``).
 
     python benchmarks/bench_recipes.py [MODEL ...] [--tasks offline] [--out runs/recipes] [--write-record FILE]
 """
@@ -194,6 +196,11 @@ def main(argv: list[str] | None = None) -> None:
         print("gain: nan")
         return
     kind_of = scores.drop_duplicates("model").set_index("model")["kind"].to_dict()
+    for kind, count in pd.Series(kind_of).value_counts().items():
+        if count < 2:
+            example = "gemma3-270m, a run folder" if kind == "language-model" else "a sentence-transformers model"
+            print(f"only 1 {kind} model: held out, it has no model of its kind to be chosen on (gain 0 by rule, "
+                  f"no evidence either way); add another ({example})")
     result = run_recipe_protocol(scores, model_family, kinds=kind_of, n_boot=args.n_boot)
     table = result.held_out.assign(interval=[f"[{low:+.1f}, {high:+.1f}]" for low, high
                                              in zip(result.held_out["low"], result.held_out["high"], strict=True)])
