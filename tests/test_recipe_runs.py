@@ -393,6 +393,9 @@ def test_the_benchmark_writes_the_record_auto_reads(tmp_path, capsys) -> None:
     bench_recipes().main(["alpha-1", "beta-1", "gamma-1", "enc-1", "--tasks", "planted", "--out",
                           str(tmp_path / "scores"), "--n-boot", "50", "--write-record", str(path)])
     record = json.loads(path.read_text())
+    printed = capsys.readouterr().out
+    assert "only 1 sentence-encoder model: held out, it has no model of its kind" in printed
+    assert "only 1 language-model" not in printed
     lone = [row for row in record["held_out"]["leave-one-model-out"]["per_model"] if row["model"] == "enc-1"]
     assert [(row["kind"], row["recipe_set"], row["gain"]) for row in lone] == [("sentence-encoder", "*=last", 0.0)]
     assert record["kinds"]["sentence-encoder"]["beats_last_held_out"] is False
