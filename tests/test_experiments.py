@@ -552,6 +552,24 @@ def test_resolve_checkpoints(tmp_path):
         resolve_checkpoints("EleutherAI/pythia-70m")
 
 
+def test_entropy_valleys_follow_each_curve_in_layer_order():
+    from layerscope.experiments.curves import entropy_valleys, main_normalization, valley
+
+    main = main_normalization("prompt_entropy")
+    curves = {"a": [0.9, 0.5, 0.7, 0.8], "b": [0.4, 0.6, 0.3, 0.2]}
+    rows = [{"model": label, "layer": layer, "metric": "prompt_entropy", "normalization": main, "value": value}
+            for label, curve in curves.items() for layer, value in enumerate(curve)]
+    rows += [{"model": "a", "layer": 1, "metric": "prompt_entropy", "normalization": "raw", "value": -5.0},
+             {"model": "a", "layer": 1, "metric": "curvature", "normalization": main, "value": -5.0}]
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # rows out of layer order
+    entropy, found, valleys = entropy_valleys(frame, "model", ["b", "a"])
+    assert len(entropy) == 8 and list(found) == ["b", "a"]
+    for label, curve in curves.items():
+        np.testing.assert_array_equal(found[label], curve)  # copied values: exact
+        assert valleys[label] == valley(curve)
+    assert valleys["a"]["min_layer"] == 1 and valleys["b"]["present"] is False
+
+
 def test_checkpoint_progression(tmp_path):
     from layerscope.experiments.checkpoints import checkpoint_progression
 

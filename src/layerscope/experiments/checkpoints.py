@@ -38,7 +38,13 @@ from layerscope.experiments.base import (
     metric_names,
     split_list,
 )
-from layerscope.experiments.curves import main_normalization, main_rows, rounded, valley, values_at_depths
+from layerscope.experiments.curves import (
+    entropy_valleys,
+    main_normalization,
+    main_rows,
+    rounded,
+    values_at_depths,
+)
 from layerscope.models.loading import LoadedModel
 
 if TYPE_CHECKING:
@@ -162,10 +168,8 @@ def checkpoint_progression(
                    "n_used", "n_skipped"]]
     labels = [entry.label for entry in entries]
 
-    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == MAIN)]
-    curves = {label: entropy[entropy["checkpoint"] == label].sort_values("layer")["value"].to_numpy(float)
-              for label in labels}
-    valley_rows = [{"checkpoint": label, "step": step_of(label), **valley(curves[label])} for label in labels]
+    entropy, curves, valleys = entropy_valleys(frame, "checkpoint", labels)
+    valley_rows = [{"checkpoint": label, "step": step_of(label), **valleys[label]} for label in labels]
     valley_table = pd.DataFrame(valley_rows)
     settling = _settling(curves, labels, settle_tolerance) if not entropy.empty else \
         pd.DataFrame(columns=["layer", "depth_pct", "settle_order", "settle_checkpoint", "settle_step"])
@@ -234,8 +238,7 @@ def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
     labels = result.summary["checkpoints"]
-    main = main_rows(result["metrics"])
-    main = main.assign(metric=main["metric"] + " (" + main["normalization"] + ")")
+    main = main_rows(result["metrics"], label="metric")
     drawn = [Plot("metrics", plots.plot_lines_by_condition, main, "depth_pct", "value", "checkpoint", facet="metric",
                   hue_order=labels, ordered=True, ylabel="value", hue_label="checkpoint",
                   title=f"Metrics by layer over training: {result.summary['model']}")]

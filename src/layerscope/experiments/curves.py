@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SUMMARY_DEPTHS", "layer_frame", "main_normalization", "main_rows", "prompt_frame", "spread_stats",
-           "valley", "values_at_depths"]
+__all__ = ["SUMMARY_DEPTHS", "entropy_valleys", "layer_frame", "main_normalization", "main_rows", "prompt_frame",
+           "spread_stats", "valley", "values_at_depths"]
 
 #: Depths (percent) at which summaries quote per-layer values.
 SUMMARY_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
@@ -29,10 +29,14 @@ def main_normalization(metric: str) -> str:
     return spec.main if spec is not None else "raw"
 
 
-def main_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of a long metric table in each metric's main normalization (see :func:`main_normalization`)."""
+def main_rows(frame: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+    """Rows of a long metric table in each metric's main normalization (see :func:`main_normalization`).
+
+    With ``label``, the column of that name holds ``"metric (normalization)"``, the name a plot's panel shows.
+    """
     main = frame["metric"].map(lambda name: main_normalization(str(name)))
-    return frame[frame["normalization"] == main].reset_index(drop=True)
+    rows = frame[frame["normalization"] == main].reset_index(drop=True)
+    return rows if label is None else rows.assign(**{label: rows["metric"] + " (" + rows["normalization"] + ")"})
 
 
 def layer_frame(values: Any, num_layers: int) -> pd.DataFrame:
@@ -93,6 +97,33 @@ def values_at_depths(
         nearest = by_depth.index[np.argmin(np.abs(by_depth.index.to_numpy(dtype=float) - depth))]
         out[f"{depth:g}%"] = rounded(float(by_depth.loc[nearest]))
     return out
+
+
+def entropy_valleys(
+    frame: pd.DataFrame, group: str, labels: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """The prompt-entropy valley of each curve of a multi-model (or multi-checkpoint) metric table.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Long metrics (``group, layer, metric, normalization, value``) of several curves.
+    group : str
+        The column that names the curve (``"model"``, ``"checkpoint"``).
+    labels : sequence of str
+        The curves, in the order wanted.
+
+    Returns
+    -------
+    tuple
+        The prompt-entropy rows in the main normalization, each label's curve (values by layer) and
+        each label's :func:`valley`.
+    """
+    main = main_normalization("prompt_entropy")
+    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == main)]
+    curves = {label: entropy[entropy[group] == label].sort_values("layer")["value"].to_numpy(float)
+              for label in labels}
+    return entropy, curves, {label: valley(curve) for label, curve in curves.items()}
 
 
 def rounded(value: float, digits: int = 4) -> float | None:

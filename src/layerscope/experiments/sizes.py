@@ -27,7 +27,7 @@ from layerscope.experiments.base import (
     model_label,
     split_list,
 )
-from layerscope.experiments.curves import main_normalization, main_rows, valley, values_at_depths
+from layerscope.experiments.curves import entropy_valleys, main_normalization, main_rows, values_at_depths
 from layerscope.models.loading import LoadedModel
 
 if TYPE_CHECKING:
@@ -93,18 +93,14 @@ def model_sizes(
     frame = frame[["model", "parameters", "num_layers", "layer", "depth_pct", "metric", "normalization", "value",
                    "n_used", "n_skipped"]]
     order = sorted(info, key=lambda label: info[label]["parameters"])
-    main = main_normalization("prompt_entropy")
-    entropy = frame[(frame["metric"] == "prompt_entropy") & (frame["normalization"] == main)]
-    rows = []
-    for label in order:
-        curve = entropy[entropy["model"] == label].sort_values("layer")["value"].to_numpy(float)
-        rows.append({"model": label, "model_id": info[label]["model_id"], "parameters": info[label]["parameters"],
-                     "num_layers": info[label]["num_layers"], "hidden_size": info[label]["hidden_size"],
-                     **{key: value for key, value in valley(curve).items() if key != "ends_min"}})
+    entropy, _, valleys = entropy_valleys(frame, "model", order)
+    rows = [{"model": label, "model_id": info[label]["model_id"], "parameters": info[label]["parameters"],
+             "num_layers": info[label]["num_layers"], "hidden_size": info[label]["hidden_size"],
+             **{key: value for key, value in valleys[label].items() if key != "ends_min"}} for label in order]
     summary: dict[str, Any] = {"models": order, "n_prompts": len(setup.texts.texts), "dataset": setup.texts.source,
                                "parameters": {label: int(info[label]["parameters"]) for label in order}}
     if not entropy.empty:
-        summary[f"prompt_entropy_{main}"] = values_at_depths(entropy, group="model")
+        summary[f"prompt_entropy_{main_normalization('prompt_entropy')}"] = values_at_depths(entropy, group="model")
         summary["valley"] = {row["model"]: {key: row[key] for key in ("min_depth_pct", "min_value", "valley_depth",
                                                                       "present")} for row in rows}
     return setup.finish({"metrics": frame, "models": pd.DataFrame(rows)}, summary, _plots)
@@ -114,8 +110,7 @@ def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
     order = result.summary["models"]
-    main = main_rows(result["metrics"])
-    main = main.assign(metric=main["metric"] + " (" + main["normalization"] + ")")
+    main = main_rows(result["metrics"], label="metric")
     return [Plot("metrics", plots.plot_lines_by_condition, main, "depth_pct", "value", "model", facet="metric",
                  hue_order=order, ordered=len(order) > 2, ylabel="value", hue_label="model (by size)",
                  title="Metrics by depth across model sizes")]

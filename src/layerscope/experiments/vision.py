@@ -145,9 +145,8 @@ def _plots(result: ExperimentResult) -> list[Plot]:
     from layerscope.report import plots
 
     probe, model = result["probe"], result.summary["model"]
-    metrics = main_rows(result["metrics"])
     curves = pd.concat([
-        metrics.assign(panel=metrics["metric"] + " (" + metrics["normalization"] + ")"),
+        main_rows(result["metrics"], label="panel"),
         probe.assign(panel="linear probe accuracy", value=probe["accuracy"], metric="probe"),
     ], ignore_index=True)
     return [Plot("layers", plots.plot_lines_by_condition, curves.assign(model=model), "depth_pct", "value", "model",
