@@ -29,9 +29,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/layerscope data fetch --all
 	touch $(STAMP)
 
-# The demo gives views to half the default budget (LiDAR 64 texts x 16 views, InfoNCE and DiME 128 x 2):
-# it stays within 10 minutes on 2 cores; the label-free profiles are noisier than at the default
-# (docs/metrics.md, "Views budget"). `make demo DEMO_VIEWS=` runs the default budget.
+# The demo gives views to fewer texts than the default (LiDAR 64 texts x 16 views, InfoNCE and DiME 128 x 2;
+# the default: 128 x 16 and 512 x 2): it stays within 10 minutes on 2 cores; the label-free profiles are noisier
+# than at the default (docs/metrics.md, "Views budget"). `make demo DEMO_VIEWS=` runs the default budget.
 DEMO_VIEWS ?= --lidar-texts 64 --view-texts 128
 
 demo: $(STAMP)

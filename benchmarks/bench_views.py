@@ -1,7 +1,7 @@
 """How many texts and views the invariance metrics need: the views budget, measured (issue 25).
 
-For each model, one seeded sample of ``--texts`` texts of ``--dataset`` (the pool: 512 texts of the
-bundled Rotten Tomatoes corpus by default) gets its views as ``metrics`` and ``analyze`` would give them
+For each model, one seeded sample of ``--texts`` texts of ``--dataset`` (the pool: 1,024 texts of the
+bundled Rotten Tomatoes corpus by default, twice the default pair budget) gets its views as ``metrics`` and ``analyze`` would give them
 with caps of ``--texts`` and ``--lidar-texts``: the first 256 texts of the plan's seeded permutation get
 ``--views-max`` (16) views, the others 2, encoded once through the embedding cache (the library's own
 ``plan_views`` and ``encode_planned``), texts and views cut at ``--max-length`` (128) tokens: the long
@@ -17,7 +17,7 @@ subset of that one encoding:
 Per metric (LiDAR on N texts x J views; InfoNCE and DiME on N texts x 2 views), model and budget:
 
 - ``rho``: Spearman rank correlation across layers between the nested sample's profile and the
-  reference (the whole pool: 512 texts x 2 views for InfoNCE and DiME, 256 x 16 for LiDAR);
+  reference (the whole pool: 1,024 texts x 2 views for InfoNCE and DiME, 256 x 16 for LiDAR);
   ``rho draws``: mean and minimum over the draws. The nested sample is part of the reference (half of
   it at N = M / 2), which lifts rho; the draws share less with it;
 - ``layer (ref)``: the nested sample's selected layer (LiDAR's argmax; InfoNCE's and DiME's argmin, the
@@ -41,8 +41,8 @@ process with ``torch.set_num_threads(--threads)`` (and BLAS threads) fixed insid
 the two alternating ``--repeats`` times, each keeping its fastest wall time (the CPU seconds beside);
 the last line is ``ratio: <with / without>`` (the largest over ``--ratio-models``).
 
-    python benchmarks/bench_views.py [--models smollm2-135m minilm-l6 gemma3-270m] [--texts 512]
-        [--lidar-texts 256] [--pair-sizes 32 64 128 256] [--lidar-sizes 16 32 64 128] [--views 2 4 8 16]
+    python benchmarks/bench_views.py [--models smollm2-135m minilm-l6 gemma3-270m] [--texts 1024]
+        [--lidar-texts 256] [--pair-sizes 64 128 256 512] [--lidar-sizes 16 32 64 128] [--views 2 4 8 16]
         [--draws 8] [--max-length 128] [--ratio-models minilm-l6] [--ratio-texts 2000] [--skip-ratio]
 """
 
@@ -74,11 +74,11 @@ def main() -> None:
                         help="bundled aliases or hub ids of the study (gemma3-270m needs its optional packages); "
                         "none: only the timing")
     parser.add_argument("--dataset", default="rotten-tomatoes", help="text source (bundled corpus or file)")
-    parser.add_argument("--texts", type=int, default=512, help="texts in the pool (InfoNCE's and DiME's reference)")
+    parser.add_argument("--texts", type=int, default=1024, help="texts in the pool (InfoNCE's and DiME's reference)")
     parser.add_argument("--lidar-texts", type=int, default=256, help="texts of the pool with --views-max views "
                         "(LiDAR's reference; their first 2 views serve the pairs)")
     parser.add_argument("--views-max", type=int, default=16, help="views per text of the pool (LiDAR's reference)")
-    parser.add_argument("--pair-sizes", nargs="+", type=int, default=[32, 64, 128, 256],
+    parser.add_argument("--pair-sizes", nargs="+", type=int, default=[64, 128, 256, 512],
                         help="texts with 2 views (InfoNCE, DiME)")
     parser.add_argument("--lidar-sizes", nargs="+", type=int, default=[16, 32, 64, 128], help="LiDAR texts")
     parser.add_argument("--views", nargs="+", type=int, default=[2, 4, 8, 16], help="LiDAR views per text")

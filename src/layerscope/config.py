@@ -509,7 +509,7 @@ class ExtractConfig(Config):
 #: shared), every view cut at ``DEFAULT_VIEW_MAX_LENGTH`` tokens (the study's cut).
 DEFAULT_N_VIEWS = 16
 DEFAULT_LIDAR_TEXTS = 128
-DEFAULT_VIEW_TEXTS = 256
+DEFAULT_VIEW_TEXTS = 512
 DEFAULT_VIEW_MAX_LENGTH = 128
 #: The word that lifts a cap: every text of the set gets views (the paper's setting).
 ALL_TEXTS_WORD = "all"
@@ -569,7 +569,7 @@ class ViewConfig(Config):
                 for item in dataclasses.fields(self)]
 
     def budget(self) -> str:
-        """The budget in words, e.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 256 texts x 2 views"."""
+        """The budget in words, e.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 512 texts x 2 views"."""
         def texts(cap: int | None) -> str:
             return "all texts" if cap is None else f"{cap:,} texts"
 

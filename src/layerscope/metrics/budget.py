@@ -67,8 +67,8 @@ def budget_line(plan: ViewPlan, specs: Sequence[MetricSpec], *, union: str | Non
                 views: ViewConfig | None = None) -> str | None:
     """What the views of a plan are and cost, in one line (None when no metric needs views).
 
-    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 256 texts x 2 views (spread over 22 text
-    sets), views cut at 128 tokens: 2,304 extra forward passes". The counts are the texts of the run
+    E.g. "LiDAR on 128 texts x 16 views, InfoNCE and DiME on 512 texts x 2 views (spread over 22 text
+    sets), views cut at 128 tokens: 2,816 extra forward passes". The counts are the texts of the run
     that get views (the budget, or fewer when the run has fewer texts).
     """
     lidar = [spec.display for spec in specs if spec.n_views > 2]
