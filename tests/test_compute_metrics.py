@@ -144,3 +144,10 @@ def test_run_seed_reaches_dime_permutations_unless_overridden(tiny_llama):
                                options={"dime": {"seed": 7}})
     np.testing.assert_array_equal(base.value.to_numpy(), pinned.value.to_numpy())  # one computation: exact
     assert not np.allclose(base.value.to_numpy(), moved.value.to_numpy())  # same views, other permutations
+    # the size-free form reaches F.dime: one block of every text is the same computation, two blocks another value
+    whole = ls.compute_metrics(tiny_llama, TEXTS, metrics="dime", progress=False, seed=0,
+                               options={"dime": {"block_size": len(TEXTS)}})
+    halves = ls.compute_metrics(tiny_llama, TEXTS, metrics="dime", progress=False, seed=0,
+                                options={"dime": {"block_size": 2}})  # 5 texts: blocks of 3 and 2
+    np.testing.assert_array_equal(base.value.to_numpy(), whole.value.to_numpy())
+    assert not np.allclose(base.value.to_numpy(), halves.value.to_numpy())

@@ -417,6 +417,33 @@ def test_dime_is_seeded_and_legacy_covariance_is_an_option():
 
 
 @pytest.mark.numeric
+@pytest.mark.parametrize(("n", "block_size", "sizes"), [(30, 10, [10, 10, 10]), (23, 10, [12, 11]),
+                                                      (44, 8, [9, 9, 9, 9, 8])])
+def test_blocked_dime_is_the_mean_of_dime_on_seeded_blocks(n, block_size, sizes):
+    """The size-free form: the prompts in the seed's random order, cut into n // block_size blocks of near-equal
+    sizes (the first n mod k one larger), DiME of each normalized with its own size, then the mean."""
+    za = random_stack(2, n, 16, seed=11)  # d above every block's size: the normalizer log(size) differs per size
+    zb = za + 0.5 * random_stack(2, n, 16, seed=12, spread=False)
+    got = F.dime(za, zb, n_permutations=3, seed=4, block_size=block_size)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(4)).numpy()
+    blocks = np.array_split(order, n // block_size)
+    assert [len(rows) for rows in blocks] == sorted(sizes, reverse=True)
+    expected = [np.mean([ref_dime(a.numpy()[rows], b.numpy()[rows], 1.0, 3, 4) / math.log(min(len(rows), 16))
+                         for rows in blocks]) for a, b in zip(za, zb, strict=True)]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_blocked_dime_with_one_block_is_dime_and_a_block_needs_two_prompts():
+    za = random_stack(2, 15, 6, seed=1)
+    zb = za + 0.5 * random_stack(2, 15, 6, seed=2, spread=False)
+    assert torch.equal(F.dime(za, zb, block_size=8), F.dime(za, zb))  # 15 // 8 = 1 block: the same call
+    assert torch.equal(F.dime(za, zb, block_size=100), F.dime(za, zb))
+    assert not torch.allclose(F.dime(za, zb, block_size=7), F.dime(za, zb))  # two blocks of 8 and 7
+    with pytest.raises(LayerscopeError, match="DiME's block_size must be at least 2, got 1"):
+        F.dime(za, zb, block_size=1)
+
+
+@pytest.mark.numeric
 def test_dime_chunking_does_not_change_values(monkeypatch):
     za = random_stack(5, 12, 6, seed=1)
     zb = za + 0.5 * random_stack(5, 12, 6, seed=2, spread=False)

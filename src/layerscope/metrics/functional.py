@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -1033,6 +1033,7 @@ def dime(
     *,
     tol: float = DEFAULT_TOL,
     legacy_covariance: bool = False,
+    block_size: int | None = None,
 ) -> Tensor:
     """DiME (Skean et al., 2023): difference of matrix-based entropies between paired and unpaired views.
 
@@ -1058,6 +1059,13 @@ def dime(
     legacy_covariance : bool, default False
         When ``n > d``, use the d x d matrices ``Z^T Z`` as the authors' code did (this permutes
         features, not prompts: a different quantity, kept only to reproduce their numbers).
+    block_size : int, optional
+        The size-free form: the prompts, in a seeded random order (``seed``), are cut into
+        ``max(1, n // block_size)`` blocks of near-equal sizes (``n // k`` or one more), DiME is taken
+        on each block (normalized with its own size) and the blocks are averaged. DiME compares n x n
+        Grams, so its profile across layers changes with n; the blocked value estimates the same
+        quantity whatever the number of prompts, with less noise the more there are
+        (``benchmarks/bench_dime_size.py``). None (default): one block of all the prompts.
 
     Returns
     -------
@@ -1069,6 +1077,11 @@ def dime(
         raise LayerscopeError(f"DiME needs at least one permutation, got {n_permutations}")
     za, zb = _check_views(za, zb)
     n, d = za.shape[-2:]
+    if block_size is not None:
+        if int(block_size) < 2:
+            raise LayerscopeError(f"DiME's block_size must be at least 2, got {block_size}")
+        return _blocked_dime(za, zb, int(block_size), n_permutations=n_permutations, seed=seed, alpha=alpha,
+                             normalization=normalization, tol=tol, legacy_covariance=legacy_covariance)
     size = d if legacy_covariance and n > d else n
     generator = torch.Generator().manual_seed(int(seed))
     permutations = torch.stack([torch.randperm(size, generator=generator) for _ in range(int(n_permutations))])
@@ -1096,3 +1109,23 @@ def dime(
     item_bytes = 8 * (2 * n_matrices * size * size + 2 * size * size + 4 * n * d)
     value = _chunked(dime_chunk, [za, zb], 2, item_bytes)
     return normalize_entropy(value, normalization, n, d)
+
+
+def _blocked_dime(za: Tensor, zb: Tensor, block_size: int, **options: Any) -> Tensor:
+    """DiME averaged over seeded random blocks of the prompts (see :func:`dime`'s ``block_size``).
+
+    The blocks of each size go to one :func:`dime` call as an extra leading axis (at most two sizes);
+    fewer than two blocks' worth of prompts is plain DiME on all of them.
+    """
+    n = za.shape[-2]
+    k = max(1, n // block_size)
+    if k == 1:
+        return dime(za, zb, **options)
+    small, larger = divmod(n, k)  # ``larger`` blocks of small + 1 prompts, then k - larger of ``small``
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(options["seed"]))).to(za.device)
+    za, zb = za[..., order, :], zb[..., order, :]
+    cut = larger * (small + 1)
+    values = [dime(za[..., start:stop, :].unflatten(-2, (count, size)),
+                   zb[..., start:stop, :].unflatten(-2, (count, size)), **options)  # (..., count)
+              for start, stop, count, size in ((0, cut, larger, small + 1), (cut, n, k - larger, small)) if count]
+    return torch.cat(values, dim=-1).mean(dim=-1)
