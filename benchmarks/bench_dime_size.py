@@ -25,7 +25,9 @@ and cache of ``metrics``):
   - ``at ref layer``: share of the samples whose argmin (the registry's direction) is the reference's;
   - ``blocked``: the size-free form (``dime(..., block_size=--block-size)``: the mean of DiME over
     seeded blocks of ``--block-size`` texts, the registry's 256), each sample's against the blocked reference (all the texts in blocks),
-    mean [min] of rho, and the share of samples at the blocked reference's argmin.
+    mean [min] of rho, and the share of samples at the blocked reference's argmin;
+  - ``InfoNCE: rho``: the same samples' InfoNCE loss profile against InfoNCE on all the texts, the
+    other metric of the pair budget, mean [min].
 
 The last line is ``rho: <lowest mean rho of the samples at the default budget's texts
 (``DEFAULT_VIEW_TEXTS``, 512), over the models, of the default (blocked) form>``; the line before
@@ -74,7 +76,7 @@ def study(alias: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
     from scipy.stats import spearmanr
 
-    from layerscope.metrics.functional import dime
+    from layerscope.metrics.functional import dime, infonce
 
     started = time.perf_counter()
     pairs = encode_pairs(alias, args)
@@ -88,8 +90,13 @@ def study(alias: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     def rho(a: np.ndarray, b: np.ndarray) -> float:
         return float(spearmanr(a, b).statistic)
 
+    def infonce_loss(rows: np.ndarray) -> np.ndarray:  # the registry's main InfoNCE value, the loss
+        index = torch.as_tensor(np.sort(rows))
+        return infonce(pairs[:, index, 0], pairs[:, index, 1]).loss.numpy()
+
     reference = profile(np.arange(total))
     blocked_reference = profile(np.arange(total), block_size=args.block_size)
+    infonce_reference = infonce_loss(np.arange(total))
     span = float(np.ptp(reference))
     order = np.random.default_rng(args.seed).permutation(total)
     print(f"{alias}: {pairs.shape[0]} layers, {total:,} texts x 2 views; reference argmin {int(reference.argmin())}, "
@@ -102,6 +109,7 @@ def study(alias: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         rhos = [rho(values, reference) for values in drawn]
         blocked = np.array([profile(rows, block_size=args.block_size) for rows in samples])
         blocked_rhos = [rho(values, blocked_reference) for values in blocked]
+        infonce_rhos = [rho(infonce_loss(rows), infonce_reference) for rows in samples]
         shape = drawn - drawn.mean(axis=1, keepdims=True)
         rows.append({
             "model": alias, "texts": n, "samples": len(samples),
@@ -117,6 +125,7 @@ def study(alias: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "blocked: rho": f"{np.mean(blocked_rhos):.3f} [{np.min(blocked_rhos):.3f}]",
             "blocked_mean": float(np.mean(blocked_rhos)),
             "blocked: at ref layer": f"{100 * np.mean([v.argmin() == blocked_reference.argmin() for v in blocked]):.0f}%",
+            "InfoNCE: rho": f"{np.mean(infonce_rhos):.3f} [{np.min(infonce_rhos):.3f}]",
         })
     print(f"{alias}: done in {time.perf_counter() - started:.0f} s", flush=True)
     return rows
