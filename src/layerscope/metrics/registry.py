@@ -299,7 +299,7 @@ for _spec in (
     MetricSpec(
         "dime", F.dime, "pair", False, "DiME", "DiME",
         "DiME: entropy gain of unpairing two augmented views (10 seeded permutations), averaged over blocks of "
-        f"{DIME_BLOCK} texts",
+        f"{DIME_BLOCK} texts from {2 * DIME_BLOCK} texts on",
         _entropy_options(n_permutations=10, seed=0, legacy_covariance=False, block_size=DIME_BLOCK), entropy=True,
         random=True,
     ),
