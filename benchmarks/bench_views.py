@@ -17,7 +17,9 @@ subset of that one encoding:
 Per metric (LiDAR on N texts x J views; InfoNCE and DiME on N texts x 2 views), model and budget:
 
 - ``rho``: Spearman rank correlation across layers between the nested sample's profile and the
-  reference (the whole pool: 1,024 texts x 2 views for InfoNCE and DiME, 256 x 16 for LiDAR);
+  reference (the whole pool: 1,024 texts x 2 views for InfoNCE and DiME, 256 x 16 for LiDAR; each
+  metric with the registry's default options, so LiDAR and DiME on as many texts as that are the means
+  over blocks of ``LIDAR_BLOCK`` and ``DIME_BLOCK`` texts, their size-free forms);
   ``rho draws``: mean and minimum over the draws. The nested sample is part of the reference (half of
   it at N = M / 2), which lifts rho; the draws share less with it;
 - ``layer (ref)``: the nested sample's selected layer (LiDAR's argmax; InfoNCE's and DiME's argmin, the

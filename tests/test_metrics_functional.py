@@ -433,6 +433,24 @@ def test_blocked_dime_is_the_mean_of_dime_on_seeded_blocks(n, block_size, sizes)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.numeric
+def test_blocked_lidar_is_the_mean_of_lidar_on_seeded_blocks():
+    """LiDAR's size-free form, as DiME's: 23 prompts in blocks of 5 -> 4 blocks of 6, 6, 6 and 5, in the seed's order."""
+    generator = torch.Generator().manual_seed(6)
+    centers = torch.randn(2, 23, 1, 12, generator=generator, dtype=torch.float64)
+    views = centers + 0.5 * torch.randn(2, 23, 3, 12, generator=generator, dtype=torch.float64)
+    got = F.lidar(views, block_size=5, seed=2)
+    blocks = np.array_split(torch.randperm(23, generator=torch.Generator().manual_seed(2)).numpy(), 4)
+    assert [len(rows) for rows in blocks] == [6, 6, 6, 5]
+    raw = np.array([[ref_lidar_entropy(v.numpy()[rows], 1.0) for rows in blocks] for v in views])  # (2, blocks)
+    sizes = np.array([len(rows) for rows in blocks])
+    np.testing.assert_allclose(got.entropy.numpy(), (raw / np.log(sizes)).mean(axis=1), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got.lidar.numpy(), np.exp(raw).mean(axis=1), rtol=1e-8)
+    assert torch.equal(F.lidar(views, block_size=12).entropy, F.lidar(views).entropy)  # 23 // 12 = 1 block: plain
+    with pytest.raises(LayerscopeError, match="LiDAR's block_size must be at least 2, got 0"):
+        F.lidar(views, block_size=0)
+
+
 def test_blocked_dime_with_one_block_is_dime_and_a_block_needs_two_prompts():
     za = random_stack(2, 15, 6, seed=1)
     zb = za + 0.5 * random_stack(2, 15, 6, seed=2, spread=False)

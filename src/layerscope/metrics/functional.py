@@ -958,6 +958,8 @@ def lidar(
     *,
     delta: float = 1e-4,
     tol: float = DEFAULT_TOL,
+    block_size: int | None = None,
+    seed: int = 0,
 ) -> LidarResult:
     """LiDAR (Thilak et al.): entropy of the LDA matrix with prompts as classes and views as samples.
 
@@ -982,6 +984,13 @@ def lidar(
         Ridge added to ``S_w``.
     tol : float
         Relative eigenvalue threshold.
+    block_size : int, optional
+        The size-free form, as :func:`dime`'s: with at least two blocks' worth of prompts, both values
+        are the means over ``n // block_size`` seeded random blocks (each normalized with its own size).
+        LiDAR's between-class scatter has rank at most n - 1, and its profile across layers changes
+        with n. None (default): all the prompts at once.
+    seed : int, default 0
+        Seed of the blocks' random order (nothing else is random).
 
     Returns
     -------
@@ -996,6 +1005,11 @@ def lidar(
         raise LayerscopeError(f"LiDAR needs at least 2 prompts and 2 views each, got {n} x {n_views}")
     if not delta > 0:
         raise LayerscopeError(f"LiDAR ridge delta must be > 0, got {delta}")
+    block_size = _check_block(block_size, "LiDAR")
+    if block_size is not None and n // block_size >= 2:
+        parts = _in_blocks(lambda v: lidar(v, alpha, normalization, delta=delta, tol=tol), [views], -3,
+                           block_size, seed)
+        return LidarResult(*(torch.cat(values, dim=-1).mean(dim=-1) for values in zip(*parts, strict=True)))
 
     def entropy_chunk(chunk: Tensor) -> Tensor:  # (b, n, J, d) -> (b,)
         batch = chunk.shape[0]
@@ -1077,11 +1091,12 @@ def dime(
         raise LayerscopeError(f"DiME needs at least one permutation, got {n_permutations}")
     za, zb = _check_views(za, zb)
     n, d = za.shape[-2:]
-    if block_size is not None:
-        if int(block_size) < 2:
-            raise LayerscopeError(f"DiME's block_size must be at least 2, got {block_size}")
-        return _blocked_dime(za, zb, int(block_size), n_permutations=n_permutations, seed=seed, alpha=alpha,
-                             normalization=normalization, tol=tol, legacy_covariance=legacy_covariance)
+    block_size = _check_block(block_size, "DiME")
+    if block_size is not None and n // block_size >= 2:
+        options = {"n_permutations": n_permutations, "seed": seed, "alpha": alpha, "normalization": normalization,
+                   "tol": tol, "legacy_covariance": legacy_covariance}
+        parts = _in_blocks(lambda a, b: dime(a, b, **options), [za, zb], -2, block_size, seed)
+        return torch.cat(parts, dim=-1).mean(dim=-1)
     size = d if legacy_covariance and n > d else n
     generator = torch.Generator().manual_seed(int(seed))
     permutations = torch.stack([torch.randperm(size, generator=generator) for _ in range(int(n_permutations))])
@@ -1111,21 +1126,26 @@ def dime(
     return normalize_entropy(value, normalization, n, d)
 
 
-def _blocked_dime(za: Tensor, zb: Tensor, block_size: int, **options: Any) -> Tensor:
-    """DiME averaged over seeded random blocks of the prompts (see :func:`dime`'s ``block_size``).
+def _in_blocks(compute: Callable[..., Any], inputs: Sequence[Tensor], axis: int, block_size: int,
+               seed: int) -> list[Any]:
+    """``compute`` on seeded random blocks of the prompts (axis ``axis`` of every input).
 
-    The blocks of each size go to one :func:`dime` call as an extra leading axis (at most two sizes);
-    fewer than two blocks' worth of prompts is plain DiME on all of them.
+    The prompts, in the order of ``torch.randperm`` seeded with ``seed``, are cut into
+    ``k = n // block_size`` blocks of near-equal sizes (the first ``n mod k`` one larger); the blocks of
+    each size go to one ``compute`` call as an extra leading axis (at most two calls), whose results
+    end in that axis: ``(..., count)``.
     """
-    n = za.shape[-2]
+    n = inputs[0].shape[axis]
     k = max(1, n // block_size)
-    if k == 1:
-        return dime(za, zb, **options)
     small, larger = divmod(n, k)  # ``larger`` blocks of small + 1 prompts, then k - larger of ``small``
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(options["seed"]))).to(za.device)
-    za, zb = za[..., order, :], zb[..., order, :]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(inputs[0].device)
+    inputs = [x.index_select(axis, order) for x in inputs]
     cut = larger * (small + 1)
-    values = [dime(za[..., start:stop, :].unflatten(-2, (count, size)),
-                   zb[..., start:stop, :].unflatten(-2, (count, size)), **options)  # (..., count)
-              for start, stop, count, size in ((0, cut, larger, small + 1), (cut, n, k - larger, small)) if count]
-    return torch.cat(values, dim=-1).mean(dim=-1)
+    return [compute(*(x.narrow(axis, start, stop - start).unflatten(axis, (count, size)) for x in inputs))
+            for start, stop, count, size in ((0, cut, larger, small + 1), (cut, n, k - larger, small)) if count]
+
+
+def _check_block(block_size: int | None, metric: str) -> int | None:
+    if block_size is not None and int(block_size) < 2:
+        raise LayerscopeError(f"{metric}'s block_size must be at least 2, got {block_size}")
+    return None if block_size is None else int(block_size)

@@ -49,7 +49,7 @@ from layerscope.metrics.accumulators import (
     PromptEntropyAccumulator,
 )
 
-__all__ = ["DIME_BLOCK", "INPUT_KINDS", "MetricSpec", "available", "find", "get", "metric_label", "names", "order_metrics", "register", "resolve",
+__all__ = ["DIME_BLOCK", "INPUT_KINDS", "LIDAR_BLOCK", "MetricSpec", "available", "find", "get", "metric_label", "names", "order_metrics", "register", "resolve",
            "unregister"]
 
 Inputs = Literal["tokens", "pooled", "pair", "views"]
@@ -226,6 +226,9 @@ def _parameters(function: Callable[..., Any]) -> Mapping[str, Any]:
 #: all the texts at once (``benchmarks/bench_dime_size.py``); ``{"dime": {"block_size": None}}``
 #: gives the whole-sample form (the authors').
 DIME_BLOCK = 256
+#: LiDAR's block of texts (its size-free form, the same idea): the default's 128 texts are one block, and
+#: a larger sample averages blocks of 128 rather than ranking layers differently (``bench_views.py``).
+LIDAR_BLOCK = 128
 
 
 def _entropy_options(**extra: Any) -> dict[str, Any]:
@@ -293,8 +296,10 @@ for _spec in (
     ),
     MetricSpec(
         "lidar", F.lidar, "views", True, "LiDAR", "LiDAR",
-        "LiDAR: entropy of the LDA matrix over 16 views per prompt (and exp of it), higher = better per its paper",
-        _entropy_options(delta=1e-4), outputs={"raw": "entropy", "exp": "lidar"}, entropy=True,
+        "LiDAR: entropy of the LDA matrix over 16 views per prompt (and exp of it), higher = better per its paper; "
+        f"averaged over blocks of {LIDAR_BLOCK} texts from {2 * LIDAR_BLOCK} texts on",
+        _entropy_options(delta=1e-4, block_size=LIDAR_BLOCK, seed=0), outputs={"raw": "entropy", "exp": "lidar"},
+        entropy=True,
     ),
     MetricSpec(
         "dime", F.dime, "pair", False, "DiME", "DiME",
