@@ -49,27 +49,19 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_views import _machine, markdown  # noqa: E402
+from bench_views import _machine, encode_pools, markdown  # noqa: E402
 
 
 def encode_pairs(alias: str, args: argparse.Namespace) -> Any:
-    """2 views of every text, as ``metrics`` plans and encodes them: (layers, texts, 2, d)."""
-    import torch
-
+    """2 views of every text, as ``metrics`` plans and encodes them (``bench_views.encode_pools`` without
+    LiDAR texts): (layers, texts, 2, d)."""
     from layerscope import load_model
-    from layerscope.cli import default_cache_dir
     from layerscope.data import load_rows
-    from layerscope.metrics.views import encode_planned, plan_views
 
-    model = load_model(alias)
     texts = [text for text in load_rows(args.dataset, limit=args.texts, seed=args.seed).texts if text.strip()]
-    plan = plan_views({"pool": range(len(texts))}, n_views=2, view_texts=len(texts), lidar_texts=0,
-                      needs_pairs=True, needs_lidar=False, seed=args.seed)
-    views, _ = encode_planned(model, texts, plan, args.seed, max_length=args.max_length,
-                              cache_dir=args.cache_dir or default_cache_dir(), progress=True)
-    assert views is not None
-    by_row = torch.as_tensor(np.argsort(plan.pair_order))
-    return views[:, :, by_row].transpose(1, 2).contiguous()
+    pairs, _, _, _ = encode_pools(load_model(alias), texts, argparse.Namespace(**vars(args), views_max=2,
+                                                                                 lidar_texts=0))
+    return pairs
 
 
 def study(alias: str, args: argparse.Namespace) -> list[dict[str, Any]]:

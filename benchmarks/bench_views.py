@@ -142,7 +142,8 @@ def encode_pools(model: Any, texts: list[str], args: argparse.Namespace) -> tupl
     The plan of a set of all the texts with caps ``--texts`` (2 views) and ``--lidar-texts``
     (``--views-max`` views): the LiDAR pool is the first ``--lidar-texts`` of the plan's permutation and
     its first 2 views serve the pairs. Returns the pair views (layers, texts, 2, d) by row, the LiDAR
-    views (layers, lidar texts, views, d), the rows these are (ascending) and the plan's permutation.
+    views (layers, lidar texts, views, d; None with ``--lidar-texts 0``), the rows these are (ascending)
+    and the plan's permutation.
     """
     import torch
 
@@ -150,13 +151,15 @@ def encode_pools(model: Any, texts: list[str], args: argparse.Namespace) -> tupl
     from layerscope.metrics.views import encode_planned, plan_views
 
     plan = plan_views({"pool": range(len(texts))}, n_views=args.views_max, view_texts=len(texts),
-                      lidar_texts=args.lidar_texts, needs_pairs=True, needs_lidar=True, seed=args.seed)
+                      lidar_texts=args.lidar_texts, needs_pairs=True, needs_lidar=args.lidar_texts > 0,
+                      seed=args.seed)
     pair_views, lidar_views = encode_planned(model, texts, plan, args.seed, max_length=args.max_length,
                                              cache_dir=args.cache_dir or default_cache_dir(), progress=True)
-    assert pair_views is not None and lidar_views is not None
+    assert pair_views is not None
     by_row = torch.as_tensor(np.argsort(plan.pair_order))  # pair_order holds the LiDAR rows first
     pairs = pair_views[:, :, by_row].transpose(1, 2).contiguous()  # (layers, texts, 2, d)
-    lidar = lidar_views.transpose(1, 2).contiguous()  # (layers, lidar texts, views, d), rows plan.lidar_rows
+    # (layers, lidar texts, views, d), rows plan.lidar_rows
+    lidar = None if lidar_views is None else lidar_views.transpose(1, 2).contiguous()
     order = np.random.default_rng(args.seed).permutation(len(texts))  # plan_views' order of this set
     return pairs, lidar, plan.lidar_rows, order
 

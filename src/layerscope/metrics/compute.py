@@ -287,6 +287,8 @@ def announce(
     if estimate.seconds >= budget.SAY_FROM_SECONDS:
         say(estimate.describe())
     return estimate
+
+
 def _padding(model: LoadedModel, texts: Sequence[str], extraction: ExtractConfig,
              views: ViewConfig) -> Callable[[Sequence[int]], tuple[float, float]]:
     """``scale`` of :func:`~layerscope.metrics.budget.estimate_work`: the texts' token lengths (views cut at
