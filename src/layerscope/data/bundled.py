@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -117,7 +118,7 @@ def _read_orange_tab(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _finish(frame: pd.DataFrame) -> pd.DataFrame:
+def finish_corpus(frame: pd.DataFrame) -> pd.DataFrame:
     """Strip texts, drop empty ones, reset the index; ``text`` and ``label`` come first."""
     frame = frame.copy()
     frame["text"] = frame["text"].astype(str).str.strip()
@@ -133,7 +134,7 @@ def _parse_bbc(folder: Path) -> pd.DataFrame:
         for file in sorted(class_dir.glob("*.txt")):
             text = file.read_bytes().decode("utf-8", errors="replace")
             rows.append({"text": text, "label": class_dir.name, "doc_id": f"{class_dir.name}/{file.stem}"})
-    return _finish(pd.DataFrame(rows))
+    return finish_corpus(pd.DataFrame(rows))
 
 
 def _parse_two_splits(stem: str) -> Callable[[Path], pd.DataFrame]:
@@ -142,14 +143,14 @@ def _parse_two_splits(stem: str) -> Callable[[Path], pd.DataFrame]:
         for split in ("train", "test"):
             frame = _read_orange_tab(folder / "datasets" / f"{stem}-{split}.tab")
             frames.append(pd.DataFrame({"text": frame["Text"], "label": frame["Category"], "split": split}))
-        return _finish(pd.concat(frames, ignore_index=True))
+        return finish_corpus(pd.concat(frames, ignore_index=True))
 
     return parse
 
 
 def _parse_tweets(folder: Path) -> pd.DataFrame:
     frame = _read_orange_tab(folder / "datasets" / "election-tweets-2016.tab")
-    return _finish(
+    return finish_corpus(
         pd.DataFrame(
             {
                 "text": frame["Content"],
@@ -164,7 +165,7 @@ def _parse_tweets(folder: Path) -> pd.DataFrame:
 def _parse_rotten_tomatoes(folder: Path) -> pd.DataFrame:
     raw = bz2.decompress((folder / "data" / "rotten_tomatoes_corpus_full.csv.bz2").read_bytes())
     frame = pd.read_csv(io.BytesIO(raw)).dropna(subset=["text"])
-    return _finish(
+    return finish_corpus(
         pd.DataFrame(
             {
                 "text": frame["text"],
@@ -179,7 +180,7 @@ def _parse_rotten_tomatoes(folder: Path) -> pd.DataFrame:
 def _parse_debates(folder: Path) -> pd.DataFrame:
     with gzip.open(folder / "data" / "presidential_debates_2016.csv.gz", "rb") as handle:
         frame = pd.read_csv(handle).dropna(subset=["statement"])
-    return _finish(
+    return finish_corpus(
         pd.DataFrame(
             {"text": frame["statement"], "label": frame["party"], "speaker": frame["speaker"], "debate": frame["debate"]}
         )
@@ -190,7 +191,7 @@ def _parse_lines(name: str) -> Callable[[Path], pd.DataFrame]:
     def parse(folder: Path) -> pd.DataFrame:
         lines = (folder / "test" / "test_data" / name).read_text(encoding="utf-8", errors="replace").splitlines()
         frame = pd.DataFrame({"text": lines, "doc_id": np.arange(len(lines))})
-        return _finish(frame)
+        return finish_corpus(frame)
 
     return parse
 
@@ -408,15 +409,45 @@ def _require(name: str) -> tuple[_Corpus, Path]:
     return corpus, folder
 
 
+#: What parsing a corpus's files raises when they are damaged or not what the parser expects: a cut
+#: gzip stream raises EOFError, a bad encoding (UnicodeDecodeError) or a cut bz2 stream ValueError.
+_PARSE_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, KeyError, pd.errors.ParserError)
+
+
+def checked_parse(kind: str, name: str, where: object, parse: Callable[[], Any]) -> Any:
+    """``parse()``, a damaged or unexpected file ending in one line that names the corpus and its files.
+
+    Parameters
+    ----------
+    kind : str
+        ``"bundled"`` or ``"fetched"`` (as the message says it).
+    name : str
+        The corpus.
+    where : object
+        Where its files are (a folder or an archive), for the message.
+    parse : callable
+        Reads and parses the files.
+
+    Raises
+    ------
+    LayerscopeError
+        ``could not parse <kind> corpus '<name>' from <where>: <error>``; layerscope's own errors
+        (e.g. an archive that cannot be fetched) pass through unchanged.
+    """
+    try:
+        parsed = parse()
+    except LayerscopeError:
+        raise
+    except _PARSE_ERRORS as error:
+        raise LayerscopeError(f"could not parse {kind} corpus '{name}' from {where}: {error}") from error
+    logger.debug("parsed %s corpus %s: %d rows", kind, name, len(parsed))
+    return parsed
+
+
 @functools.cache
 def _parsed(name: str) -> pd.DataFrame:
     corpus, folder = _require(name)
-    try:
-        frame = corpus.parse(folder)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError) as error:
-        raise LayerscopeError(f"could not parse bundled corpus '{name}' from {folder}: {error}") from error
-    logger.debug("parsed bundled corpus %s: %d texts", name, len(frame))
-    return frame
+    return checked_parse("bundled", name, folder, lambda: corpus.parse(folder))
 
 
 def load_labelled(name: str) -> pd.DataFrame:
@@ -444,8 +475,12 @@ def load_labelled(name: str) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=1)
 def _lee_matrix() -> np.ndarray:
-    corpus, folder = _require("lee")
-    matrix = np.loadtxt(folder / "test" / "test_data" / "similarities0-1.txt")
+    _, folder = _require("lee")
+    path = folder / "test" / "test_data" / "similarities0-1.txt"
+    matrix = checked_parse("bundled", "lee", path, lambda: np.loadtxt(path))
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise LayerscopeError(f"could not parse bundled corpus 'lee' from {path}: a {matrix.shape} array, "
+                              "not a square matrix")
     return matrix
 
 

@@ -11,7 +11,6 @@ import functools
 import html
 import io
 import json
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from layerscope.data.bundled import CorpusInfo
+from layerscope.data.bundled import CorpusInfo, checked_parse, finish_corpus
 from layerscope.data.fetch import read_member, read_members, source
-from layerscope.errors import LayerscopeError, unknown
+from layerscope.errors import unknown
 
 __all__ = ["FETCHED", "FetchedCorpus", "fetched_info", "load_fetched"]
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -319,15 +317,7 @@ def _parsed(name: str) -> pd.DataFrame:
     corpus = FETCHED.get(name)
     if corpus is None:
         raise unknown("fetched corpus", name, FETCHED)
-    try:
-        frame = corpus.parse()
-    except (ValueError, KeyError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise LayerscopeError(f"could not parse fetched corpus '{name}' from {source(corpus.fetch).archive}: "
-                              f"{error}") from error
-    frame = frame.assign(text=frame["text"].astype(str).str.strip())
-    frame = frame[frame["text"].str.len() > 0].reset_index(drop=True)
-    logger.debug("parsed fetched corpus %s: %d rows", name, len(frame))
-    return frame
+    return checked_parse("fetched", name, source(corpus.fetch).archive, lambda: finish_corpus(corpus.parse()))
 
 
 def load_fetched(name: str) -> pd.DataFrame:
