@@ -224,7 +224,9 @@ def analyze(
     bootstrap, confidence, resample_seed : int, float, int
         Score intervals: resamples of each task's evaluation examples scored by MTEB at every layer
         (0, the default: none; each resample costs one evaluation per layer and task), their level
-        and seed (:class:`layerscope.config.IntervalConfig`).
+        and seed (:class:`layerscope.config.IntervalConfig`). With a ``cache_dir``, each finished
+        layer's scores and (layer, task) bootstrap unit is kept beside the embeddings
+        (:mod:`~layerscope.evaluate.checkpoint`): a rerun after an interruption evaluates only the rest.
     """
     from layerscope.evaluate.catalog import resolve as resolve_tasks
 
@@ -297,9 +299,10 @@ def run_analysis(
                            cache_dir=cache_dir, progress=progress, notify=notify)
         step = time.perf_counter()
         scores = evaluate_layers(model, task_list, seed=config.eval_seed, extraction=measured.embeddings,
-                                 eval_workers=eval_workers, progress=progress)
+                                 eval_workers=eval_workers, progress=progress, cache_dir=cache_dir)
         timings["evaluate_s"] = time.perf_counter() - step
         if bootstrap:
+            from layerscope.evaluate.checkpoint import checkpoint_folder
             from layerscope.evaluate.uncertainty import bootstrap_layers
 
             assert intervals is not None
@@ -307,7 +310,8 @@ def run_analysis(
             scores = bootstrap_layers(scores, measured.embeddings, task_list, n_resamples=intervals.bootstrap,
                                       confidence=intervals.confidence, resample_seed=intervals.resample_seed,
                                       seed=config.eval_seed, name=f"layerscope/{model.model_id}",
-                                      revision=model.revision, progress=progress, eval_workers=eval_workers)
+                                      revision=model.revision, progress=progress, eval_workers=eval_workers,
+                                      checkpoint_dir=checkpoint_folder(cache_dir))
             timings["bootstrap_s"] = time.perf_counter() - step
         recipe_scores = _score_recipes(model, config, measured.extraction, recipe_sets, task_list, eval_workers,
                                        timings)

@@ -200,7 +200,9 @@ def evaluate_layers(
         Extraction batch size.
     cache_dir : str, optional
         Embedding cache folder: a second call with the same texts and options reads it and does not
-        run the model.
+        run the model. Each layer's scores are kept beside it as they finish (``<cache_dir>/scores``,
+        :mod:`~layerscope.evaluate.checkpoint`): a rerun after an interruption evaluates only the
+        layers it had not finished (with ``extraction`` too).
     progress : bool
         Progress bars (extraction, layers).
     extraction : Extraction, optional
@@ -224,6 +226,7 @@ def evaluate_layers(
         ``attrs`` holds the run record: model, extraction record, seed (None: the tasks' own) and each
         task's seed, ``from_cache``, text count, timings.
     """
+    from layerscope.evaluate.checkpoint import checkpoint_folder
     from layerscope.evaluate.offline import suite_record
     from layerscope.extract import extract
 
@@ -262,7 +265,8 @@ def evaluate_layers(
     encoded = time.perf_counter()
     workers = resolve_workers(eval_workers, len(extraction.layers))
     with own_seeds_kept(task_list):
-        frame = _score_layers(model, extraction, task_list, seed, progress, workers)
+        frame, kept = _score_layers(model, extraction, task_list, seed, progress, workers,
+                                    checkpoint_folder(cache_dir, "scores"))
     finished = time.perf_counter()
     frame.attrs["record"] = {
         "model": model.describe() if hasattr(model, "describe") else {"model_id": model.model_id},
@@ -275,6 +279,7 @@ def evaluate_layers(
         "pooling": pooling,
         "max_length": max_length,
         "from_cache": extraction.from_cache,
+        "layers_kept": kept,
         "eval_workers": workers,
         "seconds": {
             "prepare": collected - started,  # task data + dry run collecting the texts
@@ -355,12 +360,13 @@ def _worker_init() -> None:
 
 
 def fork_map(function: Callable[[_Item], _Result], items: Iterable[_Item], workers: int,
-             on_done: Callable[[], None] | None = None) -> dict[_Item, _Result]:
+             on_done: Callable[[_Item, _Result], None] | None = None) -> dict[_Item, _Result]:
     """``function`` of every item: in turn in this process, or spread over forked worker processes.
 
     Workers are forked, so they share what the parent prepared (module state such as
     ``_WORKER_STATE``) copy-on-write; each uses one thread and leaves Ctrl-C to the parent, which
-    cancels the items not yet started when anything fails. Where fork is unavailable, or with one
+    drops the items not finished when anything fails (the workers are terminated, not awaited).
+    Where fork is unavailable, or with one
     worker, the items run in this process.
 
     Parameters
@@ -372,7 +378,8 @@ def fork_map(function: Callable[[_Item], _Result], items: Iterable[_Item], worke
     workers : int
         Processes (see :func:`resolve_workers`); 1 runs here.
     on_done : callable, optional
-        Called after each finished item (e.g. a progress bar's update).
+        Called with each finished item and its result, as it finishes (e.g. to keep it, and to
+        update a progress bar).
 
     Returns
     -------
@@ -380,52 +387,84 @@ def fork_map(function: Callable[[_Item], _Result], items: Iterable[_Item], worke
         Item -> result, in the order the items finished.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     results: dict[_Item, _Result] = {}
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+        try:
             futures = {pool.submit(function, item): item for item in items}
-            try:
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
+            pending = set(futures)
+            while pending:  # waits of 0.5 s: a Ctrl-C handled by another thread is raised here within 0.5 s
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    item = futures[future]
+                    results[item] = future.result()
                     if on_done is not None:
-                        on_done()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+                        on_done(item, results[item])
+        except BaseException:
+            _stop_now(pool)  # Ctrl-C or a failure: the items running and queued are dropped, not awaited
+            raise
+        pool.shutdown()
     else:
         for item in items:
             results[item] = function(item)
             if on_done is not None:
-                on_done()
+                on_done(item, results[item])
     return results
+
+
+def _stop_now(pool: Any) -> None:
+    """Shut a process pool down without waiting for its items: queued ones cancelled, workers terminated."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # private, there since Python 3.2
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _score_layers(
     model: LoadedModel, extraction: Extraction, tasks: Sequence[AbsTask], seed: int | None, progress: bool,
-    workers: int = 1,
-) -> pd.DataFrame:
+    workers: int = 1, checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> tuple[pd.DataFrame, int]:
     """MTEB's evaluators on every layer: in turn, or spread over forked worker processes (:func:`fork_map`).
 
     Every (layer, task) evaluation is reseeded, so the scores do not depend on the number of
     workers or on which worker ran a layer. The workers share the embeddings and the loaded tasks
-    copy-on-write.
+    copy-on-write. Each finished layer is kept in ``checkpoint_dir`` (:mod:`~layerscope.evaluate.checkpoint`)
+    and read back instead of evaluated again. Returns the scores and how many layers were read back.
     """
+    from layerscope.evaluate.checkpoint import UnitCheckpoints, unit_digests
+
     positions = range(len(extraction.layers))
+    name = f"layerscope/{model.model_id}"
+    checkpoints = UnitCheckpoints(checkpoint_dir, "scores", {"seed": seed, "name": name, "revision": model.revision,
+                                                             "num_layers": model.num_layers})
+    layer_keys, task_keys = unit_digests(checkpoints, extraction, positions, tasks)
+    keys = {} if None in task_keys else {
+        position: checkpoints.key(layer_keys[position], extraction.layers[position], task_keys) for position in positions}
+    kept = {position: json.loads(str(stored)) for position, key in keys.items()
+            if (stored := checkpoints.load(key)) is not None}
     _WORKER_STATE.clear()
-    _WORKER_STATE.update(extraction=extraction, tasks=tasks, seed=seed, num_layers=model.num_layers,
-                         name=f"layerscope/{model.model_id}", revision=model.revision)
-    bar = tqdm(total=len(positions), desc="evaluating layers", unit="layer", disable=not progress)
+    _WORKER_STATE.update(extraction=extraction, tasks=tasks, seed=seed, num_layers=model.num_layers, name=name,
+                         revision=model.revision)
+    bar = tqdm(total=len(positions), initial=len(kept), desc="evaluating layers", unit="layer", disable=not progress)
+
+    def done(position: int, rows: list[dict[str, Any]]) -> None:
+        if position in keys:
+            checkpoints.save(keys[position], np.array(json.dumps(rows)))
+        bar.update(1)
+
     try:
-        results = fork_map(_score_layer, positions, workers, lambda: bar.update(1))
+        results = fork_map(_score_layer, [p for p in positions if p not in kept], workers, done)
     finally:
         bar.close()
         _WORKER_STATE.clear()
+    results.update(kept)
     rows = [row for position in positions for row in results[position]]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS), len(kept)
 
 
 def average_by_layer(frame: pd.DataFrame, tasks: Iterable[str] | None = None, scale: float = 100.0) -> pd.DataFrame:

@@ -256,7 +256,9 @@ def select_layer_with_labels(
     task_files : TaskFileConfig or mapping, optional
         How task files are read (columns, split, clustering).
     pooling, max_length, batch_size, cache_dir, progress, **extract_options
-        As for :func:`layerscope.extract`.
+        As for :func:`layerscope.extract`; ``cache_dir`` also keeps the finished layers' scores and
+        bootstrap units (``<cache_dir>/scores``, ``<cache_dir>/bootstrap``,
+        :mod:`~layerscope.evaluate.checkpoint`), so that a rerun after an interruption resumes.
     eval_workers : int or "auto"
         Processes running the evaluators (see :func:`~layerscope.evaluate.evaluate_layers`).
     candidates : Candidates, optional
@@ -273,6 +275,7 @@ def select_layer_with_labels(
     LayerChoice
     """
     from layerscope.evaluate.catalog import resolve
+    from layerscope.evaluate.checkpoint import checkpoint_folder
     from layerscope.evaluate.few_labels import draw_labels, is_classification
     from layerscope.evaluate.runner import _load, evaluate_layers
     from layerscope.evaluate.uncertainty import (
@@ -303,7 +306,7 @@ def select_layer_with_labels(
                                progress=progress, **extract_options)
     encoded = time.perf_counter()
     scores = evaluate_layers(model, task_list, layers="all", seed=seed, extraction=extraction, progress=progress,
-                             eval_workers=eval_workers)
+                             eval_workers=eval_workers, cache_dir=cache_dir)
     evaluated = time.perf_counter()
     notes: list[str] = []
     verdict = None
@@ -312,7 +315,8 @@ def select_layer_with_labels(
         name = f"layerscope/{model.model_id}"
         scores = bootstrap_layers(scores, extraction, task_list, n_resamples=bootstrap, confidence=confidence,
                                   resample_seed=resample_seed, seed=seed, name=name, revision=model.revision,
-                                  progress=progress, eval_workers=eval_workers, plans=plans)
+                                  progress=progress, eval_workers=eval_workers, plans=plans,
+                                  checkpoint_dir=checkpoint_folder(cache_dir))
         scores = _by_type_rows(scores, candidates, ids)
         per_layer = layer_intervals(scores)
         per_task = task_intervals(scores)

@@ -32,6 +32,7 @@ bootstrap is importable from it.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
+from layerscope.evaluate.checkpoint import UnitCheckpoints, unit_digests
 from layerscope.evaluate.intervals import (
     BOOTSTRAP_KEY,
     BestVersusLast,
@@ -178,6 +180,7 @@ def bootstrap_layers(
     progress: bool = True,
     eval_workers: int | str = "auto",
     plans: Sequence[BootstrapPlan] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Bootstrap every (layer, task) score of :func:`~layerscope.evaluate.evaluate_layers` with MTEB's evaluators.
 
@@ -206,6 +209,9 @@ def bootstrap_layers(
     plans : sequence of BootstrapPlan, optional
         :func:`bootstrap_plan` of each task with these settings, when the caller has them already
         (built here otherwise).
+    checkpoint_dir : str or Path, optional
+        Where each finished (layer, task) unit is kept (:mod:`~layerscope.evaluate.checkpoint`): a rerun
+        after an interruption evaluates only the units it had not finished. None keeps nothing.
 
     Returns
     -------
@@ -240,27 +246,53 @@ def bootstrap_layers(
     units = {plan.task.metadata.name: plan.unit for plan in plans}
     counts = {plan.task.metadata.name: plan.n_units for plan in plans}
     work = [(extraction.layers.index(layer), t) for layer in layers for t in range(len(tasks))]
+    checkpoints, keys = _unit_keys(checkpoint_dir, extraction, plans, work, n_resamples=n_resamples,
+                                   resample_seed=resample_seed, seed=seed, name=name, revision=revision)
+    kept = {unit: values for unit, key in keys.items() if (values := checkpoints.load(key)) is not None}
+    work = [unit for unit in work if unit not in kept]
     workers = resolve_workers(eval_workers, len(work))
     _STATE.clear()
     _STATE.update(extraction=extraction, plans=list(plans), copies=copies, seed=seed, name=name,
                   revision=revision)
-    bar = tqdm(total=len(work) * n_resamples, desc=f"bootstrap: {n_resamples} resamples x {_count(len(tasks), 'task')} "
-               f"x {_count(len(layers), 'layer')}", unit="eval", disable=not progress)
+    bar = tqdm(total=(len(work) + len(kept)) * n_resamples, initial=len(kept) * n_resamples,
+               desc=f"bootstrap: {n_resamples} resamples x {_count(len(tasks), 'task')} x {_count(len(layers), 'layer')}",
+               unit="eval", disable=not progress)
+
+    def done(unit: tuple[int, int], values: list[float]) -> None:
+        if unit in keys:
+            checkpoints.save(keys[unit], np.asarray(values, dtype=np.float64))
+        bar.update(n_resamples)
+
     try:
         with own_seeds_kept(tasks):
-            results = fork_map(_evaluate_unit, work, workers, lambda: bar.update(n_resamples))
+            results = fork_map(_evaluate_unit, work, workers, done)
     finally:
         bar.close()
         _STATE.clear()
+    results.update({unit: [float(value) for value in values] for unit, values in kept.items()})
     resampled = {(extraction.layers[position], names[t]): values for (position, t), values in results.items()}
     out = attach_bootstrap(scores, resampled, units=units, n_units=counts, resample_seed=resample_seed,
                            confidence=confidence)
     out.attrs["bootstrap"] = {
         "n_resamples": n_resamples, "confidence": confidence, "resample_seed": resample_seed, "seed": seed,
-        "units": units, "n_units": counts, "eval_workers": workers,
+        "units": units, "n_units": counts, "eval_workers": workers, "units_kept": len(kept),
         "seconds": time.perf_counter() - started,
     }
     return out
+
+
+def _unit_keys(
+    folder: str | os.PathLike[str] | None, extraction: Extraction, plans: Sequence[BootstrapPlan],
+    work: Sequence[tuple[int, int]], **settings: Any,
+) -> tuple[UnitCheckpoints, dict[tuple[int, int], str]]:
+    """The run's checkpoints and the key of each unit that can have one (its task's data digested)."""
+    checkpoints = UnitCheckpoints(folder, "bootstrap", settings)
+    positions = sorted({position for position, _ in work})
+    layer_keys, task_keys = unit_digests(checkpoints, extraction, positions, [plan.task for plan in plans])
+    return checkpoints, {
+        (position, t): checkpoints.key(layer_keys[position], task_keys[t], plans[t].kind, plans[t].indices)
+        for position, t in work if task_keys[t] is not None and position in layer_keys
+    }
 
 
 def _count(number: int, noun: str) -> str:
