@@ -687,3 +687,35 @@ def test_select_command_end_to_end(files, tmp_path) -> None:
         assert code == 0, lines
         assert "--recipes auto is the last layer for a sentence-encoder" in " ".join(out.split())
         assert json.loads((tmp_path / "encoder" / "select.json").read_text())["candidates"] == {}
+
+
+@pytest.mark.numeric
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_counted_scores_equal_mtebs_own_scoring(kind, monkeypatch) -> None:
+    from layerscope.evaluate import uncertainty
+
+    rng = np.random.default_rng(3)
+    names = np.array(["cat", "dog", "emu", "yak", "owl"]) if kind == "str" else np.arange(5) * 7
+    labels = names[rng.choice(4, size=40, p=[0.4, 0.3, 0.2, 0.1])]
+    predictions = [names[rng.choice(4, size=40, p=[0.5, 0.3, 0.2, 0.0])] for _ in range(3)]  # one class never predicted
+    labels[0] = predictions[0][0] = predictions[1][0] = names[4]  # a class only example 0 has: absent from most resamples
+    rows = rng.integers(0, 40, size=(25, 40))
+    assert 0 < sum(0 in drawn for drawn in rows) < len(rows)
+
+    def mteb_scores(metric: str) -> list[float]:  # MTEB's own calls, averaged over the experiments as MTEB does
+        scores = [[AbsTaskClassification._calculate_scores(None, labels[drawn], p[drawn])[metric] for p in predictions]
+                  for drawn in rows]
+        return [float(np.mean(values)) for values in scores]
+
+    for metric in uncertainty.COUNTED_METRICS:
+        expected = mteb_scores(metric)
+        # float64 sums of the same counts in another order: 1e-12 is rounding, a wrong class set is >= 1e-3
+        assert uncertainty.counted_scores(labels, predictions, rows, metric) == pytest.approx(expected, abs=1e-12), metric
+        monkeypatch.setattr(uncertainty, "_COUNT_CHUNK", 3 * 40 * 4)  # 4 resamples a chunk
+        probe = type("Probe", (), {"metadata": type("M", (), {"main_score": metric})})()
+        assert uncertainty._part_scores(probe, labels, predictions, rows) == pytest.approx(expected, abs=1e-12)
+        monkeypatch.undo()
+    assert len(set(mteb_scores("f1"))) > 1  # the resamples differ: not a comparison of constants
+    with pytest.raises(LayerscopeError, match="^cannot count 'ap': one of accuracy, f1, "):
+        uncertainty.counted_scores(labels, predictions, rows, "ap")

@@ -125,9 +125,11 @@ def _classification_resamples(view: Any, task: AbsTask, draws: dict[tuple[str, s
     MTEB's classifiers (``samples_per_label`` per class, ``n_experiments`` draws, all from the training
     pool and the task's seed) do not depend on the test examples, and each test example's prediction
     depends on that example only. So one MTEB evaluation records every experiment's predictions, and
-    MTEB's own scoring (``_calculate_scores``, ``_calculate_avg_scores``, ``_add_main_score``) is applied
-    to each resample of (labels, predictions): the same numbers as ``mteb.evaluate`` on a resampled
-    copy (tested), without training the same classifiers B times.
+    MTEB's scoring is applied to each resample of (labels, predictions): the same numbers as
+    ``mteb.evaluate`` on a resampled copy (tested), without training the same classifiers B times. The
+    main scores MTEB takes from scikit-learn's accuracy, F1, precision and recall are counted for all
+    resamples at once (:func:`counted_scores`, tested equal to MTEB's ``_calculate_scores`` to 1e-12);
+    another (average precision) goes through MTEB's own ``_calculate_scores``, resample by resample.
     """
     from layerscope.evaluate.runner import main_score, run_task
 
@@ -149,21 +151,94 @@ def _classification_resamples(view: Any, task: AbsTask, draws: dict[tuple[str, s
     probe._evaluate_subset = recording_subset  # type: ignore[method-assign]
     probe._run_experiment = recording_experiment  # type: ignore[method-assign]
     run_task(view, probe, seed)  # one evaluation, as the point estimate's
-    labels = {(split, subset): np.asarray(list(subset_splits(task, subset)[split][task.label_column_name]))
-              for subset, split in draws}
-    n_resamples = next(iter(next(iter(draws.values())).values())).shape[0]
+    parts = {}
+    for (subset, split), part in draws.items():
+        labels = np.asarray(list(subset_splits(task, subset)[split][task.label_column_name]))
+        parts[subset, split] = _part_scores(probe, labels, predictions[split, subset], next(iter(part.values())))
+    n_resamples = len(next(iter(parts.values())))
     values = []
-    for b in range(n_resamples):
+    for b in range(n_resamples):  # MTEB's aggregation over subsets, as for the point estimate
         resampled: dict[str, list[dict[str, Any]]] = {}
-        for (subset, split), part in draws.items():
-            rows = next(iter(part.values()))[b]
-            scores = [probe._calculate_scores(labels[split, subset][rows], predicted[rows])
-                      for predicted in predictions[split, subset]]
-            average = probe._calculate_avg_scores(scores)
-            probe._add_main_score(average)
-            resampled.setdefault(split, []).append(average)
+        for (_, split), scores in parts.items():
+            resampled.setdefault(split, []).append({"main_score": scores[b]})
         values.append(main_score(resampled))
     return values
+
+
+#: MTEB's classification metrics computed here from per-class counts, every resample at once;
+#: another main score (average precision) is scored by MTEB's own code, resample by resample.
+COUNTED_METRICS = ("accuracy", "f1", "f1_weighted", "precision", "precision_weighted", "recall", "recall_weighted")
+#: Predictions (experiments x resamples x examples) counted in one go; more are counted in chunks.
+_COUNT_CHUNK = 1 << 22
+
+
+def _part_scores(probe: Any, labels: np.ndarray, predictions: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The main score of every resample ``rows[b]`` of one evaluation part, averaged over the experiments."""
+    metric = probe.metadata.main_score
+    if metric in COUNTED_METRICS and all(labels.dtype.kind == p.dtype.kind for p in predictions):
+        step = max(1, _COUNT_CHUNK // (len(predictions) * rows.shape[1]))
+        return np.concatenate([counted_scores(labels, predictions, rows[start:start + step], metric)
+                               for start in range(0, len(rows), step)])
+    out = []
+    for drawn in rows:
+        average = probe._calculate_avg_scores([probe._calculate_scores(labels[drawn], predicted[drawn])
+                                               for predicted in predictions])
+        probe._add_main_score(average)
+        out.append(float(average["main_score"]))
+    return np.asarray(out)
+
+
+def counted_scores(labels: np.ndarray, predictions: Sequence[np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
+    """An MTEB classification metric of every resample, from per-class counts, averaged over the experiments.
+
+    scikit-learn's definitions, as MTEB calls them (``average="macro"``, or ``"weighted"`` for the
+    ``_weighted`` metrics): a resample's classes are those in its labels or its predictions; a class
+    never predicted has precision 0 and one never true recall 0 (``zero_division="warn"``); F1 is
+    ``2 tp / (true + predicted)``; macro averages the classes, weighted weights them by their support.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (n,)
+        The test labels.
+    predictions : sequence of numpy.ndarray, shape (n,) each
+        One experiment's predictions each (same kind of values as the labels).
+    rows : numpy.ndarray of int, shape (B, m)
+        The resamples: indices into the test examples.
+    metric : str
+        One of :data:`COUNTED_METRICS`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (B,)
+        The metric of each resample, averaged over the experiments (MTEB's score of the resampled copy).
+    """
+    if metric not in COUNTED_METRICS:
+        raise LayerscopeError(f"cannot count '{metric}': one of {', '.join(COUNTED_METRICS)}")
+    n_experiments, (n_resamples, m) = len(predictions), rows.shape
+    _, codes = np.unique(np.concatenate([labels, *predictions]), return_inverse=True)
+    k = int(codes.max()) + 1
+    true_codes = codes[: len(labels)][rows]  # (B, m)
+    predicted = codes[len(labels):].reshape(n_experiments, len(labels))[:, rows]  # (E, B, m)
+    slots = np.arange(n_experiments * n_resamples).reshape(n_experiments, n_resamples, 1) * k + predicted
+    shape = (n_experiments, n_resamples, k)
+    tp = np.bincount(slots[predicted == true_codes], minlength=n_experiments * n_resamples * k)
+    tp = tp.reshape(shape).astype(np.float64)
+    if metric == "accuracy":  # sklearn's correct/m per experiment (exact), then MTEB's np.mean over experiments
+        return _experiment_mean(tp.sum(-1) / m)
+    true = np.bincount((np.arange(n_resamples)[:, None] * k + true_codes).ravel(), minlength=n_resamples * k)
+    true = np.broadcast_to(true.reshape(1, n_resamples, k).astype(np.float64), shape)
+    pred = np.bincount(slots.ravel(), minlength=n_experiments * n_resamples * k).reshape(shape).astype(np.float64)
+    kind, _, weighting = metric.partition("_")
+    numerator, denominator = {"precision": (tp, pred), "recall": (tp, true), "f1": (2.0 * tp, true + pred)}[kind]
+    value = np.divide(numerator, denominator, out=np.zeros(shape), where=denominator > 0)
+    weights = np.where(true + pred > 0, true if weighting else 1.0, 0.0)
+    return _experiment_mean((value * weights).sum(-1) / weights.sum(-1))
+
+
+def _experiment_mean(values: np.ndarray) -> np.ndarray:
+    """(E, B) -> (B,): each resample's mean over the experiments as MTEB takes it (``np.mean`` of a list of E
+    floats), summed along a contiguous axis so that numpy adds them in the same (pairwise) order."""
+    return np.ascontiguousarray(values.T).mean(-1)
 
 
 def bootstrap_layers(
