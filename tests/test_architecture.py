@@ -20,7 +20,8 @@ Layers, bottom to top (a module may import modules of its own layer or below, ne
        metrics (the math:       the metrics as pure tensor functions, their streaming accumulators and
        functional, eigen,       the registry of metric specs
        accumulators, registry)
-    0  layerscope (the package's front door), errors, atomic, integrity (checked files), hub
+    0  layerscope (the package's front door), errors, atomic, integrity (checked files), hub, caches (where
+       each kind of cached file goes)
 
 Why this order (adjusted from issue 24's proposal):
 
@@ -69,7 +70,8 @@ from import_graph import Import
 #: Bottom to top: (layer name, the modules and packages in it). A module belongs to the most specific
 #: entry naming it or a package above it; ``layerscope`` names the root package's ``__init__`` only.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("layerscope", "layerscope.errors", "layerscope.atomic", "layerscope.integrity", "layerscope.hub")),
+    ("foundation", ("layerscope", "layerscope.errors", "layerscope.atomic", "layerscope.integrity", "layerscope.hub",
+                    "layerscope.caches")),
     ("inputs and metric math", ("layerscope.models", "layerscope.data", "layerscope.augment", "layerscope.metrics")),
     ("configuration", ("layerscope.config",)),
     ("extraction", ("layerscope.extract",)),

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,3 +340,19 @@ def test_a_model_cache_of_an_older_layerscope_is_rebuilt_and_said_so(gguf_cache,
     assert cache_lines(caplog) == ["cache entry gguf-tiny has no checksums (written by an older layerscope): "
                                    "recomputing"]
     assert len(calls) == 2
+
+
+def test_every_kind_of_cache_sits_under_one_root(monkeypatch, tmp_path) -> None:
+    from layerscope.cli.options import default_cache_dir
+    from layerscope.data.fetch import data_cache_dir
+    from layerscope.models.bundled import model_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LAYERSCOPE_CACHE", "~/lc")  # as a shell leaves it when quoted: expanded here
+    assert (model_cache_dir(), data_cache_dir(), Path(default_cache_dir())) == (
+        tmp_path / "lc" / "models", tmp_path / "lc" / "data", tmp_path / "lc" / "embeddings")
+    if sys.platform.startswith("linux"):  # without the variable: the platform's user cache folder
+        monkeypatch.delenv("LAYERSCOPE_CACHE")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert model_cache_dir() == tmp_path / "xdg" / "layerscope" / "models"
+        assert data_cache_dir().parent == model_cache_dir().parent == Path(default_cache_dir()).parent

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -61,12 +60,9 @@ class CacheOptions(Config):
 
 def default_cache_dir() -> str:
     """The embedding cache of the CLI: ``$LAYERSCOPE_CACHE/embeddings`` or the user cache directory."""
-    root = os.environ.get("LAYERSCOPE_CACHE")
-    if root:
-        return str(Path(root) / "embeddings")
-    import platformdirs
+    from layerscope.caches import cache_dir
 
-    return str(Path(platformdirs.user_cache_dir("layerscope")) / "embeddings")
+    return str(cache_dir("embeddings"))
 
 
 def _cli_type(hint: Any) -> Any:

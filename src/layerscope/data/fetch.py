@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layerscope.caches import cache_dir
 from layerscope.errors import LayerscopeError, unknown
 
 __all__ = ["SOURCES", "Source", "archive", "data_cache_dir", "fetch", "fetch_all", "read_member", "read_members",
@@ -150,12 +151,7 @@ SOURCES: dict[str, Source] = {
 
 def data_cache_dir() -> Path:
     """Where fetched archives are kept: ``$LAYERSCOPE_CACHE/data`` or the user cache folder's ``data``."""
-    root = os.environ.get("LAYERSCOPE_CACHE")
-    if root:
-        return Path(root).expanduser() / "data"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("layerscope")) / "data"
+    return cache_dir("data")
 
 
 def source(name: str) -> Source:

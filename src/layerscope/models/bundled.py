@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,12 +125,9 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def model_cache_dir() -> Path:
     """Where dequantized models are kept (``$LAYERSCOPE_CACHE/models`` or the user cache dir)."""
-    root = os.environ.get("LAYERSCOPE_CACHE")
-    if root:
-        return Path(root) / "models"
-    import platformdirs
+    from layerscope.caches import cache_dir
 
-    return Path(platformdirs.user_cache_dir("layerscope")) / "models"
+    return cache_dir("models")
 
 
 def resolve_bundled(alias: str) -> tuple[Path, str | None, BundledModel]:
