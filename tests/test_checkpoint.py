@@ -208,20 +208,24 @@ def test_keys_follow_what_the_scores_read(run, tmp_path) -> None:
     assert len(keys) == 3
 
 
-def test_task_with_unknown_data_is_not_kept(run, tmp_path) -> None:
-    tasks = run[0]
+def test_task_digest_reads_row_mappings_and_refuses_unknown_data(run) -> None:
+    task = run[0][1]  # the STS task: one test split
 
     class Opaque:
         pass
 
-    task = tasks[1]
-    before = task.dataset
+    before, digest = task.dataset, task_digest(task)
+    test = before["test"]
     try:
+        task.dataset = {**before, "test": test.select(range(1, len(test)))}  # all rows but the first
+        fewer_rows = task_digest(task)
+        task.dataset = {**before, "test": test.select(range(len(test) - 1, -1, -1))}  # a row mapping: reversed
+        reversed_rows = task_digest(task)
         task.dataset = {**before, "extra": Opaque()}
-        assert task_digest(task) is None
+        assert task_digest(task) is None  # not kept rather than keyed on part of what the scores read
     finally:
         task.dataset = before
-    assert task_digest(task) is not None
+    assert len({digest, fewer_rows, reversed_rows}) == 3 and task_digest(task) == digest
 
 
 def test_no_folder_keeps_nothing(tmp_path) -> None:

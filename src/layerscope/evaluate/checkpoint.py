@@ -25,6 +25,7 @@ that cannot be written is said once and the run goes on without it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -56,15 +57,12 @@ def _feed(digest: Any, value: Any) -> None:
 
     if isinstance(value, _SIMPLE):
         digest.update(b"s" + json.dumps(value).encode() + b"\x1e")
-    elif isinstance(value, datasets.Dataset):
-        import pyarrow as pa
-
-        table = (value.flatten_indices() if value._indices is not None else value).data.table
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+    elif isinstance(value, datasets.Dataset):  # its table and, after a select or shuffle, its row mapping
         digest.update(b"d")
-        digest.update(memoryview(sink.getvalue()))
+        _feed_table(digest, value.data.table)
+        if value._indices is not None:
+            digest.update(b"i")
+            _feed_table(digest, value._indices.table)
     elif isinstance(value, np.ndarray):
         digest.update(b"a" + json.dumps([value.dtype.str, list(value.shape)]).encode())
         digest.update(memoryview(np.ascontiguousarray(value)).cast("B") if value.size else b"")
@@ -81,6 +79,29 @@ def _feed(digest: Any, value: Any) -> None:
         _feed(digest, {item.name: getattr(value, item.name) for item in fields(value)})
     else:
         raise _Unknown(type(value).__name__)
+
+
+class _Hashing(io.RawIOBase):
+    """A write-only file that feeds a digest: Arrow streams a table into it without holding a copy."""
+
+    def __init__(self, digest: Any) -> None:
+        super().__init__()
+        self.digest = digest
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return len(memoryview(data))
+
+
+def _feed_table(digest: Any, table: Any) -> None:
+    """An Arrow table's IPC stream (schema, then every batch: values, offsets and validity as read)."""
+    import pyarrow as pa
+
+    with pa.PythonFile(_Hashing(digest), mode="w") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def task_digest(task: Any) -> str | None:
