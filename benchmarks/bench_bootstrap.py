@@ -1,13 +1,18 @@
-"""The classification bootstrap: MTEB's scoring resample by resample against counting every resample at once.
+"""The bootstrap's cost: every resample evaluated by MTEB as before against rescoring what one evaluation recorded.
 
-A classification task file (``--per-class`` BBC articles per topic, cut to 300 characters, as the README's
-``select`` example) is scored at every layer of a model, then bootstrapped (``--resamples`` resamples of the
-test examples) twice in one process: through MTEB's own ``_calculate_scores`` for every resample and
-experiment (how layerscope scored resamples before), and through
-:func:`~layerscope.evaluate.uncertainty.counted_scores` (the default). Both train MTEB's classifiers
-once per layer; they differ only in how the resampled predictions are scored. Prints both times, the
-largest difference between the two sets of resampled scores, and last ``ratio: <MTEB's scoring time>
-/ <counted time>`` (above 1: counting is faster).
+Tasks: a classification task file (``--per-class`` BBC articles per topic, cut to 300 characters, as
+the README's ``select`` example) and the offline suite's STS and pair-classification tasks, scored at
+every layer of a model, then bootstrapped (``--resamples``) twice in one process:
+
+- before: classification scored each resample of its recorded predictions with MTEB's own
+  ``_calculate_scores``, one call per resample and experiment; STS and pair classification ran MTEB's
+  whole evaluation on every resampled copy of the task;
+- now (the default): the classification main score is counted for every resample at once
+  (:func:`~layerscope.evaluate.uncertainty.counted_scores`), and STS and pair classification rescore
+  each pair's recorded similarities with MTEB's own scoring.
+
+Prints each task's two times and the largest difference between the two sets of resampled scores,
+and last ``ratio: <before, all tasks> / <now, all tasks>`` (above 1: now is faster).
 
     python benchmarks/bench_bootstrap.py [--model minilm-l6] [--resamples 100] [--workers 1]
 """
@@ -48,31 +53,35 @@ def main() -> None:
     frame["text"] = frame["text"].str.split().str.join(" ").str.slice(0, 300)
     folder = Path(tempfile.mkdtemp(prefix="bench-bootstrap-"))
     frame[["text", "label"]].to_csv(folder / "bbc_topics.csv", index=False)
-    tasks = resolve([folder / "bbc_topics.csv"])
+    offline = [task for task in resolve(["offline"]) if task.metadata.type in ("STS", "PairClassification")]
+    tasks = resolve([folder / "bbc_topics.csv"]) + offline
     _load(tasks)
     model = load_model(args.model)
     extraction = extract(model, collect_texts(tasks), progress=False)
-    scores = evaluate_layers(model, tasks, extraction=extraction, progress=False, eval_workers=args.workers)
-    print(f"{args.model}: {len(extraction.layers)} layers, {len(frame)} texts ({args.per_class} per topic), "
-          f"{args.resamples} resamples, main score {tasks[0].metadata.main_score}, {args.workers} worker(s)")
+    print(f"{args.model}: {len(extraction.layers)} layers, {args.resamples} resamples, {args.workers} worker(s)")
 
-    def run() -> tuple[float, np.ndarray]:
+    def boot(task, scores) -> tuple[float, np.ndarray]:
         started = time.perf_counter()
-        boot = uncertainty.bootstrap_layers(scores, extraction, tasks, n_resamples=args.resamples, progress=False,
-                                            eval_workers=args.workers)
-        return time.perf_counter() - started, _resamples(boot)
+        frame = uncertainty.bootstrap_layers(scores, extraction, [task], n_resamples=args.resamples, progress=False,
+                                             eval_workers=args.workers)
+        return time.perf_counter() - started, _resamples(frame)
 
-    counted_metrics = uncertainty.COUNTED_METRICS
-    uncertainty.COUNTED_METRICS = ()  # every resample through MTEB's _calculate_scores
-    try:
-        mteb_seconds, mteb_values = run()
-    finally:
-        uncertainty.COUNTED_METRICS = counted_metrics
-    counted_seconds, counted_values = run()
-    print(f"MTEB's scoring, resample by resample: {mteb_seconds:.1f} s")
-    print(f"counted, every resample at once:      {counted_seconds:.1f} s")
-    print(f"largest difference between the resampled scores: {np.abs(mteb_values - counted_values).max():.1e}")
-    print(f"ratio: {mteb_seconds / counted_seconds:.2f}")
+    now = uncertainty._RESCORED, uncertainty.COUNTED_METRICS
+    totals = np.zeros(2)
+    print(f"{'task':36s} {'type':20s} {'before':>8s} {'now':>8s}  largest difference")
+    for task in tasks:
+        scores = evaluate_layers(model, [task], extraction=extraction, progress=False, eval_workers=args.workers)
+        uncertainty._RESCORED, uncertainty.COUNTED_METRICS = ("classification",), ()  # as before
+        try:
+            before, before_values = boot(task, scores)
+        finally:
+            uncertainty._RESCORED, uncertainty.COUNTED_METRICS = now
+        seconds, values = boot(task, scores)
+        totals += (before, seconds)
+        print(f"{task.metadata.name:36s} {task.metadata.type:20s} {before:7.1f}s {seconds:7.1f}s  "
+              f"{np.abs(before_values - values).max():.1e}")
+    print(f"{'all':57s} {totals[0]:7.1f}s {totals[1]:7.1f}s")
+    print(f"ratio: {totals[0] / totals[1]:.2f}")
 
 
 if __name__ == "__main__":

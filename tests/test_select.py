@@ -20,6 +20,7 @@ mteb = pytest.importorskip("mteb")
 
 from datasets import Dataset, DatasetDict  # noqa: E402
 from mteb.abstasks.classification import AbsTaskClassification  # noqa: E402
+from mteb.abstasks.pair_classification import AbsTaskPairClassification  # noqa: E402
 from mteb.abstasks.sts import AbsTaskSTS  # noqa: E402
 from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
 
@@ -106,6 +107,18 @@ class HandSTS(AbsTaskSTS):
         self.dataset = DatasetDict({"test": Dataset.from_dict({"sentence1": rows["sentence1"].tolist(),
                                                                "sentence2": rows["sentence2"].tolist(),
                                                                "score": rows["score"].tolist()})})
+        self.data_loaded = True
+
+
+class HandPairs(AbsTaskPairClassification):
+    metadata = _meta("HandPairs", "PairClassification", "max_ap")
+
+    def __init__(self) -> None:
+        super().__init__()
+        rows = _similarity()
+        self.dataset = DatasetDict({"test": Dataset.from_dict({"sentence1": rows["sentence1"].tolist(),
+                                                               "sentence2": rows["sentence2"].tolist(),
+                                                               "labels": (rows["score"] > 2.5).astype(int).tolist()})})
         self.data_loaded = True
 
 
@@ -719,3 +732,22 @@ def test_counted_scores_equal_mtebs_own_scoring(kind, monkeypatch) -> None:
     assert len(set(mteb_scores("f1"))) > 1  # the resamples differ: not a comparison of constants
     with pytest.raises(LayerscopeError, match="^cannot count 'ap': one of accuracy, f1, "):
         uncertainty.counted_scores(labels, predictions, rows, "ap")
+
+
+@pytest.mark.numeric
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.parametrize("hand", [HandPairs, lambda: HandSTS(np.arange(12)), lambda: HandClassification(np.arange(18))],
+                         ids=["pairs", "sts", "classification"])
+def test_rescored_resamples_equal_mteb_on_the_resampled_copies(run, hand) -> None:
+    from layerscope.evaluate.encoder import LayerView
+    from layerscope.evaluate.runner import main_score, run_task
+    from layerscope.evaluate.uncertainty import _rescored_resamples, bootstrap_plan
+
+    extraction = run[1]
+    view = LayerView(extraction.texts, name="layerscope/tiny", revision=None)
+    view.set_layer(1, extraction.pooled[extraction.layers.index(1)])
+    plan = bootstrap_plan(hand(), N_RESAMPLES, RESAMPLE_SEED)
+    copies = [main_score(run_task(view, resampled, None)) for resampled in plan.copies()]  # MTEB on each copy
+    # the same MTEB scoring of the same per-example values, recorded once: 1e-12 is rounding
+    assert _rescored_resamples(view, plan, None) == pytest.approx(copies, abs=1e-12)
+    assert len(set(copies)) > 1

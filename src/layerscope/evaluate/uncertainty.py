@@ -12,7 +12,8 @@ For classification, MTEB's classifiers depend on the training pool and the task'
 test example's prediction on that example only: one MTEB evaluation per layer records every
 experiment's predictions, and MTEB's own scoring is applied to each resample of (labels, predictions),
 the same numbers as ``mteb.evaluate`` on the resampled copy without training the same classifiers B
-times (:func:`_classification_resamples`; both are tested equal to hand-made resamples).
+times (:func:`_rescored_resamples`; both are tested equal to hand-made resamples). STS and pair
+classification are rescored the same way from each pair's recorded similarities.
 
 **Paired.** Resample ``b`` of a task is the same at every layer, so a difference between two layers
 is judged on the bootstrap distribution of that difference (the noise common to both layers, e.g.
@@ -113,56 +114,106 @@ def _evaluate_unit(unit: tuple[int, int]) -> list[float]:
     if view.layer != layer:
         view.set_layer(layer, extraction.pooled[position])
     plan, copies = _STATE["plans"][task_index], _STATE["copies"][task_index]
-    if plan.kind == "classification":
-        return _classification_resamples(view, plan.task, plan.draws, _STATE["seed"])
+    if plan.kind in _RESCORED:
+        return _rescored_resamples(view, plan, _STATE["seed"])
     return [main_score(run_task(view, resampled, _STATE["seed"])) for resampled in copies]
 
 
-def _classification_resamples(view: Any, task: AbsTask, draws: dict[tuple[str, str], dict[str, np.ndarray]],
-                              seed: int | None) -> list[float]:
-    """MTEB's classification scores of every resample of the test examples, its classifiers trained once.
+#: Kinds whose resamples are rescored from one evaluation, with the MTEB method whose calls are
+#: recorded: classification records each experiment's predictions (``_run_experiment``), STS and pair
+#: classification the per-pair similarities they score (``_calculate_scores``, ``_compute_metrics``).
+_RESCORED = ("classification", "pairs")
 
-    MTEB's classifiers (``samples_per_label`` per class, ``n_experiments`` draws, all from the training
-    pool and the task's seed) do not depend on the test examples, and each test example's prediction
-    depends on that example only. So one MTEB evaluation records every experiment's predictions, and
-    MTEB's scoring is applied to each resample of (labels, predictions): the same numbers as
-    ``mteb.evaluate`` on a resampled copy (tested), without training the same classifiers B times. The
-    main scores MTEB takes from scikit-learn's accuracy, F1, precision and recall are counted for all
-    resamples at once (:func:`counted_scores`, tested equal to MTEB's ``_calculate_scores`` to 1e-12);
-    another (average precision) goes through MTEB's own ``_calculate_scores``, resample by resample.
+
+def _recorded_calls(view: Any, task: AbsTask, method: str, seed: int | None) -> tuple[Any, dict[tuple[str, str], list]]:
+    """One MTEB evaluation of ``task`` (as the point estimate's), recording each call of ``method`` per part.
+
+    Returns a copy of the task (its methods its class's again) and ``(split, subset) -> [(args, result)]``.
     """
-    from layerscope.evaluate.runner import main_score, run_task
+    from layerscope.evaluate.runner import run_task
 
     probe = copy.copy(task)
-    predictions: dict[tuple[str, str], list[np.ndarray]] = {}
-    current: list[np.ndarray] = []
-    evaluate_subset, run_experiment = probe._evaluate_subset, probe._run_experiment
+    calls: dict[tuple[str, str], list[tuple[tuple[Any, ...], Any]]] = {}
+    current: list[tuple[tuple[Any, ...], Any]] = []
+    evaluate_subset, recorded = probe._evaluate_subset, getattr(probe, method)
 
     def recording_subset(*args: Any, hf_split: str, hf_subset: str, **kwargs: Any) -> Any:
         nonlocal current
-        current = predictions.setdefault((hf_split, hf_subset), [])
+        current = calls.setdefault((hf_split, hf_subset), [])
         return evaluate_subset(*args, hf_split=hf_split, hf_subset=hf_subset, **kwargs)
 
-    def recording_experiment(*args: Any, **kwargs: Any) -> Any:
-        result = run_experiment(*args, **kwargs)
-        current.append(np.asarray(result[1]))
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        result = recorded(*args, **kwargs)
+        current.append((args, result))
         return result
 
     probe._evaluate_subset = recording_subset  # type: ignore[method-assign]
-    probe._run_experiment = recording_experiment  # type: ignore[method-assign]
-    run_task(view, probe, seed)  # one evaluation, as the point estimate's
+    setattr(probe, method, recording)
+    try:
+        run_task(view, probe, seed)
+    finally:
+        del probe._evaluate_subset
+        delattr(probe, method)
+    return probe, calls
+
+
+def _rescored_resamples(view: Any, plan: BootstrapPlan, seed: int | None) -> list[float]:
+    """MTEB's scores of every resample of a task, from one evaluation of the whole task.
+
+    Classification: MTEB's classifiers (``samples_per_label`` per class, ``n_experiments`` draws, all
+    from the training pool and the task's seed) do not depend on the test examples, and each test
+    example's prediction depends on that example only; so one evaluation records every experiment's
+    predictions and each resample of (labels, predictions) is scored, without training the same
+    classifiers B times. The main scores MTEB takes from scikit-learn's accuracy, F1, precision and
+    recall are counted for all resamples at once (:func:`counted_scores`); another (average precision)
+    goes through MTEB's own ``_calculate_scores``, resample by resample.
+
+    STS and pair classification: each pair's similarities (cosine, Manhattan, Euclidean, the model's)
+    depend on that pair only; one evaluation records them with the gold scores or labels, and MTEB's
+    own ``_calculate_scores`` / ``_compute_metrics`` scores each resample of them.
+
+    Either way the numbers are ``mteb.evaluate``'s on a resampled copy (tested to 1e-12).
+    """
+    from mteb.abstasks.pair_classification import AbsTaskPairClassification
+
+    from layerscope.evaluate.runner import main_score
+
+    task = plan.task
+    pairs = plan.kind == "pairs"
+    if pairs:
+        method = "_compute_metrics" if isinstance(task, AbsTaskPairClassification) else "_calculate_scores"
+    else:
+        method = "_run_experiment"
+    probe, calls = _recorded_calls(view, task, method, seed)
     parts = {}
-    for (subset, split), part in draws.items():
-        labels = np.asarray(list(subset_splits(task, subset)[split][task.label_column_name]))
-        parts[subset, split] = _part_scores(probe, labels, predictions[split, subset], next(iter(part.values())))
-    n_resamples = len(next(iter(parts.values())))
+    for (subset, split), part in plan.draws.items():
+        rows = next(iter(part.values()))
+        if pairs:
+            ((similarities, gold), _), = calls[split, subset]
+            parts[subset, split] = _pair_scores(probe, getattr(probe, method), similarities, gold, rows)
+        else:
+            labels = np.asarray(list(subset_splits(task, subset)[split][task.label_column_name]))
+            parts[subset, split] = _part_scores(probe, labels, [np.asarray(result[1]) for _, result in calls[split, subset]],
+                                                rows)
     values = []
-    for b in range(n_resamples):  # MTEB's aggregation over subsets, as for the point estimate
+    for b in range(plan.n_resamples):  # MTEB's aggregation over subsets, as for the point estimate
         resampled: dict[str, list[dict[str, Any]]] = {}
         for (_, split), scores in parts.items():
             resampled.setdefault(split, []).append({"main_score": scores[b]})
         values.append(main_score(resampled))
     return values
+
+
+def _pair_scores(probe: Any, score: Any, similarities: dict[str, Any], gold: Any, rows: np.ndarray) -> np.ndarray:
+    """MTEB's main score of each resample ``rows[b]`` of the pairs, from their recorded similarities."""
+    n = len(gold)
+    gold = np.asarray(gold)
+    per_pair = {key: np.asarray(value) for key, value in similarities.items() if value is not None and len(value) == n}
+    out = []
+    for drawn in rows:
+        picked = {**similarities, **{key: value[drawn] for key, value in per_pair.items()}}
+        out.append(float(score(picked, gold[drawn])[probe.metadata.main_score]))
+    return np.asarray(out)
 
 
 #: MTEB's classification metrics computed here from per-class counts, every resample at once;
@@ -316,8 +367,8 @@ def bootstrap_layers(
     elif [plan.task for plan in plans] != list(tasks) or any(
             (plan.n_resamples, plan.resample_seed) != (n_resamples, resample_seed) for plan in plans):
         raise LayerscopeError("the bootstrap plans are not those of these tasks and resamples")
-    # classification scores its resampled predictions (see _classification_resamples): no copies needed
-    copies = [plan.copies() if plan.kind != "classification" else [] for plan in plans]
+    # classification and pairs rescore what one evaluation recorded (see _rescored_resamples): no copies
+    copies = [plan.copies() if plan.kind not in _RESCORED else [] for plan in plans]
     units = {plan.task.metadata.name: plan.unit for plan in plans}
     counts = {plan.task.metadata.name: plan.n_units for plan in plans}
     work = [(extraction.layers.index(layer), t) for layer in layers for t in range(len(tasks))]
