@@ -224,7 +224,8 @@ def evaluate_layers(
         One row per (layer, task): ``layer``, ``depth_pct``, ``task``, ``task_type``, ``main_score``
         (MTEB's main score of the test split, in [0, 1]) and ``scores`` (JSON of all MTEB scores).
         ``attrs`` holds the run record: model, extraction record, seed (None: the tasks' own) and each
-        task's seed, ``from_cache``, text count, timings.
+        task's seed, ``from_cache``, ``layers_kept`` (layers read back from ``cache_dir`` instead of
+        evaluated), text count, timings.
     """
     from layerscope.evaluate.checkpoint import checkpoint_folder
     from layerscope.evaluate.offline import suite_record

@@ -344,7 +344,8 @@ def bootstrap_layers(
     pandas.DataFrame
         A copy of ``scores`` whose ``scores`` JSON gains ``"bootstrap"``: ``main_scores`` (B values, in
         [0, 1]), ``unit``, ``n_units``, ``n_resamples``, ``resample_seed``, ``confidence``. ``attrs``
-        keeps ``scores``'s and adds ``attrs["bootstrap"]`` (settings, units, seconds); the draws
+        keeps ``scores``'s and adds ``attrs["bootstrap"]`` (settings, units, seconds, ``units_kept``: the
+        (layer, task) units read back from ``checkpoint_dir``); the draws
         themselves are :func:`bootstrap_draws` (or the plans' ``indices``).
     """
     from tqdm.auto import tqdm
