@@ -727,7 +727,7 @@ def test_counted_scores_equal_mtebs_own_scoring(kind, monkeypatch) -> None:
         assert uncertainty.counted_scores(labels, predictions, rows, metric) == pytest.approx(expected, abs=1e-12), metric
         monkeypatch.setattr(uncertainty, "_COUNT_CHUNK", 3 * 40 * 4)  # 4 resamples a chunk
         probe = type("Probe", (), {"metadata": type("M", (), {"main_score": metric})})()
-        assert uncertainty._part_scores(probe, labels, predictions, rows) == pytest.approx(expected, abs=1e-12)
+        assert uncertainty._classification_scores(probe, labels, predictions, rows) == pytest.approx(expected, abs=1e-12)
         monkeypatch.undo()
     assert len(set(mteb_scores("f1"))) > 1  # the resamples differ: not a comparison of constants
     with pytest.raises(LayerscopeError, match="^cannot count 'ap': one of accuracy, f1, "):

@@ -190,10 +190,11 @@ def _rescored_resamples(view: Any, plan: BootstrapPlan, seed: int | None) -> lis
         rows = next(iter(part.values()))
         if pairs:
             ((similarities, gold), _), = calls[split, subset]
-            parts[subset, split] = _pair_scores(probe, getattr(probe, method), similarities, gold, rows)
+            parts[subset, split] = _pair_scores(getattr(probe, method), task.metadata.main_score, similarities, gold,
+                                                rows)
         else:
             labels = np.asarray(list(subset_splits(task, subset)[split][task.label_column_name]))
-            parts[subset, split] = _part_scores(probe, labels, [np.asarray(result[1]) for _, result in calls[split, subset]],
+            parts[subset, split] = _classification_scores(probe, labels, [np.asarray(result[1]) for _, result in calls[split, subset]],
                                                 rows)
     values = []
     for b in range(plan.n_resamples):  # MTEB's aggregation over subsets, as for the point estimate
@@ -204,15 +205,16 @@ def _rescored_resamples(view: Any, plan: BootstrapPlan, seed: int | None) -> lis
     return values
 
 
-def _pair_scores(probe: Any, score: Any, similarities: dict[str, Any], gold: Any, rows: np.ndarray) -> np.ndarray:
-    """MTEB's main score of each resample ``rows[b]`` of the pairs, from their recorded similarities."""
+def _pair_scores(score: Any, main: str, similarities: dict[str, Any], gold: Any, rows: np.ndarray) -> np.ndarray:
+    """MTEB's main score ``main`` of each resample ``rows[b]`` of the pairs, scored by ``score`` (MTEB's
+    ``_calculate_scores`` or ``_compute_metrics``) from their recorded similarities and gold values."""
     n = len(gold)
     gold = np.asarray(gold)
     per_pair = {key: np.asarray(value) for key, value in similarities.items() if value is not None and len(value) == n}
     out = []
     for drawn in rows:
         picked = {**similarities, **{key: value[drawn] for key, value in per_pair.items()}}
-        out.append(float(score(picked, gold[drawn])[probe.metadata.main_score]))
+        out.append(float(score(picked, gold[drawn])[main]))
     return np.asarray(out)
 
 
@@ -223,7 +225,7 @@ COUNTED_METRICS = ("accuracy", "f1", "f1_weighted", "precision", "precision_weig
 _COUNT_CHUNK = 1 << 22
 
 
-def _part_scores(probe: Any, labels: np.ndarray, predictions: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+def _classification_scores(probe: Any, labels: np.ndarray, predictions: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     """The main score of every resample ``rows[b]`` of one evaluation part, averaged over the experiments."""
     metric = probe.metadata.main_score
     if metric in COUNTED_METRICS and all(labels.dtype.kind == p.dtype.kind for p in predictions):
