@@ -271,3 +271,15 @@ def test_ctrl_c_stops_the_workers_instead_of_waiting_for_them(tmp_path) -> None:
     assert pids and not any(_alive(pid) for pid in pids)
     time.sleep(0.5)
     assert not list(tmp_path.glob("*.done"))
+
+
+def test_a_folder_that_cannot_be_written_is_said_once(tmp_path, caplog) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    store = UnitCheckpoints(tmp_path / "file" / "units", "bootstrap", {})
+    with caplog.at_level(logging.WARNING, logger="layerscope.evaluate.checkpoint"):
+        store.save("a", [0.5])
+        store.save("b", [0.5])  # not tried again
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith(f"could not keep a finished bootstrap unit in {tmp_path / 'file' / 'units'} (")
+    assert line.endswith("): an interrupted run will redo it")
+    assert store.load("a") is None
