@@ -751,3 +751,22 @@ def test_rescored_resamples_equal_mteb_on_the_resampled_copies(run, hand) -> Non
     # the same MTEB scoring of the same per-example values, recorded once: 1e-12 is rounding
     assert _rescored_resamples(view, plan, None) == pytest.approx(copies, abs=1e-12)
     assert len(set(copies)) > 1
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_select_rerun_reads_its_scores_back_and_says_so(files, tmp_path) -> None:
+    saved = tiny_model("llama", num_layers=2)
+    saved.model.save_pretrained(str(tmp_path / "model"))
+    saved.tokenizer.save_pretrained(str(tmp_path / "model"))
+    command = ["select", "--model", str(tmp_path / "model"), "--device", "cpu", "--tasks", str(files / "topics.csv"),
+               "--split-column", "split", "--bootstrap", "3", "--cache-dir", str(tmp_path / "cache"),
+               "--eval-workers", "1"]
+    first, second = cli_runs([*command, "--out", str(tmp_path / "first")], [*command, "--out", str(tmp_path / "again")])
+    assert first[0] == second[0] == 0, (first[1], second[1])
+    runs = [json.loads((tmp_path / name / "select.json").read_text()) for name in ("first", "again")]
+    scored = len(runs[0]["layers"])  # the layers and the candidates beside them (a recipe)
+    assert runs[0]["record"]["kept"] == {"layers": 0, "bootstrap_units": 0}
+    assert runs[1]["record"]["kept"] == {"layers": scored, "bootstrap_units": scored}  # one task: a unit per layer
+    assert "read back from the cache" not in first[2]
+    assert f"read back from the cache: {scored} layers' scores, {scored} bootstrap units" in " ".join(second[2].split())
+    assert runs[1]["layers"] == runs[0]["layers"] and runs[1]["verdict"] == runs[0]["verdict"]  # read back exactly

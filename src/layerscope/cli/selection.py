@@ -156,8 +156,11 @@ def print_choice(result: Any, title: str) -> None:
         console.print(hint, highlight=False)
     for note_text in result.notes:
         console.print(f"note: {note_text}", highlight=False)
-    console.print(f"{result.record['seconds']['total']:.0f} s (bootstrap {result.record['seconds']['bootstrap']:.0f} s)",
-                  highlight=False)
+    kept = result.record.get("kept", {})
+    said = [f"{count} {what}" for what, count in (("layers' scores", kept.get("layers", 0)),
+                                                   ("bootstrap units", kept.get("bootstrap_units", 0))) if count]
+    console.print(f"{result.record['seconds']['total']:.0f} s (bootstrap {result.record['seconds']['bootstrap']:.0f} s)"
+                  + (f"; read back from the cache: {', '.join(said)}" if said else ""), highlight=False)
 
 
 def _print_task_table(result: Any, bootstrapped: bool) -> None:
