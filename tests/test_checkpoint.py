@@ -178,6 +178,7 @@ def test_analyze_resumes_an_interrupted_bootstrap(tmp_path, monkeypatch) -> None
     resumed = analyze(out=tmp_path / "again", **options)
     assert layers.calls == 0  # every layer's point scores were kept before the bootstrap began
     assert units.calls == len(resumed.scores) - 3
+    assert resumed.record["kept"] == {"layers": len(resumed.scores["layer"].unique()), "bootstrap_units": 3}
     plain = analyze(out=tmp_path / "plain", **{**options, "cache_dir": None})
     assert _resamples(resumed.scores).keys() == _resamples(plain.scores).keys()
     for unit, values in _resamples(plain.scores).items():

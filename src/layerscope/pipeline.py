@@ -300,6 +300,7 @@ def run_analysis(
         step = time.perf_counter()
         scores = evaluate_layers(model, task_list, seed=config.eval_seed, extraction=measured.embeddings,
                                  eval_workers=eval_workers, progress=progress, cache_dir=cache_dir)
+        kept = {"layers": scores.attrs["record"]["layers_kept"], "bootstrap_units": 0}  # read back, not evaluated
         timings["evaluate_s"] = time.perf_counter() - step
         if bootstrap:
             from layerscope.evaluate.checkpoint import checkpoint_folder
@@ -312,6 +313,7 @@ def run_analysis(
                                       seed=config.eval_seed, name=f"layerscope/{model.model_id}",
                                       revision=model.revision, progress=progress, eval_workers=eval_workers,
                                       checkpoint_dir=checkpoint_folder(cache_dir))
+            kept["bootstrap_units"] = scores.attrs["bootstrap"]["units_kept"]
             timings["bootstrap_s"] = time.perf_counter() - step
         recipe_scores = _score_recipes(model, config, measured.extraction, recipe_sets, task_list, eval_workers,
                                        timings)
@@ -338,6 +340,7 @@ def run_analysis(
         timings["report_s"] = time.perf_counter() - step
     timings["total_s"] = time.perf_counter() - started
     result.record["timings"] = {key: round(value, 2) for key, value in timings.items()}
+    result.record["kept"] = kept
     from layerscope.atomic import atomic_write_json
 
     atomic_write_json(out / "record.json", result.record)

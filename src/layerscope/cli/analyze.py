@@ -15,7 +15,7 @@ from layerscope.cli.options import (
     output_folder,
     workers,
 )
-from layerscope.cli.output import console, print_layer_table, print_text_table, say
+from layerscope.cli.output import console, kept_text, print_layer_table, print_text_table, say
 from layerscope.config import (
     AnalysisConfig,
     ExtractConfig,
@@ -102,4 +102,4 @@ def print_analysis(result: Any) -> None:
                           "applies one anyway, e.g. dime or depth:0.75; layerscope select --labels-per-class 8 "
                           "chooses with a few labels)")
     console.print(f"results: {result.out / 'results.duckdb'}" + (f"; report: {result.report}" if result.report else "")
-                  + f"; {result.record['timings'].get('total_s', 0):.0f} s")
+                  + f"; {result.record['timings'].get('total_s', 0):.0f} s" + kept_text(result.record.get("kept")))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,13 @@ SESSION: dict[str, Any] = {"cache": None, "interrupt": None}
 def say(line: str) -> None:
     """A line about the work ahead (the views budget, the time estimate) on stderr, beside the progress bars."""
     err_console.print(line, highlight=False, soft_wrap=True)
+
+
+def kept_text(kept: Mapping[str, int] | None) -> str:
+    """``"; read back from the cache: 31 layers' scores, 62 bootstrap units"`` (empty when nothing was)."""
+    said = [f"{count} {what}" for key, what in (("layers", "layers' scores"), ("bootstrap_units", "bootstrap units"))
+            if (count := (kept or {}).get(key, 0))]
+    return f"; read back from the cache: {', '.join(said)}" if said else ""
 
 
 def print_text_table(text_table: Any) -> None:

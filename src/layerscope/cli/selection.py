@@ -19,7 +19,7 @@ from layerscope.cli.options import (
     output_folder,
     workers,
 )
-from layerscope.cli.output import console
+from layerscope.cli.output import console, kept_text
 from layerscope.config import ExtractConfig, ModelConfig, SelectConfig, TaskFileConfig
 
 
@@ -156,11 +156,8 @@ def print_choice(result: Any, title: str) -> None:
         console.print(hint, highlight=False)
     for note_text in result.notes:
         console.print(f"note: {note_text}", highlight=False)
-    kept = result.record.get("kept", {})
-    said = [f"{count} {what}" for what, count in (("layers' scores", kept.get("layers", 0)),
-                                                   ("bootstrap units", kept.get("bootstrap_units", 0))) if count]
     console.print(f"{result.record['seconds']['total']:.0f} s (bootstrap {result.record['seconds']['bootstrap']:.0f} s)"
-                  + (f"; read back from the cache: {', '.join(said)}" if said else ""), highlight=False)
+                  + kept_text(result.record.get("kept")), highlight=False)
 
 
 def _print_task_table(result: Any, bootstrapped: bool) -> None:

@@ -307,7 +307,6 @@ def select_layer_with_labels(
     encoded = time.perf_counter()
     scores = evaluate_layers(model, task_list, layers="all", seed=seed, extraction=extraction, progress=progress,
                              eval_workers=eval_workers, cache_dir=cache_dir)
-    kept = {"layers": scores.attrs["record"]["layers_kept"], "bootstrap_units": 0}
     evaluated = time.perf_counter()
     notes: list[str] = []
     verdict = None
@@ -318,7 +317,6 @@ def select_layer_with_labels(
                                   resample_seed=resample_seed, seed=seed, name=name, revision=model.revision,
                                   progress=progress, eval_workers=eval_workers, plans=plans,
                                   checkpoint_dir=checkpoint_folder(cache_dir))
-        kept["bootstrap_units"] = scores.attrs["bootstrap"]["units_kept"]
         scores = _by_type_rows(scores, candidates, ids)
         per_layer = layer_intervals(scores)
         per_task = task_intervals(scores)
@@ -358,7 +356,8 @@ def select_layer_with_labels(
         "bootstrap_record": {key: value for key, value in scores.attrs.get("bootstrap", {}).items()},
         "draws": [{"task": draw.task, "subset": draw.subset, "rows": draw.rows.tolist(), "per_class": draw.per_class,
                    "pool_size": draw.pool_size} for draw in draws],
-        "kept": kept,  # read back from cache_dir (an interrupted run resumed), not evaluated
+        "kept": {"layers": scores.attrs.get("record", {}).get("layers_kept", 0),  # read back from cache_dir
+                 "bootstrap_units": scores.attrs.get("bootstrap", {}).get("units_kept", 0)},
         "seconds": {"encode": encoded - started, "evaluate": evaluated - encoded,
                     "bootstrap": bootstrapped - evaluated, "total": time.perf_counter() - started},
     }
