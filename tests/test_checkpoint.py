@@ -97,7 +97,7 @@ class _Counting:
 def _boot(run, folder):
     tasks, extraction, scores = run[:3]
     return uncertainty.bootstrap_layers(scores, extraction, tasks, n_resamples=N_RESAMPLES, progress=False,
-                                        eval_workers=1, checkpoint_dir=folder)
+                                        eval_workers=1, cache_dir=folder)
 
 
 def test_interrupted_bootstrap_resumes_where_it_stopped(run, tmp_path, monkeypatch) -> None:
@@ -106,7 +106,7 @@ def test_interrupted_bootstrap_resumes_where_it_stopped(run, tmp_path, monkeypat
     _Counting(monkeypatch, stop_at=5)
     with pytest.raises(KeyboardInterrupt):
         _boot(run, tmp_path)
-    assert len(list(tmp_path.glob("*.npz"))) == 5  # each finished unit kept as it finished
+    assert len(list((tmp_path / "bootstrap").glob("*.npz"))) == 5  # each finished unit kept as it finished
     counting = _Counting(monkeypatch)
     resumed = _boot(run, tmp_path)
     assert counting.calls == units - 5 and resumed.attrs["bootstrap"]["units_kept"] == 5
@@ -124,7 +124,7 @@ def test_interrupted_bootstrap_resumes_where_it_stopped(run, tmp_path, monkeypat
 
 def test_damaged_unit_is_said_and_recomputed(run, tmp_path, monkeypatch, caplog) -> None:
     _boot(run, tmp_path)
-    damaged = sorted(tmp_path.glob("*.npz"))[0]
+    damaged = sorted((tmp_path / "bootstrap").glob("*.npz"))[0]
     damaged.write_bytes(damaged.read_bytes()[:100])
     counting = _Counting(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="layerscope.evaluate.checkpoint"):

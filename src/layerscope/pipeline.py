@@ -300,10 +300,8 @@ def run_analysis(
         step = time.perf_counter()
         scores = evaluate_layers(model, task_list, seed=config.eval_seed, extraction=measured.embeddings,
                                  eval_workers=eval_workers, progress=progress, cache_dir=cache_dir)
-        kept = {"layers": scores.attrs["record"]["layers_kept"], "bootstrap_units": 0}  # read back, not evaluated
         timings["evaluate_s"] = time.perf_counter() - step
         if bootstrap:
-            from layerscope.evaluate.checkpoint import checkpoint_folder
             from layerscope.evaluate.uncertainty import bootstrap_layers
 
             assert intervals is not None
@@ -312,8 +310,7 @@ def run_analysis(
                                       confidence=intervals.confidence, resample_seed=intervals.resample_seed,
                                       seed=config.eval_seed, name=f"layerscope/{model.model_id}",
                                       revision=model.revision, progress=progress, eval_workers=eval_workers,
-                                      checkpoint_dir=checkpoint_folder(cache_dir))
-            kept["bootstrap_units"] = scores.attrs["bootstrap"]["units_kept"]
+                                      cache_dir=cache_dir)
             timings["bootstrap_s"] = time.perf_counter() - step
         recipe_scores = _score_recipes(model, config, measured.extraction, recipe_sets, task_list, eval_workers,
                                        timings)
@@ -327,6 +324,7 @@ def run_analysis(
             run.skipped["outlier_tokens_by_layer"] = measured.extraction.record.get("outlier_tokens_dropped", {})
 
     from layerscope.analysis.summary import summarize
+    from layerscope.evaluate.checkpoint import kept_counts
 
     summary = summarize(measured.metrics, scores, select_by=config.select_by, task_to_dataset=texts.task_to_dataset,
                         recipe_scores=recipe_scores)
@@ -340,7 +338,7 @@ def run_analysis(
         timings["report_s"] = time.perf_counter() - step
     timings["total_s"] = time.perf_counter() - started
     result.record["timings"] = {key: round(value, 2) for key, value in timings.items()}
-    result.record["kept"] = kept
+    result.record["kept"] = kept_counts(scores)  # read back from the cache (a resumed run), not evaluated
     from layerscope.atomic import atomic_write_json
 
     atomic_write_json(out / "record.json", result.record)

@@ -38,7 +38,7 @@ import numpy as np
 
 from layerscope.integrity import DamagedEntry, load_checked_npz, report_damaged, save_checked_npz
 
-__all__ = ["UnitCheckpoints", "checkpoint_folder", "layer_digests", "task_digest", "unit_digests"]
+__all__ = ["UnitCheckpoints", "checkpoint_folder", "kept_counts", "layer_digests", "task_digest", "unit_digests"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,13 @@ def unit_digests(
     return dict(zip(positions, layers, strict=True)), [task_digest(task) for task in tasks]
 
 
-def checkpoint_folder(cache_dir: str | os.PathLike[str] | None, kind: str = "bootstrap") -> Path | None:
+def checkpoint_folder(cache_dir: str | os.PathLike[str] | None, kind: str) -> Path | None:
     """Where the units of ``kind`` are kept beside an embedding cache (``<cache_dir>/<kind>``); None: nowhere."""
     return None if cache_dir is None else Path(cache_dir).expanduser() / kind
+
+
+def kept_counts(scores: Any) -> dict[str, int]:
+    """How many units a scoring read back instead of evaluating, from its frame's records: ``layers``
+    (:func:`~layerscope.evaluate.runner.evaluate_layers`) and ``bootstrap_units`` (0 without a bootstrap)."""
+    return {"layers": int(scores.attrs.get("record", {}).get("layers_kept", 0)),
+            "bootstrap_units": int(scores.attrs.get("bootstrap", {}).get("units_kept", 0))}

@@ -275,7 +275,7 @@ def select_layer_with_labels(
     LayerChoice
     """
     from layerscope.evaluate.catalog import resolve
-    from layerscope.evaluate.checkpoint import checkpoint_folder
+    from layerscope.evaluate.checkpoint import kept_counts
     from layerscope.evaluate.few_labels import draw_labels, is_classification
     from layerscope.evaluate.runner import _load, evaluate_layers
     from layerscope.evaluate.uncertainty import (
@@ -316,7 +316,7 @@ def select_layer_with_labels(
         scores = bootstrap_layers(scores, extraction, task_list, n_resamples=bootstrap, confidence=confidence,
                                   resample_seed=resample_seed, seed=seed, name=name, revision=model.revision,
                                   progress=progress, eval_workers=eval_workers, plans=plans,
-                                  checkpoint_dir=checkpoint_folder(cache_dir))
+                                  cache_dir=cache_dir)
         scores = _by_type_rows(scores, candidates, ids)
         per_layer = layer_intervals(scores)
         per_task = task_intervals(scores)
@@ -356,8 +356,7 @@ def select_layer_with_labels(
         "bootstrap_record": {key: value for key, value in scores.attrs.get("bootstrap", {}).items()},
         "draws": [{"task": draw.task, "subset": draw.subset, "rows": draw.rows.tolist(), "per_class": draw.per_class,
                    "pool_size": draw.pool_size} for draw in draws],
-        "kept": {"layers": scores.attrs.get("record", {}).get("layers_kept", 0),  # read back from cache_dir
-                 "bootstrap_units": scores.attrs.get("bootstrap", {}).get("units_kept", 0)},
+        "kept": kept_counts(scores),  # read back from cache_dir (an interrupted run resumed), not evaluated
         "seconds": {"encode": encoded - started, "evaluate": evaluated - encoded,
                     "bootstrap": bootstrapped - evaluated, "total": time.perf_counter() - started},
     }

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from layerscope.errors import LayerscopeError
-from layerscope.evaluate.checkpoint import UnitCheckpoints, unit_digests
+from layerscope.evaluate.checkpoint import UnitCheckpoints, checkpoint_folder, unit_digests
 from layerscope.evaluate.intervals import (
     BOOTSTRAP_KEY,
     BestVersusLast,
@@ -308,7 +308,7 @@ def bootstrap_layers(
     progress: bool = True,
     eval_workers: int | str = "auto",
     plans: Sequence[BootstrapPlan] | None = None,
-    checkpoint_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Bootstrap every (layer, task) score of :func:`~layerscope.evaluate.evaluate_layers` with MTEB's evaluators.
 
@@ -337,9 +337,10 @@ def bootstrap_layers(
     plans : sequence of BootstrapPlan, optional
         :func:`bootstrap_plan` of each task with these settings, when the caller has them already
         (built here otherwise).
-    checkpoint_dir : str or Path, optional
-        Where each finished (layer, task) unit is kept (:mod:`~layerscope.evaluate.checkpoint`): a rerun
-        after an interruption evaluates only the units it had not finished. None keeps nothing.
+    cache_dir : str or Path, optional
+        The embedding cache folder: each finished (layer, task) unit is kept beside it
+        (``<cache_dir>/bootstrap``, :mod:`~layerscope.evaluate.checkpoint`), so a rerun after an
+        interruption evaluates only the units it had not finished. None keeps nothing.
 
     Returns
     -------
@@ -347,7 +348,7 @@ def bootstrap_layers(
         A copy of ``scores`` whose ``scores`` JSON gains ``"bootstrap"``: ``main_scores`` (B values, in
         [0, 1]), ``unit``, ``n_units``, ``n_resamples``, ``resample_seed``, ``confidence``. ``attrs``
         keeps ``scores``'s and adds ``attrs["bootstrap"]`` (settings, units, seconds, ``units_kept``: the
-        (layer, task) units read back from ``checkpoint_dir``); the draws
+        (layer, task) units read back from ``cache_dir``); the draws
         themselves are :func:`bootstrap_draws` (or the plans' ``indices``).
     """
     from tqdm.auto import tqdm
@@ -375,7 +376,7 @@ def bootstrap_layers(
     units = {plan.task.metadata.name: plan.unit for plan in plans}
     counts = {plan.task.metadata.name: plan.n_units for plan in plans}
     work = [(extraction.layers.index(layer), t) for layer in layers for t in range(len(tasks))]
-    checkpoints, keys = _unit_keys(checkpoint_dir, extraction, plans, work, n_resamples=n_resamples,
+    checkpoints, keys = _unit_keys(checkpoint_folder(cache_dir, "bootstrap"), extraction, plans, work, n_resamples=n_resamples,
                                    resample_seed=resample_seed, seed=seed, name=name, revision=revision)
     kept = {unit: values for unit, key in keys.items() if (values := checkpoints.load(key)) is not None}
     work = [unit for unit in work if unit not in kept]
